@@ -1,0 +1,139 @@
+"""The exceptions of plugin-health: one hierarchy, each carrying its data; no Flask here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+#: Longest error message kept from a plugin; longer ones are cut with an ellipsis.
+MAX_ERROR_LENGTH = 2000
+
+
+def bounded(message: str, limit: int = MAX_ERROR_LENGTH) -> str:
+    """Cut a message to at most ``limit`` characters, marking the cut."""
+    if len(message) <= limit:
+        return message
+    return message[: limit - 1] + "\u2026"
+
+
+class PluginError(Exception):
+    """Base class of every error plugin-health raises."""
+
+
+class ConfigError(PluginError, ValueError):
+    """A setting has a value that cannot be used."""
+
+    def __init__(self, variable: str, value: object, expected: str) -> None:
+        super().__init__(f"{variable}={value!r} is invalid: expected {expected}")
+        self.variable = variable
+        self.value = value
+        self.expected = expected
+
+
+class UnknownPluginError(PluginError, KeyError):
+    """No plugin of that name is known."""
+
+    def __init__(self, plugin: str) -> None:
+        super().__init__(f"unknown plugin {plugin!r}")
+        self.plugin = plugin
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class IllegalTransitionError(PluginError):
+    """A lifecycle move that the transition table does not allow; nothing was changed."""
+
+    def __init__(
+        self,
+        plugin: str,
+        state: str | None,
+        attempted: str,
+        allowed: Iterable[str] = (),
+    ) -> None:
+        self.plugin = plugin
+        self.state = state
+        self.attempted = attempted
+        self.allowed = tuple(allowed)
+        where = "untracked" if state is None else f"in state {state}"
+        legal = ", ".join(self.allowed) or "none"
+        super().__init__(f"plugin {plugin!r} {where}: {attempted} is not allowed (allowed: {legal})")
+
+
+class DuplicatePluginError(PluginError):
+    """A second plugin claims a name that is already taken."""
+
+    def __init__(self, plugin: str, origin: str, taken_by: str) -> None:
+        super().__init__(f"plugin name {plugin!r} from {origin} is already taken by {taken_by}")
+        self.plugin = plugin
+        self.origin = origin
+        self.taken_by = taken_by
+
+
+class PluginLoadError(PluginError):
+    """Base of the errors found while turning a source into a plugin class."""
+
+
+class NoPluginClassError(PluginLoadError):
+    """A plugin module defines no subclass of ``Plugin``."""
+
+    def __init__(self, module: str) -> None:
+        super().__init__(f"module {module!r} defines no subclass of plugin_health.Plugin")
+        self.module = module
+
+
+class MultiplePluginClassesError(PluginLoadError):
+    """A plugin module defines more than one subclass of ``Plugin``."""
+
+    def __init__(self, module: str, classes: Iterable[str]) -> None:
+        self.module = module
+        self.classes = tuple(classes)
+        names = ", ".join(self.classes)
+        super().__init__(f"module {module!r} defines several Plugin subclasses ({names}); exactly one is allowed")
+
+
+class InvalidPluginError(PluginLoadError):
+    """A plugin class declares an attribute that cannot be used (a bad version, name or requirement)."""
+
+    def __init__(self, plugin: str, attribute: str, problem: str) -> None:
+        super().__init__(f"plugin {plugin!r}: {attribute} {problem}")
+        self.plugin = plugin
+        self.attribute = attribute
+        self.problem = problem
+
+
+class PluginRunError(PluginError):
+    """Base of the sandbox's own errors: the plugin's call did not finish normally."""
+
+    def __init__(self, message: str, plugin: str | None = None) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+
+
+class PluginTimeoutError(PluginRunError, TimeoutError):
+    """The call ran past its timeout and was stopped."""
+
+
+class PluginMemoryError(PluginRunError, MemoryError):
+    """The call's allocations passed the plugin's memory limit."""
+
+
+class PluginCrashedError(PluginRunError):
+    """The process running the plugin died (segfault, ``os._exit``, killed)."""
+
+
+class PluginNotRunningError(PluginError):
+    """A tool was called on a plugin that is not RUNNING."""
+
+    def __init__(self, plugin: str, state: str) -> None:
+        super().__init__(f"plugin {plugin!r} is {state}, not RUNNING")
+        self.plugin = plugin
+        self.state = state
+
+
+class UnknownToolError(PluginError, LookupError):
+    """The plugin has no tool of that name."""
+
+    def __init__(self, plugin: str, tool: str) -> None:
+        super().__init__(f"plugin {plugin!r} has no tool {tool!r}")
+        self.plugin = plugin
+        self.tool = tool

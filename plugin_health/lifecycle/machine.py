@@ -1,0 +1,68 @@
+"""The ``transitions`` machine behind every plugin, wrapped so that only the table can move a plugin.
+
+One ``Machine`` serves every plugin: its states and events are shared, and each plugin is a small
+``_LifecycleModel``. Models are never ``add_model``-ed: that call is O(N) per plugin (a list check) and binds
+eight methods to each model, including the ``set_state`` shortcut we must keep private. Instead an event is
+fired with ``machine.events[trigger].trigger(model)``, the exact path a bound trigger method takes.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from transitions import Machine, MachineError
+
+from plugin_health.lifecycle.states import TRANSITIONS, TRIGGERS, PluginLifecycleState
+
+
+class _LifecycleModel:
+    """The uniform model of one plugin; ``state`` is only ever written by the machine."""
+
+    __slots__ = ("lock", "name", "state")
+
+    def __init__(self, name: str, state: PluginLifecycleState) -> None:
+        self.name = name
+        self.state = state
+        # One lock per plugin: a slow listener of one plugin never blocks another.
+        self.lock = threading.Lock()
+
+
+def _build_machine() -> Machine:
+    return Machine(
+        model=None,
+        states=PluginLifecycleState,
+        transitions=[dict(t) for t in TRANSITIONS],
+        initial=None,
+        auto_transitions=False,
+        ignore_invalid_triggers=False,
+        send_event=False,
+        queued=False,
+    )
+
+
+_MACHINE = _build_machine()
+
+
+def fire(model: _LifecycleModel, trigger: str) -> bool:
+    """Run ``trigger`` on ``model`` through the machine; False if the table has no such move.
+
+    The caller holds ``model.lock``.
+    """
+    event = _MACHINE.events.get(trigger)
+    if event is None:
+        return False
+    try:
+        return bool(event.trigger(model))
+    except MachineError:
+        return False
+
+
+def allowed_triggers(state: PluginLifecycleState) -> tuple[str, ...]:
+    """The triggers legal from ``state``, in table order."""
+    legal = set(_MACHINE.get_triggers(state))
+    return tuple(t for t in TRIGGERS if t in legal)
+
+
+def new_model(name: str, state: PluginLifecycleState) -> _LifecycleModel:
+    """A model entering the machine in ``state`` (the manager checks that it is a legal first state)."""
+    return _LifecycleModel(name, state)

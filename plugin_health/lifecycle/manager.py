@@ -1,0 +1,212 @@
+"""``PluginLifecycleManager``: the state of every plugin, moved only along the transition table."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+from plugin_health.errors import IllegalTransitionError, UnknownPluginError
+from plugin_health.lifecycle import machine
+from plugin_health.lifecycle.records import History, TransitionRecord
+from plugin_health.lifecycle.states import ENTER_TRIGGER, FIRST_STATES, LEGAL_MOVES, PluginLifecycleState
+
+logger = logging.getLogger(__name__)
+
+Listener = Callable[[TransitionRecord], None]
+
+DEFAULT_HISTORY_LIMIT = 100
+
+
+class _Tracked:
+    __slots__ = ("history", "model")
+
+    def __init__(self, model: machine._LifecycleModel, history: History) -> None:
+        self.model = model
+        self.history = history
+
+
+def _as_state(plugin: str, current: str | None, value: PluginLifecycleState | str) -> PluginLifecycleState:
+    try:
+        return PluginLifecycleState(value)
+    except ValueError:
+        raise IllegalTransitionError(plugin, current, f"moving to unknown state {value!r}") from None
+
+
+class PluginLifecycleManager:
+    """Tracks plugins by name; every change goes through a legal trigger and is recorded.
+
+    Thread-safe: each plugin has its own lock, so a slow caller on one plugin never blocks the others.
+    Listeners are called after each transition, outside the plugin's lock, in the thread that moved it.
+    """
+
+    def __init__(self, history_limit: int = DEFAULT_HISTORY_LIMIT) -> None:
+        self._history_limit = history_limit
+        self._plugins: dict[str, _Tracked] = {}
+        self._enter_lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._versions = itertools.count(1)
+        self._version = 0
+
+    # -- moving plugins ---------------------------------------------------------------------------
+
+    def set_state(
+        self,
+        name: str,
+        state: PluginLifecycleState | str,
+        *,
+        reason: str | None = None,
+        error_type: str | None = None,
+        error: str | None = None,
+    ) -> TransitionRecord:
+        """Move ``name`` to ``state`` by the one legal trigger that leads there, or enter it if untracked."""
+        tracked = self._plugins.get(name)
+        if tracked is None:
+            return self._enter(name, state, reason, error_type, error)
+        with tracked.model.lock:
+            current = tracked.model.state
+            target = _as_state(name, current.value, state)
+            trigger = next((t for (s, t), d in LEGAL_MOVES.items() if s is current and d is target), None)
+            if trigger is None:
+                raise IllegalTransitionError(
+                    name, current.value, f"moving to {target.value}", machine.allowed_triggers(current)
+                )
+            record = self._fire(tracked, trigger, reason, error_type, error)
+        self._notify(record)
+        return record
+
+    def trigger(
+        self,
+        name: str,
+        trigger: str,
+        *,
+        reason: str | None = None,
+        error_type: str | None = None,
+        error: str | None = None,
+    ) -> TransitionRecord:
+        """Fire ``trigger`` on ``name``; ``IllegalTransitionError`` (and no change) if the table forbids it."""
+        tracked = self._tracked(name)
+        with tracked.model.lock:
+            record = self._fire(tracked, trigger, reason, error_type, error)
+        self._notify(record)
+        return record
+
+    def forget(self, name: str) -> None:
+        """Stop tracking ``name`` (its history goes with it)."""
+        with self._enter_lock:
+            if self._plugins.pop(name, None) is not None:
+                self._version = next(self._versions)
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(record)`` after every transition, including a plugin's first state."""
+        self._listeners.append(listener)
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def get_state(self, name: str) -> PluginLifecycleState:
+        """The current state of ``name``; ``UnknownPluginError`` if untracked."""
+        return self._tracked(name).model.state
+
+    def all_states(self) -> dict[str, PluginLifecycleState]:
+        """Every tracked plugin's current state, by name in sorted order."""
+        return {name: self._plugins[name].model.state for name in sorted(self._plugins)}
+
+    def last(self, name: str) -> TransitionRecord:
+        """The newest transition of ``name``: its state, reason, error and since when."""
+        return self._tracked(name).history.last
+
+    def history(self, name: str) -> list[TransitionRecord]:
+        """The recorded transitions of ``name``, oldest first (bounded)."""
+        return list(self._tracked(name).history)
+
+    def may(self, name: str, trigger: str) -> bool:
+        """Whether ``trigger`` is legal for ``name`` now."""
+        return (self.get_state(name), trigger) in LEGAL_MOVES
+
+    def allowed_triggers(self, name: str) -> tuple[str, ...]:
+        """The triggers legal for ``name`` now."""
+        return machine.allowed_triggers(self.get_state(name))
+
+    @property
+    def version(self) -> int:
+        """A number that changes whenever any plugin moves (for caches and ETags)."""
+        return self._version
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._plugins
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._plugins))
+
+    def __len__(self) -> int:
+        return len(self._plugins)
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _tracked(self, name: str) -> _Tracked:
+        try:
+            return self._plugins[name]
+        except KeyError:
+            raise UnknownPluginError(name) from None
+
+    def _enter(
+        self,
+        name: str,
+        state: PluginLifecycleState | str,
+        reason: str | None,
+        error_type: str | None,
+        error: str | None,
+    ) -> TransitionRecord:
+        target = _as_state(name, None, state)
+        if target not in FIRST_STATES:
+            raise IllegalTransitionError(name, None, f"entering in {target.value}", ("set_state(LOADED)",))
+        entered: TransitionRecord | None = None
+        with self._enter_lock:
+            if name not in self._plugins:
+                history = History(self._history_limit)
+                entered = TransitionRecord.now(name, None, target, ENTER_TRIGGER, reason, error_type, error)
+                history.append(entered)
+                self._plugins[name] = _Tracked(machine.new_model(name, target), history)
+                self._version = next(self._versions)
+                self._log(entered)
+        if entered is None:  # another thread entered it first: this is now an ordinary move
+            return self.set_state(name, target, reason=reason, error_type=error_type, error=error)
+        self._notify(entered)
+        return entered
+
+    def _fire(
+        self,
+        tracked: _Tracked,
+        trigger: str,
+        reason: str | None,
+        error_type: str | None,
+        error: str | None,
+    ) -> TransitionRecord:
+        model = tracked.model
+        source = model.state
+        if not machine.fire(model, trigger):
+            raise IllegalTransitionError(model.name, source.value, trigger, machine.allowed_triggers(source))
+        record = TransitionRecord.now(model.name, source, model.state, trigger, reason, error_type, error)
+        tracked.history.append(record)
+        self._version = next(self._versions)
+        self._log(record)
+        return record
+
+    def _notify(self, record: TransitionRecord) -> None:
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:  # noqa: BLE001 - one observer's bug must not undo a recorded transition
+                logger.exception("transition listener %r failed on %s", listener, record.plugin)
+
+    @staticmethod
+    def _log(record: TransitionRecord) -> None:
+        logger.info(
+            "plugin %s: %s -> %s (%s)",
+            record.plugin,
+            record.source,
+            record.dest,
+            record.trigger,
+            extra={"transition": record.to_dict()},
+        )

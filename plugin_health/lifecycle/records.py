@@ -1,0 +1,88 @@
+"""What is kept of every transition, and the bounded history of one plugin."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from plugin_health.errors import bounded
+from plugin_health.lifecycle.states import PluginLifecycleState
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRecord:
+    """One move of one plugin; ``source`` is None for the state a plugin is first tracked in."""
+
+    plugin: str
+    source: PluginLifecycleState | None
+    dest: PluginLifecycleState
+    trigger: str
+    reason: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+    at: datetime = datetime.min.replace(tzinfo=UTC)
+
+    @classmethod
+    def now(
+        cls,
+        plugin: str,
+        source: PluginLifecycleState | None,
+        dest: PluginLifecycleState,
+        trigger: str,
+        reason: str | None = None,
+        error_type: str | None = None,
+        error: str | None = None,
+    ) -> TransitionRecord:
+        """A record stamped with the current UTC time, its error message bounded."""
+        return cls(
+            plugin=plugin,
+            source=source,
+            dest=dest,
+            trigger=trigger,
+            reason=reason,
+            error_type=error_type,
+            error=None if error is None else bounded(error),
+            at=datetime.now(UTC),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of DESIGN.md section 7 (``from``/``to``, ISO-8601 ``at``)."""
+        return {
+            "plugin": self.plugin,
+            "from": None if self.source is None else self.source.value,
+            "to": self.dest.value,
+            "trigger": self.trigger,
+            "reason": self.reason,
+            "error_type": self.error_type,
+            "error": self.error,
+            "at": self.at.isoformat(),
+        }
+
+
+class History:
+    """The last ``limit`` transitions of one plugin, oldest first."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"history limit must be at least 1, got {limit}")
+        self._records: deque[TransitionRecord] = deque(maxlen=limit)
+
+    def append(self, record: TransitionRecord) -> None:
+        """Keep a record, dropping the oldest beyond the limit."""
+        self._records.append(record)
+
+    def __iter__(self) -> Iterator[TransitionRecord]:
+        return iter(tuple(self._records))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def last(self) -> TransitionRecord:
+        """The newest record (every tracked plugin has at least one)."""
+        return self._records[-1]

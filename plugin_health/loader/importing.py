@@ -1,0 +1,100 @@
+"""Import a plugin source under a private namespace and find its one ``Plugin`` subclass.
+
+A plugin file named ``json.py`` is imported as ``_plugin_health_plugins.json``: it never shadows or replaces
+the standard library's or the application's modules, and its directory is never put on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+import threading
+import types
+
+from plugin_health.errors import MultiplePluginClassesError, NoPluginClassError
+from plugin_health.loader.sources import PluginSource
+from plugin_health.plugin import Plugin
+
+NAMESPACE = "_plugin_health_plugins"
+
+_lock = threading.Lock()
+
+
+def _namespace() -> types.ModuleType:
+    package = sys.modules.get(NAMESPACE)
+    if package is None:
+        package = types.ModuleType(NAMESPACE, "Private namespace of plugins loaded from plugin directories.")
+        package.__path__ = []
+        sys.modules[NAMESPACE] = package
+    return package
+
+
+def _free_module_name(stem: str) -> str:
+    name, n = f"{NAMESPACE}.{stem}", 1
+    while name in sys.modules:
+        n += 1
+        name = f"{NAMESPACE}.{stem}__{n}"
+    return name
+
+
+def _drop_modules(module_name: str) -> None:
+    for loaded in [m for m in sys.modules if m == module_name or m.startswith(module_name + ".")]:
+        del sys.modules[loaded]
+
+
+def import_source(source: PluginSource) -> types.ModuleType:
+    """Run the source's module code and return the module; whatever it raises propagates."""
+    if source.entry_point is not None:
+        module_name = source.entry_point.partition(":")[0].strip()
+        return importlib.import_module(module_name)
+    assert source.path is not None
+    with _lock:
+        _namespace()
+        module_name = _free_module_name(source.name)
+        search = [str(source.path.parent)] if source.is_package else None
+        spec = importlib.util.spec_from_file_location(module_name, source.path, submodule_search_locations=search)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import {source.origin}", path=str(source.path))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # before exec, so that relative imports inside a package work
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        _drop_modules(module_name)
+        raise
+    return module
+
+
+def find_plugin_class(module: types.ModuleType, source: PluginSource) -> type[Plugin]:
+    """The one ``Plugin`` subclass the source defines (for an entry point: the class it names)."""
+    if source.entry_point is not None and ":" in source.entry_point:
+        attribute = source.entry_point.partition(":")[2].strip()
+        candidate: object = module
+        for part in attribute.split("."):
+            candidate = getattr(candidate, part)
+        if not (isinstance(candidate, type) and issubclass(candidate, Plugin)):
+            raise NoPluginClassError(source.entry_point)
+        return candidate
+    prefix = module.__name__
+    classes = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, Plugin)
+        and value is not Plugin
+        and not inspect.isabstract(value)
+        and (value.__module__ == prefix or value.__module__.startswith(prefix + "."))
+    ]
+    unique = list(dict.fromkeys(classes))
+    if not unique:
+        raise NoPluginClassError(source.origin)
+    if len(unique) > 1:
+        raise MultiplePluginClassesError(source.origin, sorted(c.__qualname__ for c in unique))
+    return unique[0]
+
+
+def load_plugin_class(source: PluginSource) -> type[Plugin]:
+    """Import ``source`` and return its plugin class."""
+    return find_plugin_class(import_source(source), source)

@@ -1,0 +1,119 @@
+"""Discovery: where plugins come from (plugin directories, then entry points), without running their code."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+
+ENTRY_POINT_GROUP = "plugin_health.plugins"
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSource:
+    """One place a plugin can be imported from: a file or package, or an entry point ``module:Class``."""
+
+    name: str
+    origin: str
+    path: Path | None = None
+    entry_point: str | None = None
+
+    @property
+    def is_package(self) -> bool:
+        """Whether the source is a package directory (``name/__init__.py``)."""
+        return self.path is not None and self.path.name == "__init__.py"
+
+
+def _skipped(entry: Path) -> bool:
+    return entry.name.startswith(("_", "."))
+
+
+def scan_directory(directory: Path) -> list[PluginSource]:
+    """The plugin modules and packages directly inside ``directory``, sorted by name."""
+    found: list[PluginSource] = []
+    try:
+        entries = sorted(directory.iterdir(), key=lambda p: p.name)
+    except OSError:
+        return found
+    for entry in entries:
+        if _skipped(entry):
+            continue
+        if entry.is_file() and entry.suffix == ".py":
+            found.append(PluginSource(entry.stem, str(entry), path=entry))
+        elif entry.is_dir() and (entry / "__init__.py").is_file() and entry.name.isidentifier():
+            found.append(PluginSource(entry.name, str(entry), path=entry / "__init__.py"))
+    return found
+
+
+def scan_entry_points(group: str = ENTRY_POINT_GROUP) -> list[PluginSource]:
+    """The entry points of ``group`` (value ``module:Class``), sorted by name."""
+    selected = entry_points(group=group)
+    return [
+        PluginSource(ep.name, f"entry point {ep.name} = {ep.value}", entry_point=ep.value)
+        for ep in sorted(selected, key=lambda ep: ep.name)
+    ]
+
+
+def discover(directories: Iterable[Path], group: str | None = ENTRY_POINT_GROUP) -> list[PluginSource]:
+    """Every plugin source: each directory in order, then the entry points of ``group``."""
+    sources = [source for directory in directories for source in scan_directory(Path(directory))]
+    if group:
+        sources.extend(scan_entry_points(group))
+    return sources
+
+
+def split_path(value: str) -> list[Path]:
+    """Split an ``os.pathsep``-separated list of directories, dropping empty parts."""
+    return [Path(part) for part in value.split(os.pathsep) if part.strip()]
+
+
+def source_file(source: PluginSource) -> Path | None:
+    """The file holding the plugin's code, found without running it (None if it cannot be found)."""
+    if source.path is not None:
+        return source.path
+    if source.entry_point is None:
+        return None
+    module = source.entry_point.partition(":")[0].strip()
+    try:
+        # find_spec imports a dotted module's parents, never the module itself.
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+def declared_attribute(source: PluginSource, attribute: str, class_names: Sequence[str] = ()) -> object:
+    """A literal class attribute (such as ``isolation``) read from the plugin's source text with ``ast``.
+
+    The server must know that a plugin wants process isolation before it runs a line of it, so this
+    reads the module without importing it. Returns None when the attribute is absent or not a literal.
+    """
+    path = source_file(source)
+    if path is None:
+        return None
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef) or (class_names and node.name not in class_names):
+            continue
+        for statement in node.body:
+            targets: list[ast.expr] = []
+            if isinstance(statement, ast.Assign):
+                targets = statement.targets
+            elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+                targets = [statement.target]
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id == attribute:
+                    try:
+                        return ast.literal_eval(statement.value)  # type: ignore[arg-type]
+                    except ValueError:
+                        return None
+    return None

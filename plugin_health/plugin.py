@@ -1,0 +1,73 @@
+"""The base class every plugin derives from, and the ``@tool`` decorator."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeVar
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+_TOOL_MARK = "__plugin_health_tool__"
+
+Isolation = Literal["inline", "process"]
+
+
+def tool(fn: _F) -> _F:
+    """Mark a plugin method as a tool that ``ToolRunner`` and the HTTP API may call."""
+    setattr(fn, _TOOL_MARK, True)
+    return fn
+
+
+def tool_names(cls: type[Plugin]) -> tuple[str, ...]:
+    """Names of the ``@tool`` methods of a plugin class, sorted."""
+    found = {
+        name
+        for klass in cls.__mro__
+        for name, value in vars(klass).items()
+        if callable(value) and getattr(value, _TOOL_MARK, False)
+    }
+    return tuple(sorted(found))
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """What ``Plugin.initialize`` receives: its configuration, a logger and the other plugins."""
+
+    name: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("plugin_health.plugins"))
+    plugins: Mapping[str, Plugin] = field(default_factory=dict)
+
+
+class Plugin:
+    """Subclass this once per plugin module; override the hooks you need."""
+
+    #: The plugin's unique name; defaults to its module's name.
+    name: ClassVar[str] = ""
+    #: PEP 440 version.
+    version: ClassVar[str] = "0.0.0"
+    #: Other plugins this one needs, each with an optional PEP 440 specifier ("geo>=2.0").
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: When True, this plugin failing makes the aggregate health "fail" and readyz fail.
+    critical: ClassVar[bool] = False
+    #: Seconds for each sandboxed call of this plugin (None: the service default).
+    timeout: ClassVar[float | None] = None
+    #: Memory allowance of one call, in MiB (None: the service default).
+    memory_limit_mb: ClassVar[int | None] = None
+    #: "inline" runs in the server process; "process" in a child process of its own.
+    isolation: ClassVar[Isolation] = "inline"
+
+    def initialize(self, context: PluginContext) -> None:
+        """Prepare the plugin (LOADED -> INITIALIZED)."""
+
+    def start(self) -> None:
+        """Start serving (INITIALIZED -> RUNNING)."""
+
+    def stop(self) -> None:
+        """Release what ``start`` took; called on shutdown, disable and restart."""
+
+    def health_check(self) -> bool:
+        """Report whether the plugin works; False, an exception or a timeout means failing."""
+        return True
