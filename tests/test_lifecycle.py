@@ -1,0 +1,282 @@
+"""The lifecycle contract of DESIGN.md section 3: the whole table, and nothing around it."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from datetime import UTC, datetime
+
+import pytest
+
+from plugin_health import IllegalTransitionError, PluginLifecycleManager, PluginLifecycleState, UnknownPluginError
+from plugin_health.errors import MAX_ERROR_LENGTH
+from plugin_health.lifecycle import TRIGGERS, TransitionRecord
+from plugin_health.lifecycle.machine import _MACHINE
+
+S = PluginLifecycleState
+LEGAL: dict[tuple[S, str], S] = {
+    (S.LOADED, "initialize"): S.INITIALIZED,
+    (S.INITIALIZED, "start"): S.RUNNING,
+    (S.LOADED, "fail"): S.FAILED,
+    (S.INITIALIZED, "fail"): S.FAILED,
+    (S.RUNNING, "fail"): S.FAILED,
+    (S.LOADED, "make_unavailable"): S.UNAVAILABLE,
+    (S.INITIALIZED, "make_unavailable"): S.UNAVAILABLE,
+    (S.RUNNING, "make_unavailable"): S.UNAVAILABLE,
+    (S.FAILED, "reset"): S.LOADED,
+    (S.UNAVAILABLE, "reset"): S.LOADED,
+}
+PATH_TO: dict[S, tuple[str, ...]] = {
+    S.LOADED: (),
+    S.INITIALIZED: ("initialize",),
+    S.RUNNING: ("initialize", "start"),
+    S.FAILED: ("fail",),
+    S.UNAVAILABLE: ("make_unavailable",),
+}
+ALL_TRIGGERS = (*TRIGGERS, "to_RUNNING", "to_LOADED", "bogus", "")
+
+
+def manager_with(state: S, name: str = "p") -> PluginLifecycleManager:
+    manager = PluginLifecycleManager()
+    manager.set_state(name, S.LOADED)
+    for trigger in PATH_TO[state]:
+        manager.trigger(name, trigger)
+    assert manager.get_state(name) is state
+    return manager
+
+
+def test_states_have_capital_string_values() -> None:
+    assert [s.value for s in S] == ["LOADED", "INITIALIZED", "RUNNING", "FAILED", "UNAVAILABLE"]
+    assert S("RUNNING") is S.RUNNING
+
+
+def test_the_machine_has_exactly_the_five_triggers() -> None:
+    assert sorted(_MACHINE.events) == sorted(["initialize", "start", "fail", "make_unavailable", "reset"])
+    assert not hasattr(PluginLifecycleManager, "to_RUNNING")
+
+
+@pytest.mark.parametrize(
+    ("state", "trigger"),
+    list(itertools.product(S, ALL_TRIGGERS)),
+    ids=lambda v: v.value if isinstance(v, S) else (v or "empty"),
+)
+def test_every_trigger_from_every_state(state: S, trigger: str) -> None:
+    manager = manager_with(state)
+    before = manager.history("p")
+    if (state, trigger) in LEGAL:
+        record = manager.trigger("p", trigger, reason="why")
+        assert manager.get_state("p") is LEGAL[(state, trigger)]
+        assert (record.source, record.dest, record.trigger, record.reason) == (
+            state,
+            LEGAL[(state, trigger)],
+            trigger,
+            "why",
+        )
+        assert manager.history("p") == [*before, record]
+    else:
+        with pytest.raises(IllegalTransitionError) as caught:
+            manager.trigger("p", trigger)
+        assert (caught.value.plugin, caught.value.state, caught.value.attempted) == ("p", state.value, trigger)
+        assert repr("p") in str(caught.value)
+        assert state.value in str(caught.value)
+        assert manager.get_state("p") is state
+        assert manager.history("p") == before
+
+
+@pytest.mark.parametrize(
+    ("state", "target"), list(itertools.product(S, S)), ids=lambda v: v.value
+)
+def test_set_state_follows_only_a_legal_trigger(state: S, target: S) -> None:
+    manager = manager_with(state)
+    before = manager.history("p")
+    legal = {dest: trigger for (source, trigger), dest in LEGAL.items() if source is state}
+    if target in legal:
+        record = manager.set_state("p", target)
+        assert manager.get_state("p") is target
+        assert record.trigger == legal[target]
+    else:
+        with pytest.raises(IllegalTransitionError) as caught:
+            manager.set_state("p", target)
+        assert caught.value.state == state.value
+        assert target.value in caught.value.attempted
+        assert manager.get_state("p") is state
+        assert manager.history("p") == before
+
+
+@pytest.mark.parametrize("first", list(S), ids=lambda s: s.value)
+def test_first_state_is_loaded_or_failed(first: S) -> None:
+    manager = PluginLifecycleManager()
+    if first in (S.LOADED, S.FAILED):
+        record = manager.set_state("p", first, error_type="ImportError", error="no module")
+        assert record.source is None
+        assert record.trigger == "load"
+        assert manager.get_state("p") is first
+    else:
+        with pytest.raises(IllegalTransitionError) as caught:
+            manager.set_state("p", first)
+        assert caught.value.state is None
+        assert "p" not in manager
+
+
+@pytest.mark.parametrize("bad", ["BOGUS", "running", "", "to_RUNNING"])
+def test_unknown_state_is_illegal(bad: str) -> None:
+    manager = manager_with(S.LOADED)
+    with pytest.raises(IllegalTransitionError):
+        manager.set_state("p", bad)
+    with pytest.raises(IllegalTransitionError):
+        PluginLifecycleManager().set_state("new", bad)
+    assert manager.get_state("p") is S.LOADED
+
+
+def test_string_states_are_accepted() -> None:
+    manager = PluginLifecycleManager()
+    manager.set_state("p", "LOADED")
+    manager.set_state("p", "INITIALIZED")
+    assert manager.get_state("p") is S.INITIALIZED
+
+
+def test_unknown_plugin() -> None:
+    manager = PluginLifecycleManager()
+    for call in (manager.get_state, manager.history, manager.last, manager.allowed_triggers):
+        with pytest.raises(UnknownPluginError, match="unknown plugin 'ghost'"):
+            call("ghost")
+    with pytest.raises(UnknownPluginError):
+        manager.trigger("ghost", "initialize")
+    with pytest.raises(KeyError):  # an UnknownPluginError is also a KeyError
+        manager.get_state("ghost")
+
+
+def test_all_states_sorted_by_name() -> None:
+    manager = PluginLifecycleManager()
+    for name in ("b", "a", "c"):
+        manager.set_state(name, S.LOADED)
+    manager.trigger("c", "fail")
+    assert manager.all_states() == {"a": S.LOADED, "b": S.LOADED, "c": S.FAILED}
+    assert list(manager) == ["a", "b", "c"]
+    assert len(manager) == 3
+
+
+def test_allowed_triggers_and_may() -> None:
+    manager = manager_with(S.RUNNING)
+    assert manager.allowed_triggers("p") == ("fail", "make_unavailable")
+    assert manager.may("p", "fail")
+    assert not manager.may("p", "start")
+    manager.trigger("p", "fail")
+    assert manager.allowed_triggers("p") == ("reset",)
+
+
+def test_history_records_every_field() -> None:
+    manager = PluginLifecycleManager()
+    manager.set_state("p", S.LOADED)
+    record = manager.trigger("p", "fail", reason="initialize failed", error_type="ValueError", error="bad")
+    assert record.to_dict()["from"] == "LOADED"
+    data = record.to_dict()
+    assert data == {
+        "plugin": "p",
+        "from": "LOADED",
+        "to": "FAILED",
+        "trigger": "fail",
+        "reason": "initialize failed",
+        "error_type": "ValueError",
+        "error": "bad",
+        "at": data["at"],
+    }
+    at = datetime.fromisoformat(data["at"])
+    assert at.tzinfo is not None
+    assert abs((datetime.now(UTC) - at).total_seconds()) < 5
+    assert manager.history("p")[0].to_dict()["from"] is None
+    assert manager.last("p") == record
+
+
+def test_history_is_bounded_oldest_dropped() -> None:
+    manager = PluginLifecycleManager(history_limit=3)
+    manager.set_state("p", S.LOADED)
+    for _ in range(5):
+        manager.trigger("p", "fail")
+        manager.trigger("p", "reset")
+    history = manager.history("p")
+    assert len(history) == 3
+    assert [r.trigger for r in history] == ["reset", "fail", "reset"]
+
+
+def test_error_messages_are_bounded() -> None:
+    manager = manager_with(S.LOADED)
+    record = manager.trigger("p", "fail", error="x" * 100_000)
+    assert record.error is not None
+    assert len(record.error) == MAX_ERROR_LENGTH
+    assert record.error.endswith("\u2026")
+
+
+def test_listeners_see_every_transition_and_cannot_break_it() -> None:
+    manager = PluginLifecycleManager()
+    seen: list[TransitionRecord] = []
+
+    def broken(record: TransitionRecord) -> None:
+        raise RuntimeError("listener bug")
+
+    manager.subscribe(broken)
+    manager.subscribe(seen.append)
+    manager.set_state("p", S.LOADED)
+    manager.trigger("p", "initialize")
+    assert [(r.source, r.dest) for r in seen] == [(None, S.LOADED), (S.LOADED, S.INITIALIZED)]
+    assert manager.get_state("p") is S.INITIALIZED
+
+
+def test_version_changes_on_every_transition() -> None:
+    manager = PluginLifecycleManager()
+    versions = [manager.version]
+    manager.set_state("p", S.LOADED)
+    versions.append(manager.version)
+    manager.trigger("p", "fail")
+    versions.append(manager.version)
+    with pytest.raises(IllegalTransitionError):
+        manager.trigger("p", "start")
+    versions.append(manager.version)
+    assert versions[0] < versions[1] < versions[2] == versions[3]
+
+
+def test_concurrent_triggers_keep_a_consistent_history() -> None:
+    manager = PluginLifecycleManager(history_limit=10_000)
+    manager.set_state("p", S.LOADED)
+    illegal = 0
+    lock = threading.Lock()
+
+    def hammer() -> None:
+        nonlocal illegal
+        for _ in range(300):
+            for trigger in ("fail", "reset"):
+                try:
+                    manager.trigger("p", trigger)
+                except IllegalTransitionError:
+                    with lock:
+                        illegal += 1
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    history = manager.history("p")
+    assert all(a.dest is b.source for a, b in itertools.pairwise(history))
+    assert len(history) - 1 + illegal == 4 * 300 * 2
+
+
+def test_concurrent_first_entry_tracks_once() -> None:
+    manager = PluginLifecycleManager()
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def enter() -> None:
+        barrier.wait()
+        try:
+            manager.set_state("p", S.LOADED)
+        except IllegalTransitionError as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=enter) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(manager.history("p")) == 1
+    assert len(errors) == 7  # LOADED -> LOADED is no legal move
