@@ -1,0 +1,105 @@
+"""Dependency resolution is a pure function: order, missing, version, cycles, and what hangs off them."""
+
+from __future__ import annotations
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from plugin_health.loader.dependencies import Declared, resolve
+
+
+def plugins(**spec: tuple[str, ...] | str) -> dict[str, Declared]:
+    """``name=("dep>=1", ...)`` or ``name="version dep ..."``-free: every plugin at version 1.0 unless given."""
+    out: dict[str, Declared] = {}
+    for name, value in spec.items():
+        version, requires = ("1.0", value) if isinstance(value, tuple) else (value, ())
+        out[name] = Declared(Version(version), tuple(Requirement(r) for r in requires))
+    return out
+
+
+def test_no_dependencies_sorted_by_name() -> None:
+    result = resolve(plugins(c=(), a=(), b=()))
+    assert result.order == ("a", "b", "c")
+    assert result.unavailable == {}
+
+
+def test_dependencies_first_ties_by_name() -> None:
+    result = resolve(plugins(app=("db", "cache"), db=(), cache=("db",), zeta=()))
+    assert result.order == ("db", "cache", "app", "zeta")
+
+
+def test_diamond() -> None:
+    result = resolve(plugins(top=("left", "right"), left=("base",), right=("base",), base=()))
+    assert result.order == ("base", "left", "right", "top")
+    assert result.unavailable == {}
+
+
+def test_missing_dependency_names_it() -> None:
+    result = resolve(plugins(app=("geo>=2.0",), other=()))
+    assert result.order == ("other",)
+    assert result.unavailable == {"app": "dependency_missing: geo is not installed"}
+
+
+def test_version_mismatch_names_dependency_and_specifier() -> None:
+    declared = plugins(app=("geo>=2.0",))
+    declared["geo"] = Declared(Version("1.5"))
+    result = resolve(declared)
+    assert result.order == ("geo",)
+    assert result.unavailable == {"app": "dependency_version: geo 1.5 does not satisfy geo>=2.0"}
+
+
+def test_version_satisfied_including_prereleases() -> None:
+    declared = plugins(app=("geo>=2.0",))
+    declared["geo"] = Declared(Version("2.1rc1"))
+    assert resolve(declared).order == ("geo", "app")
+
+
+def test_two_cycle_marks_both_with_the_whole_cycle() -> None:
+    result = resolve(plugins(a=("b",), b=("a",), c=()))
+    assert result.order == ("c",)
+    assert result.unavailable == {"a": "dependency_cycle: a -> b -> a", "b": "dependency_cycle: a -> b -> a"}
+
+
+def test_three_cycle_and_a_dependent_of_it() -> None:
+    result = resolve(plugins(a=("b",), b=("c",), c=("a",), d=("c",)))
+    cycle = "dependency_cycle: a -> b -> c -> a"
+    assert result.order == ()
+    assert result.unavailable == {"a": cycle, "b": cycle, "c": cycle, "d": "dependency_unavailable: c"}
+
+
+def test_self_cycle() -> None:
+    result = resolve(plugins(a=("a",)))
+    assert result.unavailable == {"a": "dependency_cycle: a -> a"}
+
+
+def test_unavailability_propagates_transitively() -> None:
+    result = resolve(plugins(a=("missing",), b=("a",), c=("b",), d=()))
+    assert result.order == ("d",)
+    assert result.unavailable == {
+        "a": "dependency_missing: missing is not installed",
+        "b": "dependency_unavailable: a",
+        "c": "dependency_unavailable: b",
+    }
+
+
+def test_dependency_that_failed_to_load_is_unavailable_not_missing() -> None:
+    result = resolve(plugins(app=("broken",)), failed=["broken"])
+    assert result.unavailable == {"app": "dependency_unavailable: broken failed to load"}
+
+
+@pytest.mark.parametrize("size", [10, 2000])
+def test_long_chain_resolves_without_recursion(size: int) -> None:
+    declared = {f"p{i:05d}": Declared(Version("1"), (Requirement(f"p{i + 1:05d}"),)) for i in range(size - 1)}
+    declared[f"p{size - 1:05d}"] = Declared(Version("1"))
+    result = resolve(declared)
+    assert result.order == tuple(sorted(declared, reverse=True))
+
+
+def test_long_cycle_is_found() -> None:
+    size = 3000
+    declared = {f"p{i:05d}": Declared(Version("1"), (Requirement(f"p{(i + 1) % size:05d}"),)) for i in range(size)}
+    result = resolve(declared)
+    assert result.order == ()
+    assert len(result.unavailable) == size
+    assert all(reason.startswith("dependency_cycle: p00000 -> p00001") for reason in result.unavailable.values())
