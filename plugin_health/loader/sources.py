@@ -106,14 +106,15 @@ def declared_attribute(source: PluginSource, attribute: str, class_names: Sequen
             continue
         for statement in node.body:
             targets: list[ast.expr] = []
+            value: ast.expr | None = None
             if isinstance(statement, ast.Assign):
-                targets = statement.targets
+                targets, value = statement.targets, statement.value
             elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
-                targets = [statement.target]
+                targets, value = [statement.target], statement.value
             for target in targets:
-                if isinstance(target, ast.Name) and target.id == attribute:
+                if value is not None and isinstance(target, ast.Name) and target.id == attribute:
                     try:
-                        return ast.literal_eval(statement.value)  # type: ignore[arg-type]
+                        return ast.literal_eval(value)
                     except ValueError:
                         return None
     return None

@@ -1,0 +1,164 @@
+"""Settings: defaults, an optional TOML file, and ``PLUGIN_HEALTH_*`` environment variables.
+
+This is the only module that reads ``os.environ``. A bad value raises ``ConfigError`` naming the variable:
+the service refuses to start rather than fall back silently to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from plugin_health.errors import ConfigError
+
+PREFIX = "PLUGIN_HEALTH_"
+SHOW_DETAILS = ("never", "when-authorized", "always")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "plugins"
+
+
+def _default_plugin_path() -> str:
+    return str(EXAMPLES)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of DESIGN.md section 8, validated."""
+
+    plugin_path: str = field(default_factory=_default_plugin_path)
+    admin_token: str | None = None
+    show_details: str = "when-authorized"
+    store_url: str | None = None
+    run_dir: str = "run"
+    default_timeout: float = 10.0
+    default_memory_limit_mb: int = 512
+    failure_threshold: int = 3
+    max_restarts: int = 5
+    restart_window: float = 600.0
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    health_interval: float = 30.0
+    history_limit: int = 100
+    entry_point_group: str = "plugin_health.plugins"
+    #: Per-plugin configuration handed to ``initialize`` as ``context.config`` (from the config file).
+    plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def plugin_dirs(self) -> list[Path]:
+        """The plugin directories, in order."""
+        return [Path(part) for part in self.plugin_path.split(os.pathsep) if part.strip()]
+
+
+def _positive_float(variable: str, value: object) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(variable, value, "a positive number") from None
+    if not number > 0 or number == float("inf"):
+        raise ConfigError(variable, value, "a positive number")
+    return number
+
+
+def _int(variable: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(variable, value, f"a whole number >= {minimum}")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(variable, value, f"a whole number >= {minimum}") from None
+    if number < minimum:
+        raise ConfigError(variable, value, f"a whole number >= {minimum}")
+    return number
+
+
+def _text(variable: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(variable, value, "a string")
+    return value
+
+
+def _optional_text(variable: str, value: object) -> str | None:
+    text = _text(variable, value).strip()
+    return text or None
+
+
+def _show_details(variable: str, value: object) -> str:
+    text = _text(variable, value).strip().lower()
+    if text not in SHOW_DETAILS:
+        raise ConfigError(variable, value, " | ".join(SHOW_DETAILS))
+    return text
+
+
+def _plugins(variable: str, value: object) -> Mapping[str, Mapping[str, Any]]:
+    if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+        raise ConfigError(variable, value, "a table of tables, one per plugin")
+    return {str(k): dict(v) for k, v in value.items()}
+
+
+_PARSERS: dict[str, Callable[[str, object], Any]] = {
+    "plugin_path": _text,
+    "admin_token": _optional_text,
+    "show_details": _show_details,
+    "store_url": _optional_text,
+    "run_dir": _text,
+    "default_timeout": _positive_float,
+    "default_memory_limit_mb": lambda v, x: _int(v, x, 1),
+    "failure_threshold": lambda v, x: _int(v, x, 1),
+    "max_restarts": lambda v, x: _int(v, x, 0),
+    "restart_window": _positive_float,
+    "backoff_base": _positive_float,
+    "backoff_max": _positive_float,
+    "health_interval": _positive_float,
+    "history_limit": lambda v, x: _int(v, x, 1),
+    "entry_point_group": _text,
+    "plugins": _plugins,
+}
+
+
+def _from_file(path: str) -> dict[str, Any]:
+    variable = PREFIX + "CONFIG_FILE"
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as err:
+        raise ConfigError(variable, path, f"a readable TOML file ({err.strerror})") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(variable, path, f"valid TOML ({err})") from err
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from defaults, then ``PLUGIN_HEALTH_CONFIG_FILE``, then the environment, then ``overrides``.
+
+    ``overrides`` uses the field names (``{"plugin_path": ...}``) or the variable names; it is how tests
+    and ``create_app(config)`` pass configuration.
+    """
+    env = os.environ if environ is None else environ
+    raw: dict[str, tuple[str, object]] = {}
+    config_file = (overrides or {}).get("config_file") or env.get(PREFIX + "CONFIG_FILE")
+    if config_file:
+        for key, value in _from_file(str(config_file)).items():
+            raw[key.lower()] = (f"{config_file}: {key}", value)
+    for name in _PARSERS:
+        variable = PREFIX + name.upper()
+        if variable in env and name != "plugins":
+            raw[name] = (variable, env[variable])
+    for key, value in (overrides or {}).items():
+        name = key.lower().removeprefix(PREFIX.lower())
+        if name != "config_file":
+            raw[name] = (key, value)
+    unknown = sorted(set(raw) - set(_PARSERS))
+    if unknown:
+        variable = raw[unknown[0]][0]
+        known = ", ".join(f.name for f in fields(Settings))
+        raise ConfigError(variable, raw[unknown[0]][1], f"a known setting: {known}")
+    values = {name: _PARSERS[name](variable, value) for name, (variable, value) in raw.items()}
+    settings = Settings(**values)
+    if settings.backoff_max < settings.backoff_base:
+        expected = f"a number >= PLUGIN_HEALTH_BACKOFF_BASE ({settings.backoff_base:g})"
+        raise ConfigError(PREFIX + "BACKOFF_MAX", settings.backoff_max, expected)
+    return settings

@@ -1,0 +1,301 @@
+"""``PluginLoader``: sources -> registered plugins -> RUNNING, one isolated phase at a time.
+
+Every phase of every plugin (import, class lookup, declaration, instantiation, ``initialize``, ``start``)
+goes through the sandbox; a failure marks that plugin FAILED with the phase as its reason, and the others
+load as if it were not there. The loader also carries the dependency cascade: a plugin leaving RUNNING
+makes its dependents UNAVAILABLE, and its return to RUNNING brings them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from plugin_health.errors import DuplicatePluginError, IllegalTransitionError
+from plugin_health.lifecycle import (
+    PluginLifecycleManager,
+    PluginLifecycleState,
+    TransitionRecord,
+    UnavailableReason,
+)
+from plugin_health.loader.dependencies import resolve
+from plugin_health.loader.handles import InlineHandle, PluginHandle, ProcessHandle
+from plugin_health.loader.importing import find_plugin_class, import_source
+from plugin_health.loader.registry import PluginEntry, PluginRegistry, PluginSpec
+from plugin_health.loader.sources import PluginSource, declared_attribute
+from plugin_health.plugin import Plugin, PluginContext
+from plugin_health.sandbox import PluginSandboxResult, ProcessPlugin, Sandbox, SandboxLimits
+
+logger = logging.getLogger(__name__)
+
+RUNNING = PluginLifecycleState.RUNNING
+UNAVAILABLE = PluginLifecycleState.UNAVAILABLE
+ACTIVE = frozenset({PluginLifecycleState.LOADED, PluginLifecycleState.INITIALIZED, RUNNING})
+
+
+@dataclass(frozen=True, slots=True)
+class LoaderSettings:
+    """What the loader needs of the service's settings."""
+
+    default_timeout: float | None = 10.0
+    default_memory_limit_mb: int | None = 512
+    plugin_config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+class _PhaseFailed(Exception):
+    """Internal: a load phase failed; the plugin has been marked FAILED."""
+
+
+class PluginLoader:
+    """Loads plugin sources into a registry and moves them through the lifecycle."""
+
+    def __init__(
+        self,
+        registry: PluginRegistry | None = None,
+        manager: PluginLifecycleManager | None = None,
+        settings: LoaderSettings | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else PluginRegistry()
+        self.manager = manager if manager is not None else PluginLifecycleManager()
+        self.settings = settings if settings is not None else LoaderSettings()
+        #: Where each tracked name came from, failed ones included (a restart re-imports from here).
+        self.sources: dict[str, PluginSource] = {}
+        self.finished = threading.Event()
+        self._cascade: deque[TransitionRecord] = deque()
+        self._draining = threading.local()
+        self.manager.subscribe(self._on_transition)
+
+    # -- loading ------------------------------------------------------------------------------------------
+
+    def load(self, sources: Iterable[PluginSource]) -> None:
+        """Load every source, resolve dependencies, then initialize and start in dependency order."""
+        for source in sources:
+            self._load_source(source)
+        failed = [n for n in self.sources if n not in self.registry]
+        resolution = resolve(self.registry.declared(), failed)
+        for name, reason in sorted(resolution.unavailable.items()):
+            self.manager.trigger(name, "make_unavailable", reason=reason)
+        for name in resolution.order:
+            if self.manager.get_state(name) is PluginLifecycleState.LOADED:
+                self.bring_up(name)
+        self.finished.set()
+
+    def _load_source(self, source: PluginSource) -> PluginEntry | None:
+        try:
+            spec, handle = self._instantiate(source)
+        except _PhaseFailed:
+            return None
+        try:
+            if spec.name in self.manager:
+                taken = self.sources[spec.name]
+                raise DuplicatePluginError(spec.name, source.origin, taken.origin)
+            entry = self.registry.register(spec, source, handle)
+        except DuplicatePluginError as err:
+            handle.close()
+            self._enter_failed(source, spec.name, "duplicate name", err)
+            return None
+        self.sources[spec.name] = source
+        self.manager.set_state(spec.name, PluginLifecycleState.LOADED)
+        return entry
+
+    def _limits(self, timeout: float | None, memory_limit_mb: int | None) -> SandboxLimits:
+        return SandboxLimits(
+            timeout=timeout if timeout is not None else self.settings.default_timeout,
+            memory_limit_mb=memory_limit_mb if memory_limit_mb is not None else self.settings.default_memory_limit_mb,
+        )
+
+    def _instantiate(self, source: PluginSource, key: str | None = None) -> tuple[PluginSpec, PluginHandle]:
+        if declared_attribute(source, "isolation") == "process":
+            return self._instantiate_in_child(source, key)
+        sandbox = Sandbox(self._limits(None, None))
+        module = self._phase(source, "import", sandbox.run(import_source, source), key)
+        plugin_class: type[Plugin] = self._phase(
+            source, "class lookup", sandbox.run(find_plugin_class, module, source), key
+        )
+        spec = self._phase(source, "declaration", sandbox.run(PluginSpec.from_class, plugin_class, source.name), key)
+        limits = self._limits(spec.timeout, spec.memory_limit_mb)
+        if spec.isolation == "process":  # declared in a way the source scan could not read: move it out now
+            return self._instantiate_in_child(source, key)
+        instance = self._phase(source, "instantiation", Sandbox(limits).run(plugin_class), key or spec.name)
+        return spec, InlineHandle(instance, limits)
+
+    def _instantiate_in_child(self, source: PluginSource, key: str | None) -> tuple[PluginSpec, PluginHandle]:
+        timeout = declared_attribute(source, "timeout")
+        memory = declared_attribute(source, "memory_limit_mb")
+        limits = self._limits(
+            float(timeout) if isinstance(timeout, int | float) and timeout > 0 else None,
+            memory if isinstance(memory, int) and memory > 0 else None,
+        )
+        process = ProcessPlugin(source, limits)
+        try:
+            metadata = self._phase(source, "load in child process", process.start(), key)
+            spec = self._phase(
+                source, "declaration", Sandbox().run(PluginSpec.from_mapping, metadata, source.name), key
+            )
+        except _PhaseFailed:
+            process.close()
+            raise
+        return spec, ProcessHandle(process, limits)
+
+    def _phase(self, source: PluginSource, phase: str, result: PluginSandboxResult, name: str | None = None) -> Any:
+        if result.ok:
+            return result.result
+        self._enter_failed(source, name or source.name, f"{phase} failed", result)
+        raise _PhaseFailed(phase)
+
+    def _enter_failed(
+        self, source: PluginSource, name: str, reason: str, failure: PluginSandboxResult | Exception
+    ) -> None:
+        """Mark a plugin whose code did not load as FAILED.
+
+        On a reload, ``name`` is its tracked key and it moves LOADED -> FAILED; on a first load it is tracked
+        as FAILED from the start under a free name (``name``, else ``name.2``, ``name.3``...).
+        """
+        if isinstance(failure, Exception):
+            error_type, error = type(failure).__name__, str(failure)
+        else:
+            error_type, error = failure.error_type, failure.error
+        if self.sources.get(name) is source and self.manager.may(name, "fail"):
+            self.manager.trigger(name, "fail", reason=reason, error_type=error_type, error=error)
+            return
+        key, n = name, 1
+        while key in self.manager or key in self.registry:
+            n += 1
+            key = f"{name}.{n}"
+        self.sources[key] = source
+        self.manager.set_state(key, PluginLifecycleState.FAILED, reason=reason, error_type=error_type, error=error)
+
+    # -- moving one plugin -------------------------------------------------------------------------------
+
+    def context_for(self, entry: PluginEntry) -> PluginContext:
+        """The context handed to ``initialize``: config, a named logger, and its dependencies' instances."""
+        plugins = {
+            r.name: dependency.handle.instance
+            for r in entry.spec.requires
+            if (dependency := self.registry.get(r.name)) and isinstance(dependency.handle, InlineHandle)
+        }
+        return PluginContext(
+            name=entry.name,
+            config=MappingProxyType(dict(self.settings.plugin_config.get(entry.name, {}))),
+            logger=logging.getLogger(f"plugin_health.plugins.{entry.name}"),
+            plugins=MappingProxyType(plugins),
+        )
+
+    def bring_up(self, name: str, reason_for: Callable[[str], str] = str) -> PluginLifecycleState:
+        """LOADED -> INITIALIZED -> RUNNING, or FAILED with the phase's error, or UNAVAILABLE for a missing dependency.
+
+        ``reason_for`` turns the failure reason (``"start failed"``) into the one recorded; the supervisor
+        uses it to record ``restart limit reached`` on the last allowed attempt.
+        """
+        entry = self.registry.get(name)
+        for requirement in entry.spec.requires:
+            if self.manager.get_state(requirement.name) is not RUNNING:
+                reason = UnavailableReason.DEPENDENCY_UNAVAILABLE.with_detail(requirement.name)
+                self.manager.trigger(name, "make_unavailable", reason=reason)
+                return UNAVAILABLE
+        for phase, args in (("initialize", (self.context_for(entry),)), ("start", ())):
+            result = entry.handle.call(phase, args)
+            if not result.ok:
+                self.manager.trigger(
+                    name, "fail", reason=reason_for(f"{phase} failed"), error_type=result.error_type, error=result.error
+                )
+                return PluginLifecycleState.FAILED
+            self.manager.trigger(name, phase)
+        return RUNNING
+
+    def restart(self, name: str, reason_for: Callable[[str], str] = str) -> PluginLifecycleState:
+        """Bring ``name`` back from any state: stop it if active, ``reset``, load its code again if it never
+        loaded, then ``initialize`` and ``start``."""
+        state = self.manager.get_state(name)
+        if state in ACTIVE:
+            self.stop(name)
+            self.manager.trigger(name, "make_unavailable", reason=str(UnavailableReason.STOPPED))
+        self.manager.trigger(name, "reset")
+        if name not in self.registry:
+            source = self.sources[name]
+            try:
+                spec, handle = self._instantiate(source, key=name)
+            except _PhaseFailed:
+                return self.manager.get_state(name)
+            if spec.name != name:
+                handle.close()
+                error = f"the plugin now declares the name {spec.name!r}"
+                self.manager.trigger(name, "fail", reason=reason_for("declaration failed"),
+                                     error_type="InvalidPluginError", error=error)
+                return PluginLifecycleState.FAILED
+            self.registry.register(spec, source, handle)
+        return self.bring_up(name, reason_for)
+
+    def stop(self, name: str) -> PluginSandboxResult | None:
+        """Call the plugin's ``stop`` if it is RUNNING (no state change here); None if it was not running."""
+        entry = self.registry.get(name)
+        if self.manager.get_state(name) is not RUNNING:
+            return None
+        result: PluginSandboxResult = entry.handle.call("stop")
+        if not result.ok:
+            logger.warning("plugin %s: stop raised %s: %s", name, result.error_type, result.error)
+        return result
+
+    def shutdown(self) -> None:
+        """Stop every RUNNING plugin (dependents first) as UNAVAILABLE ``stopped``, and close every handle."""
+        order = resolve(self.registry.declared()).order
+        for name in reversed(order):
+            if self.stop(name) is not None:
+                self.manager.trigger(name, "make_unavailable", reason=str(UnavailableReason.STOPPED))
+        for entry in self.registry:
+            if entry.handle is not None:
+                entry.handle.close()
+
+    # -- the dependency cascade ------------------------------------------------------------------------
+
+    def _on_transition(self, record: TransitionRecord) -> None:
+        if (record.source is RUNNING) == (record.dest is RUNNING):
+            return
+        self._cascade.append(record)
+        if getattr(self._draining, "active", False):
+            return  # the outer call drains: a long chain of dependents never deepens the stack
+        self._draining.active = True
+        try:
+            while self._cascade:
+                self._propagate(self._cascade.popleft())
+        finally:
+            self._draining.active = False
+
+    def _propagate(self, record: TransitionRecord) -> None:
+        for dependent in self.registry.dependents(record.plugin):
+            if dependent not in self.manager:
+                continue
+            state = self.manager.get_state(dependent)
+            if record.dest is not RUNNING and state in ACTIVE:
+                self.stop(dependent)
+                reason = UnavailableReason.DEPENDENCY_UNAVAILABLE.with_detail(record.plugin)
+                self._try(dependent, "make_unavailable", reason)
+            elif (
+                record.dest is RUNNING
+                and state is UNAVAILABLE
+                and self._waits_on_dependency(dependent)
+                and self._try(dependent, "reset", None)
+            ):
+                self.bring_up(dependent)
+
+    def _waits_on_dependency(self, name: str) -> bool:
+        reason = self.manager.last(name).reason or ""
+        if not reason.startswith(UnavailableReason.DEPENDENCY_UNAVAILABLE.value):
+            return False
+        requires = self.registry.get(name).spec.requires
+        return all(r.name in self.manager and self.manager.get_state(r.name) is RUNNING for r in requires)
+
+    def _try(self, name: str, trigger: str, reason: str | None) -> bool:
+        """Fire a cascade trigger; another thread may have moved the plugin meanwhile, which is fine."""
+        if not self.manager.may(name, trigger):
+            return False
+        try:
+            self.manager.trigger(name, trigger, reason=reason)
+        except IllegalTransitionError:
+            return False
+        return True

@@ -1,0 +1,162 @@
+"""``PluginRegistry``: what is known of each plugin (its declaration and source), by unique name."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
+
+from plugin_health.errors import DuplicatePluginError, InvalidPluginError, UnknownPluginError
+from plugin_health.loader.dependencies import Declared
+from plugin_health.loader.sources import PluginSource
+from plugin_health.plugin import Plugin, tool_names
+
+#: Plugin names are addressable in URLs: letters, digits, "_", "-", ".", at most 100 characters.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+ISOLATIONS = ("inline", "process")
+
+
+def valid_name(name: object) -> bool:
+    """Whether ``name`` can be a plugin name."""
+    return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSpec:
+    """A plugin's validated declaration: the class attributes of DESIGN.md section 2."""
+
+    name: str
+    version: Version
+    requires: tuple[Requirement, ...] = ()
+    critical: bool = False
+    timeout: float | None = None
+    memory_limit_mb: int | None = None
+    isolation: str = "inline"
+    tools: tuple[str, ...] = ()
+
+    @property
+    def declared(self) -> Declared:
+        """What dependency resolution needs."""
+        return Declared(self.version, self.requires)
+
+    @classmethod
+    def from_class(cls, plugin_class: type[Plugin], default_name: str) -> PluginSpec:
+        """Validate a plugin class's attributes."""
+        return cls.from_mapping(
+            {
+                "name": plugin_class.name or default_name,
+                "version": plugin_class.version,
+                "requires": plugin_class.requires,
+                "critical": plugin_class.critical,
+                "timeout": plugin_class.timeout,
+                "memory_limit_mb": plugin_class.memory_limit_mb,
+                "isolation": plugin_class.isolation,
+                "tools": tool_names(plugin_class),
+            },
+            default_name,
+        )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], default_name: str) -> PluginSpec:
+        """Validate a declaration given as plain data (as a process-isolated plugin reports it)."""
+        name = data.get("name") or default_name
+        if not valid_name(name):
+            raise InvalidPluginError(default_name, "name", f"{name!r} must be 1-100 letters, digits, '_', '-' or '.'")
+        try:
+            version = Version(str(data.get("version", "0.0.0")))
+        except InvalidVersion as err:
+            raise InvalidPluginError(name, "version", f"{data.get('version')!r} is not a PEP 440 version") from err
+        raw = data.get("requires", ())
+        if isinstance(raw, str) or not isinstance(raw, list | tuple):
+            raise InvalidPluginError(name, "requires", "must be a tuple of requirement strings")
+        requires: list[Requirement] = []
+        for item in raw:
+            try:
+                requires.append(Requirement(str(item)))
+            except InvalidRequirement as err:
+                raise InvalidPluginError(name, "requires", f"{item!r} is not a valid requirement") from err
+        timeout = data.get("timeout")
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+            raise InvalidPluginError(name, "timeout", f"{timeout!r} must be a positive number of seconds")
+        memory = data.get("memory_limit_mb")
+        if memory is not None and (not isinstance(memory, int) or isinstance(memory, bool) or memory <= 0):
+            raise InvalidPluginError(name, "memory_limit_mb", f"{memory!r} must be a positive integer")
+        isolation = data.get("isolation", "inline")
+        if isolation not in ISOLATIONS:
+            raise InvalidPluginError(name, "isolation", f"{isolation!r} must be 'inline' or 'process'")
+        return cls(
+            name=name,
+            version=version,
+            requires=tuple(requires),
+            critical=bool(data.get("critical", False)),
+            timeout=None if timeout is None else float(timeout),
+            memory_limit_mb=memory,
+            isolation=isolation,
+            tools=tuple(data.get("tools", ())),
+        )
+
+
+@dataclass(slots=True)
+class PluginEntry:
+    """A registered plugin: its declaration, where it came from, and the live object once it is loaded."""
+
+    spec: PluginSpec
+    source: PluginSource
+    handle: Any = None
+    dependents: set[str] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        """The plugin's unique name."""
+        return self.spec.name
+
+
+class PluginRegistry:
+    """Plugins by unique name; a second plugin with a taken name is refused with ``DuplicatePluginError``."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, PluginEntry] = {}
+        self._wanted_by: dict[str, set[str]] = {}
+
+    def register(self, spec: PluginSpec, source: PluginSource, handle: Any = None) -> PluginEntry:
+        """Add a plugin; ``DuplicatePluginError`` if its name is taken (the first one stays)."""
+        taken = self._entries.get(spec.name)
+        if taken is not None:
+            raise DuplicatePluginError(spec.name, source.origin, taken.source.origin)
+        entry = PluginEntry(spec, source, handle, set(self._wanted_by.get(spec.name, ())))
+        self._entries[spec.name] = entry
+        for requirement in spec.requires:
+            self._wanted_by.setdefault(requirement.name, set()).add(spec.name)
+            dependency = self._entries.get(requirement.name)
+            if dependency is not None:
+                dependency.dependents.add(spec.name)
+        return entry
+
+    def get(self, name: str) -> PluginEntry:
+        """The entry of ``name``; ``UnknownPluginError`` if there is none."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownPluginError(name) from None
+
+    def dependents(self, name: str) -> list[str]:
+        """The plugins that require ``name`` directly, sorted."""
+        entry = self._entries.get(name)
+        return sorted(entry.dependents) if entry else []
+
+    def declared(self) -> dict[str, Declared]:
+        """Every plugin's declaration, for ``resolve``."""
+        return {name: entry.spec.declared for name, entry in self._entries.items()}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[PluginEntry]:
+        return iter([self._entries[name] for name in sorted(self._entries)])
+
+    def __len__(self) -> int:
+        return len(self._entries)
