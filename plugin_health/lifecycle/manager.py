@@ -197,7 +197,7 @@ class PluginLifecycleManager:
         for listener in self._listeners:
             try:
                 listener(record)
-            except Exception:  # noqa: BLE001 - one observer's bug must not undo a recorded transition
+            except Exception:
                 logger.exception("transition listener %r failed on %s", listener, record.plugin)
 
     @staticmethod

@@ -11,6 +11,8 @@ from typing import Any
 from plugin_health.errors import bounded
 from plugin_health.lifecycle.states import PluginLifecycleState
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 @dataclass(frozen=True, slots=True)
 class TransitionRecord:
@@ -23,7 +25,7 @@ class TransitionRecord:
     reason: str | None = None
     error_type: str | None = None
     error: str | None = None
-    at: datetime = datetime.min.replace(tzinfo=UTC)
+    at: datetime = _EPOCH
 
     @classmethod
     def now(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Final
 
 
-class PluginLifecycleState(str, Enum):
+class PluginLifecycleState(StrEnum):
     """Where a plugin is in its life."""
 
     LOADED = "LOADED"
@@ -14,9 +14,6 @@ class PluginLifecycleState(str, Enum):
     RUNNING = "RUNNING"
     FAILED = "FAILED"
     UNAVAILABLE = "UNAVAILABLE"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 LOADED: Final = PluginLifecycleState.LOADED
@@ -56,7 +53,7 @@ LEGAL_MOVES: Final[dict[tuple[PluginLifecycleState, str], PluginLifecycleState]]
 }
 
 
-class UnavailableReason(str, Enum):
+class UnavailableReason(StrEnum):
     """Why a plugin is UNAVAILABLE; the recorded reason starts with one of these codes."""
 
     DEPENDENCY_MISSING = "dependency_missing"
@@ -65,9 +62,6 @@ class UnavailableReason(str, Enum):
     DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
     DISABLED = "disabled"
     STOPPED = "stopped"
-
-    def __str__(self) -> str:
-        return self.value
 
     def with_detail(self, detail: str) -> str:
         """The recorded reason: the code, then what it names (``dependency_missing: geo``)."""
