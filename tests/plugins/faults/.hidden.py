@@ -1,0 +1,1 @@
+raise RuntimeError("hidden files are never imported")

@@ -1,0 +1,1 @@
+raise ImportError("boom at import time")

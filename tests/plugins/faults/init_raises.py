@@ -1,0 +1,6 @@
+from plugin_health import Plugin
+
+
+class InitRaises(Plugin):
+    def initialize(self, context):
+        raise ValueError("bad configuration: password=hunter2")

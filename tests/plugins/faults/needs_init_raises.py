@@ -1,0 +1,5 @@
+from plugin_health import Plugin
+
+
+class NeedsInitRaises(Plugin):
+    requires = ("init_raises",)

@@ -1,0 +1,7 @@
+from plugin_health import Plugin
+
+getcwd = None
+
+
+class OsPlugin(Plugin):
+    pass

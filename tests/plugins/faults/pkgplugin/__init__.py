@@ -1,0 +1,7 @@
+from plugin_health import Plugin
+
+from .helpers import VERSION
+
+
+class PackagePlugin(Plugin):
+    version = VERSION

@@ -1,0 +1,313 @@
+"""Loader v2 over a directory of fault plugins: each phase isolated, every plugin listed as DESIGN.md says."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from plugin_health import PluginLifecycleState
+from plugin_health.loader.loader import LoaderSettings, PluginLoader
+from plugin_health.loader.sources import discover, scan_directory
+
+S = PluginLifecycleState
+FAULTS = Path(__file__).parent / "plugins" / "faults"
+
+# name -> (state, reason, error_type)
+EXPECTED: dict[str, tuple[S, str | None, str | None]] = {
+    "bad_version": (S.FAILED, "declaration failed", "InvalidPluginError"),
+    "ctor_raises": (S.FAILED, "instantiation failed", "RuntimeError"),
+    "dup": (S.RUNNING, None, None),
+    "dup.2": (S.FAILED, "duplicate name", "DuplicatePluginError"),
+    "good": (S.RUNNING, None, None),
+    "import_error": (S.FAILED, "import failed", "ImportError"),
+    "import_exits": (S.FAILED, "import failed", "SystemExit"),
+    "init_exits": (S.FAILED, "initialize failed", "SystemExit"),
+    "init_raises": (S.FAILED, "initialize failed", "ValueError"),
+    "json": (S.RUNNING, None, None),
+    "missing_module": (S.FAILED, "import failed", "ModuleNotFoundError"),
+    "needs_good": (S.RUNNING, None, None),
+    "needs_init_raises": (S.UNAVAILABLE, "dependency_unavailable: init_raises", None),
+    "no_subclass": (S.FAILED, "class lookup failed", "NoPluginClassError"),
+    "os": (S.RUNNING, None, None),
+    "pkgplugin": (S.RUNNING, None, None),
+    "requires_missing": (S.UNAVAILABLE, "dependency_missing: nothere is not installed", None),
+    "start_interrupt": (S.FAILED, "start failed", "KeyboardInterrupt"),
+    "start_raises": (S.FAILED, "start failed", "ConnectionError"),
+    "syntax_error": (S.FAILED, "import failed", "SyntaxError"),
+    "two_subclasses": (S.FAILED, "class lookup failed", "MultiplePluginClassesError"),
+}
+
+
+@pytest.fixture(scope="module")
+def faults() -> PluginLoader:
+    loader = PluginLoader(settings=LoaderSettings(default_timeout=5.0))
+    loader.load(discover([FAULTS], group=None))
+    return loader
+
+
+def test_discovery_skips_private_hidden_and_non_python() -> None:
+    names = [source.name for source in scan_directory(FAULTS)]
+    assert names == sorted(names)
+    assert "_private" not in names
+    assert ".hidden" not in names
+    assert "README" not in names
+    assert "pkgplugin" in names
+
+
+def test_every_fault_plugin_is_listed_with_its_state(faults: PluginLoader) -> None:
+    listed = {
+        name: (state, faults.manager.last(name).reason, faults.manager.last(name).error_type)
+        for name, state in faults.manager.all_states().items()
+    }
+    assert listed == EXPECTED
+    assert faults.finished.is_set()
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("import_error", "boom at import time"),
+        ("missing_module", "does_not_exist_anywhere"),
+        ("syntax_error", "expected ':' (syntax_error.py, line 4)"),
+        ("ctor_raises", "constructor exploded"),
+        ("init_raises", "bad configuration"),
+        ("start_raises", "cannot reach upstream"),
+        ("init_exits", "3"),
+        ("import_exits", "leaving at import"),
+        ("two_subclasses", "First, Second"),
+        ("no_subclass", "no subclass of plugin_health.Plugin"),
+        ("bad_version", "'not a version!' is not a PEP 440 version"),
+        ("dup.2", "'dup'"),
+    ],
+)
+def test_error_messages_name_the_problem(faults: PluginLoader, name: str, fragment: str) -> None:
+    error = faults.manager.last(name).error
+    assert error is not None
+    assert fragment in error
+    assert "Traceback" not in error
+
+
+def test_code_that_never_loaded_enters_failed_directly(faults: PluginLoader) -> None:
+    history = faults.manager.history("syntax_error")
+    assert [(r.source, r.dest, r.trigger) for r in history] == [(None, S.FAILED, "load")]
+
+
+def test_initialize_failure_goes_through_loaded(faults: PluginLoader) -> None:
+    history = faults.manager.history("init_raises")
+    assert [(r.source, r.dest) for r in history] == [(None, S.LOADED), (S.LOADED, S.FAILED)]
+
+
+def test_first_duplicate_keeps_running(faults: PluginLoader) -> None:
+    assert str(faults.registry.get("dup").spec.version) == "1.0"
+    assert "dup_b.py" in faults.sources["dup.2"].origin
+
+
+def test_plugins_never_shadow_real_modules(faults: PluginLoader) -> None:
+    import json as real_json
+    import os as real_os
+
+    assert sys.modules["json"] is real_json
+    assert real_json.loads('{"a": 1}') == {"a": 1}
+    assert callable(real_os.getcwd)
+    assert str(FAULTS) not in sys.path
+    assert faults.registry.get("json").handle.instance.__class__.__module__ == "_plugin_health_plugins.json"
+
+
+def test_package_plugin_with_relative_import(faults: PluginLoader) -> None:
+    assert str(faults.registry.get("pkgplugin").spec.version) == "3.1.4"
+
+
+def test_dependencies_get_their_dependencies_in_context(faults: PluginLoader) -> None:
+    needs_good = faults.registry.get("needs_good").handle.instance
+    assert needs_good.good is faults.registry.get("good").handle.instance
+
+
+def test_loading_the_fault_directory_in_a_fresh_process_survives(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import json
+        from plugin_health.loader.loader import PluginLoader
+        from plugin_health.loader.sources import discover
+        loader = PluginLoader()
+        loader.load(discover([{str(FAULTS)!r}], group=None))
+        print(json.dumps({{name: state.value for name, state in loader.manager.all_states().items()}}))
+        loader.shutdown()
+        print("still alive")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert json.loads(lines[0]) == {name: state.value for name, (state, _, _) in EXPECTED.items()}
+    assert lines[-1] == "still alive"
+
+
+# -- a factory of small plugins in a temporary directory --------------------------------------------------
+
+PluginFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_plugin(tmp_path: Path) -> PluginFactory:
+    def make(name: str, body: str = "pass", *, requires: tuple[str, ...] = (), version: str = "1.0") -> Path:
+        code = textwrap.dedent(
+            """
+            from plugin_health import Plugin
+
+            class P(Plugin):
+                version = {version!r}
+                requires = {requires!r}
+                started = 0
+                stopped = 0
+
+                def start(self):
+                    self.started += 1
+
+                def stop(self):
+                    self.stopped += 1
+
+            {body}
+            """
+        ).format(version=version, requires=requires, body=textwrap.indent(textwrap.dedent(body), "    "))
+        path = tmp_path / f"{name}.py"
+        path.write_text(code)
+        return path
+
+    return make
+
+
+def load_dir(directory: Path) -> PluginLoader:
+    loader = PluginLoader()
+    loader.load(discover([directory], group=None))
+    return loader
+
+
+def test_cascade_on_failure_and_recovery_on_return(tmp_path: Path, make_plugin: PluginFactory) -> None:
+    make_plugin("base")
+    make_plugin("middle", requires=("base",))
+    make_plugin("top", requires=("middle",))
+    make_plugin("aside")
+    loader = load_dir(tmp_path)
+    m = loader.manager
+    assert set(m.all_states().values()) == {S.RUNNING}
+
+    m.trigger("base", "fail", reason="tool calls failing")
+    assert m.get_state("middle") is S.UNAVAILABLE
+    assert m.last("middle").reason == "dependency_unavailable: base"
+    assert m.get_state("top") is S.UNAVAILABLE
+    assert m.last("top").reason == "dependency_unavailable: middle"
+    assert m.get_state("aside") is S.RUNNING
+    assert loader.registry.get("middle").handle.instance.stopped == 1
+    assert loader.registry.get("top").handle.instance.stopped == 1
+
+    m.trigger("base", "reset")
+    assert loader.bring_up("base") is S.RUNNING
+    assert m.get_state("middle") is S.RUNNING
+    assert m.get_state("top") is S.RUNNING
+    assert [r.trigger for r in m.history("top")] == ["load", "initialize", "start", "make_unavailable", "reset",
+                                                     "initialize", "start"]
+    assert loader.registry.get("top").handle.instance.started == 2
+
+
+def test_diamond_recovers_only_when_every_dependency_is_back(tmp_path: Path, make_plugin: PluginFactory) -> None:
+    make_plugin("left")
+    make_plugin("right")
+    make_plugin("top", requires=("left", "right"))
+    loader = load_dir(tmp_path)
+    m = loader.manager
+    m.trigger("left", "fail")
+    m.trigger("right", "make_unavailable", reason="disabled")
+    assert m.get_state("top") is S.UNAVAILABLE
+    m.trigger("left", "reset")
+    loader.bring_up("left")
+    assert m.get_state("top") is S.UNAVAILABLE  # right is still away
+    m.trigger("right", "reset")
+    loader.bring_up("right")
+    assert m.get_state("top") is S.RUNNING
+
+
+def test_dependency_failing_at_start_leaves_dependents_unavailable(
+    tmp_path: Path, make_plugin: PluginFactory
+) -> None:
+    make_plugin("base", "def initialize(self, context):\n    raise OSError('disk gone')")
+    make_plugin("app", requires=("base",))
+    loader = load_dir(tmp_path)
+    assert loader.manager.get_state("base") is S.FAILED
+    assert loader.manager.get_state("app") is S.UNAVAILABLE
+    assert loader.manager.last("app").reason == "dependency_unavailable: base"
+
+
+def test_version_mismatch_and_cycles_from_files(tmp_path: Path, make_plugin: PluginFactory) -> None:
+    make_plugin("geo", version="1.5")
+    make_plugin("weather", requires=("geo>=2.0",))
+    make_plugin("a", requires=("b",))
+    make_plugin("b", requires=("a",))
+    loader = load_dir(tmp_path)
+    m = loader.manager
+    assert m.get_state("weather") is S.UNAVAILABLE
+    assert m.last("weather").reason == "dependency_version: geo 1.5 does not satisfy geo>=2.0"
+    assert m.last("a").reason == m.last("b").reason == "dependency_cycle: a -> b -> a"
+    assert m.get_state("geo") is S.RUNNING
+
+
+def test_plugin_path_directories_in_order(tmp_path: Path) -> None:
+    first, second = tmp_path / "one", tmp_path / "two"
+    for directory, version in ((first, "1.0"), (second, "2.0")):
+        directory.mkdir()
+        (directory / "same.py").write_text(
+            f"from plugin_health import Plugin\nclass Same(Plugin):\n    version = {version!r}\n"
+        )
+    loader = PluginLoader()
+    loader.load(discover([first, second], group=None))
+    assert str(loader.registry.get("same").spec.version) == "1.0"
+    assert loader.manager.get_state("same.2") is S.FAILED
+
+
+def test_plugin_config_reaches_initialize(tmp_path: Path) -> None:
+    loader = PluginLoader(settings=LoaderSettings(plugin_config={"good": {"greeting": "hi"}}))
+    loader.load(discover([FAULTS], group=None))
+    assert loader.registry.get("good").handle.instance.greeting == "hi"
+
+
+def test_shutdown_stops_dependents_first(tmp_path: Path, make_plugin: PluginFactory) -> None:
+    make_plugin("base")
+    make_plugin("app", requires=("base",))
+    loader = load_dir(tmp_path)
+    loader.shutdown()
+    for name in ("base", "app"):
+        assert loader.manager.get_state(name) is S.UNAVAILABLE
+        assert loader.manager.last(name).reason == "stopped"
+        assert loader.registry.get(name).handle.instance.stopped == 1
+
+
+def test_entry_point_plugins(tmp_path: Path) -> None:
+    dist = tmp_path / "site" / "ep_demo-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-demo\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[plugin_health.plugins]\nepdemo = ep_demo_mod:Demo\n")
+    (tmp_path / "site" / "ep_demo_mod.py").write_text(
+        "from plugin_health import Plugin\nclass Demo(Plugin):\n    name = 'epdemo'\n    version = '4.2'\n"
+    )
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from plugin_health.loader.loader import PluginLoader
+        from plugin_health.loader.sources import discover
+        loader = PluginLoader()
+        loader.load(discover([]))
+        print(json.dumps({n: s.value for n, s in loader.manager.all_states().items()}))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"epdemo": "RUNNING"}
