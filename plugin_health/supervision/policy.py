@@ -1,0 +1,62 @@
+"""The restart policy as pure functions: backoff schedule, intensity limit, and what an outcome does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from plugin_health.sandbox.results import CRASHED
+
+RESTART_LIMIT_REACHED = "restart limit reached"
+
+
+def backoff_delay(attempt: int, base: float, cap: float, jitter: float) -> float:
+    """Seconds to wait before restart number ``attempt`` (0-based) of a plugin.
+
+    Exponential: ``base * 2**attempt`` capped at ``cap``; ``jitter`` in [0, 1) spreads it over the upper
+    half of that (``delay * (0.5 + jitter / 2)``), so that plugins failing together do not restart in step,
+    while every delay stays at least half the nominal one.
+    """
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0, not {attempt}")
+    if not 0.0 <= jitter < 1.0:
+        raise ValueError(f"jitter must be in [0, 1), not {jitter}")
+    nominal = cap if attempt >= 64 else min(cap, base * 2.0**attempt)
+    return nominal * (0.5 + jitter / 2)
+
+
+def restarts_in_window(restart_times: Iterable[float], now: float, window: float) -> int:
+    """How many of the restarts at ``restart_times`` fall within the last ``window`` seconds."""
+    return sum(1 for t in restart_times if now - t < window)
+
+
+def may_restart(restart_times: Iterable[float], now: float, window: float, max_restarts: int) -> bool:
+    """Whether one more automatic restart fits the intensity limit (``max_restarts`` 0: never)."""
+    return max_restarts > 0 and restarts_in_window(restart_times, now, window) < max_restarts
+
+
+class Verdict(Enum):
+    """What one call's outcome does to a plugin."""
+
+    HEALTHY = "healthy"  # success: the failure count goes back to 0
+    COUNTED = "counted"  # a failure, still under the threshold
+    FAIL = "fail"  # the plugin must be moved to FAILED now
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """The verdict on an outcome, and the consecutive-failure count after it."""
+
+    verdict: Verdict
+    consecutive_failures: int
+
+
+def judge(ok: bool, error_type: str | None, consecutive_failures: int, threshold: int) -> Judgement:
+    """Apply DESIGN.md section 5: a crash fails at once, ``threshold`` failures in a row fail, success resets."""
+    if ok:
+        return Judgement(Verdict.HEALTHY, 0)
+    count = consecutive_failures + 1
+    if error_type == CRASHED or count >= threshold:
+        return Judgement(Verdict.FAIL, count)
+    return Judgement(Verdict.COUNTED, count)

@@ -1,0 +1,268 @@
+"""``Supervisor``: turns sandbox outcomes into lifecycle triggers, runs health checks, restarts FAILED plugins.
+
+The sandbox only returns results; the supervisor decides. Outcomes of tool calls and health checks go
+through ``judge`` (crash: fail at once; ``failure_threshold`` failures in a row: fail; success: count reset).
+A FAILED plugin is retried (``reset``, ``initialize``, ``start``) after an exponential backoff with jitter,
+at most ``max_restarts`` times in ``restart_window`` seconds; the failure past that limit is recorded with
+the reason ``restart limit reached`` and the plugin stays FAILED until an operator restarts it.
+
+Work is kept in a heap of due times, so a tick costs O(log n) per due item, not O(plugins).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from plugin_health.errors import IllegalTransitionError, UnknownPluginError
+from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
+from plugin_health.loader.loader import PluginLoader
+from plugin_health.sandbox import PluginSandboxResult
+from plugin_health.supervision.policy import (
+    RESTART_LIMIT_REACHED,
+    Verdict,
+    backoff_delay,
+    judge,
+    may_restart,
+    restarts_in_window,
+)
+
+logger = logging.getLogger(__name__)
+
+RUNNING = PluginLifecycleState.RUNNING
+FAILED = PluginLifecycleState.FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisionSettings:
+    """The restart and health-check policy (DESIGN.md sections 5 and 8)."""
+
+    failure_threshold: int = 3
+    max_restarts: int = 5
+    restart_window: float = 600.0
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    health_interval: float = 30.0
+
+
+@dataclass(slots=True)
+class PluginWatch:
+    """What the supervisor knows of one plugin."""
+
+    consecutive_failures: int = 0
+    restarts: int = 0
+    restart_times: deque[float] = field(default_factory=deque)
+    next_restart_at: float | None = None
+    next_check_at: float | None = None
+    last_check: datetime | None = None
+    last_check_ok: bool | None = None
+    gave_up: bool = False
+
+
+class Supervisor:
+    """Supervises the plugins of one loader; ``start()`` runs it on a background thread."""
+
+    def __init__(
+        self,
+        loader: PluginLoader,
+        settings: SupervisionSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.loader = loader
+        self.manager = loader.manager
+        self.settings = settings if settings is not None else SupervisionSettings()
+        self._clock = clock
+        self._jitter = jitter
+        self._watches: dict[str, PluginWatch] = {}
+        self._due: list[tuple[float, str, str]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.manager.subscribe(self._on_transition)
+        for name in self.manager:
+            self._on_transition(self.manager.last(name))
+
+    # -- outcomes ---------------------------------------------------------------------------------------
+
+    def watch(self, name: str) -> PluginWatch:
+        """The supervision record of ``name`` (created on first use)."""
+        with self._lock:
+            return self._watch(name)
+
+    def record_outcome(self, name: str, result: PluginSandboxResult, what: str = "call") -> Verdict:
+        """Apply one call's outcome to ``name``; may fail the plugin (DESIGN.md section 5)."""
+        with self._lock:
+            watch = self._watch(name)
+            judgement = judge(result.ok, result.error_type, watch.consecutive_failures, self.settings.failure_threshold)
+            watch.consecutive_failures = judgement.consecutive_failures
+        if judgement.verdict is Verdict.FAIL:
+            if result.error_type == "PluginCrashedError":
+                reason = f"{what} crashed"
+            else:
+                reason = f"{judgement.consecutive_failures} consecutive failures ({what})"
+            self.fail(name, reason, result.error_type, result.error)
+        return judgement.verdict
+
+    def fail(self, name: str, reason: str, error_type: str | None, error: str | None) -> bool:
+        """Stop ``name`` if it runs and move it to FAILED; False if it was no longer in a state that can fail."""
+        if not self.manager.may(name, "fail"):
+            return False
+        self.loader.stop(name)
+        try:
+            self.manager.trigger(name, "fail", reason=self.failure_reason(name, reason), error_type=error_type,
+                                 error=error)
+        except IllegalTransitionError:
+            return False  # moved by another thread meanwhile
+        return True
+
+    def failure_reason(self, name: str, reason: str) -> str:
+        """``reason``, or ``restart limit reached`` when no automatic restart is left for ``name``."""
+        with self._lock:
+            watch = self._watch(name)
+            now = self._clock()
+            limit = self.settings.max_restarts
+            if limit > 0 and not may_restart(watch.restart_times, now, self.settings.restart_window, limit):
+                return RESTART_LIMIT_REACHED
+        return reason
+
+    # -- health checks -----------------------------------------------------------------------------------
+
+    def check(self, name: str) -> bool:
+        """Run ``name``'s health check now; False, an exception or a timeout counts as a failure."""
+        entry = self.loader.registry.get(name)
+        if self.manager.get_state(name) is not RUNNING:
+            return False
+        result = entry.handle.call("health_check")
+        passed = result.ok and result.result is not False
+        if result.ok and not passed:
+            result = PluginSandboxResult(False, False, "health check returned False", "HealthCheckFailed",
+                                         result.duration_ms)
+        with self._lock:
+            watch = self._watch(name)
+            watch.last_check = datetime.now(UTC)
+            watch.last_check_ok = passed
+        self.record_outcome(name, result, "health check")
+        return passed
+
+    # -- restarts ------------------------------------------------------------------------------------------
+
+    def restart(self, name: str, *, automatic: bool = True) -> PluginLifecycleState:
+        """``reset``, (re)load if needed, ``initialize``, ``start``; an operator restart clears the limit."""
+        with self._lock:
+            watch = self._watch(name)
+            if automatic:
+                watch.restart_times.append(self._clock())
+            else:
+                watch.restart_times.clear()
+                watch.gave_up = False
+            watch.restarts += 1
+            watch.next_restart_at = None
+        state = self.loader.restart(name, lambda reason: self.failure_reason(name, reason))
+        if state is FAILED and self.watch(name).gave_up:
+            logger.warning("plugin %s: %s; it stays FAILED until an operator restarts it", name, RESTART_LIMIT_REACHED)
+        return state
+
+    # -- scheduling ------------------------------------------------------------------------------------------
+
+    def _watch(self, name: str) -> PluginWatch:
+        watch = self._watches.get(name)
+        if watch is None:
+            watch = self._watches[name] = PluginWatch()
+        return watch
+
+    def _schedule(self, due: float, name: str, kind: str) -> None:
+        heapq.heappush(self._due, (due, name, kind))
+        self._wake.notify()
+
+    def _on_transition(self, record: TransitionRecord) -> None:
+        with self._lock:
+            watch = self._watch(record.plugin)
+            now = self._clock()
+            if record.dest is RUNNING:
+                watch.consecutive_failures = 0
+                watch.next_check_at = now
+                self._schedule(now, record.plugin, "check")
+            elif record.dest is FAILED:
+                watch.next_check_at = None
+                window, limit = self.settings.restart_window, self.settings.max_restarts
+                if limit == 0:
+                    return  # automatic restarts are off
+                while watch.restart_times and now - watch.restart_times[0] >= window:
+                    watch.restart_times.popleft()
+                if record.reason == RESTART_LIMIT_REACHED or not may_restart(watch.restart_times, now, window, limit):
+                    watch.gave_up = True
+                    return
+                attempt = restarts_in_window(watch.restart_times, now, window)
+                delay = backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_max, self._jitter())
+                watch.next_restart_at = now + delay
+                self._schedule(watch.next_restart_at, record.plugin, "restart")
+            else:
+                watch.next_check_at = None
+
+    def tick(self) -> float | None:
+        """Do everything that is due now; returns when the next item is due (None: nothing scheduled)."""
+        while True:
+            with self._lock:
+                if not self._due or self._due[0][0] > self._clock():
+                    return self._due[0][0] if self._due else None
+                due, name, kind = heapq.heappop(self._due)
+                watch = self._watch(name)
+                current = (watch.next_check_at if kind == "check" else watch.next_restart_at) == due
+            if current:
+                self._run_due(name, kind, due)
+
+    def _run_due(self, name: str, kind: str, due: float) -> None:
+        try:
+            state = self.manager.get_state(name)
+        except UnknownPluginError:
+            return
+        if kind == "restart" and state is FAILED:
+            self.restart(name)
+        elif kind == "check" and state is RUNNING:
+            self.check(name)
+            with self._lock:
+                watch = self._watch(name)
+                if watch.next_check_at == due and self.manager.get_state(name) is RUNNING:
+                    watch.next_check_at = due + self.settings.health_interval
+                    self._schedule(watch.next_check_at, name, "check")
+
+    # -- the background thread ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run ``tick`` on a daemon thread until ``stop``."""
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="plugin-health-supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the background thread (an item being worked on finishes first)."""
+        with self._lock:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stopped():
+            next_due = self.tick()
+            with self._lock:
+                wait = None if next_due is None else max(0.0, next_due - self._clock())
+                if not self._stopping and (wait is None or wait > 0):
+                    self._wake.wait(wait)
+
+    def _stopped(self) -> bool:
+        with self._lock:
+            return self._stopping

@@ -1,0 +1,210 @@
+"""Supervision: outcomes move plugins, health checks run, FAILED plugins come back within the limits."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from plugin_health import PluginLifecycleState
+from plugin_health.errors import PluginNotRunningError, UnknownPluginError, UnknownToolError
+from plugin_health.loader.loader import PluginLoader
+from plugin_health.loader.sources import discover
+from plugin_health.supervision import RESTART_LIMIT_REACHED, SupervisionSettings, Supervisor
+from plugin_health.tools import ToolRunner
+
+S = PluginLifecycleState
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def write(directory: Path, name: str, body: str) -> None:
+    (directory / f"{name}.py").write_text(
+        "from plugin_health import Plugin, tool\n\n\nclass P(Plugin):\n" + textwrap.indent(textwrap.dedent(body), "    ")
+    )
+
+
+FLAKY = """
+calls = 0
+fail_starts = 0
+
+@tool
+def work(self, fail=False):
+    self.calls += 1
+    if fail:
+        raise ValueError(f"call {self.calls} failed")
+    return self.calls
+
+def start(self):
+    if self.fail_starts > 0:
+        type(self).fail_starts -= 1
+        raise RuntimeError("not yet")
+
+def health_check(self):
+    return not getattr(self, "sick", False)
+"""
+
+
+def setup(directory: Path, **settings: float) -> tuple[PluginLoader, Supervisor, FakeClock]:
+    clock = FakeClock()
+    loader = PluginLoader()
+    supervisor = Supervisor(loader, SupervisionSettings(**settings), clock=clock, jitter=lambda: 0.0)  # type: ignore[arg-type]
+    loader.load(discover([directory], group=None))
+    return loader, supervisor, clock
+
+
+def test_threshold_of_consecutive_tool_failures(tmp_path: Path) -> None:
+    write(tmp_path, "flaky", FLAKY)
+    loader, supervisor, _ = setup(tmp_path, failure_threshold=3)
+    runner = ToolRunner(supervisor)
+    assert runner.run("flaky", "work", fail=True).error_type == "ValueError"
+    assert runner.run("flaky", "work", fail=True).error == "call 2 failed"
+    assert runner.run("flaky", "work").result == 3  # success: the count goes back to 0
+    assert supervisor.watch("flaky").consecutive_failures == 0
+    for _ in range(2):
+        runner.run("flaky", "work", fail=True)
+    assert loader.manager.get_state("flaky") is S.RUNNING
+    runner.run("flaky", "work", fail=True)
+    assert loader.manager.get_state("flaky") is S.FAILED
+    last = loader.manager.last("flaky")
+    assert (last.reason, last.error_type, last.error) == ("3 consecutive failures (tool work)", "ValueError",
+                                                         "call 6 failed")
+    with pytest.raises(PluginNotRunningError, match="'flaky' is FAILED, not RUNNING"):
+        runner.run("flaky", "work")
+
+
+def test_tool_runner_typed_errors(tmp_path: Path) -> None:
+    write(tmp_path, "flaky", FLAKY)
+    _, supervisor, _ = setup(tmp_path)
+    runner = ToolRunner(supervisor)
+    with pytest.raises(UnknownPluginError):
+        runner.run("ghost", "work")
+    with pytest.raises(UnknownToolError, match="no tool 'start'"):
+        runner.run("flaky", "start")  # a lifecycle method is not a tool
+    assert runner.tools("flaky") == ("work",)
+
+
+def test_failing_health_checks_move_a_running_plugin(tmp_path: Path) -> None:
+    write(tmp_path, "flaky", FLAKY)
+    loader, supervisor, clock = setup(tmp_path, failure_threshold=2, health_interval=30.0)
+    supervisor.tick()  # the first check runs as soon as the plugin is RUNNING
+    watch = supervisor.watch("flaky")
+    assert watch.last_check_ok is True
+    assert watch.last_check is not None
+    loader.registry.get("flaky").handle.instance.sick = True
+    clock.now += 29
+    supervisor.tick()
+    assert watch.consecutive_failures == 0  # not due yet
+    clock.now += 1
+    supervisor.tick()
+    assert (watch.last_check_ok, watch.consecutive_failures) == (False, 1)
+    clock.now += 30
+    supervisor.tick()
+    assert loader.manager.get_state("flaky") is S.FAILED
+    assert loader.manager.last("flaky").reason == "2 consecutive failures (health check)"
+    assert loader.manager.last("flaky").error_type == "HealthCheckFailed"
+
+
+def test_failed_plugin_restarts_with_backoff(tmp_path: Path) -> None:
+    write(tmp_path, "flaky", FLAKY.replace("fail_starts = 0", "fail_starts = 2"))
+    loader, supervisor, clock = setup(tmp_path, backoff_base=1.0, backoff_max=300.0)
+    m = loader.manager
+    assert m.get_state("flaky") is S.FAILED
+    watch = supervisor.watch("flaky")
+    assert watch.next_restart_at == clock.now + 0.5  # attempt 0: 1 s, jitter 0 -> half
+    clock.now += 0.4
+    supervisor.tick()
+    assert m.get_state("flaky") is S.FAILED
+    clock.now += 0.1
+    supervisor.tick()  # restart 1: start fails again
+    assert m.get_state("flaky") is S.FAILED
+    assert watch.next_restart_at == clock.now + 1.0  # attempt 1: 2 s -> 1 s
+    clock.now += 1.0
+    supervisor.tick()
+    assert m.get_state("flaky") is S.RUNNING
+    assert watch.restarts == 2
+    assert [r.trigger for r in m.history("flaky")][-3:] == ["reset", "initialize", "start"]
+
+
+def test_restart_limit_keeps_plugin_failed_until_operator_restart(tmp_path: Path) -> None:
+    write(tmp_path, "flaky", FLAKY.replace("fail_starts = 0", "fail_starts = 1000"))
+    loader, supervisor, clock = setup(tmp_path, max_restarts=2, backoff_base=1.0)
+    m = loader.manager
+    for _ in range(10):
+        clock.now += 400
+        supervisor.tick()
+    watch = supervisor.watch("flaky")
+    assert watch.restarts == 2
+    assert watch.gave_up
+    assert m.get_state("flaky") is S.FAILED
+    assert m.last("flaky").reason == RESTART_LIMIT_REACHED
+    assert m.last("flaky").error_type == "RuntimeError"
+    assert supervisor.tick() is None  # nothing scheduled any more
+
+    type(loader.registry.get("flaky").handle.instance).fail_starts = 0
+    assert supervisor.restart("flaky", automatic=False) is S.RUNNING
+    assert not watch.gave_up
+
+
+def test_restarts_outside_the_window_do_not_count(tmp_path: Path) -> None:
+    write(tmp_path, "flaky", FLAKY)
+    loader, supervisor, clock = setup(tmp_path, max_restarts=1, restart_window=60.0, failure_threshold=1)
+    runner = ToolRunner(supervisor)
+    for _ in range(3):  # one restart per window, and the window has passed each time: never gives up
+        runner.run("flaky", "work", fail=True)
+        assert loader.manager.get_state("flaky") is S.FAILED
+        clock.now += 1
+        supervisor.tick()
+        assert loader.manager.get_state("flaky") is S.RUNNING
+        clock.now += 61
+    runner.run("flaky", "work", fail=True)
+    clock.now += 1
+    supervisor.tick()
+    runner.run("flaky", "work", fail=True)  # a second failure inside the window: no restart left
+    assert loader.manager.get_state("flaky") is S.FAILED
+    assert loader.manager.last("flaky").reason == RESTART_LIMIT_REACHED
+
+
+def test_zero_max_restarts_turns_automatic_restarts_off(tmp_path: Path) -> None:
+    write(tmp_path, "flaky", FLAKY.replace("fail_starts = 0", "fail_starts = 1"))
+    loader, supervisor, clock = setup(tmp_path, max_restarts=0)
+    clock.now += 10_000
+    assert supervisor.tick() is None
+    assert loader.manager.get_state("flaky") is S.FAILED
+    assert loader.manager.last("flaky").reason == "start failed"
+
+
+def test_plugin_that_never_loaded_is_reimported_on_restart(tmp_path: Path) -> None:
+    (tmp_path / "fixme.py").write_text("def broken(:\n")
+    loader, supervisor, clock = setup(tmp_path)
+    assert loader.manager.last("fixme").error_type == "SyntaxError"
+    write(tmp_path, "fixme", "version = '2.0'\n")
+    clock.now += 1
+    supervisor.tick()
+    assert loader.manager.get_state("fixme") is S.RUNNING
+    assert [r.trigger for r in loader.manager.history("fixme")] == ["load", "reset", "initialize", "start"]
+
+
+def test_background_thread_restarts_for_real(tmp_path: Path) -> None:
+    write(tmp_path, "flaky", FLAKY.replace("fail_starts = 0", "fail_starts = 1"))
+    loader = PluginLoader()
+    supervisor = Supervisor(loader, SupervisionSettings(backoff_base=0.05, backoff_max=0.1))
+    loader.load(discover([tmp_path], group=None))
+    assert loader.manager.get_state("flaky") is S.FAILED
+    supervisor.start()
+    try:
+        deadline = time.monotonic() + 5
+        while loader.manager.get_state("flaky") is not S.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert loader.manager.get_state("flaky") is S.RUNNING
+    finally:
+        supervisor.stop()
+        loader.shutdown()
