@@ -1,5 +1,6 @@
 """plugin-health: host plugins with error isolation and serve their health over HTTP."""
 
+from plugin_health.app import create_app
 from plugin_health.errors import (
     DuplicatePluginError,
     IllegalTransitionError,
@@ -19,5 +20,6 @@ __all__ = [
     "PluginLifecycleState",
     "TransitionRecord",
     "UnknownPluginError",
+    "create_app",
     "tool",
 ]
