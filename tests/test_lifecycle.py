@@ -8,7 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from plugin_health import IllegalTransitionError, PluginLifecycleManager, PluginLifecycleState, UnknownPluginError
+from plugin_health import (
+    IllegalTransitionError,
+    PluginLifecycleManager,
+    PluginLifecycleState,
+    UnknownPluginError,
+)
 from plugin_health.errors import MAX_ERROR_LENGTH
 from plugin_health.lifecycle import TRIGGERS, TransitionRecord
 from plugin_health.lifecycle.machine import _MACHINE
