@@ -173,7 +173,14 @@ class PluginLoader:
     # -- moving one plugin -------------------------------------------------------------------------------
 
     def context_for(self, entry: PluginEntry) -> PluginContext:
-        """The context handed to ``initialize``: config, a named logger, and its dependencies' instances."""
+        """The context handed to ``initialize``: config, a named logger, and its dependencies' instances.
+
+        A process-isolated plugin gets plain copies (they cross a pipe) and no instances of other plugins.
+        """
+        config = dict(self.settings.plugin_config.get(entry.name, {}))
+        logger_ = logging.getLogger(f"plugin_health.plugins.{entry.name}")
+        if not isinstance(entry.handle, InlineHandle):
+            return PluginContext(name=entry.name, config=config, logger=logger_, plugins={})
         plugins = {
             r.name: dependency.handle.instance
             for r in entry.spec.requires
@@ -181,8 +188,8 @@ class PluginLoader:
         }
         return PluginContext(
             name=entry.name,
-            config=MappingProxyType(dict(self.settings.plugin_config.get(entry.name, {}))),
-            logger=logging.getLogger(f"plugin_health.plugins.{entry.name}"),
+            config=MappingProxyType(config),
+            logger=logger_,
             plugins=MappingProxyType(plugins),
         )
 
