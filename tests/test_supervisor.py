@@ -28,7 +28,8 @@ class FakeClock:
 
 def write(directory: Path, name: str, body: str) -> None:
     (directory / f"{name}.py").write_text(
-        "from plugin_health import Plugin, tool\n\n\nclass P(Plugin):\n" + textwrap.indent(textwrap.dedent(body), "    ")
+        "from plugin_health import Plugin, tool\n\n\nclass P(Plugin):\n"
+        + textwrap.indent(textwrap.dedent(body), "    ")
     )
 
 

@@ -202,6 +202,8 @@ class PluginLifecycleManager:
 
     @staticmethod
     def _log(record: TransitionRecord) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return
         logger.info(
             "plugin %s: %s -> %s (%s)",
             record.plugin,

@@ -156,6 +156,8 @@ class PluginLoader:
         On a reload, ``name`` is its tracked key and it moves LOADED -> FAILED; on a first load it is tracked
         as FAILED from the start under a free name (``name``, else ``name.2``, ``name.3``...).
         """
+        error_type: str | None
+        error: str | None
         if isinstance(failure, Exception):
             error_type, error = type(failure).__name__, str(failure)
         else:

@@ -1,0 +1,100 @@
+"""Settings: working defaults, the environment, a TOML file, and a clear error for every bad value."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from plugin_health.config import EXAMPLES, Settings, load_settings
+from plugin_health.errors import ConfigError
+
+
+def test_defaults_need_no_configuration() -> None:
+    settings = load_settings(environ={})
+    assert settings == Settings()
+    assert settings.plugin_dirs == [EXAMPLES]
+    assert (settings.default_timeout, settings.default_memory_limit_mb, settings.failure_threshold) == (10.0, 512, 3)
+    assert (settings.max_restarts, settings.restart_window, settings.backoff_base, settings.backoff_max) == (
+        5,
+        600.0,
+        1.0,
+        300.0,
+    )
+    assert settings.health_interval == 30.0
+    assert settings.show_details == "when-authorized"
+    assert settings.admin_token is None
+
+
+def test_environment_variables() -> None:
+    env = {
+        "PLUGIN_HEALTH_PLUGIN_PATH": f"/a{os.pathsep}/b",
+        "PLUGIN_HEALTH_DEFAULT_TIMEOUT": "2.5",
+        "PLUGIN_HEALTH_MAX_RESTARTS": "0",
+        "PLUGIN_HEALTH_SHOW_DETAILS": "never",
+        "PLUGIN_HEALTH_ADMIN_TOKEN": "s3cret",
+        "UNRELATED": "ignored",
+    }
+    settings = load_settings(environ=env)
+    assert settings.plugin_dirs == [Path("/a"), Path("/b")]
+    assert settings.default_timeout == 2.5
+    assert settings.max_restarts == 0
+    assert settings.show_details == "never"
+    assert settings.admin_token == "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("PLUGIN_HEALTH_DEFAULT_TIMEOUT", "ten", "a positive number"),
+        ("PLUGIN_HEALTH_DEFAULT_TIMEOUT", "-1", "a positive number"),
+        ("PLUGIN_HEALTH_DEFAULT_TIMEOUT", "nan", "a positive number"),
+        ("PLUGIN_HEALTH_DEFAULT_TIMEOUT", "inf", "a positive number"),
+        ("PLUGIN_HEALTH_DEFAULT_MEMORY_LIMIT_MB", "0", "a whole number >= 1"),
+        ("PLUGIN_HEALTH_FAILURE_THRESHOLD", "1.5", "a whole number >= 1"),
+        ("PLUGIN_HEALTH_MAX_RESTARTS", "-1", "a whole number >= 0"),
+        ("PLUGIN_HEALTH_SHOW_DETAILS", "sometimes", "never | when-authorized | always"),
+        ("PLUGIN_HEALTH_HEALTH_INTERVAL", "", "a positive number"),
+        ("PLUGIN_HEALTH_BACKOFF_MAX", "0.5", ">= PLUGIN_HEALTH_BACKOFF_BASE"),
+    ],
+)
+def test_bad_values_name_the_variable(variable: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={variable: value})
+    assert caught.value.variable == variable
+    assert variable in str(caught.value)
+    assert expected in str(caught.value)
+
+
+def test_overrides_win_and_unknown_keys_are_refused() -> None:
+    settings = load_settings({"default_timeout": 1, "PLUGIN_HEALTH_FAILURE_THRESHOLD": 7},
+                             environ={"PLUGIN_HEALTH_DEFAULT_TIMEOUT": "5"})
+    assert (settings.default_timeout, settings.failure_threshold) == (1.0, 7)
+    with pytest.raises(ConfigError, match="a known setting"):
+        load_settings({"default_timeuot": 1}, environ={})
+
+
+def test_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "plugin-health.toml"
+    path.write_text('default_timeout = 3\n[plugins.billing]\napi_key = "abc"\n')
+    settings = load_settings(environ={"PLUGIN_HEALTH_CONFIG_FILE": str(path), "PLUGIN_HEALTH_MAX_RESTARTS": "2"})
+    assert settings.default_timeout == 3.0
+    assert settings.max_restarts == 2
+    assert settings.plugins == {"billing": {"api_key": "abc"}}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("default_timeout = \n", "valid TOML"), ("plugins = 3\n", "a table of tables"), ("bogus = 1\n", "known setting")],
+)
+def test_bad_config_file(tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=expected):
+        load_settings(environ={"PLUGIN_HEALTH_CONFIG_FILE": str(path)})
+
+
+def test_missing_config_file_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="PLUGIN_HEALTH_CONFIG_FILE"):
+        load_settings(environ={"PLUGIN_HEALTH_CONFIG_FILE": str(tmp_path / "nope.toml")})
