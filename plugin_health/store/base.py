@@ -1,0 +1,117 @@
+"""What the store keeps: each plugin's current snapshot, its bounded history, and the service's liveness."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSnapshot:
+    """One plugin as every worker sees it: lifecycle state, declaration and supervision counters."""
+
+    name: str
+    state: PluginLifecycleState
+    since: datetime
+    version: str | None = None
+    reason: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+    requires: tuple[str, ...] = ()
+    critical: bool = False
+    isolation: str | None = None
+    tools: tuple[str, ...] = ()
+    consecutive_failures: int = 0
+    restarts: int = 0
+    last_check: datetime | None = None
+    last_check_ok: bool | None = None
+    allowed: tuple[str, ...] = field(default=())
+
+    @property
+    def healthy(self) -> bool:
+        """RUNNING, and its last health check (if any yet) passed."""
+        return self.state is PluginLifecycleState.RUNNING and self.last_check_ok is not False
+
+    def to_json(self) -> str:
+        """A compact JSON text (how the stores keep it)."""
+        data = asdict(self)
+        data["state"] = self.state.value
+        data["since"] = self.since.isoformat()
+        data["last_check"] = None if self.last_check is None else self.last_check.isoformat()
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> PluginSnapshot:
+        """The inverse of ``to_json``."""
+        data: dict[str, Any] = json.loads(text)
+        data["state"] = PluginLifecycleState(data["state"])
+        data["since"] = datetime.fromisoformat(data["since"])
+        data["last_check"] = None if data["last_check"] is None else datetime.fromisoformat(data["last_check"])
+        for key in ("requires", "tools", "allowed"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def record_to_json(record: TransitionRecord) -> str:
+    """A transition record as compact JSON (the history entry of DESIGN.md section 7)."""
+    return json.dumps(record.to_dict(), separators=(",", ":"))
+
+
+def record_from_json(text: str | bytes) -> TransitionRecord:
+    """The inverse of ``record_to_json``."""
+    data = json.loads(text)
+    return TransitionRecord(
+        plugin=data["plugin"],
+        source=None if data["from"] is None else PluginLifecycleState(data["from"]),
+        dest=PluginLifecycleState(data["to"]),
+        trigger=data["trigger"],
+        reason=data["reason"],
+        error_type=data["error_type"],
+        error=data["error"],
+        at=datetime.fromisoformat(data["at"]),
+    )
+
+
+class StateStore(Protocol):
+    """Where the host publishes plugin states and every worker reads them (DESIGN.md section 8)."""
+
+    def begin(self, names: Iterable[str]) -> None:
+        """A host starts with these plugins: forget the snapshots of any others (no ghosts); keep history."""
+        ...
+
+    def put(self, snapshot: PluginSnapshot, record: TransitionRecord | None = None) -> None:
+        """Publish a plugin's snapshot, and the transition that produced it, in one step."""
+        ...
+
+    def version(self) -> int:
+        """A number that grows with every ``put``; cheap, for caches."""
+        ...
+
+    def snapshots(self) -> list[PluginSnapshot]:
+        """Every current plugin, ordered by name."""
+        ...
+
+    def snapshot(self, name: str) -> PluginSnapshot | None:
+        """One plugin, or None."""
+        ...
+
+    def history(self, name: str) -> list[TransitionRecord]:
+        """The plugin's recorded transitions, oldest first (bounded)."""
+        ...
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Keep a small service-wide value (liveness of the host, loading finished, disabled plugins)."""
+        ...
+
+    def get_meta(self, key: str) -> str | None:
+        """A value kept with ``set_meta``, or None."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,123 @@
+"""Stores keep snapshots and bounded history, drop ghosts, and (SQLite) share them between processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from plugin_health.errors import ConfigError
+from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
+from plugin_health.store import MemoryStore, PluginSnapshot, SQLiteStore, StateStore, open_store
+
+S = PluginLifecycleState
+
+
+def snap(name: str, state: S = S.RUNNING, **kw: object) -> PluginSnapshot:
+    return PluginSnapshot(name=name, state=state, since=datetime.now(UTC), **kw)  # type: ignore[arg-type]
+
+
+def rec(name: str, source: S | None, dest: S, trigger: str = "start") -> TransitionRecord:
+    return TransitionRecord.now(name, source, dest, trigger, reason="r", error_type="E", error="boom")
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    made: StateStore = MemoryStore(history_limit=3) if request.param == "memory" else SQLiteStore(
+        tmp_path / "s.db", history_limit=3
+    )
+    yield made
+    made.close()
+
+
+def test_snapshot_round_trip(store: StateStore) -> None:
+    original = snap(
+        "auth", S.FAILED, version="1.0", reason="start failed", error_type="OSError", error="x", requires=("db>=1",),
+        critical=True, isolation="process", tools=("a", "b"), consecutive_failures=2, restarts=1,
+        last_check=datetime.now(UTC), last_check_ok=False, allowed=("reset",),
+    )
+    store.put(original)
+    assert store.snapshot("auth") == original
+    assert store.snapshot("ghost") is None
+
+
+def test_snapshots_sorted_and_version_grows(store: StateStore) -> None:
+    v0 = store.version()
+    for name in ("c", "a", "b"):
+        store.put(snap(name))
+    assert [s.name for s in store.snapshots()] == ["a", "b", "c"]
+    assert store.version() == v0 + 3
+
+
+def test_meta_does_not_change_the_version(store: StateStore) -> None:
+    v0 = store.version()
+    store.set_meta("heartbeat", "1")
+    assert store.get_meta("heartbeat") == "1"
+    assert store.get_meta("missing") is None
+    assert store.version() == v0
+
+
+def test_history_is_bounded_and_ordered(store: StateStore) -> None:
+    records = [rec("p", None, S.LOADED, "load"), rec("p", S.LOADED, S.FAILED, "fail"),
+               rec("p", S.FAILED, S.LOADED, "reset"), rec("p", S.LOADED, S.INITIALIZED, "initialize")]
+    for record in records:
+        store.put(snap("p", record.dest), record)
+    store.put(snap("q"), rec("q", None, S.LOADED, "load"))
+    assert store.history("p") == records[1:]
+    assert [r.plugin for r in store.history("q")] == ["q"]
+
+
+def test_begin_drops_ghost_snapshots_keeps_history(store: StateStore) -> None:
+    store.put(snap("old"), rec("old", None, S.LOADED, "load"))
+    store.put(snap("kept"))
+    store.begin(["kept", "new"])
+    assert [s.name for s in store.snapshots()] == ["kept"]
+    assert len(store.history("old")) == 1
+
+
+def test_healthy_is_running_with_no_failed_check() -> None:
+    assert snap("a").healthy
+    assert snap("a", last_check_ok=True).healthy
+    assert not snap("a", last_check_ok=False).healthy
+    assert not snap("a", S.FAILED).healthy
+
+
+def _writer(path: str, name: str, count: int) -> None:
+    writer = SQLiteStore(path)
+    for i in range(count):
+        writer.put(snap(name, version=str(i)), rec(name, S.LOADED, S.INITIALIZED))
+    writer.close()
+
+
+def test_sqlite_is_shared_between_processes(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.db")
+    reader = SQLiteStore(path)
+    ctx = multiprocessing.get_context("spawn")
+    writers = [ctx.Process(target=_writer, args=(path, f"w{i}", 50)) for i in range(3)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(60)
+        assert process.exitcode == 0
+    assert [s.name for s in reader.snapshots()] == ["w0", "w1", "w2"]
+    assert all(s.version == "49" for s in reader.snapshots())
+    assert reader.version() == 150
+    assert len(reader.history("w1")) == 50
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [(None, SQLiteStore), ("memory://", MemoryStore), ("sqlite:///{tmp}/x.db", SQLiteStore)],
+)
+def test_open_store(tmp_path: Path, url: str | None, kind: Callable[..., StateStore]) -> None:
+    made = open_store(None if url is None else url.format(tmp=tmp_path), tmp_path)
+    assert isinstance(made, kind)  # type: ignore[arg-type]
+    made.close()
+
+
+def test_open_store_refuses_unknown_urls(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="PLUGIN_HEALTH_STORE_URL"):
+        open_store("postgres://x", tmp_path)
