@@ -1,0 +1,3 @@
+"""Defines no Plugin subclass."""
+
+VALUE = 1

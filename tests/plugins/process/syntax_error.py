@@ -1,0 +1,4 @@
+from plugin_health import Plugin
+
+class Broken(Plugin)
+    pass
