@@ -1,24 +1,41 @@
-"""``PluginHost``: the settings, registry, lifecycle and loader of one running service, wired together."""
+"""``PluginHost``: the settings, registry, lifecycle, loader and supervisor of the process that owns the plugins.
+
+Exactly one process hosts the plugins of a service (the embedded app, or the host process beside gunicorn's
+workers). It publishes every plugin's snapshot and transitions to the store, which every worker reads.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from plugin_health.config import Settings
-from plugin_health.lifecycle import PluginLifecycleManager
+from plugin_health.errors import UnknownPluginError
+from plugin_health.lifecycle import PluginLifecycleManager, TransitionRecord
+from plugin_health.lifecycle.machine import allowed_triggers
 from plugin_health.loader.loader import LoaderSettings, PluginLoader
 from plugin_health.loader.registry import PluginRegistry
 from plugin_health.loader.sources import discover
+from plugin_health.store import MemoryStore, PluginSnapshot, StateStore
 from plugin_health.supervision import SupervisionSettings, Supervisor
 from plugin_health.tools import ToolRunner
 
+logger = logging.getLogger(__name__)
+
+#: Store meta key: set once loading has finished (startupz).
+LOADED_KEY = "loaded"
+
 
 class PluginHost:
-    """Owns every plugin of one service process."""
+    """Owns every plugin of one service and publishes their states to ``store``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: StateStore | None = None) -> None:
         self.settings = settings
+        self.store: StateStore = store if store is not None else MemoryStore(settings.history_limit)
         self.manager = PluginLifecycleManager(history_limit=settings.history_limit)
+        # Subscribed first: the store sees each plugin's transitions in the order they happen, before the
+        # cascade that a transition may set off.
+        self.manager.subscribe(self._publish_record)
         self.registry = PluginRegistry()
         self.loader = PluginLoader(
             self.registry,
@@ -40,13 +57,17 @@ class PluginHost:
                 health_interval=settings.health_interval,
             ),
         )
+        self.supervisor.subscribe(self._publish)
         self.tools = ToolRunner(self.supervisor)
         self._shutdown = threading.Lock()
         self._stopped = False
 
     def start(self) -> None:
         """Discover and load every plugin (directories, then entry points), then supervise them."""
+        self.store.set_meta(LOADED_KEY, "")
         self.loader.load(discover(self.settings.plugin_dirs, self.settings.entry_point_group))
+        self.store.begin(list(self.manager))
+        self.store.set_meta(LOADED_KEY, "1")
         self.supervisor.start()
 
     def shutdown(self) -> None:
@@ -57,3 +78,37 @@ class PluginHost:
             self._stopped = True
         self.supervisor.stop()
         self.loader.shutdown()
+
+    def snapshot(self, name: str) -> PluginSnapshot:
+        """What every worker is told of ``name`` right now."""
+        last = self.manager.last(name)
+        state = self.manager.get_state(name)
+        entry = self.registry.get(name) if name in self.registry else None
+        watch = self.supervisor.watch(name)
+        return PluginSnapshot(
+            name=name,
+            state=state,
+            since=last.at,
+            version=None if entry is None else str(entry.spec.version),
+            reason=last.reason,
+            error_type=last.error_type,
+            error=last.error,
+            requires=() if entry is None else tuple(str(r) for r in entry.spec.requires),
+            critical=False if entry is None else entry.spec.critical,
+            isolation=None if entry is None else entry.spec.isolation,
+            tools=() if entry is None else entry.spec.tools,
+            consecutive_failures=watch.consecutive_failures,
+            restarts=watch.restarts,
+            last_check=watch.last_check,
+            last_check_ok=watch.last_check_ok,
+            allowed=allowed_triggers(state),
+        )
+
+    def _publish_record(self, record: TransitionRecord) -> None:
+        self.store.put(self.snapshot(record.plugin), record)
+
+    def _publish(self, name: str) -> None:
+        try:
+            self.store.put(self.snapshot(name))
+        except UnknownPluginError:
+            logger.debug("plugin %s is gone; nothing to publish", name)

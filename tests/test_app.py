@@ -15,7 +15,7 @@ from plugin_health.config import ConfigError
 
 @pytest.fixture
 def app() -> Iterator[Flask]:
-    app = create_app({"health_interval": 3600})
+    app = create_app({"health_interval": 3600, "store_url": "memory://"})
     yield app
     app.extensions[EXTENSION].shutdown()
 

@@ -88,6 +88,7 @@ class Supervisor:
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._listeners: list[Callable[[str], None]] = []
         self.manager.subscribe(self._on_transition)
         for name in self.manager:
             self._on_transition(self.manager.last(name))
@@ -99,12 +100,23 @@ class Supervisor:
         with self._lock:
             return self._watch(name)
 
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(name)`` whenever a plugin's counters or last check change."""
+        self._listeners.append(listener)
+
+    def _changed(self, name: str) -> None:
+        for listener in self._listeners:
+            listener(name)
+
     def record_outcome(self, name: str, result: PluginSandboxResult, what: str = "call") -> Verdict:
         """Apply one call's outcome to ``name``; may fail the plugin (DESIGN.md section 5)."""
         with self._lock:
             watch = self._watch(name)
             judgement = judge(result.ok, result.error_type, watch.consecutive_failures, self.settings.failure_threshold)
+            changed = watch.consecutive_failures != judgement.consecutive_failures
             watch.consecutive_failures = judgement.consecutive_failures
+        if changed and judgement.verdict is not Verdict.FAIL:
+            self._changed(name)
         if judgement.verdict is Verdict.FAIL:
             if result.error_type == "PluginCrashedError":
                 reason = f"{what} crashed"
@@ -151,7 +163,8 @@ class Supervisor:
             watch = self._watch(name)
             watch.last_check = datetime.now(UTC)
             watch.last_check_ok = passed
-        self.record_outcome(name, result, "health check")
+        if self.record_outcome(name, result, "health check") is Verdict.HEALTHY:
+            self._changed(name)  # the time of the last check moved on
         return passed
 
     # -- restarts ------------------------------------------------------------------------------------------
@@ -185,6 +198,14 @@ class Supervisor:
         self._wake.notify()
 
     def _on_transition(self, record: TransitionRecord) -> None:
+        with self._lock:
+            watch = self._watch(record.plugin)
+            counted = watch.consecutive_failures
+        self._update(record)
+        if record.dest is RUNNING and counted:
+            self._changed(record.plugin)  # the failure count went back to 0
+
+    def _update(self, record: TransitionRecord) -> None:
         with self._lock:
             watch = self._watch(record.plugin)
             now = self._clock()

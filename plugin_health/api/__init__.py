@@ -1,0 +1,15 @@
+"""The HTTP API: blueprints, marshmallow schemas, problem+json errors, probes, diagrams and OpenAPI."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from plugin_health.api import health, openapi, plugins, problems
+
+
+def init_app(app: Flask) -> None:
+    """Mount every blueprint and answer every error as problem+json."""
+    problems.init_app(app)
+    app.register_blueprint(plugins.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)

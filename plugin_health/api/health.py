@@ -1,0 +1,135 @@
+"""Service-wide health: the aggregate ``/v1/health`` and the Kubernetes-style probes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from plugin_health import diagrams
+from plugin_health.api.auth import details_visible
+from plugin_health.api.cache import respond
+from plugin_health.api.plugins import cache, dumps, store
+from plugin_health.api.schemas import diagram_query
+from plugin_health.host import LOADED_KEY
+from plugin_health.lifecycle import PluginLifecycleState
+from plugin_health.store import PluginSnapshot
+
+bp = Blueprint("health", __name__)
+
+HEALTH_JSON = "application/health+json"
+TEXT = "text/plain; charset=utf-8"
+
+
+def plugin_status(snapshot: PluginSnapshot) -> str:
+    """pass for a healthy plugin; otherwise fail if it is critical, warn if not."""
+    if snapshot.healthy:
+        return "pass"
+    return "fail" if snapshot.critical else "warn"
+
+
+def aggregate(snapshots: Sequence[PluginSnapshot], loaded: bool, visible: bool) -> dict[str, Any]:
+    """The IETF health-check document of the service (a pure function of the plugins' snapshots)."""
+    statuses = [plugin_status(s) for s in snapshots]
+    status = "fail" if "fail" in statuses else "warn" if "warn" in statuses or not loaded else "pass"
+    checks: dict[str, list[dict[str, Any]]] = {}
+    for snapshot, check_status in zip(snapshots, statuses, strict=True):
+        check: dict[str, Any] = {
+            "componentId": snapshot.name,
+            "componentType": "plugin",
+            "status": check_status,
+            "observedValue": snapshot.state.value,
+            "time": snapshot.since.isoformat(),
+        }
+        output = [part for part in (snapshot.reason, snapshot.error_type) if part]
+        if visible and snapshot.error:
+            output.append(snapshot.error)
+        if output:
+            check["output"] = ": ".join(output)
+        checks[f"plugin:{snapshot.name}"] = [check]
+    notes = [] if loaded else ["plugins are still loading"]
+    return {"status": status, "serviceId": "plugin-health", "description": "health of every hosted plugin",
+            "notes": notes, "checks": checks}
+
+
+@bp.get("/v1/health")
+def service_health() -> Response:
+    """The aggregate: 200 for pass and warn, 503 for fail."""
+    visible = details_visible()
+
+    def build() -> tuple[bytes, int]:
+        document = aggregate(store().snapshots(), bool(store().get_meta(LOADED_KEY)), visible)
+        return dumps(document), 503 if document["status"] == "fail" else 200
+
+    return respond(cache().get(("aggregate", visible), build), HEALTH_JSON)
+
+
+def probe(name: str, checks: Iterable[tuple[str, str | None]]) -> Response:
+    """A Kubernetes-style probe: ``ok``, or each check as ``[+]name ok`` / ``[-]name failed: why``."""
+    excluded = set(request.args.getlist("exclude"))
+    lines, failed = [], False
+    for check, problem in checks:
+        if check in excluded or check.removeprefix("plugin/") in excluded:
+            continue
+        failed = failed or problem is not None
+        lines.append(f"[+]{check} ok" if problem is None else f"[-]{check} failed: {problem}")
+    verbose = "verbose" in request.args
+    if failed:
+        body = "\n".join([*lines, f"{name} check failed"]) + "\n"
+    elif verbose:
+        body = "\n".join([*lines, f"{name} check passed"]) + "\n"
+    else:
+        body = "ok"
+    return Response(body, status=503 if failed else 200, mimetype=TEXT)
+
+
+def _loading() -> tuple[str, str | None]:
+    return "loading", None if store().get_meta(LOADED_KEY) else "plugins are still loading"
+
+
+def _critical_checks() -> list[tuple[str, str | None]]:
+    checks = []
+    for snapshot in store().snapshots():
+        if snapshot.critical:
+            running = snapshot.state is PluginLifecycleState.RUNNING
+            checks.append((f"plugin/{snapshot.name}", None if running else _why(snapshot)))
+    return checks
+
+
+def _why(snapshot: PluginSnapshot) -> str:
+    return " ".join(part for part in (snapshot.state.value, snapshot.reason or "", snapshot.error_type or "") if part)
+
+
+@bp.get("/livez")
+def livez() -> Response:
+    """Alive: the process answers. Never depends on plugins."""
+    return probe("livez", [("ping", None)])
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Ready: loading has finished and every critical plugin is RUNNING."""
+    return probe("readyz", [_loading(), *_critical_checks()])
+
+
+@bp.get("/startupz")
+def startupz() -> Response:
+    """Started: loading has finished."""
+    return probe("startupz", [_loading()])
+
+
+@bp.get("/v1/lifecycle/diagram")
+def lifecycle_diagram() -> Response:
+    """The lifecycle state diagram, with the number of plugins in each state."""
+    fmt = diagram_query.load(request.args, unknown="exclude")["format"]
+
+    def build() -> tuple[bytes, int]:
+        counts = dict.fromkeys(PluginLifecycleState, 0)
+        for snapshot in store().snapshots():
+            counts[snapshot.state] += 1
+        return diagrams.render(fmt, counts=counts), 200
+
+    return respond(cache().get(("diagram", fmt), build), diagrams.MEDIA_TYPES[fmt])
+
+

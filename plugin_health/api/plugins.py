@@ -1,0 +1,121 @@
+"""The plugins blueprint: the list, one plugin's health, its history and its diagram."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Blueprint, Response, current_app, json, request
+
+from plugin_health import diagrams
+from plugin_health.api.auth import details_visible
+from plugin_health.api.cache import ResponseCache, respond
+from plugin_health.api.problems import Problem
+from plugin_health.api.schemas import (
+    diagram_query,
+    history_entries,
+    list_query,
+    plugin_health_list,
+    plugin_health_response,
+)
+from plugin_health.errors import UnknownPluginError
+from plugin_health.loader.registry import valid_name
+from plugin_health.store import PluginSnapshot, StateStore
+
+bp = Blueprint("plugins", __name__, url_prefix="/v1/plugins")
+
+JSON = "application/json"
+
+
+def store() -> StateStore:
+    """The store this service reads."""
+    value: StateStore = current_app.extensions["plugin_health"].store
+    return value
+
+
+def cache() -> ResponseCache:
+    """This worker's answer cache."""
+    value: ResponseCache = current_app.extensions["plugin_health"].cache
+    return value
+
+
+def checked_name(name: str) -> str:
+    """``name`` if it can be a plugin name, else a 400 problem (before any look-up)."""
+    if not valid_name(name):
+        raise Problem(400, "a plugin name is 1-100 letters, digits, '_', '-' or '.'", type_="invalid-plugin-name")
+    return name
+
+
+def current(name: str) -> PluginSnapshot:
+    """The snapshot of ``name``, or a 404 problem."""
+    snapshot = store().snapshot(checked_name(name))
+    if snapshot is None:
+        raise UnknownPluginError(name)
+    return snapshot
+
+
+def redact(snapshots: Iterable[PluginSnapshot], visible: bool) -> list[PluginSnapshot]:
+    """Hide error messages from callers who may not see them; state, reason and error_type stay."""
+    if visible:
+        return list(snapshots)
+    return [s if s.error is None else dataclasses.replace(s, error=None) for s in snapshots]
+
+
+def dumps(data: Any) -> bytes:
+    """Compact JSON bytes."""
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+@bp.get("/")
+def list_plugins() -> Response:
+    """Every plugin's health, ordered by name; ``?state=FAILED`` filters."""
+    state = list_query.load(request.args, unknown="exclude")["state"]
+    visible = details_visible()
+
+    def build() -> tuple[bytes, int]:
+        snapshots = [s for s in store().snapshots() if state is None or s.state is state]
+        return dumps(plugin_health_list.dump(redact(snapshots, visible))), 200
+
+    return respond(cache().get(("list", state, visible), build), JSON)
+
+
+@bp.get("/<name>/health")
+def plugin_health(name: str) -> Response:
+    """One plugin's health: 200 when healthy, 503 when not."""
+    checked_name(name)
+    visible = details_visible()
+
+    def build() -> tuple[bytes, int]:
+        snapshot = redact([current(name)], visible)[0]
+        return dumps(plugin_health_response.dump(snapshot)), 200 if snapshot.healthy else 503
+
+    return respond(cache().get(("health", name, visible), build), JSON)
+
+
+@bp.get("/<name>/history")
+def plugin_history(name: str) -> Response:
+    """The recorded transitions of one plugin, oldest first."""
+    checked_name(name)
+    visible = details_visible()
+
+    def build() -> tuple[bytes, int]:
+        current(name)
+        records = store().history(name)
+        if not visible:
+            records = [dataclasses.replace(r, error=None) for r in records]
+        return dumps(history_entries.dump(records)), 200
+
+    return respond(cache().get(("history", name, visible), build), JSON)
+
+
+@bp.get("/<name>/diagram")
+def plugin_diagram(name: str) -> Response:
+    """The lifecycle diagram with this plugin's current state highlighted."""
+    checked_name(name)
+    fmt = diagram_query.load(request.args, unknown="exclude")["format"]
+
+    def build() -> tuple[bytes, int]:
+        return diagrams.render(fmt, current=current(name).state, title=name), 200
+
+    return respond(cache().get(("diagram", name, fmt), build), diagrams.MEDIA_TYPES[fmt])

@@ -1,0 +1,91 @@
+"""The marshmallow schemas of the HTTP API; the OpenAPI document is generated from them."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from plugin_health.diagrams import FORMATS
+from plugin_health.lifecycle import PluginLifecycleState
+
+
+class PluginHealthResponse(Schema):
+    """The health of one plugin."""
+
+    name = fields.String(required=True)
+    version = fields.String(allow_none=True, metadata={"description": "PEP 440; null if its code never loaded"})
+    state = fields.Enum(PluginLifecycleState, required=True)
+    healthy = fields.Boolean(required=True, metadata={"description": "RUNNING and its last health check passed"})
+    reason = fields.String(allow_none=True)
+    error_type = fields.String(allow_none=True)
+    error = fields.String(allow_none=True, metadata={"description": "shown per PLUGIN_HEALTH_SHOW_DETAILS"})
+    since = fields.AwareDateTime(required=True, metadata={"description": "time of the last transition (UTC)"})
+    requires = fields.List(fields.String(), required=True)
+    critical = fields.Boolean(required=True)
+    isolation = fields.String(allow_none=True)
+    tools = fields.List(fields.String(), required=True)
+    consecutive_failures = fields.Integer(required=True)
+    restarts = fields.Integer(required=True)
+    last_check = fields.AwareDateTime(allow_none=True)
+    allowed = fields.List(fields.String(), required=True, metadata={"description": "triggers legal now"})
+
+
+class HistoryEntry(Schema):
+    """One recorded transition."""
+
+    plugin = fields.String(required=True)
+    source = fields.Enum(PluginLifecycleState, data_key="from", allow_none=True, required=True)
+    dest = fields.Enum(PluginLifecycleState, data_key="to", required=True)
+    trigger = fields.String(required=True)
+    reason = fields.String(allow_none=True)
+    error_type = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    at = fields.AwareDateTime(required=True)
+
+
+class HealthCheck(Schema):
+    """One plugin in the aggregate (IETF health-check draft)."""
+
+    componentId = fields.String(required=True)
+    componentType = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(("pass", "warn", "fail")))
+    observedValue = fields.String(required=True)
+    time = fields.String(required=True)
+    output = fields.String()
+
+
+class AggregateHealth(Schema):
+    """The aggregate health of the service, ``application/health+json``."""
+
+    status = fields.String(required=True, validate=validate.OneOf(("pass", "warn", "fail")))
+    serviceId = fields.String(required=True)
+    description = fields.String(required=True)
+    notes = fields.List(fields.String())
+    checks = fields.Dict(keys=fields.String(), values=fields.List(fields.Nested(HealthCheck)), required=True)
+
+
+class ProblemDetails(Schema):
+    """RFC 9457 problem details."""
+
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
+
+
+class ListQuery(Schema):
+    """Query of the plugin list."""
+
+    state = fields.Enum(PluginLifecycleState, load_default=None)
+
+
+class DiagramQuery(Schema):
+    """Query of the diagram routes."""
+
+    format = fields.String(load_default="svg", validate=validate.OneOf(FORMATS))
+
+
+plugin_health_response = PluginHealthResponse()
+plugin_health_list = PluginHealthResponse(many=True)
+history_entries = HistoryEntry(many=True)
+list_query = ListQuery()
+diagram_query = DiagramQuery()

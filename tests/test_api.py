@@ -1,0 +1,318 @@
+"""The read routes of DESIGN.md section 7 with pytest-flask: every route, status code and problem shape."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from plugin_health import create_app, diagrams
+from plugin_health.app import EXTENSION, Service
+from plugin_health.diagrams import RendererUnavailableError
+
+TOKEN = "t0ken-for-tests"
+
+PLUGINS = {
+    "core": "critical = True\nversion = '2.0'\n@tool\ndef ping(self):\n    return 'pong'\n",
+    "sick": "def health_check(self):\n    return False\n",
+    "broken": "def initialize(self, context):\n    raise RuntimeError('password=hunter2 at /etc/secret')\n",
+    "needy": "requires = ('missing>=1',)\n",
+    "user": "requires = ('core>=1.5',)\n",
+}
+FIELDS = {
+    "name", "version", "state", "healthy", "reason", "error_type", "error", "since", "requires", "critical",
+    "isolation", "tools", "consecutive_failures", "restarts", "last_check", "allowed",
+}
+
+
+def write_plugins(directory: Path, plugins: dict[str, str]) -> None:
+    for name, body in plugins.items():
+        (directory / f"{name}.py").write_text(
+            "from plugin_health import Plugin, tool\n\nclass P(Plugin):\n" + textwrap.indent(body or "pass\n", "    ")
+        )
+
+
+def build(directory: Path, **config: Any) -> Flask:
+    app = create_app({"plugin_path": str(directory), "store_url": "memory://", "health_interval": 3600,
+                      "admin_token": TOKEN, **config})
+    service: Service = app.extensions[EXTENSION]
+    assert service.host is not None
+    service.host.supervisor.tick()  # run the first health checks now
+    return app
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Flask]:
+    write_plugins(tmp_path, PLUGINS)
+    app = build(tmp_path)
+    yield app
+    app.extensions[EXTENSION].shutdown()
+
+
+def assert_problem(response: Any, status: int, fragment: str = "") -> dict[str, Any]:
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    body: dict[str, Any] = response.get_json(force=True)
+    assert body["status"] == status
+    assert {"type", "title", "status", "detail"} <= set(body)
+    assert fragment in body["detail"]
+    text = response.get_data(as_text=True)
+    assert "Traceback" not in text
+    assert "/etc/secret" not in text
+    assert ".py" not in text
+    return body
+
+
+def test_list_is_ordered_with_every_field(client: FlaskClient) -> None:
+    response = client.get("/v1/plugins/")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    items = response.get_json()
+    assert [i["name"] for i in items] == ["broken", "core", "needy", "sick", "user"]
+    assert all(set(i) == FIELDS for i in items)
+    states = {i["name"]: (i["state"], i["healthy"]) for i in items}
+    assert states == {"broken": ("FAILED", False), "core": ("RUNNING", True), "needy": ("UNAVAILABLE", False),
+                      "sick": ("RUNNING", False), "user": ("RUNNING", True)}
+    core = items[1]
+    assert (core["version"], core["critical"], core["tools"], core["allowed"]) == (
+        "2.0", True, ["ping"], ["fail", "make_unavailable"])
+    assert core["since"].endswith("+00:00")
+    assert core["last_check"] is not None
+    assert items[4]["requires"] == ["core>=1.5"]
+
+
+@pytest.mark.parametrize(("state", "names"), [("FAILED", ["broken"]), ("RUNNING", ["core", "sick", "user"]),
+                                              ("LOADED", [])])
+def test_list_filters_by_state(client: FlaskClient, state: str, names: list[str]) -> None:
+    response = client.get(f"/v1/plugins/?state={state}")
+    assert [i["name"] for i in response.get_json()] == names
+
+
+@pytest.mark.parametrize("bad", ["failed", "BOGUS", ""])
+def test_list_refuses_an_unknown_state(client: FlaskClient, bad: str) -> None:
+    body = assert_problem(client.get(f"/v1/plugins/?state={bad}"), 400)
+    assert "state" in body["errors"]
+
+
+def test_healthy_plugin_is_200(client: FlaskClient) -> None:
+    response = client.get("/v1/plugins/core/health")
+    assert response.status_code == 200
+    assert response.get_json()["healthy"] is True
+
+
+@pytest.mark.parametrize("name", ["sick", "broken", "needy"])
+def test_unhealthy_plugin_is_503(client: FlaskClient, name: str) -> None:
+    response = client.get(f"/v1/plugins/{name}/health")
+    assert response.status_code == 503
+    assert response.mimetype == "application/json"
+    assert response.get_json()["healthy"] is False
+
+
+def test_failing_health_check_is_reported(client: FlaskClient) -> None:
+    body = client.get("/v1/plugins/sick/health").get_json()
+    assert (body["state"], body["consecutive_failures"]) == ("RUNNING", 1)
+
+
+def test_unknown_plugin_is_404(client: FlaskClient) -> None:
+    body = assert_problem(client.get("/v1/plugins/ghost/health"), 404, "unknown plugin 'ghost'")
+    assert body["plugin"] == "ghost"
+    assert_problem(client.get("/v1/plugins/ghost/history"), 404)
+    assert_problem(client.get("/v1/plugins/ghost/diagram"), 404)
+
+
+@pytest.mark.parametrize("name", ["a" * 101, "semi;colon", "sp ace", "%00", "caf%C3%A9"])
+def test_invalid_names_are_400_before_any_lookup(client: FlaskClient, name: str) -> None:
+    for route in ("health", "history", "diagram"):
+        assert_problem(client.get(f"/v1/plugins/{name}/{route}"), 400, "plugin name")
+
+
+def test_error_messages_hidden_without_token(client: FlaskClient) -> None:
+    body = client.get("/v1/plugins/broken/health").get_json()
+    assert (body["reason"], body["error_type"], body["error"]) == ("initialize failed", "RuntimeError", None)
+    history = client.get("/v1/plugins/broken/history").get_json()
+    assert all(entry["error"] is None for entry in history)
+    assert "hunter2" not in client.get("/v1/health").get_data(as_text=True)
+    assert "hunter2" not in client.get("/v1/plugins/").get_data(as_text=True)
+
+
+def test_error_messages_shown_with_token(client: FlaskClient) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert "hunter2" in client.get("/v1/plugins/broken/health", headers=auth).get_json()["error"]
+    assert "hunter2" in client.get("/v1/plugins/broken/history", headers=auth).get_json()[-1]["error"]
+    wrong = {"Authorization": "Bearer nope"}
+    assert client.get("/v1/plugins/broken/health", headers=wrong).get_json()["error"] is None
+
+
+@pytest.mark.parametrize(("mode", "with_token", "shown"), [
+    ("never", True, False), ("always", False, True), ("when-authorized", False, False),
+])
+def test_show_details_modes(tmp_path: Path, mode: str, with_token: bool, shown: bool) -> None:
+    write_plugins(tmp_path, {"broken": PLUGINS["broken"]})
+    app = build(tmp_path, show_details=mode)
+    try:
+        headers = {"Authorization": f"Bearer {TOKEN}"} if with_token else {}
+        error = app.test_client().get("/v1/plugins/broken/health", headers=headers).get_json()["error"]
+        assert (error is not None) is shown
+    finally:
+        app.extensions[EXTENSION].shutdown()
+
+
+def test_history_oldest_first(client: FlaskClient) -> None:
+    response = client.get("/v1/plugins/broken/history")
+    assert response.status_code == 200
+    history = response.get_json()
+    assert [(e["from"], e["to"], e["trigger"]) for e in history] == [
+        (None, "LOADED", "load"), ("LOADED", "FAILED", "fail")]
+    assert set(history[0]) == {"plugin", "from", "to", "trigger", "reason", "error_type", "error", "at"}
+
+
+def test_aggregate_fails_on_a_critical_plugin(tmp_path: Path) -> None:
+    write_plugins(tmp_path, {"core": "critical = True\ndef start(self):\n    raise OSError('down')\n",
+                             "other": ""})
+    app = build(tmp_path)
+    try:
+        response = app.test_client().get("/v1/health")
+        assert response.status_code == 503
+        assert response.mimetype == "application/health+json"
+        body = response.get_json()
+        assert body["status"] == "fail"
+        assert body["checks"]["plugin:core"][0]["status"] == "fail"
+        assert body["checks"]["plugin:core"][0]["output"] == "start failed: OSError"
+        assert body["checks"]["plugin:other"][0]["status"] == "pass"
+    finally:
+        app.extensions[EXTENSION].shutdown()
+
+
+def test_aggregate_warns_on_non_critical_plugins(client: FlaskClient) -> None:
+    response = client.get("/v1/health")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "warn"
+    assert {k: v[0]["status"] for k, v in body["checks"].items()} == {
+        "plugin:broken": "warn", "plugin:core": "pass", "plugin:needy": "warn", "plugin:sick": "warn",
+        "plugin:user": "pass"}
+    assert body["checks"]["plugin:core"][0]["observedValue"] == "RUNNING"
+
+
+def test_aggregate_passes_when_all_healthy(tmp_path: Path) -> None:
+    write_plugins(tmp_path, {"a": "", "b": "critical = True\n"})
+    app = build(tmp_path)
+    try:
+        response = app.test_client().get("/v1/health")
+        assert (response.status_code, response.get_json()["status"]) == (200, "pass")
+    finally:
+        app.extensions[EXTENSION].shutdown()
+
+
+def test_livez_never_depends_on_plugins(client: FlaskClient) -> None:
+    response = client.get("/livez")
+    assert (response.status_code, response.get_data(as_text=True), response.mimetype) == (200, "ok", "text/plain")
+    assert client.get("/livez?verbose").get_data(as_text=True) == "[+]ping ok\nlivez check passed\n"
+
+
+def test_readyz_passes_when_critical_plugins_run(client: FlaskClient) -> None:
+    assert client.get("/readyz").get_data(as_text=True) == "ok"
+    assert client.get("/readyz?verbose").get_data(as_text=True) == (
+        "[+]loading ok\n[+]plugin/core ok\nreadyz check passed\n")
+    assert client.get("/readyz?verbose&exclude=core").get_data(as_text=True) == (
+        "[+]loading ok\nreadyz check passed\n")
+
+
+def test_readyz_fails_on_a_critical_plugin(tmp_path: Path) -> None:
+    write_plugins(tmp_path, {"core": "critical = True\ndef start(self):\n    raise OSError('down')\n",
+                             "db": "critical = True\n"})
+    app = build(tmp_path)
+    try:
+        client = app.test_client()
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.get_data(as_text=True) == (
+            "[+]loading ok\n[-]plugin/core failed: FAILED start failed OSError\n[+]plugin/db ok\n"
+            "readyz check failed\n")
+        assert client.get("/readyz?exclude=core").status_code == 200
+        assert client.get("/readyz?exclude=plugin/core").status_code == 200
+        assert client.get("/startupz").get_data(as_text=True) == "ok"
+    finally:
+        app.extensions[EXTENSION].shutdown()
+
+
+@pytest.mark.parametrize("fmt", ["svg", "dot", "mermaid"])
+def test_lifecycle_diagram(client: FlaskClient, fmt: str) -> None:
+    response = client.get(f"/v1/lifecycle/diagram?format={fmt}")
+    assert response.status_code == 200
+    assert response.content_type == diagrams.MEDIA_TYPES[fmt]
+    text = response.get_data(as_text=True)
+    for state in ("LOADED", "INITIALIZED", "RUNNING", "FAILED", "UNAVAILABLE"):
+        assert state in text
+
+
+def test_diagram_defaults_to_svg_and_highlights_the_plugin(client: FlaskClient) -> None:
+    response = client.get("/v1/plugins/broken/diagram")
+    assert response.content_type == "image/svg+xml"
+    running = client.get("/v1/plugins/core/diagram?format=dot").get_data(as_text=True)
+    failed = client.get("/v1/plugins/broken/diagram?format=dot").get_data(as_text=True)
+    assert running != failed
+    assert "broken" in failed
+
+
+def test_diagram_refuses_unknown_formats(client: FlaskClient) -> None:
+    body = assert_problem(client.get("/v1/lifecycle/diagram?format=png"), 400)
+    assert "format" in body["errors"]
+
+
+def test_missing_renderer_is_501(client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unavailable(fmt: str = "svg", **_: Any) -> bytes:
+        raise RendererUnavailableError(fmt, ("mermaid",), "pygraphviz is not installed")
+
+    monkeypatch.setattr(diagrams, "render", unavailable)
+    body = assert_problem(client.get("/v1/lifecycle/diagram?format=svg"), 501, "mermaid")
+    assert body["available"] == ["mermaid"]
+
+
+def test_openapi_document(client: FlaskClient) -> None:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    document = response.get_json()
+    assert document["openapi"].startswith("3.")
+    assert "/v1/plugins/{name}/health" in document["paths"]
+    schema = document["components"]["schemas"]["PluginHealthResponse"]
+    assert set(schema["properties"]) == FIELDS
+    assert schema["properties"]["state"]["enum"] == ["LOADED", "INITIALIZED", "RUNNING", "FAILED", "UNAVAILABLE"]
+
+
+def test_unknown_route_and_method_are_problems(client: FlaskClient) -> None:
+    assert_problem(client.get("/nope"), 404)
+    response = client.post("/v1/health")
+    assert_problem(response, 405)
+    assert "GET" in response.headers["Allow"]
+
+
+def test_unexpected_error_is_a_bare_500(client: FlaskClient, app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode() -> None:
+        raise RuntimeError("cannot open /etc/secret/db.py")
+
+    monkeypatch.setattr(app.extensions[EXTENSION].store, "snapshots", explode)
+    monkeypatch.setattr(app.extensions[EXTENSION].store, "version", lambda: -1)
+    assert_problem(client.get("/v1/plugins/"), 500)
+
+
+def test_etag_and_304(client: FlaskClient, app: Flask) -> None:
+    first = client.get("/v1/plugins/")
+    etag = first.headers["ETag"]
+    again = client.get("/v1/plugins/", headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.get_data() == b""
+    assert again.headers["ETag"] == etag
+    health = client.get("/v1/plugins/core/health")
+    assert client.get("/v1/plugins/core/health", headers={"If-None-Match": health.headers["ETag"]}).status_code == 304
+    host = app.extensions[EXTENSION].host
+    host.manager.trigger("core", "make_unavailable", reason="disabled")  # any transition invalidates
+    changed = client.get("/v1/plugins/", headers={"If-None-Match": etag})
+    assert changed.status_code == 200
+    assert changed.headers["ETag"] != etag
+    assert {i["name"]: i["state"] for i in changed.get_json()}["core"] == "UNAVAILABLE"
