@@ -67,6 +67,9 @@ class PluginHost:
         self.store.set_meta(LOADED_KEY, "")
         self.loader.load(discover(self.settings.plugin_dirs, self.settings.entry_point_group))
         self.store.begin(list(self.manager))
+        # The first health checks run before loading counts as finished, so that ``healthy`` is true from
+        # the first answer on (and a test or probe never races the supervisor's thread for them).
+        self.supervisor.tick()
         self.store.set_meta(LOADED_KEY, "1")
         self.supervisor.start()
 
