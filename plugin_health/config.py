@@ -17,6 +17,7 @@ from plugin_health.errors import ConfigError
 
 PREFIX = "PLUGIN_HEALTH_"
 SHOW_DETAILS = ("never", "when-authorized", "always")
+HOST_MODES = ("auto", "embedded", "external")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "plugins"
 
 
@@ -43,8 +44,19 @@ class Settings:
     health_interval: float = 30.0
     history_limit: int = 100
     entry_point_group: str = "plugin_health.plugins"
+    #: Who hosts the plugins: "embedded" (this process), "external" (a host process beside the workers, as
+    #: gunicorn.conf.py runs it; the app only reads the store), "auto" (embedded, unless another process
+    #: already hosts the plugins of this store: then external).
+    host_mode: str = "auto"
+    #: The process whose exit ends the host process (gunicorn.conf.py sets the master's pid); 0: none.
+    owner_pid: int = 0
     #: Per-plugin configuration handed to ``initialize`` as ``context.config`` (from the config file).
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def shared_store(self) -> bool:
+        """Whether other processes can see the store (everything but ``memory://``)."""
+        return self.store_url != "memory://"
 
     @property
     def plugin_dirs(self) -> list[Path]:
@@ -92,6 +104,13 @@ def _show_details(variable: str, value: object) -> str:
     return text
 
 
+def _host_mode(variable: str, value: object) -> str:
+    text = _text(variable, value).strip().lower()
+    if text not in HOST_MODES:
+        raise ConfigError(variable, value, " | ".join(HOST_MODES))
+    return text
+
+
 def _plugins(variable: str, value: object) -> Mapping[str, Mapping[str, Any]]:
     if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
         raise ConfigError(variable, value, "a table of tables, one per plugin")
@@ -114,6 +133,8 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "health_interval": _positive_float,
     "history_limit": lambda v, x: _int(v, x, 1),
     "entry_point_group": _text,
+    "host_mode": _host_mode,
+    "owner_pid": lambda v, x: _int(v, x, 0),
     "plugins": _plugins,
 }
 
@@ -161,4 +182,6 @@ def load_settings(
     if settings.backoff_max < settings.backoff_base:
         expected = f"a number >= PLUGIN_HEALTH_BACKOFF_BASE ({settings.backoff_base:g})"
         raise ConfigError(PREFIX + "BACKOFF_MAX", settings.backoff_max, expected)
+    if settings.host_mode == "external" and not settings.shared_store:
+        raise ConfigError(PREFIX + "HOST_MODE", "external", "embedded or auto: a memory:// store cannot be shared")
     return settings

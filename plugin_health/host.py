@@ -62,8 +62,12 @@ class PluginHost:
         self._shutdown = threading.Lock()
         self._stopped = False
 
-    def start(self) -> None:
-        """Discover and load every plugin (directories, then entry points), then supervise them."""
+    def start(self, background: bool = True) -> None:
+        """Discover and load every plugin (directories, then entry points), then supervise them.
+
+        ``background=False`` leaves supervision to the caller (``supervisor.run_forever()`` on the main
+        thread of the host process).
+        """
         self.store.set_meta(LOADED_KEY, "")
         self.loader.load(discover(self.settings.plugin_dirs, self.settings.entry_point_group))
         self.store.begin(list(self.manager))
@@ -71,7 +75,8 @@ class PluginHost:
         # the first answer on (and a test or probe never races the supervisor's thread for them).
         self.supervisor.tick()
         self.store.set_meta(LOADED_KEY, "1")
-        self.supervisor.start()
+        if background:
+            self.supervisor.start()
 
     def shutdown(self) -> None:
         """Stop every plugin and reap child processes; safe to call twice."""

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, request
 from plugin_health import diagrams
 from plugin_health.api.auth import details_visible
 from plugin_health.api.cache import respond
-from plugin_health.api.plugins import cache, dumps, store
+from plugin_health.api.plugins import cache, dumps, service, store
 from plugin_health.api.schemas import diagram_query
 from plugin_health.host import LOADED_KEY
 from plugin_health.lifecycle import PluginLifecycleState
@@ -29,11 +29,21 @@ def plugin_status(snapshot: PluginSnapshot) -> str:
     return "fail" if snapshot.critical else "warn"
 
 
-def aggregate(snapshots: Sequence[PluginSnapshot], loaded: bool, visible: bool) -> dict[str, Any]:
-    """The IETF health-check document of the service (a pure function of the plugins' snapshots)."""
+def aggregate(
+    snapshots: Sequence[PluginSnapshot], loaded: bool, visible: bool, host: str | None = None
+) -> dict[str, Any]:
+    """The IETF health-check document of the service (a pure function of the plugins' snapshots).
+
+    ``host`` is why no live process hosts the plugins (None: one does); then the states are stale and the
+    service fails.
+    """
     statuses = [plugin_status(s) for s in snapshots]
+    if host is not None:
+        statuses.append("fail")
     status = "fail" if "fail" in statuses else "warn" if "warn" in statuses or not loaded else "pass"
     checks: dict[str, list[dict[str, Any]]] = {}
+    if host is not None:
+        checks["host:heartbeat"] = [{"componentType": "system", "status": "fail", "output": host}]
     for snapshot, check_status in zip(snapshots, statuses, strict=True):
         check: dict[str, Any] = {
             "componentId": snapshot.name,
@@ -49,6 +59,8 @@ def aggregate(snapshots: Sequence[PluginSnapshot], loaded: bool, visible: bool) 
             check["output"] = ": ".join(output)
         checks[f"plugin:{snapshot.name}"] = [check]
     notes = [] if loaded else ["plugins are still loading"]
+    if host is not None:
+        notes.append("no live plugin host: the states shown are the last ones it published")
     return {"status": status, "serviceId": "plugin-health", "description": "health of every hosted plugin",
             "notes": notes, "checks": checks}
 
@@ -57,12 +69,13 @@ def aggregate(snapshots: Sequence[PluginSnapshot], loaded: bool, visible: bool) 
 def service_health() -> Response:
     """The aggregate: 200 for pass and warn, 503 for fail."""
     visible = details_visible()
+    host = service().host_problem()
 
     def build() -> tuple[bytes, int]:
-        document = aggregate(store().snapshots(), bool(store().get_meta(LOADED_KEY)), visible)
+        document = aggregate(store().snapshots(), bool(store().get_meta(LOADED_KEY)), visible, host)
         return dumps(document), 503 if document["status"] == "fail" else 200
 
-    return respond(cache().get(("aggregate", visible), build), HEALTH_JSON)
+    return respond(cache().get(("aggregate", visible, host is None), build), HEALTH_JSON)
 
 
 def probe(name: str, checks: Iterable[tuple[str, str | None]]) -> Response:
@@ -88,6 +101,13 @@ def _loading() -> tuple[str, str | None]:
     return "loading", None if store().get_meta(LOADED_KEY) else "plugins are still loading"
 
 
+def _host() -> list[tuple[str, str | None]]:
+    """The check of the plugin host, for a process that does not host the plugins itself."""
+    if service().host is not None:
+        return []
+    return [("host", service().host_problem())]
+
+
 def _critical_checks() -> list[tuple[str, str | None]]:
     checks = []
     for snapshot in store().snapshots():
@@ -110,13 +130,13 @@ def livez() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     """Ready: loading has finished and every critical plugin is RUNNING."""
-    return probe("readyz", [_loading(), *_critical_checks()])
+    return probe("readyz", [*_host(), _loading(), *_critical_checks()])
 
 
 @bp.get("/startupz")
 def startupz() -> Response:
     """Started: loading has finished."""
-    return probe("startupz", [_loading()])
+    return probe("startupz", [*_host(), _loading()])
 
 
 @bp.get("/v1/lifecycle/diagram")

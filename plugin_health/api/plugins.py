@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, json, request
 
@@ -23,9 +23,18 @@ from plugin_health.errors import UnknownPluginError
 from plugin_health.loader.registry import valid_name
 from plugin_health.store import PluginSnapshot, StateStore
 
+if TYPE_CHECKING:
+    from plugin_health.app import Service
+
 bp = Blueprint("plugins", __name__, url_prefix="/v1/plugins")
 
 JSON = "application/json"
+
+
+def service() -> Service:
+    """The running service."""
+    value: Service = current_app.extensions["plugin_health"]
+    return value
 
 
 def store() -> StateStore:

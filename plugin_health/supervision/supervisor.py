@@ -276,11 +276,25 @@ class Supervisor:
             self._thread.join(timeout)
             self._thread = None
 
-    def _run(self) -> None:
+    def run_forever(self, max_wait: float = 0.25) -> None:
+        """Run ``tick`` on the calling thread until ``request_stop`` (the host process's main loop).
+
+        On the main thread, inline plugin calls get ``SIGALRM`` timeouts; waits are capped at ``max_wait``
+        so that a stop requested by a signal handler (which must not take locks) is seen promptly.
+        """
+        self._run(max_wait)
+
+    def request_stop(self) -> None:
+        """Ask ``run_forever`` to return; safe in a signal handler (a plain store, no lock)."""
+        self._stopping = True
+
+    def _run(self, max_wait: float | None = None) -> None:
         while not self._stopped():
             next_due = self.tick()
             with self._lock:
                 wait = None if next_due is None else max(0.0, next_due - self._clock())
+                if max_wait is not None:
+                    wait = max_wait if wait is None else min(wait, max_wait)
                 if not self._stopping and (wait is None or wait > 0):
                     self._wake.wait(wait)
 

@@ -1,0 +1,52 @@
+"""gunicorn settings for plugin-health (gunicorn reads ``./gunicorn.conf.py`` by itself).
+
+The master starts one plugin host process before it forks any worker: the host owns every plugin and
+publishes their states to the shared store; the workers only read the store, so any worker answers the same,
+and a worker that dies or is recycled takes nothing with it. Command-line flags (``-w``, ``-b``, ...) and
+``GUNICORN_CMD_ARGS`` override what is set here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from plugin_health.config import load_settings
+from plugin_health.hosting import HostProcess
+
+bind = os.environ.get("PLUGIN_HEALTH_BIND", "127.0.0.1:8000")
+# Health reads are short and CPU-bound: a few sync workers per core; WEB_CONCURRENCY overrides.
+workers = int(os.environ.get("WEB_CONCURRENCY", min(2 * (os.cpu_count() or 1) + 1, 8)))
+worker_class = "sync"
+# Workers never run plugin code (the host does), so their timeout needs no room for plugin timeouts.
+timeout = 30
+graceful_timeout = 30
+keepalive = 5
+# Recycle workers now and then (leaks in anything they import); the jitter keeps them from recycling together.
+max_requests = 1000
+max_requests_jitter = 100
+# Request line and header limits kept small: health routes need neither long URLs nor big headers.
+limit_request_line = 4094
+limit_request_fields = 50
+
+_host: HostProcess | None = None
+
+
+def on_starting(server: Any) -> None:
+    """Start the plugin host before any worker exists (no threads yet in the master to fork with)."""
+    global _host
+    settings = load_settings()  # a bad PLUGIN_HEALTH_* value stops the master here, naming the variable
+    if settings.host_mode == "embedded" or not settings.shared_store:
+        server.log.info("plugin-health: each worker hosts its own plugins (host mode %s)", settings.host_mode)
+        return
+    _host = HostProcess()
+    _host.start()
+    os.environ["PLUGIN_HEALTH_HOST_MODE"] = "external"  # the workers, forked from here, only read
+    server.log.info("plugin-health: plugin host running as pid %s", _host.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Stop the plugins and the host process with the master."""
+    if _host is not None:
+        code = _host.stop()
+        server.log.info("plugin-health: plugin host stopped (exit status %s)", code)

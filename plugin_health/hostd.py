@@ -1,0 +1,24 @@
+"""``python -m plugin_health.hostd``: the plugin host process, with settings from the environment.
+
+gunicorn.conf.py starts it; run it by hand (or under systemd) beside workers started with
+``PLUGIN_HEALTH_HOST_MODE=external``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from plugin_health.config import load_settings
+from plugin_health.hosting import serve
+
+
+def main() -> None:
+    """Configure logging, then serve until SIGTERM, SIGINT or the owner's exit."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    logging.getLogger("transitions").setLevel(logging.WARNING)  # one line per transition is ours to write
+    sys.exit(serve(load_settings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Who hosts the plugins: the host lock, the heartbeat, and the host process beside gunicorn's workers.
+
+Exactly one process hosts the plugins of a store: it holds an exclusive ``flock`` on a file beside the store
+(:class:`HostLock`) and beats a heartbeat into the store every :data:`HEARTBEAT` seconds. Every other process
+(each gunicorn worker) only reads the store, so every worker answers the same states, and a worker that dies
+or is recycled takes nothing with it.
+
+Under gunicorn, ``gunicorn.conf.py`` starts the host as a process of its own (:class:`HostProcess`,
+``python -m plugin_health.hostd``) from the master, before any worker is forked, restarts it if it dies
+(even a segfault in an inline plugin then costs a reload, not the HTTP service), and stops it when the master
+exits. The host loads and supervises the plugins on its main thread, so inline timeouts use ``SIGALRM``; it
+exits by itself when its owner (the master) is gone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from plugin_health.config import Settings, load_settings
+from plugin_health.host import PluginHost
+from plugin_health.store import StateStore, open_store
+
+logger = logging.getLogger(__name__)
+
+#: Store meta key of the heartbeat.
+HOST_KEY = "host"
+#: Seconds between two heartbeats.
+HEARTBEAT = 0.5
+#: A heartbeat older than this many seconds means no live host.
+STALE_AFTER = 3.0
+#: Exit status of a host process that found another host holding the lock.
+EXIT_LOCKED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """The last heartbeat of a host: its pid, when it beat (Unix time) and when it started."""
+
+    pid: int
+    at: float
+    started: float
+
+    def to_json(self) -> str:
+        """Compact JSON (how the store keeps it)."""
+        return json.dumps({"pid": self.pid, "at": self.at, "started": self.started}, separators=(",", ":"))
+
+
+def read_beat(store: StateStore) -> Beat | None:
+    """The last heartbeat kept in ``store``, or None (no host ever, or one that stopped cleanly)."""
+    text = store.get_meta(HOST_KEY)
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        return Beat(int(data["pid"]), float(data["at"]), float(data["started"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def host_problem(beat: Beat | None, now: float, stale_after: float = STALE_AFTER) -> str | None:
+    """None when ``beat`` shows a live host at ``now``, else why not (a pure function)."""
+    if beat is None:
+        return "no plugin host is running"
+    age = now - beat.at
+    if age > stale_after:
+        return f"the plugin host (pid {beat.pid}) last beat {age:.1f} s ago"
+    return None
+
+
+def lock_path(settings: Settings) -> Path | None:
+    """The file whose lock the hosting process holds; None for a store that no other process sees."""
+    url = settings.store_url
+    if url is None:
+        return Path(settings.run_dir) / "host.lock"
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite://") + ".host-lock")
+    return None
+
+
+class HostLock:
+    """An exclusive ``flock``: released by the kernel when its holder dies, however it dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: IO[bytes] | None = None
+
+    def acquire(self, timeout: float = 0.0) -> bool:
+        """Take the lock, waiting up to ``timeout`` seconds; False if another process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+b")  # noqa: SIM115 - held open for as long as the lock is held
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.close()
+                    return False
+                time.sleep(0.05)
+                continue
+            self._handle = handle
+            return True
+
+    def release(self) -> None:
+        """Give the lock back (closing the file releases it)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class Heartbeat:
+    """A daemon thread that beats into the store and watches the owner process."""
+
+    def __init__(
+        self, store: StateStore, owner_pid: int = 0, on_owner_lost: Callable[[], None] | None = None
+    ) -> None:
+        self.store = store
+        self.owner_pid = owner_pid
+        self.on_owner_lost = on_owner_lost
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        """Write one heartbeat now."""
+        self.store.set_meta(HOST_KEY, Beat(os.getpid(), time.time(), self.started).to_json())
+
+    def start(self) -> None:
+        """Beat now, then every ``HEARTBEAT`` seconds on a daemon thread."""
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name="plugin-health-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, clear: bool = True) -> None:
+        """Stop beating; ``clear`` erases the beat, so that readers know at once that no host is left."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+            self._thread = None
+        if clear:
+            self.store.set_meta(HOST_KEY, "")
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            if self.owner_pid and os.getppid() != self.owner_pid:
+                logger.warning("the owner process %d is gone; the plugin host stops", self.owner_pid)
+                if self.on_owner_lost is not None:
+                    self.on_owner_lost()
+                return
+            try:
+                self.beat()
+            except Exception:  # a busy or broken store must not end the heartbeat thread
+                logger.exception("heartbeat not written")
+
+
+def serve(settings: Settings) -> int:
+    """The host process: take the lock, load and supervise every plugin on this (main) thread until told to stop."""
+    path = lock_path(settings)
+    if path is None:
+        logger.error("a memory:// store cannot be shared: nothing for a host process to do")
+        return 2
+    lock = HostLock(path)
+    if not lock.acquire(timeout=10.0):
+        logger.error("another process hosts the plugins of this store (%s is locked)", path)
+        return EXIT_LOCKED
+    store = open_store(settings.store_url, settings.run_dir, settings.history_limit)
+    host = PluginHost(settings, store)
+    stopping = threading.Event()
+
+    def stop(*_: object) -> None:
+        stopping.set()
+        host.supervisor.request_stop()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    heartbeat = Heartbeat(store, settings.owner_pid, stop)
+    heartbeat.start()
+    try:
+        host.start(background=False)
+        logger.info("plugin host %d serves %d plugins", os.getpid(), len(host.manager))
+        if not stopping.is_set():
+            host.supervisor.run_forever()
+    finally:
+        host.shutdown()
+        heartbeat.stop()
+        store.close()
+        lock.release()
+    return 0
+
+
+class HostProcess:
+    """The host as a child process of the gunicorn master: started, restarted if it dies, stopped."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None, restart_max: float = 30.0) -> None:
+        self.environ = dict(os.environ if environ is None else environ)
+        self.restart_max = restart_max
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._spawning = threading.Lock()  # a respawn never races a stop
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the running host process, if any."""
+        return None if self.process is None else self.process.pid
+
+    def start(self, wait: float = 10.0) -> None:
+        """Start the host; return once it beats (or after ``wait`` seconds); then keep it running."""
+        settings = load_settings(environ=self.environ)  # a bad setting stops the master here, named
+        self._spawn()
+        self._wait_for_beat(settings, wait)
+        self._watcher = threading.Thread(target=self._watch, name="plugin-health-host-watcher", daemon=True)
+        self._watcher.start()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """Ask the host to stop its plugins and exit (``SIGTERM``); ``SIGKILL`` after ``timeout`` seconds."""
+        with self._spawning:
+            self._stopping.set()
+            process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.error("plugin host %d did not stop within %.0f s; killing it", process.pid, timeout)
+                process.kill()
+                process.wait()
+        if self._watcher is not None:
+            self._watcher.join(timeout)
+        return process.returncode
+
+    def _spawn(self) -> None:
+        env = {**self.environ, "PLUGIN_HEALTH_OWNER_PID": str(os.getpid()), "PLUGIN_HEALTH_HOST_MODE": "external"}
+        with self._spawning:
+            if self._stopping.is_set():
+                return
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "plugin_health.hostd"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        logger.info("plugin host started as pid %d", self.process.pid)
+
+    def _wait_for_beat(self, settings: Settings, wait: float) -> None:
+        assert self.process is not None
+        store = open_store(settings.store_url, settings.run_dir, settings.history_limit)
+        try:
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and self.process.poll() is None:
+                beat = read_beat(store)
+                if beat is not None and beat.pid == self.process.pid:
+                    return
+                time.sleep(0.02)
+        finally:
+            store.close()  # never hand a SQLite connection to the workers forked after this
+
+    def _watch(self) -> None:
+        delay = 0.5
+        while not self._stopping.is_set():
+            assert self.process is not None
+            started = time.monotonic()
+            code = self.process.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started > 60:
+                delay = 0.5
+            logger.error("plugin host %d exited with %s; restarting it in %.1f s", self.process.pid, code, delay)
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, self.restart_max)
+            self._spawn()
