@@ -38,9 +38,7 @@ def aggregate(
     service fails.
     """
     statuses = [plugin_status(s) for s in snapshots]
-    if host is not None:
-        statuses.append("fail")
-    status = "fail" if "fail" in statuses else "warn" if "warn" in statuses or not loaded else "pass"
+    status = "fail" if "fail" in statuses or host is not None else "warn" if "warn" in statuses or not loaded else "pass"
     checks: dict[str, list[dict[str, Any]]] = {}
     if host is not None:
         checks["host:heartbeat"] = [{"componentType": "system", "status": "fail", "output": host}]

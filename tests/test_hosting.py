@@ -1,0 +1,185 @@
+"""Who hosts the plugins: the host lock, the heartbeat, readers, and the host process with its owner."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from plugin_health import create_app
+from plugin_health.app import EXTENSION, Service
+from plugin_health.hosting import EXIT_LOCKED, Beat, HostLock, HostProcess, host_problem, read_beat
+from plugin_health.store import open_store
+
+PLUGINS = {
+    "core": "critical = True\n",
+    "broken": "def initialize(self, context):\n    raise RuntimeError('no')\n",
+}
+
+
+def write_plugins(directory: Path) -> None:
+    for name, body in PLUGINS.items():
+        (directory / f"{name}.py").write_text(
+            "from plugin_health import Plugin\n\nclass P(Plugin):\n" + textwrap.indent(body, "    ")
+        )
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    write_plugins(plugins)
+    return {**os.environ, "PLUGIN_HEALTH_PLUGIN_PATH": str(plugins), "PLUGIN_HEALTH_RUN_DIR": str(tmp_path / "run"),
+            "PLUGIN_HEALTH_HEALTH_INTERVAL": "3600", "PLUGIN_HEALTH_MAX_RESTARTS": "0"}
+
+
+def config(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith("PLUGIN_HEALTH_")}
+
+
+@pytest.fixture
+def apps() -> Iterator[list[Flask]]:
+    made: list[Flask] = []
+    yield made
+    for app in made:
+        app.extensions[EXTENSION].shutdown()
+
+
+@pytest.mark.parametrize(
+    ("beat", "now", "expected"),
+    [
+        (None, 100.0, "no plugin host is running"),
+        (Beat(42, 99.0, 1.0), 100.0, None),
+        (Beat(42, 97.0, 1.0), 100.0, None),
+        (Beat(42, 96.5, 1.0), 100.0, "the plugin host (pid 42) last beat 3.5 s ago"),
+    ],
+    ids=["never", "fresh", "at-the-limit", "stale"],
+)
+def test_host_problem(beat: Beat | None, now: float, expected: str | None) -> None:
+    assert host_problem(beat, now) == expected
+
+
+def test_host_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    first, second = HostLock(tmp_path / "host.lock"), HostLock(tmp_path / "host.lock")
+    assert first.acquire()
+    assert not second.acquire(timeout=0.1)
+    first.release()
+    assert second.acquire()
+    second.release()
+
+
+def test_second_app_on_a_shared_store_reads_what_the_first_hosts(env: dict[str, str], apps: list[Flask]) -> None:
+    apps.append(create_app(config(env)))
+    apps.append(create_app(config(env)))
+    hosting, reading = (app.extensions[EXTENSION] for app in apps)
+    assert isinstance(hosting, Service) and hosting.host is not None
+    assert reading.host is None
+    answers = [app.test_client().get("/v1/plugins/").get_json() for app in apps]
+    assert answers[0] == answers[1]
+    assert {p["name"]: p["state"] for p in answers[1]} == {"broken": "FAILED", "core": "RUNNING"}
+    ready = apps[1].test_client().get("/readyz?verbose")
+    assert ready.status_code == 200
+    assert ready.get_data(as_text=True).splitlines()[0] == "[+]host ok"
+
+
+def test_reader_reports_a_missing_host(env: dict[str, str], apps: list[Flask]) -> None:
+    apps.append(create_app(config(env)))
+    apps.append(create_app(config(env)))
+    apps[0].extensions[EXTENSION].shutdown()
+    client = apps[1].test_client()
+    ready = client.get("/readyz?verbose")
+    assert ready.status_code == 503
+    assert "[-]host failed: no plugin host is running" in ready.get_data(as_text=True)
+    assert client.get("/startupz").status_code == 503
+    assert client.get("/livez").status_code == 200  # liveness never depends on plugins
+    health = client.get("/v1/health")
+    assert health.status_code == 503
+    body = health.get_json()
+    assert body["status"] == "fail"
+    assert body["checks"]["host:heartbeat"][0]["output"] == "no plugin host is running"
+
+
+def test_external_mode_never_hosts(env: dict[str, str], apps: list[Flask]) -> None:
+    apps.append(create_app({**config(env), "host_mode": "external"}))
+    assert apps[0].extensions[EXTENSION].host is None
+    assert apps[0].test_client().get("/v1/plugins/").get_json() == []
+
+
+def test_host_process_serves_restarts_and_stops(env: dict[str, str], apps: list[Flask]) -> None:
+    host = HostProcess(env)
+    host.start()
+    try:
+        first = host.pid
+        assert first is not None
+        apps.append(create_app({**config(env), "host_mode": "external"}))
+        client = apps[0].test_client()
+        wait_for(lambda: client.get("/startupz").status_code == 200)
+        assert {p["name"]: p["state"] for p in client.get("/v1/plugins/").get_json()} == {
+            "broken": "FAILED", "core": "RUNNING"}
+        # A host that dies (as an inline segfault would kill it) is replaced, and the plugins load again.
+        store = open_store(None, env["PLUGIN_HEALTH_RUN_DIR"])
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: host.pid != first and (beat := read_beat(store)) is not None and beat.pid == host.pid)
+        wait_for(lambda: client.get("/readyz").status_code == 200)
+    finally:
+        assert host.stop() == 0
+    assert client.get("/readyz").status_code == 503
+    last = client.get("/v1/plugins/core/history").get_json()[-1]
+    assert (last["from"], last["to"], last["reason"]) == ("RUNNING", "UNAVAILABLE", "stopped")
+
+
+def test_a_second_host_process_on_the_same_store_refuses_to_start(env: dict[str, str]) -> None:
+    host = HostProcess(env)
+    host.start()
+    try:
+        second = subprocess.run([sys.executable, "-m", "plugin_health.hostd"], env=env, timeout=60,
+                                capture_output=True, text=True, check=False)
+        assert second.returncode == EXIT_LOCKED
+        assert "another process hosts the plugins of this store" in second.stderr
+    finally:
+        host.stop()
+
+
+def test_host_process_exits_when_its_owner_dies(env: dict[str, str], tmp_path: Path) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import os, subprocess, sys, time
+            env = {**os.environ, "PLUGIN_HEALTH_OWNER_PID": str(os.getpid())}
+            child = subprocess.Popen([sys.executable, "-m", "plugin_health.hostd"], env=env)
+            print(child.pid, flush=True)
+            time.sleep(120)
+        """)],
+        env=env, stdout=subprocess.PIPE, text=True,
+    )
+    assert owner.stdout is not None
+    host_pid = int(owner.stdout.readline())
+    store = open_store(None, env["PLUGIN_HEALTH_RUN_DIR"])
+    wait_for(lambda: (beat := read_beat(store)) is not None and beat.pid == host_pid)
+    owner.kill()
+    owner.wait()
+    owner.stdout.close()
+    wait_for(lambda: gone(host_pid), timeout=10)
+    assert read_beat(store) is None  # it stopped cleanly, and said so
