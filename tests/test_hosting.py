@@ -95,7 +95,8 @@ def test_second_app_on_a_shared_store_reads_what_the_first_hosts(env: dict[str, 
     apps.append(create_app(config(env)))
     apps.append(create_app(config(env)))
     hosting, reading = (app.extensions[EXTENSION] for app in apps)
-    assert isinstance(hosting, Service) and hosting.host is not None
+    assert isinstance(hosting, Service)
+    assert hosting.host is not None
     assert reading.host is None
     answers = [app.test_client().get("/v1/plugins/").get_json() for app in apps]
     assert answers[0] == answers[1]

@@ -38,7 +38,10 @@ def aggregate(
     service fails.
     """
     statuses = [plugin_status(s) for s in snapshots]
-    status = "fail" if "fail" in statuses or host is not None else "warn" if "warn" in statuses or not loaded else "pass"
+    if "fail" in statuses or host is not None:
+        status = "fail"
+    else:
+        status = "warn" if "warn" in statuses or not loaded else "pass"
     checks: dict[str, list[dict[str, Any]]] = {}
     if host is not None:
         checks["host:heartbeat"] = [{"componentType": "system", "status": "fail", "output": host}]
