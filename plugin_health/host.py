@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 #: Store meta key: set once loading has finished (startupz).
 LOADED_KEY = "loaded"
+#: Seconds between two writes of news that can wait (the time of a passing check), so that the store's
+#: version, and with it every worker's cache and every client's ETag, moves at most about once a second
+#: for them, however many plugins are checked.
+COALESCE = 1.0
 
 
 class PluginHost:
@@ -61,6 +65,12 @@ class PluginHost:
         self.tools = ToolRunner(self.supervisor)
         self._shutdown = threading.Lock()
         self._stopped = False
+        # One writer at a time: a snapshot is built and written under this lock, so an older one can never
+        # overwrite a newer one.
+        self._publishing = threading.RLock()
+        self._pending: set[str] = set()
+        self._flushed = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     def start(self, background: bool = True) -> None:
         """Discover and load every plugin (directories, then entry points), then supervise them.
@@ -74,7 +84,10 @@ class PluginHost:
         # The first health checks run before loading counts as finished, so that ``healthy`` is true from
         # the first answer on (and a test or probe never races the supervisor's thread for them).
         self.supervisor.tick()
+        self.flush()
         self.store.set_meta(LOADED_KEY, "1")
+        self._flusher = threading.Thread(target=self._flush_loop, name="plugin-health-publisher", daemon=True)
+        self._flusher.start()
         if background:
             self.supervisor.start()
 
@@ -86,6 +99,10 @@ class PluginHost:
             self._stopped = True
         self.supervisor.stop()
         self.loader.shutdown()
+        self._flushed.set()
+        if self._flusher is not None:
+            self._flusher.join(5.0)
+        self.flush()
 
     def snapshot(self, name: str) -> PluginSnapshot:
         """What every worker is told of ``name`` right now."""
@@ -112,11 +129,38 @@ class PluginHost:
             allowed=allowed_triggers(state),
         )
 
-    def _publish_record(self, record: TransitionRecord) -> None:
-        self.store.put(self.snapshot(record.plugin), record)
+    def flush(self) -> None:
+        """Write the news that was waiting (``COALESCE``), in one step."""
+        with self._publishing:
+            names, self._pending = sorted(self._pending), set()
+            snapshots = []
+            for name in names:
+                try:
+                    snapshots.append(self.snapshot(name))
+                except UnknownPluginError:
+                    logger.debug("plugin %s is gone; nothing to publish", name)
+            if snapshots:
+                self.store.put_many(snapshots)
 
-    def _publish(self, name: str) -> None:
-        try:
-            self.store.put(self.snapshot(name))
-        except UnknownPluginError:
-            logger.debug("plugin %s is gone; nothing to publish", name)
+    def _flush_loop(self) -> None:
+        while not self._flushed.wait(COALESCE):
+            try:
+                self.flush()
+            except Exception:  # a busy or broken store must not end the publisher thread
+                logger.exception("plugin snapshots not published")
+
+    def _publish_record(self, record: TransitionRecord) -> None:
+        with self._publishing:
+            self._pending.discard(record.plugin)
+            self.store.put(self.snapshot(record.plugin), record)
+
+    def _publish(self, name: str, urgent: bool) -> None:
+        with self._publishing:
+            if not urgent:
+                self._pending.add(name)
+                return
+            self._pending.discard(name)
+            try:
+                self.store.put(self.snapshot(name))
+            except UnknownPluginError:
+                logger.debug("plugin %s is gone; nothing to publish", name)

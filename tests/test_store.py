@@ -121,3 +121,12 @@ def test_open_store(tmp_path: Path, url: str | None, kind: Callable[..., StateSt
 def test_open_store_refuses_unknown_urls(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="PLUGIN_HEALTH_STORE_URL"):
         open_store("postgres://x", tmp_path)
+
+
+def test_put_many_is_one_version_step(store: StateStore) -> None:
+    store.put(snap("a"))
+    before = store.version()
+    store.put_many([snap("b"), snap("a", S.FAILED), snap("c")])
+    assert store.version() == before + 1
+    assert [(s.name, s.state) for s in store.snapshots()] == [("a", S.FAILED), ("b", S.RUNNING), ("c", S.RUNNING)]
+    assert store.history("a") == []  # snapshots only: no transition recorded

@@ -88,6 +88,10 @@ class StateStore(Protocol):
         """Publish a plugin's snapshot, and the transition that produced it, in one step."""
         ...
 
+    def put_many(self, snapshots: Iterable[PluginSnapshot]) -> None:
+        """Publish several snapshots in one step (one version change)."""
+        ...
+
     def version(self) -> int:
         """A number that grows with every ``put``; cheap, for caches."""
         ...

@@ -38,6 +38,13 @@ class MemoryStore:
                 history.append(record)
             self._version += 1
 
+    def put_many(self, snapshots: Iterable[PluginSnapshot]) -> None:
+        """Publish several snapshots at once."""
+        with self._lock:
+            for snapshot in snapshots:
+                self._snapshots[snapshot.name] = snapshot
+            self._version += 1
+
     def version(self) -> int:
         """Grows with every change."""
         return self._version

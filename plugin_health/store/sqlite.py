@@ -24,6 +24,7 @@ CREATE INDEX IF NOT EXISTS history_by_plugin ON history (plugin, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('version', '0');
 """
+_UPSERT = "INSERT INTO plugins (name, data) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET data = excluded.data"
 
 
 class SQLiteStore:
@@ -71,10 +72,7 @@ class SQLiteStore:
     def put(self, snapshot: PluginSnapshot, record: TransitionRecord | None = None) -> None:
         """Publish a snapshot and its transition in one transaction; trim the history."""
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO plugins (name, data) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET data = excluded.data",
-                (snapshot.name, snapshot.to_json()),
-            )
+            conn.execute(_UPSERT, (snapshot.name, snapshot.to_json()))
             if record is not None:
                 conn.execute(
                     "INSERT INTO history (plugin, data) VALUES (?, ?)", (record.plugin, record_to_json(record))
@@ -84,6 +82,12 @@ class SQLiteStore:
                     "(SELECT seq FROM history WHERE plugin = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
                     (record.plugin, record.plugin, self._history_limit),
                 )
+
+    def put_many(self, snapshots: Iterable[PluginSnapshot]) -> None:
+        """Publish several snapshots in one transaction."""
+        rows = [(snapshot.name, snapshot.to_json()) for snapshot in snapshots]
+        with self._write() as conn:
+            conn.executemany(_UPSERT, rows)
 
     def version(self) -> int:
         """Grows with every write by any process."""

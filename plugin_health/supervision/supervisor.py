@@ -88,7 +88,7 @@ class Supervisor:
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._listeners: list[Callable[[str], None]] = []
+        self._listeners: list[Callable[[str, bool], None]] = []
         self.manager.subscribe(self._on_transition)
         for name in self.manager:
             self._on_transition(self.manager.last(name))
@@ -100,13 +100,16 @@ class Supervisor:
         with self._lock:
             return self._watch(name)
 
-    def subscribe(self, listener: Callable[[str], None]) -> None:
-        """Call ``listener(name)`` whenever a plugin's counters or last check change."""
+    def subscribe(self, listener: Callable[[str, bool], None]) -> None:
+        """Call ``listener(name, urgent)`` whenever a plugin's counters or last check change.
+
+        ``urgent`` is False when only the time of the last (passing) check moved on: news that can wait.
+        """
         self._listeners.append(listener)
 
-    def _changed(self, name: str) -> None:
+    def _changed(self, name: str, urgent: bool = True) -> None:
         for listener in self._listeners:
-            listener(name)
+            listener(name, urgent)
 
     def record_outcome(self, name: str, result: PluginSandboxResult, what: str = "call") -> Verdict:
         """Apply one call's outcome to ``name``; may fail the plugin (DESIGN.md section 5)."""
@@ -164,7 +167,7 @@ class Supervisor:
             watch.last_check = datetime.now(UTC)
             watch.last_check_ok = passed
         if self.record_outcome(name, result, "health check") is Verdict.HEALTHY:
-            self._changed(name)  # the time of the last check moved on
+            self._changed(name, urgent=False)  # only the time of the last check moved on
         return passed
 
     # -- restarts ------------------------------------------------------------------------------------------
