@@ -28,6 +28,8 @@ max_requests_jitter = 100
 # Request line and header limits kept small: health routes need neither long URLs nor big headers.
 limit_request_line = 4094
 limit_request_fields = 50
+# gunicorn's control socket has one fixed default path per user: two services on one host would fight over it.
+control_socket_disable = True
 
 _host: HostProcess | None = None
 

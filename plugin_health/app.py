@@ -15,7 +15,7 @@ from plugin_health import api
 from plugin_health.api.cache import ResponseCache
 from plugin_health.config import Settings, load_settings
 from plugin_health.host import PluginHost
-from plugin_health.hosting import Heartbeat, HostLock, host_problem, lock_path, read_beat
+from plugin_health.hosting import Heartbeat, HostLock, host_problem, lock_is_free, lock_path, read_beat
 from plugin_health.store import StateStore, open_store
 
 EXTENSION = "plugin_health"
@@ -38,7 +38,12 @@ class Service:
         """None while a live process hosts the plugins (always, when this one does), else why not."""
         if self.host is not None:
             return None
-        return host_problem(read_beat(self.store), time.time())
+        beat = read_beat(self.store)
+        problem = host_problem(beat, time.time())
+        path = lock_path(self.settings)
+        if problem is None and beat is not None and path is not None and lock_is_free(path):
+            problem = f"the plugin host (pid {beat.pid}) is gone"  # died without a word, its lock with it
+        return problem
 
     def shutdown(self) -> None:
         """Stop the embedded host, if this process runs one; safe to call twice."""
@@ -60,7 +65,8 @@ def _hosts_here(settings: Settings) -> HostLock | bool:
     if settings.host_mode == "external" or path is None:
         return path is None
     lock = HostLock(path)
-    return lock if lock.acquire() else False
+    # A little patience: readers probe the lock for a moment when they check that the host lives.
+    return lock if lock.acquire(timeout=0.2) else False
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

@@ -30,7 +30,7 @@ from types import FrameType
 from typing import IO
 
 from plugin_health.config import Settings, load_settings
-from plugin_health.host import PluginHost
+from plugin_health.host import LOADED_KEY, PluginHost
 from plugin_health.store import StateStore, open_store
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,21 @@ class HostLock:
             self._handle = None
 
 
+def lock_is_free(path: Path) -> bool:
+    """Whether no process holds the host lock at ``path`` (a host that died, even by ``kill -9``, holds none)."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below, however the probe ends
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        handle.close()
+    return True
+
+
 class Heartbeat:
     """A daemon thread that beats into the store and watches the owner process."""
 
@@ -177,6 +192,7 @@ def serve(settings: Settings) -> int:
         logger.error("another process hosts the plugins of this store (%s is locked)", path)
         return EXIT_LOCKED
     store = open_store(settings.store_url, settings.run_dir, settings.history_limit)
+    store.set_meta(LOADED_KEY, "")  # before the first beat: what a dead predecessor loaded counts no more
     host = PluginHost(settings, store)
     stopping = threading.Event()
 

@@ -16,7 +16,7 @@ from flask import Flask
 
 from plugin_health import create_app
 from plugin_health.app import EXTENSION, Service
-from plugin_health.hosting import EXIT_LOCKED, Beat, HostLock, HostProcess, host_problem, read_beat
+from plugin_health.hosting import EXIT_LOCKED, Beat, HostLock, HostProcess, host_problem, lock_is_free, read_beat
 from plugin_health.store import open_store
 
 PLUGINS = {
@@ -184,3 +184,63 @@ def test_host_process_exits_when_its_owner_dies(env: dict[str, str], tmp_path: P
     owner.stdout.close()
     wait_for(lambda: gone(host_pid), timeout=10)
     assert read_beat(store) is None  # it stopped cleanly, and said so
+
+
+def test_passing_checks_are_published_together_failures_at_once(tmp_path: Path) -> None:
+    write_plugins(tmp_path)
+    (tmp_path / "sick.py").write_text(
+        "from plugin_health import Plugin\n\nclass P(Plugin):\n    ok = True\n"
+        "    def health_check(self):\n        return P.ok\n"
+    )
+    app = create_app({"plugin_path": str(tmp_path), "store_url": "memory://", "health_interval": 3600,
+                      "failure_threshold": 3, "max_restarts": 0})
+    service: Service = app.extensions[EXTENSION]
+    try:
+        assert service.host is not None
+        store, supervisor = service.store, service.host.supervisor
+        first = store.snapshot("sick")
+        assert first is not None
+        assert first.last_check is not None  # the first checks are published before loading counts as done
+        version = store.version()
+        assert supervisor.check("sick")
+        assert store.version() == version  # a passing check is news that can wait...
+        wait_for(lambda: store.version() > version, timeout=3)  # ...about a second
+        later = store.snapshot("sick")
+        assert later is not None
+        assert later.last_check is not None
+        assert later.last_check > first.last_check
+        version = store.version()
+        sick = service.host.registry.get("sick").handle.instance  # type: ignore[attr-defined]
+        type(sick).ok = False
+        assert not supervisor.check("sick")
+        assert store.version() > version  # a failing check changes the count: published at once
+        failing = store.snapshot("sick")
+        assert failing is not None
+        assert (failing.consecutive_failures, failing.healthy) == (1, False)
+    finally:
+        service.shutdown()
+
+
+def test_a_host_killed_without_a_word_is_seen_gone_at_once(env: dict[str, str], apps: list[Flask]) -> None:
+    host = HostProcess(env)
+    host.start()
+    try:
+        apps.append(create_app({**config(env), "host_mode": "external"}))
+        client = apps[0].test_client()
+        wait_for(lambda: client.get("/readyz").status_code == 200)
+        pid = host.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # its last beat is still fresh, but its lock went with it
+        wait_for(lambda: client.get("/readyz").status_code == 503, timeout=1)
+    finally:
+        host.stop()
+
+
+def test_lock_probe(tmp_path: Path) -> None:
+    path = tmp_path / "host.lock"
+    assert lock_is_free(path)
+    lock = HostLock(path)
+    assert lock.acquire()
+    assert not lock_is_free(path)
+    lock.release()
+    assert lock_is_free(path)
