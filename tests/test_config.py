@@ -57,6 +57,8 @@ def test_environment_variables() -> None:
         ("PLUGIN_HEALTH_SHOW_DETAILS", "sometimes", "never | when-authorized | always"),
         ("PLUGIN_HEALTH_HEALTH_INTERVAL", "", "a positive number"),
         ("PLUGIN_HEALTH_BACKOFF_MAX", "0.5", ">= PLUGIN_HEALTH_BACKOFF_BASE"),
+        ("PLUGIN_HEALTH_HOST_MODE", "sometimes", "auto | embedded | external"),
+        ("PLUGIN_HEALTH_OWNER_PID", "-3", "a whole number >= 0"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, expected: str) -> None:
@@ -98,3 +100,10 @@ def test_bad_config_file(tmp_path: Path, content: str, expected: str) -> None:
 def test_missing_config_file_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="PLUGIN_HEALTH_CONFIG_FILE"):
         load_settings(environ={"PLUGIN_HEALTH_CONFIG_FILE": str(tmp_path / "nope.toml")})
+
+
+def test_external_host_needs_a_shared_store() -> None:
+    env = {"PLUGIN_HEALTH_HOST_MODE": "external", "PLUGIN_HEALTH_STORE_URL": "memory://"}
+    with pytest.raises(ConfigError, match="PLUGIN_HEALTH_HOST_MODE.*memory:// store cannot be shared"):
+        load_settings(environ=env)
+    assert load_settings(environ={"PLUGIN_HEALTH_HOST_MODE": " External "}).host_mode == "external"
