@@ -14,8 +14,10 @@ from flask import Flask
 from plugin_health import api
 from plugin_health.api.cache import ResponseCache
 from plugin_health.config import Settings, load_settings
+from plugin_health.control import Control, LocalControl, RemoteControl, socket_path
 from plugin_health.host import PluginHost
 from plugin_health.hosting import Heartbeat, HostLock, host_problem, lock_is_free, lock_path, read_beat
+from plugin_health.operations import Operations
 from plugin_health.store import StateStore, open_store
 
 EXTENSION = "plugin_health"
@@ -31,6 +33,7 @@ class Service:
     store: StateStore
     cache: ResponseCache
     host: PluginHost | None = None
+    control: Control | None = None
     lock: HostLock | None = None
     heartbeat: Heartbeat | None = None
 
@@ -88,9 +91,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             service.heartbeat = Heartbeat(store)
             service.heartbeat.start()
         service.host.start()
+        service.control = LocalControl(Operations(service.host))
         atexit.register(service.shutdown)
     else:
         logger.info("plugins are hosted by another process; this one reads the store")
+        path = socket_path(settings)
+        if path is not None:
+            service.control = RemoteControl(path, timeout=settings.default_timeout + 10)
     app.extensions[EXTENSION] = service
     api.init_app(app)
     return app

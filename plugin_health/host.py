@@ -6,6 +6,7 @@ workers). It publishes every plugin's snapshot and transitions to the store, whi
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 
@@ -24,10 +25,22 @@ logger = logging.getLogger(__name__)
 
 #: Store meta key: set once loading has finished (startupz).
 LOADED_KEY = "loaded"
+#: Store meta key of the set of plugins an operator disabled (a JSON list).
+DISABLED_KEY = "disabled"
 #: Seconds between two writes of news that can wait (the time of a passing check), so that the store's
 #: version, and with it every worker's cache and every client's ETag, moves at most about once a second
 #: for them, however many plugins are checked.
 COALESCE = 1.0
+
+
+def disabled_plugins(store: StateStore) -> set[str]:
+    """The plugins an operator disabled (they stay so across restarts of the service)."""
+    text = store.get_meta(DISABLED_KEY)
+    try:
+        names = json.loads(text) if text else []
+    except ValueError:
+        return set()
+    return {str(name) for name in names} if isinstance(names, list) else set()
 
 
 class PluginHost:
@@ -79,6 +92,7 @@ class PluginHost:
         thread of the host process).
         """
         self.store.set_meta(LOADED_KEY, "")
+        self.loader.disabled = disabled_plugins(self.store)
         self.loader.load(discover(self.settings.plugin_dirs, self.settings.entry_point_group))
         self.store.begin(list(self.manager))
         # The first health checks run before loading counts as finished, so that ``healthy`` is true from

@@ -30,7 +30,9 @@ from types import FrameType
 from typing import IO
 
 from plugin_health.config import Settings, load_settings
+from plugin_health.control import ControlServer, socket_path
 from plugin_health.host import LOADED_KEY, PluginHost
+from plugin_health.operations import Operations
 from plugin_health.store import StateStore, open_store
 
 logger = logging.getLogger(__name__)
@@ -207,12 +209,19 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     heartbeat = Heartbeat(store, settings.owner_pid, stop)
     heartbeat.start()
+    control: ControlServer | None = None
     try:
         host.start(background=False)
+        listen = socket_path(settings)
+        if listen is not None:
+            control = ControlServer(listen, Operations(host))
+            control.start()
         logger.info("plugin host %d serves %d plugins", os.getpid(), len(host.manager))
         if not stopping.is_set():
             host.supervisor.run_forever()
     finally:
+        if control is not None:
+            control.stop()
         host.shutdown()
         heartbeat.stop()
         store.close()

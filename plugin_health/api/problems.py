@@ -14,6 +14,7 @@ from flask import Flask, Response, json
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from plugin_health.control import HostUnavailableError
 from plugin_health.diagrams import RendererUnavailableError, UnknownFormatError
 from plugin_health.errors import (
     IllegalTransitionError,
@@ -36,6 +37,7 @@ STATUS_OF: dict[type[Exception], int] = {
     PluginNotRunningError: 503,
     UnknownFormatError: 400,
     RendererUnavailableError: 501,
+    HostUnavailableError: 503,
 }
 
 

@@ -43,13 +43,16 @@ class HistoryEntry(Schema):
 
 
 class HealthCheck(Schema):
-    """One plugin in the aggregate (IETF health-check draft)."""
+    """One check in the aggregate (IETF health-check draft): a plugin, or the plugin host.
 
-    componentId = fields.String(required=True)
-    componentType = fields.String(required=True)
+    ``host:heartbeat`` (only while no live process hosts the plugins) has no componentId, observedValue or time.
+    """
+
+    componentId = fields.String(metadata={"description": "the plugin's name (every plugin check)"})
+    componentType = fields.String(required=True, metadata={"description": "plugin, or system for the host"})
     status = fields.String(required=True, validate=validate.OneOf(("pass", "warn", "fail")))
-    observedValue = fields.String(required=True)
-    time = fields.String(required=True)
+    observedValue = fields.String(metadata={"description": "the plugin's state (every plugin check)"})
+    time = fields.String(metadata={"description": "the plugin's last transition, ISO-8601 (every plugin check)"})
     output = fields.String()
 
 
@@ -64,12 +67,38 @@ class AggregateHealth(Schema):
 
 
 class ProblemDetails(Schema):
-    """RFC 9457 problem details."""
+    """RFC 9457 problem details, with the extension members some problems carry."""
 
     type = fields.String(required=True)
     title = fields.String(required=True)
     status = fields.Integer(required=True)
     detail = fields.String(required=True)
+    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()),
+                         metadata={"description": "invalid-request: the message(s) of each invalid parameter"})
+    plugin = fields.String(metadata={"description": "the plugin the problem is about"})
+    state = fields.String(allow_none=True, metadata={"description": "the plugin's state (null: untracked)"})
+    attempted = fields.String(metadata={"description": "IllegalTransitionError: the move refused"})
+    allowed = fields.List(fields.String(), metadata={"description": "IllegalTransitionError: the triggers legal now"})
+    available = fields.List(fields.String(),
+                            metadata={"description": "RendererUnavailableError: the formats that can be drawn here"})
+
+
+class ToolCall(Schema):
+    """The body of a tool call."""
+
+    args = fields.List(fields.Raw(allow_none=True), load_default=list)
+    kwargs = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True), load_default=dict)
+
+
+class ToolResult(Schema):
+    """What a tool call returned: the sandbox's result."""
+
+    ok = fields.Boolean(required=True)
+    result = fields.Raw(allow_none=True, required=True)
+    error = fields.String(allow_none=True, required=True,
+                          metadata={"description": "shown per PLUGIN_HEALTH_SHOW_DETAILS"})
+    error_type = fields.String(allow_none=True, required=True)
+    duration_ms = fields.Float(required=True)
 
 
 class ListQuery(Schema):
@@ -88,4 +117,6 @@ plugin_health_response = PluginHealthResponse()
 plugin_health_list = PluginHealthResponse(many=True)
 history_entries = HistoryEntry(many=True)
 list_query = ListQuery()
+tool_call = ToolCall()
+tool_result = ToolResult()
 diagram_query = DiagramQuery()

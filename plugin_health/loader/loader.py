@@ -66,6 +66,8 @@ class PluginLoader:
         #: Where each tracked name came from, failed ones included (a restart re-imports from here).
         self.sources: dict[str, PluginSource] = {}
         self.finished = threading.Event()
+        #: Plugins an operator disabled: loaded, never brought up, UNAVAILABLE ``disabled``.
+        self.disabled: set[str] = set()
         self._cascade: deque[TransitionRecord] = deque()
         self._draining = threading.local()
         self.manager.subscribe(self._on_transition)
@@ -81,7 +83,11 @@ class PluginLoader:
         for name, reason in sorted(resolution.unavailable.items()):
             self.manager.trigger(name, "make_unavailable", reason=reason)
         for name in resolution.order:
-            if self.manager.get_state(name) is PluginLifecycleState.LOADED:
+            if self.manager.get_state(name) is not PluginLifecycleState.LOADED:
+                continue
+            if name in self.disabled:
+                self.manager.trigger(name, "make_unavailable", reason=str(UnavailableReason.DISABLED))
+            else:
                 self.bring_up(name)
         self.finished.set()
 

@@ -79,11 +79,13 @@ class Server:
     run_dir: Path
     seen: set[int] = field(default_factory=set)
 
-    def get(self, path: str, headers: Mapping[str, str] | None = None, method: str = "GET") -> Answer:
+    def get(
+        self, path: str, headers: Mapping[str, str] | None = None, method: str = "GET", body: str | None = None
+    ) -> Answer:
         """One request on a new connection (so that the kernel spreads them over the workers)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
-            conn.request(method, path, headers=dict(headers or {}))
+            conn.request(method, path, body=body, headers=dict(headers or {}))
             response = conn.getresponse()
             return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
         finally:

@@ -20,7 +20,8 @@ from e2e.server import Server, alive, wait_for
 from plugin_health.diagrams import MEDIA_TYPES
 
 PLUGINS = {
-    "core": "critical = True\nversion = '2.0'\n",
+    "core": "critical = True\nversion = '2.0'\ntimeout = 1.0\n@tool\ndef ping(self, who):\n    return f'pong {who}'\n"
+            "@tool\ndef slow(self):\n    time.sleep(5)\n",
     "user": "requires = ('core>=1.5',)\n",
     "flappy": "def health_check(self):\n    return not os.path.exists(FLAG)\n",
     "broken": "def initialize(self, context):\n    raise RuntimeError('password=hunter2 at /etc/secret.py')\n",
@@ -29,6 +30,8 @@ PLUGINS = {
     "crasher": "isolation = 'process'\ndef start(self):\n    import ctypes\n    ctypes.string_at(0)\n",
     "sysexit": "def start(self):\n    raise SystemExit(3)\n",
 }
+TOKEN = "e2e-operator-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 EXPECTED = {
     "broken": ("FAILED", "RuntimeError"),
     "core": ("RUNNING", None),
@@ -48,11 +51,11 @@ def server(tmp_module: Path, gunicorn_factory: object) -> Server:
     flag = tmp_module / "flappy.flag"
     for name, body in PLUGINS.items():
         (plugins / f"{name}.py").write_text(
-            f"import os, time\nfrom plugin_health import Plugin\n\nFLAG = {str(flag)!r}\n\nclass P(Plugin):\n"
+            f"import os, time\nfrom plugin_health import Plugin, tool\n\nFLAG = {str(flag)!r}\n\nclass P(Plugin):\n"
             + textwrap.indent(body, "    ")
         )
     env = {"PLUGIN_HEALTH_HEALTH_INTERVAL": "0.2", "PLUGIN_HEALTH_FAILURE_THRESHOLD": "1",
-           "PLUGIN_HEALTH_MAX_RESTARTS": "0"}
+           "PLUGIN_HEALTH_MAX_RESTARTS": "0", "PLUGIN_HEALTH_ADMIN_TOKEN": TOKEN}
     made: Server = gunicorn_factory(plugins, env)  # type: ignore[operator]
     return made
 
@@ -163,6 +166,29 @@ def test_a_transition_is_visible_from_every_worker_within_a_second(server: Serve
     assert (last["from"], last["to"], last["trigger"]) == ("RUNNING", "FAILED", "fail")
 
 
+def test_operator_actions_reach_the_host_and_every_worker(server: Server) -> None:
+    assert server.get("/v1/plugins/user/disable", method="POST").status == 401
+    answer = server.get("/v1/plugins/user/disable", headers=AUTH, method="POST")
+    assert (answer.status, json.loads(answer.body)["reason"]) == (200, "disabled")
+    assert {states(server)["user"] for _ in range(15)} == {("UNAVAILABLE", None)}
+    illegal = server.get("/v1/plugins/user/disable", headers=AUTH, method="POST")
+    assert (illegal.status, json.loads(illegal.body)["allowed"]) == (409, ["reset"])
+    answer = server.get("/v1/plugins/broken/restart", headers=AUTH, method="POST")
+    assert (answer.status, json.loads(answer.body)["restarts"]) == (200, 1)  # and still broken: FAILED
+    assert states(server)["broken"] == ("FAILED", "RuntimeError")
+
+
+def test_tool_calls_run_in_the_host(server: Server) -> None:
+    body = json.dumps({"args": ["e2e"]})
+    answer = server.get("/v1/plugins/core/tools/ping", headers={**AUTH, "Content-Type": "application/json"},
+                        method="POST", body=body)
+    assert (answer.status, json.loads(answer.body)["result"]) == (200, "pong e2e")
+    slow = server.get("/v1/plugins/core/tools/slow", headers=AUTH, method="POST")
+    assert (slow.status, json.loads(slow.body)["error_type"]) == (504, "PluginTimeoutError")
+    assert server.get("/v1/plugins/core/tools/nope", headers=AUTH, method="POST").status == 404
+    assert server.get("/v1/plugins/needy/tools/x", headers=AUTH, method="POST").status == 404
+
+
 def test_the_service_outlives_its_plugin_host(server: Server) -> None:
     host = server.host_pid()
     assert host is not None
@@ -177,6 +203,8 @@ def test_the_service_outlives_its_plugin_host(server: Server) -> None:
         assert time.monotonic() < deadline, "no new plugin host in 30 s"
         time.sleep(0.1)
     assert states(server)["core"] == ("RUNNING", None)
+    assert states(server)["user"] == ("UNAVAILABLE", None)  # still disabled: the store kept it
+    assert json.loads(server.get("/v1/plugins/user/health").body)["reason"] == "disabled"
 
 
 def test_shutdown_stops_every_process(server: Server) -> None:

@@ -1,0 +1,233 @@
+"""How a worker asks the plugin host to act: operator actions and tool calls over a Unix socket.
+
+The workers never run plugin code; the host does. :class:`ControlServer` runs in the host process on a
+Unix socket beside the store (mode 0600), one thread per connection; :class:`RemoteControl` is its client in
+each worker; :class:`LocalControl` does the same in the process that hosts the plugins itself. All three speak
+:class:`Control`. A request and its answer are one line of JSON each; typed errors cross as their class name
+and attributes and are raised again on the worker's side, so the API maps them to statuses in one place.
+
+The token is checked by the worker before it asks; the socket itself is guarded by file permissions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import socketserver
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+from plugin_health.config import Settings
+from plugin_health.errors import (
+    IllegalTransitionError,
+    PluginError,
+    PluginNotRunningError,
+    UnknownPluginError,
+    UnknownToolError,
+)
+from plugin_health.operations import Operations
+from plugin_health.sandbox import PluginSandboxResult
+from plugin_health.store import PluginSnapshot
+
+#: The longest request line the host reads (a tool call's arguments included).
+MAX_REQUEST = 1024 * 1024
+
+
+class HostUnavailableError(PluginError):
+    """No plugin host answered (none runs, or it did not answer in time)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the plugin host cannot act now: {detail}")
+        self.detail = detail
+
+
+class Control(Protocol):
+    """What the API asks of whoever hosts the plugins."""
+
+    def restart(self, name: str) -> PluginSnapshot:
+        """Restart a plugin (see :mod:`plugin_health.operations`)."""
+        ...
+
+    def disable(self, name: str) -> PluginSnapshot:
+        """Disable a plugin."""
+        ...
+
+    def enable(self, name: str) -> PluginSnapshot:
+        """Enable a plugin."""
+        ...
+
+    def run_tool(self, name: str, tool: str, args: list[Any], kwargs: dict[str, Any]) -> PluginSandboxResult:
+        """Call a plugin's tool."""
+        ...
+
+
+class LocalControl:
+    """The process hosts the plugins itself: act directly."""
+
+    def __init__(self, operations: Operations) -> None:
+        self.operations = operations
+
+    def restart(self, name: str) -> PluginSnapshot:
+        """Restart a plugin."""
+        return self.operations.restart(name)
+
+    def disable(self, name: str) -> PluginSnapshot:
+        """Disable a plugin."""
+        return self.operations.disable(name)
+
+    def enable(self, name: str) -> PluginSnapshot:
+        """Enable a plugin."""
+        return self.operations.enable(name)
+
+    def run_tool(self, name: str, tool: str, args: list[Any], kwargs: dict[str, Any]) -> PluginSandboxResult:
+        """Call a plugin's tool."""
+        return self.operations.run_tool(name, tool, args, kwargs)
+
+
+def socket_path(settings: Settings) -> Path | None:
+    """Where the host listens; None for a store no other process sees. Long paths move to the temp dir."""
+    url = settings.store_url
+    if url is None:
+        path = Path(settings.run_dir).resolve() / "host.sock"
+    elif url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite://") + ".sock").resolve()
+    else:
+        return None
+    if len(os.fsencode(path)) > 100:  # AF_UNIX paths are limited to 107 bytes
+        digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:20]
+        path = Path(tempfile.gettempdir()) / f"plugin-health-{digest}.sock"
+    return path
+
+
+# -- the wire --------------------------------------------------------------------------------------------
+
+
+def _error_to_wire(error: PluginError) -> dict[str, Any]:
+    wire: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
+    for attribute in ("plugin", "state", "attempted", "allowed", "tool"):
+        if hasattr(error, attribute):
+            value = getattr(error, attribute)
+            wire[attribute] = list(value) if isinstance(value, tuple) else value
+    return wire
+
+
+def _error_from_wire(wire: dict[str, Any]) -> PluginError:
+    kind, plugin = wire.get("type"), str(wire.get("plugin", ""))
+    if kind == "UnknownPluginError":
+        return UnknownPluginError(plugin)
+    if kind == "UnknownToolError":
+        return UnknownToolError(plugin, str(wire.get("tool", "")))
+    if kind == "PluginNotRunningError":
+        return PluginNotRunningError(plugin, str(wire.get("state", "")))
+    if kind == "IllegalTransitionError":
+        return IllegalTransitionError(plugin, wire.get("state"), str(wire.get("attempted", "")),
+                                      tuple(wire.get("allowed", ())))
+    return HostUnavailableError(f"the host failed: {wire.get('message', 'no detail')}")
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: ControlServer
+
+    def handle(self) -> None:
+        line = self.rfile.readline(MAX_REQUEST + 1)
+        if not line:
+            return
+        answer = self.server.answer(line)
+        self.wfile.write(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
+
+
+class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """The host's end: answers each connection's one request on a thread of its own."""
+
+    daemon_threads = True
+
+    def __init__(self, path: Path, operations: Operations) -> None:
+        self.path = path
+        self.operations = operations
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # a dead host's socket; the caller holds the host lock
+        old_mask = os.umask(0o177)
+        try:
+            super().__init__(str(path), _Handler)
+        finally:
+            os.umask(old_mask)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Serve on a daemon thread."""
+        self._thread = threading.Thread(target=self.serve_forever, name="plugin-health-control", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and remove the socket."""
+        self.shutdown()
+        self.server_close()
+        self.path.unlink(missing_ok=True)
+
+    def answer(self, line: bytes) -> dict[str, Any]:
+        """The answer to one request line."""
+        if len(line) > MAX_REQUEST:
+            return {"ok": False, "error": {"type": "RequestTooLarge", "message": "request too large"}}
+        try:
+            request = json.loads(line)
+            op, name = request["op"], str(request["plugin"])
+            if op == "tool":
+                result = self.operations.run_tool(name, str(request["tool"]), list(request.get("args", [])),
+                                                  dict(request.get("kwargs", {})))
+                return {"ok": True, "result": result.to_dict()}
+            if op in ("restart", "disable", "enable"):
+                snapshot: PluginSnapshot = getattr(self.operations, op)(name)
+                return {"ok": True, "snapshot": snapshot.to_json()}
+            return {"ok": False, "error": {"type": "BadRequest", "message": f"unknown op {op!r}"}}
+        except PluginError as err:
+            return {"ok": False, "error": _error_to_wire(err)}
+        except (ValueError, KeyError, TypeError) as err:
+            return {"ok": False, "error": {"type": "BadRequest", "message": f"malformed request: {err}"}}
+
+
+class RemoteControl:
+    """A worker's end: one connection per request to the host's socket."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def restart(self, name: str) -> PluginSnapshot:
+        """Restart a plugin."""
+        return PluginSnapshot.from_json(self._ask({"op": "restart", "plugin": name})["snapshot"])
+
+    def disable(self, name: str) -> PluginSnapshot:
+        """Disable a plugin."""
+        return PluginSnapshot.from_json(self._ask({"op": "disable", "plugin": name})["snapshot"])
+
+    def enable(self, name: str) -> PluginSnapshot:
+        """Enable a plugin."""
+        return PluginSnapshot.from_json(self._ask({"op": "enable", "plugin": name})["snapshot"])
+
+    def run_tool(self, name: str, tool: str, args: list[Any], kwargs: dict[str, Any]) -> PluginSandboxResult:
+        """Call a plugin's tool."""
+        data = self._ask({"op": "tool", "plugin": name, "tool": tool, "args": args, "kwargs": kwargs})["result"]
+        return PluginSandboxResult(data["ok"], data["result"], data["error"], data["error_type"], data["duration_ms"])
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(self.timeout)
+                conn.connect(str(self.path))
+                conn.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+                with conn.makefile("rb") as reader:
+                    line = reader.readline()
+        except TimeoutError:
+            raise HostUnavailableError(f"no answer within {self.timeout:g} s") from None
+        except OSError as err:
+            raise HostUnavailableError(f"no plugin host is listening ({err.strerror or err})") from None
+        if not line:
+            raise HostUnavailableError("the host closed the connection without an answer")
+        answer: dict[str, Any] = json.loads(line)
+        if not answer.get("ok"):
+            raise _error_from_wire(answer.get("error", {}))
+        return answer

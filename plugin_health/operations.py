@@ -1,0 +1,92 @@
+"""Operator actions and tool calls, carried out by the process that hosts the plugins.
+
+Every action is a move the lifecycle table allows, or an :class:`IllegalTransitionError` naming the current
+state and the triggers legal from it (and nothing changes):
+
+* restart: stop it if it runs, ``reset``, ``initialize``, ``start``; clears the restart limit, and a disabled
+  plugin is enabled again (an operator's restart says what they want);
+* disable: ``make_unavailable`` with the reason ``disabled`` (from LOADED, INITIALIZED or RUNNING), stopping it
+  first; it stays disabled across restarts of the service (the store keeps the set);
+* enable: ``reset`` and start (from FAILED or UNAVAILABLE).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from plugin_health.errors import IllegalTransitionError
+from plugin_health.host import DISABLED_KEY, PluginHost
+from plugin_health.lifecycle import PluginLifecycleState, UnavailableReason
+from plugin_health.lifecycle.machine import allowed_triggers
+from plugin_health.sandbox import PluginSandboxResult
+from plugin_health.store import PluginSnapshot
+
+#: ``error_type`` of a tool whose result JSON cannot carry.
+UNSERIALIZABLE = "UnserializableResultError"
+
+ACTIVE = (PluginLifecycleState.LOADED, PluginLifecycleState.INITIALIZED, PluginLifecycleState.RUNNING)
+
+
+def json_safe(result: PluginSandboxResult) -> PluginSandboxResult:
+    """``result``, or a failed one when its value cannot be sent as JSON (a plugin that lies about its type)."""
+    if not result.ok:
+        return result
+    try:
+        json.dumps(result.result, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        message = f"the tool returned a {type(result.result).__name__} that JSON cannot carry ({err})"
+        return PluginSandboxResult(False, None, message[:2000], UNSERIALIZABLE, result.duration_ms)
+    return result
+
+
+class Operations:
+    """Restart, disable, enable and tool calls over one :class:`PluginHost`."""
+
+    def __init__(self, host: PluginHost) -> None:
+        self.host = host
+        self._lock = threading.Lock()  # operator actions are rare: one at a time keeps them simple
+
+    def restart(self, name: str) -> PluginSnapshot:
+        """Restart ``name`` from any state, clearing its restart limit (and its being disabled)."""
+        with self._lock:
+            self.host.manager.get_state(name)  # UnknownPluginError for a name nobody knows
+            self._set_disabled(name, False)
+            self.host.supervisor.restart(name, automatic=False)
+            return self.host.snapshot(name)
+
+    def disable(self, name: str) -> PluginSnapshot:
+        """Stop ``name`` and keep it UNAVAILABLE ``disabled``, across restarts of the service too."""
+        with self._lock:
+            state = self.host.manager.get_state(name)
+            if state not in ACTIVE:
+                raise IllegalTransitionError(name, state.value, "make_unavailable", allowed_triggers(state))
+            self._set_disabled(name, True)
+            self.host.loader.stop(name)
+            self.host.manager.trigger(name, "make_unavailable", reason=str(UnavailableReason.DISABLED))
+            return self.host.snapshot(name)
+
+    def enable(self, name: str) -> PluginSnapshot:
+        """``reset`` a FAILED or UNAVAILABLE plugin and start it."""
+        with self._lock:
+            state = self.host.manager.get_state(name)
+            if not self.host.manager.may(name, "reset"):
+                raise IllegalTransitionError(name, state.value, "reset", allowed_triggers(state))
+            self._set_disabled(name, False)
+            self.host.supervisor.restart(name, automatic=False)
+            return self.host.snapshot(name)
+
+    def run_tool(self, name: str, tool: str, args: list[Any], kwargs: dict[str, Any]) -> PluginSandboxResult:
+        """Call a tool through the sandbox; a result JSON cannot carry is a failed call."""
+        return json_safe(self.host.tools.run(name, tool, *args, **kwargs))
+
+    def _set_disabled(self, name: str, disabled: bool) -> None:
+        names = self.host.loader.disabled
+        if (name in names) == disabled:
+            return
+        if disabled:
+            names.add(name)
+        else:
+            names.discard(name)
+        self.host.store.set_meta(DISABLED_KEY, json.dumps(sorted(names)))
