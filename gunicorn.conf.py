@@ -9,9 +9,19 @@ and a worker that dies or is recycled takes nothing with it. Command-line flags 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
-from plugin_health.config import load_settings
+# Metrics of every worker and of the plugin host are summed through files (prometheus_client's multiprocess
+# mode), which must be chosen before prometheus_client is first imported: so before plugin_health is.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    _metrics = Path(os.environ.get("PLUGIN_HEALTH_RUN_DIR", "run"), "metrics").resolve()
+    shutil.rmtree(_metrics, ignore_errors=True)  # counts of a previous run are not this run's
+    _metrics.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics)
+
+from plugin_health.config import load_settings  # after the metrics directory is chosen
 from plugin_health.hosting import HostProcess
 
 bind = os.environ.get("PLUGIN_HEALTH_BIND", "127.0.0.1:8000")
@@ -52,3 +62,10 @@ def on_exit(server: Any) -> None:
     if _host is not None:
         code = _host.stop()
         server.log.info("plugin-health: plugin host stopped (exit status %s)", code)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Forget a dead worker's live gauges (its counters stay counted)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

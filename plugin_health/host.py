@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 
+from plugin_health import metrics
 from plugin_health.config import Settings
 from plugin_health.errors import UnknownPluginError
 from plugin_health.lifecycle import PluginLifecycleManager, TransitionRecord
@@ -75,6 +76,8 @@ class PluginHost:
             ),
         )
         self.supervisor.subscribe(self._publish)
+        self.manager.subscribe(metrics.observe_transition)
+        self.loader.observers.append(metrics.observe_call)
         self.tools = ToolRunner(self.supervisor)
         self._shutdown = threading.Lock()
         self._stopped = False

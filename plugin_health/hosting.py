@@ -203,6 +203,7 @@ def serve(settings: Settings) -> int:
         host.supervisor.request_stop()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signum, signal.SIG_IGN)  # a second one must not kill the plugins' orderly stop
         stop()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -36,6 +36,6 @@ class ToolRunner:
         state = self.manager.get_state(plugin)
         if state is not PluginLifecycleState.RUNNING:
             raise PluginNotRunningError(plugin, state.value)
-        result: PluginSandboxResult = self.registry.get(plugin).handle.call(tool, args, kwargs)
+        result = self.supervisor.loader.call(plugin, tool, args, kwargs)
         self.supervisor.record_outcome(plugin, result, f"tool {tool}")
         return result

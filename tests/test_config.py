@@ -104,6 +104,6 @@ def test_missing_config_file_names_the_variable(tmp_path: Path) -> None:
 
 def test_external_host_needs_a_shared_store() -> None:
     env = {"PLUGIN_HEALTH_HOST_MODE": "external", "PLUGIN_HEALTH_STORE_URL": "memory://"}
-    with pytest.raises(ConfigError, match="PLUGIN_HEALTH_HOST_MODE.*memory:// store cannot be shared"):
+    with pytest.raises(ConfigError, match=r"PLUGIN_HEALTH_HOST_MODE.*memory:// store cannot be shared"):
         load_settings(environ=env)
     assert load_settings(environ={"PLUGIN_HEALTH_HOST_MODE": " External "}).host_mode == "external"

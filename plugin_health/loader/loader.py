@@ -68,6 +68,8 @@ class PluginLoader:
         self.finished = threading.Event()
         #: Plugins an operator disabled: loaded, never brought up, UNAVAILABLE ``disabled``.
         self.disabled: set[str] = set()
+        #: Told of every call into a loaded plugin: ``observer(name, method, isolation, result)`` (metrics).
+        self.observers: list[Callable[[str, str, str, PluginSandboxResult], None]] = []
         self._cascade: deque[TransitionRecord] = deque()
         self._draining = threading.local()
         self.manager.subscribe(self._on_transition)
@@ -214,7 +216,7 @@ class PluginLoader:
                 self.manager.trigger(name, "make_unavailable", reason=reason)
                 return UNAVAILABLE
         for phase, args in (("initialize", (self.context_for(entry),)), ("start", ())):
-            result = entry.handle.call(phase, args)
+            result = self.call(name, phase, args)
             if not result.ok:
                 self.manager.trigger(
                     name, "fail", reason=reason_for(f"{phase} failed"), error_type=result.error_type, error=result.error
@@ -246,12 +248,24 @@ class PluginLoader:
             self.registry.register(spec, source, handle)
         return self.bring_up(name, reason_for)
 
+    def call(
+        self, name: str, method: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> PluginSandboxResult:
+        """Call ``method`` of the loaded plugin ``name`` through its sandbox, and tell the observers."""
+        entry = self.registry.get(name)
+        result: PluginSandboxResult = entry.handle.call(method, args, kwargs)
+        for observer in self.observers:
+            try:
+                observer(name, method, entry.spec.isolation, result)
+            except Exception:  # an observer's bug must not turn into the plugin's failure
+                logger.exception("call observer %r failed on %s", observer, name)
+        return result
+
     def stop(self, name: str) -> PluginSandboxResult | None:
         """Call the plugin's ``stop`` if it is RUNNING (no state change here); None if it was not running."""
-        entry = self.registry.get(name)
         if self.manager.get_state(name) is not RUNNING:
             return None
-        result: PluginSandboxResult = entry.handle.call("stop")
+        result = self.call(name, "stop")
         if not result.ok:
             logger.warning("plugin %s: stop raised %s: %s", name, result.error_type, result.error)
         return result

@@ -154,10 +154,9 @@ class Supervisor:
 
     def check(self, name: str) -> bool:
         """Run ``name``'s health check now; False, an exception or a timeout counts as a failure."""
-        entry = self.loader.registry.get(name)
         if self.manager.get_state(name) is not RUNNING:
             return False
-        result = entry.handle.call("health_check")
+        result = self.loader.call(name, "health_check")
         passed = result.ok and result.result is not False
         if result.ok and not passed:
             result = PluginSandboxResult(False, False, "health check returned False", "HealthCheckFailed",

@@ -1,0 +1,124 @@
+"""Prometheus metrics: ``GET /metrics``, right under several gunicorn workers and the plugin host.
+
+Counted where they happen: transitions and sandbox calls in the process that hosts the plugins, HTTP
+requests in each worker. Under gunicorn, ``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` before anything
+is imported, so every process (workers and host) writes its counts to files there, and any worker's
+``/metrics`` sums them all (prometheus_client's multiprocess mode). How many plugins are in each state is not
+counted at all: it is read from the store when scraped, so it is the same from every worker.
+
+Per-plugin failures, timeouts and crashes are ``plugin_health_sandbox_calls_total`` by its ``outcome`` label
+(``ok``, ``error``, ``timeout``, ``memory``, ``crash``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
+from plugin_health.sandbox import PluginSandboxResult
+
+if TYPE_CHECKING:
+    from plugin_health.app import Service
+
+TRANSITIONS = Counter(
+    "plugin_health_transitions", "Lifecycle transitions of every plugin", ["from_state", "to_state", "trigger"]
+)
+CALLS = Counter(
+    "plugin_health_sandbox_calls", "Calls into plugin code through the sandbox", ["plugin", "method", "outcome"]
+)
+CALL_SECONDS = Histogram(
+    "plugin_health_sandbox_call_duration_seconds", "Duration of calls into plugin code", ["isolation", "call"],
+    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0),
+)
+REQUESTS = Counter("plugin_health_http_requests", "HTTP requests answered", ["method", "route", "status"])
+REQUEST_SECONDS = Histogram(
+    "plugin_health_http_request_duration_seconds", "Time to answer an HTTP request", ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+)
+
+#: The ``outcome`` label of a sandbox result's ``error_type``; any other error is ``error``.
+OUTCOMES = {None: "ok", "PluginTimeoutError": "timeout", "PluginMemoryError": "memory", "PluginCrashedError": "crash"}
+LIFECYCLE_CALLS = frozenset({"initialize", "start", "stop", "health_check"})
+
+bp = Blueprint("metrics", __name__)
+
+
+def observe_transition(record: TransitionRecord) -> None:
+    """Count one transition (a manager listener)."""
+    source = "" if record.source is None else record.source.value
+    TRANSITIONS.labels(source, record.dest.value, record.trigger).inc()
+
+
+def observe_call(plugin: str, method: str, isolation: str, result: PluginSandboxResult) -> None:
+    """Count one call into plugin code and its duration (a loader observer)."""
+    outcome = OUTCOMES.get(result.error_type, "error")
+    CALLS.labels(plugin, method, outcome).inc()
+    call = method if method in LIFECYCLE_CALLS else "tool"
+    CALL_SECONDS.labels(isolation, call).observe(result.duration_ms / 1000.0)
+
+
+class StoreCollector(Collector):
+    """What every worker reads from the store when scraped: plugins per state, and whether a host lives."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauges, fresh."""
+        counts = dict.fromkeys(PluginLifecycleState, 0)
+        healthy = 0
+        for snapshot in self.service.store.snapshots():
+            counts[snapshot.state] += 1
+            healthy += snapshot.healthy
+        plugins = GaugeMetricFamily("plugin_health_plugins", "Plugins in each lifecycle state", labels=["state"])
+        for state, count in counts.items():
+            plugins.add_metric([state.value], count)
+        yield plugins
+        yield GaugeMetricFamily("plugin_health_plugins_healthy", "Plugins RUNNING and passing", value=healthy)
+        host_up = 1 if self.service.host_problem() is None else 0
+        yield GaugeMetricFamily("plugin_health_host_up", "1 while a live process hosts the plugins", value=host_up)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format: this process's (or, under gunicorn, every process's) counts, plus the gauges."""
+    service: Service = current_app.extensions["plugin_health"]
+    gauges = CollectorRegistry(auto_describe=False)
+    gauges.register(StoreCollector(service))
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        counts = CollectorRegistry()
+        MultiProcessCollector(counts)  # type: ignore[no-untyped-call]
+        body = generate_latest(counts) + generate_latest(gauges)
+    else:
+        body = generate_latest(REGISTRY) + generate_latest(gauges)
+    return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0], content_type=CONTENT_TYPE_LATEST)
+
+
+def _started() -> None:
+    g.plugin_health_started = time.perf_counter()
+
+
+def _answered(response: Response) -> Response:
+    rule = request.url_rule
+    route = rule.rule if rule is not None else "<unmatched>"
+    REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+    started = g.get("plugin_health_started")
+    if started is not None:
+        REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Serve ``/metrics`` and count every request of ``app``."""
+    app.register_blueprint(bp)
+    app.before_request(_started)
+    app.after_request(_answered)

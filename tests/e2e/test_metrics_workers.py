@@ -1,0 +1,56 @@
+"""Metrics under 2 real gunicorn workers and the plugin host: every process's counts, summed once."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from e2e.server import Server
+
+TOKEN = "metrics-e2e-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        match = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
+        if match and match.group(1) == name and dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or "")) == labels:
+            return float(match.group(3))
+    return 0.0
+
+
+def test_counts_of_every_worker_and_the_host_are_summed(
+    tmp_module: Path, gunicorn_factory: Callable[..., Server]
+) -> None:
+    plugins = tmp_module / "metrics-plugins"
+    plugins.mkdir()
+    (plugins / "solo.py").write_text(
+        "from plugin_health import Plugin, tool\n\nclass P(Plugin):\n    @tool\n    def ping(self):\n"
+        "        return 'pong'\n"
+    )
+    (plugins / "sore.py").write_text(
+        "from plugin_health import Plugin\n\nclass P(Plugin):\n    def start(self):\n        raise OSError('x')\n"
+    )
+    server = gunicorn_factory(plugins, {"PLUGIN_HEALTH_ADMIN_TOKEN": TOKEN, "PLUGIN_HEALTH_MAX_RESTARTS": "0",
+                                        "PLUGIN_HEALTH_HEALTH_INTERVAL": "3600"}, workers=2)
+    for _ in range(40):
+        assert server.get("/v1/plugins/").status == 200
+    for _ in range(3):
+        answer = server.get("/v1/plugins/solo/tools/ping", headers=AUTH, method="POST")
+        assert (answer.status, json.loads(answer.body)["result"]) == (200, "pong")
+    text = server.get("/metrics").text
+    assert sample(text, "plugin_health_http_requests_total", method="GET", route="/v1/plugins/", status="200") == 40
+    assert sample(text, "plugin_health_sandbox_calls_total", plugin="solo", method="ping", outcome="ok") == 3
+    assert sample(text, "plugin_health_plugins", state="RUNNING") == 1
+    assert sample(text, "plugin_health_plugins", state="FAILED") == 1
+    assert sample(text, "plugin_health_host_up") == 1
+    # The 40 requests were answered by both workers, and counted once each: files of several processes.
+    files = list((server.run_dir / "metrics").glob("counter_*.db"))
+    pids = {int(f.stem.split("_")[1]) for f in files}
+    assert len(pids & server.workers()) == 2, (pids, server.workers())
+    # The same sums from whichever worker answers the scrape.
+    again = [sample(server.get("/metrics").text, "plugin_health_sandbox_calls_total", plugin="solo", method="ping",
+                    outcome="ok") for _ in range(6)]
+    assert again == [3.0] * 6
