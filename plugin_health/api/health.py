@@ -95,7 +95,7 @@ def probe(name: str, checks: Iterable[tuple[str, str | None]]) -> Response:
         body = "\n".join([*lines, f"{name} check passed"]) + "\n"
     else:
         body = "ok"
-    return Response(body, status=503 if failed else 200, mimetype=TEXT)
+    return Response(body, status=503 if failed else 200, content_type=TEXT)
 
 
 def _loading() -> tuple[str, str | None]:

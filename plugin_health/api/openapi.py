@@ -21,10 +21,20 @@ NAME = {
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,100}$"},
 }
 FORMAT = {"name": "format", "in": "query", "schema": {"type": "string", "enum": list(diagrams.FORMATS)}}
+# Probes never refuse a query (as Kubernetes' own): any value of ``verbose`` turns it on.
 PROBE_PARAMS = [
-    {"name": "verbose", "in": "query", "allowEmptyValue": True, "schema": {"type": "string"}},
-    {"name": "exclude", "in": "query", "schema": {"type": "array", "items": {"type": "string"}}, "explode": True},
+    {"name": "verbose", "in": "query", "allowEmptyValue": True, "schema": {"type": "string"},
+     "description": "list each check; only its presence matters"},
+    {"name": "exclude", "in": "query", "schema": {"type": "array", "items": {"type": "string"}}, "explode": True,
+     "description": "checks to skip, by name (``core`` or ``plugin/core``)"},
 ]
+IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "schema": {"type": "string"},
+    "description": "the ETag of an answer already held: 304 while it is still current",
+}
+ETAG = {"ETag": {"description": "strong validator of this answer", "required": True, "schema": {"type": "string"}}}
 
 
 def _problem(description: str) -> dict[str, Any]:
@@ -42,6 +52,20 @@ def _diagram(description: str) -> dict[str, Any]:
 
 def _text(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+def _operation(summary: str, parameters: list[dict[str, Any]], responses: dict[str, Any]) -> dict[str, Any]:
+    """A GET operation; any of them may answer an unexpected error with a bare 500 problem."""
+    return {"get": {"summary": summary, "parameters": parameters,
+                    "responses": {**responses, "500": _problem("unexpected error; the details are only logged")}}}
+
+
+def _cached(summary: str, parameters: list[dict[str, Any]], responses: dict[str, Any]) -> dict[str, Any]:
+    """A GET operation answered from the per-version cache: ETag on each answer, 304 for ``If-None-Match``."""
+    answers = {status: {**answer, "headers": ETAG} if status in ("200", "503") else answer
+               for status, answer in responses.items()}
+    answers["304"] = {"description": "not modified: the ETag given is still current", "headers": ETAG}
+    return _operation(summary, [*parameters, IF_NONE_MATCH], answers)
 
 
 @cache
@@ -62,43 +86,30 @@ def document() -> dict[str, Any]:
     ):
         spec.components.schema(name, schema=schema)
     health = "PluginHealthResponse"
-    bad = _problem("invalid input")
-    unknown = _problem("no such plugin")
-    spec.path("/v1/plugins/", operations={"get": {
-        "summary": "Every plugin's health, ordered by name",
-        "parameters": [{"name": "state", "in": "query", "schema": {"type": "string", "enum": [
-            "LOADED", "INITIALIZED", "RUNNING", "FAILED", "UNAVAILABLE"]}}],
-        "responses": {"200": _json("plugins", {"type": "array", "items": health}), "400": bad},
-    }})
-    spec.path("/v1/plugins/{name}/health", operations={"get": {
-        "summary": "One plugin's health", "parameters": [NAME],
-        "responses": {"200": _json("healthy", health), "503": _json("not healthy", health), "400": bad,
-                      "404": unknown},
-    }})
-    spec.path("/v1/plugins/{name}/history", operations={"get": {
-        "summary": "One plugin's recorded transitions, oldest first", "parameters": [NAME],
-        "responses": {"200": _json("history", {"type": "array", "items": "HistoryEntry"}), "400": bad,
-                      "404": unknown},
-    }})
-    spec.path("/v1/plugins/{name}/diagram", operations={"get": {
-        "summary": "The lifecycle diagram with this plugin's state highlighted", "parameters": [NAME, FORMAT],
-        "responses": {"200": _diagram("the diagram"), "400": bad, "404": unknown,
-                      "501": _problem("no renderer for that format here")},
-    }})
-    spec.path("/v1/lifecycle/diagram", operations={"get": {
-        "summary": "The lifecycle state diagram", "parameters": [FORMAT],
-        "responses": {"200": _diagram("the diagram"), "400": bad, "501": _problem("no renderer for that format")},
-    }})
-    spec.path("/v1/health", operations={"get": {
-        "summary": "Aggregate health (IETF health-check draft)",
-        "responses": {"200": _json("pass or warn", "AggregateHealth", "application/health+json"),
-                      "503": _json("fail", "AggregateHealth", "application/health+json")},
-    }})
+    state = {"name": "state", "in": "query", "schema": {"type": "string", "enum": [
+        "LOADED", "INITIALIZED", "RUNNING", "FAILED", "UNAVAILABLE"]}}
+    spec.path("/v1/plugins/", operations=_cached("Every plugin's health, ordered by name", [state], {
+        "200": _json("plugins", {"type": "array", "items": health}), "400": _problem("invalid input")}))
+    spec.path("/v1/plugins/{name}/health", operations=_cached("One plugin's health", [NAME], {
+        "200": _json("healthy", health), "503": _json("not healthy", health), "400": _problem("invalid name"),
+        "404": _problem("no such plugin")}))
+    spec.path("/v1/plugins/{name}/history", operations=_cached(
+        "One plugin's recorded transitions, oldest first", [NAME], {
+            "200": _json("history", {"type": "array", "items": "HistoryEntry"}), "400": _problem("invalid name"),
+            "404": _problem("no such plugin")}))
+    spec.path("/v1/plugins/{name}/diagram", operations=_cached(
+        "The lifecycle diagram with this plugin's state highlighted", [NAME, FORMAT], {
+            "200": _diagram("the diagram"), "400": _problem("invalid name or format"),
+            "404": _problem("no such plugin"), "501": _problem("no renderer for that format here")}))
+    spec.path("/v1/lifecycle/diagram", operations=_cached("The lifecycle state diagram", [FORMAT], {
+        "200": _diagram("the diagram"), "400": _problem("invalid format"),
+        "501": _problem("no renderer for that format here")}))
+    spec.path("/v1/health", operations=_cached("Aggregate health (IETF health-check draft)", [], {
+        "200": _json("pass or warn", "AggregateHealth", "application/health+json"),
+        "503": _json("fail", "AggregateHealth", "application/health+json")}))
     for probe, summary in (("livez", "alive"), ("readyz", "ready for traffic"), ("startupz", "loading finished")):
-        spec.path(f"/{probe}", operations={"get": {
-            "summary": f"Kubernetes-style probe: {summary}", "parameters": PROBE_PARAMS,
-            "responses": {"200": _text("ok"), "503": _text("failed checks")},
-        }})
+        spec.path(f"/{probe}", operations=_operation(f"Kubernetes-style probe: {summary}", PROBE_PARAMS, {
+            "200": _text("ok"), "503": _text("failed checks")}))
     return spec.to_dict()
 
 
