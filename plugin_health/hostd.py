@@ -6,17 +6,16 @@ gunicorn.conf.py starts it; run it by hand (or under systemd) beside workers sta
 
 from __future__ import annotations
 
-import logging
 import sys
 
+from plugin_health import logs
 from plugin_health.config import load_settings
 from plugin_health.hosting import serve
 
 
 def main() -> None:
     """Configure logging, then serve until SIGTERM, SIGINT or the owner's exit."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-    logging.getLogger("transitions").setLevel(logging.WARNING)  # one line per transition is ours to write
+    logs.configure()
     sys.exit(serve(load_settings()))
 
 

@@ -215,4 +215,8 @@ def test_shutdown_stops_every_process(server: Server) -> None:
     wait_for(lambda: not any(alive(pid) for pid in server.seen), 10, "every process to exit")
     log = server.log.read_text()
     assert "plugin host stopped (exit status 0)" in log
+    transitions = [json.loads(line) for line in log.splitlines() if '"event":"transition"' in line]
+    assert {"plugin": "flappy", "from": "RUNNING", "to": "FAILED", "trigger": "fail"}.items() <= next(
+        t for t in transitions if t["plugin"] == "flappy" and t["to"] == "FAILED").items()
+    assert not any("hunter2" in line for line in log.splitlines() if '"event":"transition"' in line)
     assert "Traceback" not in log.split("Shutting down")[-1]
