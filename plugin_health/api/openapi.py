@@ -10,7 +10,14 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, jsonify
 
 from plugin_health import diagrams
-from plugin_health.api.schemas import AggregateHealth, HistoryEntry, PluginHealthResponse, ProblemDetails
+from plugin_health.api.schemas import (
+    AggregateHealth,
+    HistoryEntry,
+    PluginHealthResponse,
+    ProblemDetails,
+    ToolCall,
+    ToolResult,
+)
 
 bp = Blueprint("openapi", __name__)
 
@@ -68,9 +75,52 @@ def _cached(summary: str, parameters: list[dict[str, Any]], responses: dict[str,
     return _operation(summary, [*parameters, IF_NONE_MATCH], answers)
 
 
+TOOL = {"name": "tool", "in": "path", "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,100}$"}}
+BEARER = [{"bearer": []}]
+
+
+def _operator(summary: str, parameters: list[dict[str, Any]], responses: dict[str, Any],
+              body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A POST operation of an operator: the bearer token, and the refusals every one of them may answer."""
+    refusals = {
+        "400": _problem("invalid name or body"),
+        "401": _problem("no or wrong bearer token"),
+        "403": _problem("operator actions are disabled: no PLUGIN_HEALTH_ADMIN_TOKEN configured"),
+        "404": _problem("no such plugin (or tool)"),
+        "500": _problem("unexpected error; the details are only logged"),
+    }
+    operation: dict[str, Any] = {"summary": summary, "parameters": parameters, "security": BEARER,
+                                 "responses": {**refusals, **responses}}
+    if body is not None:
+        operation["requestBody"] = body
+    return {"post": operation}
+
+
+def _operations(spec: APISpec) -> None:
+    """The operator routes: restart, disable, enable, tool calls."""
+    after = _json("the plugin after the action", "PluginHealthResponse")
+    for action, summary in (
+        ("restart", "Stop it if it runs, reset, initialize, start; clears the restart limit"),
+        ("disable", "Stop it and keep it UNAVAILABLE (disabled), across restarts of the service"),
+        ("enable", "Reset a FAILED or UNAVAILABLE plugin and start it"),
+    ):
+        spec.path(f"/v1/plugins/{{name}}/{action}", operations=_operator(summary, [NAME], {
+            "200": after, "409": _problem("not a legal move from the plugin's state (state and allowed given)"),
+            "503": _problem("no plugin host can act now")}))
+    body = {"required": False, "content": {"application/json": {"schema": "ToolCall"}}}
+    spec.path("/v1/plugins/{name}/tools/{tool}", operations=_operator("Call a RUNNING plugin's tool", [NAME, TOOL], {
+        "200": _json("the tool's result", "ToolResult"),
+        "413": _problem("the body is too large"),
+        "502": _json("the tool raised, crashed or returned what JSON cannot carry", "ToolResult"),
+        "503": _problem("the plugin is not RUNNING, or no plugin host can act now"),
+        "504": _json("the tool passed its timeout", "ToolResult"),
+    }, body))
+
+
 @cache
 def document() -> dict[str, Any]:
-    """The OpenAPI 3 document of the read routes (built once)."""
+    """The OpenAPI 3 document of every route (built once)."""
     spec = APISpec(
         title="plugin-health",
         version="1",
@@ -83,8 +133,12 @@ def document() -> dict[str, Any]:
         ("HistoryEntry", HistoryEntry),
         ("AggregateHealth", AggregateHealth),
         ("ProblemDetails", ProblemDetails),
+        ("ToolCall", ToolCall),
+        ("ToolResult", ToolResult),
     ):
         spec.components.schema(name, schema=schema)
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
+                                               "description": "PLUGIN_HEALTH_ADMIN_TOKEN"})
     health = "PluginHealthResponse"
     state = {"name": "state", "in": "query", "schema": {"type": "string", "enum": [
         "LOADED", "INITIALIZED", "RUNNING", "FAILED", "UNAVAILABLE"]}}
@@ -110,6 +164,9 @@ def document() -> dict[str, Any]:
     for probe, summary in (("livez", "alive"), ("readyz", "ready for traffic"), ("startupz", "loading finished")):
         spec.path(f"/{probe}", operations=_operation(f"Kubernetes-style probe: {summary}", PROBE_PARAMS, {
             "200": _text("ok"), "503": _text("failed checks")}))
+    spec.path("/metrics", operations=_operation("Prometheus metrics (text exposition format)", [], {
+        "200": _text("the metrics")}))
+    _operations(spec)
     return spec.to_dict()
 
 
