@@ -77,7 +77,7 @@ def _cached(summary: str, parameters: list[dict[str, Any]], responses: dict[str,
 
 TOOL = {"name": "tool", "in": "path", "required": True,
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,100}$"}}
-BEARER = [{"bearer": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def _operator(summary: str, parameters: list[dict[str, Any]], responses: dict[str, Any],
