@@ -1,0 +1,254 @@
+"""``flask --app wsgi plugins ...``: read the service's plugins, draw the lifecycle, check plugins for CI.
+
+The read commands (``list``, ``health``, ``history``, ``diagram``) read the service's store, as the HTTP API
+does; ``check`` loads plugins in a throwaway in-memory host and never touches it. The CLI runs on the server
+with operator rights, so plugin error messages are always shown. Exit status: 0 fine, 1 a plugin is not
+healthy (or not OK), 2 a mistake of the caller (an unknown or invalid name, a missing path, a bad setting).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from plugin_health import diagrams
+from plugin_health.api.schemas import history_entries, plugin_health_list, plugin_health_response
+from plugin_health.config import Settings, load_settings
+from plugin_health.errors import ConfigError, UnknownPluginError
+from plugin_health.host import PluginHost
+from plugin_health.lifecycle import PluginLifecycleState
+from plugin_health.loader.registry import valid_name
+from plugin_health.sandbox import PluginSandboxResult
+from plugin_health.store import MemoryStore, PluginSnapshot, StateStore
+
+if TYPE_CHECKING:
+    from plugin_health.app import Service
+
+#: Exit status of a command whose plugin is not healthy, or of a check that found a problem.
+EXIT_UNHEALTHY = 1
+#: Exit status of a caller's mistake (click's own for usage errors).
+EXIT_USAGE = 2
+
+STATES = tuple(s.value for s in PluginLifecycleState)
+
+plugins = AppGroup("plugins", help="Inspect the service's plugins, draw their lifecycle, check plugins for CI.")
+
+
+class UsageError(click.ClickException):
+    """A mistake of the caller: ``Error: <message>`` on stderr and exit status 2, never a traceback."""
+
+    exit_code = EXIT_USAGE
+
+
+def _service() -> Service:
+    """The service of the current app."""
+    value: Service = current_app.extensions["plugin_health"]
+    return value
+
+
+def _store() -> StateStore:
+    """The store the service reads (the same as the HTTP API's)."""
+    return _service().store
+
+
+def _snapshot(name: str) -> PluginSnapshot:
+    """The snapshot of ``name``; a usage error for an invalid or unknown name."""
+    if not valid_name(name):
+        raise UsageError(f"invalid plugin name {name!r}: a plugin name is 1-100 letters, digits, '_', '-' or '.'")
+    snapshot = _store().snapshot(name)
+    if snapshot is None:
+        raise UsageError(str(UnknownPluginError(name)))
+    return snapshot
+
+
+def _echo_json(data: Any) -> None:
+    """``data`` as indented JSON on stdout."""
+    click.echo(json.dumps(data, indent=2))
+
+
+def _cell(value: object) -> str:
+    """One table cell on one line: ``-`` for nothing, times as ISO-8601 UTC to the second."""
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return " ".join(str(value).split())
+
+
+def format_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """Columns aligned with two spaces between them, under an upper-case header."""
+    lines = [[h.upper() for h in header], *([_cell(v) for v in row] for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+
+
+@plugins.command("list")
+@click.option("--state", type=click.Choice(STATES, case_sensitive=False), help="Only plugins in this state.")
+@click.option("--json", "as_json", is_flag=True, help="The JSON of GET /v1/plugins/ instead of a table.")
+def list_plugins(state: str | None, as_json: bool) -> None:
+    """List every plugin, ordered by name."""
+    wanted = None if state is None else PluginLifecycleState(state)
+    snapshots = [s for s in _store().snapshots() if wanted is None or s.state is wanted]
+    if as_json:
+        _echo_json(plugin_health_list.dump(snapshots))
+        return
+    header = ("name", "state", "version", "reason", "error_type", "since", "restarts")
+    rows = ((s.name, s.state.value, s.version, s.reason, s.error_type, s.since, s.restarts) for s in snapshots)
+    click.echo(format_table(header, rows))
+
+
+@plugins.command()
+@click.argument("name")
+def health(name: str) -> None:
+    """Show one plugin's health as JSON.
+
+    Exit status 0 when it is healthy, 1 when it is not, 2 for an unknown or invalid name.
+    """
+    snapshot = _snapshot(name)
+    _echo_json(plugin_health_response.dump(snapshot))
+    if not snapshot.healthy:
+        click.get_current_context().exit(EXIT_UNHEALTHY)
+
+
+@plugins.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="The JSON of GET /v1/plugins/NAME/history instead of a table.")
+def history(name: str, as_json: bool) -> None:
+    """Show one plugin's recorded transitions, oldest first."""
+    _snapshot(name)
+    records = _store().history(name)
+    if as_json:
+        _echo_json(history_entries.dump(records))
+        return
+    header = ("from", "to", "trigger", "reason", "error_type", "at")
+    rows = ((None if r.source is None else r.source.value, r.dest.value, r.trigger, r.reason, r.error_type, r.at)
+            for r in records)
+    click.echo(format_table(header, rows))
+
+
+@plugins.command()
+@click.option("--format", "fmt", type=click.Choice(diagrams.FORMATS, case_sensitive=False), default="svg",
+              show_default=True, help="Output format.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE, not stdout.")
+@click.option("--plugin", "name", metavar="NAME", help="Highlight this plugin's current state.")
+def diagram(fmt: str, output: Path | None, name: str | None) -> None:
+    """Draw the lifecycle state diagram.
+
+    Each state is labelled with its number of plugins; with --plugin, that plugin's state is highlighted.
+    """
+    try:
+        if name is not None:
+            data = diagrams.render(fmt, current=_snapshot(name).state, title=name)
+        else:
+            counts = dict.fromkeys(PluginLifecycleState, 0)
+            for snapshot in _store().snapshots():
+                counts[snapshot.state] += 1
+            data = diagrams.render(fmt, counts=counts)
+    except diagrams.DiagramError as err:  # a renderer missing here: not the caller's mistake
+        raise click.ClickException(str(err)) from err
+    if output is None:
+        click.echo(data, nl=False)
+        return
+    try:
+        output.write_bytes(data)
+    except OSError as err:
+        raise UsageError(f"cannot write {str(output)!r}: {err.strerror}") from err
+
+
+def check_settings(base: Settings, paths: Sequence[Path]) -> Settings:
+    """Settings of a throwaway host: ``paths`` (or the service's plugins), in memory, no restarts, one check."""
+    for path in paths or base.plugin_dirs:
+        if not path.exists():
+            raise UsageError(f"plugin directory {str(path)!r} does not exist")
+        if not path.is_dir():
+            raise UsageError(f"{str(path)!r} is not a directory")
+        if os.pathsep in str(path):
+            raise UsageError(f"plugin directory {str(path)!r} contains {os.pathsep!r}, the path separator")
+    overrides: dict[str, Any] = {
+        # Given paths are checked alone; otherwise what the service loads, entry points included.
+        "plugin_path": os.pathsep.join(str(p) for p in paths) if paths else base.plugin_path,
+        "entry_point_group": "" if paths else base.entry_point_group,
+        "store_url": "memory://",
+        "host_mode": "embedded",
+        "owner_pid": 0,
+        "max_restarts": 0,
+        "health_interval": 3600,
+        # The limits and configuration the service would give the plugins.
+        "default_timeout": base.default_timeout,
+        "default_memory_limit_mb": base.default_memory_limit_mb,
+        "failure_threshold": base.failure_threshold,
+        "history_limit": base.history_limit,
+        "plugins": base.plugins,
+    }
+    try:
+        return load_settings(overrides)
+    except ConfigError as err:
+        raise UsageError(str(err)) from err
+
+
+def first_run(settings: Settings) -> tuple[list[PluginSnapshot], dict[str, PluginSandboxResult]]:
+    """Load the plugins of ``settings`` in a throwaway in-memory host, run their first health checks, stop it.
+
+    Returns each plugin's snapshot before the shutdown, and the result of its first health check.
+    """
+    host = PluginHost(settings, MemoryStore(settings.history_limit))
+    checks: dict[str, PluginSandboxResult] = {}
+
+    def observe(name: str, method: str, isolation: str, result: PluginSandboxResult) -> None:
+        if method == "health_check":
+            checks.setdefault(name, result)
+
+    host.loader.observers.append(observe)
+    try:
+        host.start(background=False)  # loads every plugin and runs one pass of health checks
+        return host.store.snapshots(), checks
+    finally:
+        host.shutdown()
+
+
+def problem(snapshot: PluginSnapshot, check: PluginSandboxResult | None) -> str | None:
+    """One line on what keeps ``snapshot`` from running healthy, or None when it does."""
+    if snapshot.healthy:
+        return None
+    reason, error_type, error = snapshot.reason, snapshot.error_type, snapshot.error
+    if snapshot.state is PluginLifecycleState.RUNNING:
+        reason = "health check failed"
+        if check is not None:
+            error_type, error = (None, "health_check() returned False") if check.ok else (check.error_type, check.error)
+    line = f"{snapshot.name}: {snapshot.state.value}"
+    if reason:
+        line += f" ({reason})"
+    detail = ": ".join(part for part in (error_type, error) if part)
+    return " ".join(f"{line} {detail}".split())
+
+
+@plugins.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path), metavar="[PATH]...")
+def check(paths: tuple[Path, ...]) -> None:
+    """Check plugins in a throwaway host (for CI).
+
+    Loads the plugin directories PATH (default: the configured plugins) in an isolated in-memory host, runs
+    their first health checks, stops them, and prints one line per plugin that is not RUNNING and healthy.
+    Exit status 0 when every plugin passes, 1 otherwise, 2 for a missing path or a bad setting.
+    """
+    settings = check_settings(_service().settings, paths)
+    snapshots, checks = first_run(settings)
+    if not snapshots:
+        where = ", ".join(str(p) for p in paths) or settings.plugin_path or "the configured plugin path"
+        raise click.ClickException(f"no plugins found in {where}")
+    problems = [line for s in snapshots if (line := problem(s, checks.get(s.name))) is not None]
+    for line in problems:
+        click.echo(line)
+    count = len(snapshots)
+    if problems:
+        click.echo(f"{len(problems)} of {count} plugin{'s' if count != 1 else ''} failed the check")
+        click.get_current_context().exit(EXIT_UNHEALTHY)
+    click.echo(f"{count} plugin{'s' if count != 1 else ''} OK")

@@ -1,0 +1,292 @@
+"""The ``flask plugins`` commands: outputs, exit statuses, the isolated ``check``, and a real ``flask`` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import Result
+from flask import Flask
+
+from plugin_health import create_app, diagrams
+from plugin_health.app import EXTENSION, Service
+from plugin_health.diagrams import RendererUnavailableError
+from plugin_health.lifecycle import PluginLifecycleState
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "t0ken-for-tests"
+SECRET = "password=hunter2 at /etc/secret"
+
+PLUGINS = {
+    "core": "critical = True\nversion = '2.0'\n",
+    "sick": "def health_check(self):\n    return False\n",
+    "broken": f"def initialize(self, context):\n    raise RuntimeError({SECRET!r})\n",
+    "needy": "requires = ('missing>=1',)\n",
+    "user": "requires = ('core>=1.5',)\n",
+}
+# stop() leaves a mark beside the plugin, so that a test can see that ``check`` shut its host down.
+GOOD = {
+    "alpha": "def stop(self):\n    import pathlib\n    pathlib.Path(__file__).with_suffix('.stopped').touch()\n",
+    "beta": "version = '1.0'\ndef health_check(self):\n    return True\n",
+}
+
+
+def write_plugins(directory: Path, plugins: dict[str, str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, body in plugins.items():
+        (directory / f"{name}.py").write_text(
+            "from plugin_health import Plugin, tool\n\nclass P(Plugin):\n" + textwrap.indent(body or "pass\n", "    ")
+        )
+    return directory
+
+
+def build(directory: Path, **config: Any) -> Flask:
+    return create_app({"plugin_path": str(directory), "store_url": "memory://", "health_interval": 3600,
+                       "admin_token": TOKEN, **config})
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Flask]:
+    app = build(write_plugins(tmp_path / "service", PLUGINS))
+    yield app
+    app.extensions[EXTENSION].shutdown()
+
+
+def invoke(app: Flask, *args: str) -> Result:
+    result: Result = app.test_cli_runner().invoke(args=["plugins", *args])
+    assert "Traceback" not in result.output
+    return result
+
+
+def table(text: str) -> list[list[str]]:
+    return [re.split(r"\s{2,}", line) for line in text.splitlines()]
+
+
+def test_list_is_a_table_ordered_by_name(app: Flask) -> None:
+    result = invoke(app, "list")
+    assert result.exit_code == 0
+    rows = table(result.stdout)
+    assert rows[0] == ["NAME", "STATE", "VERSION", "REASON", "ERROR_TYPE", "SINCE", "RESTARTS"]
+    assert [row[:5] for row in rows[1:]] == [
+        ["broken", "FAILED", "0.0.0", "initialize failed", "RuntimeError"],
+        ["core", "RUNNING", "2.0", "-", "-"],
+        ["needy", "UNAVAILABLE", "0.0.0", "dependency_missing: missing is not installed", "-"],
+        ["sick", "RUNNING", "0.0.0", "-", "-"],
+        ["user", "RUNNING", "0.0.0", "-", "-"],
+    ]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row[5]) and row[6] == "0" for row in rows[1:])
+
+
+@pytest.mark.parametrize(("state", "names"), [("FAILED", ["broken"]), ("running", ["core", "sick", "user"]),
+                                              ("LOADED", [])])
+def test_list_filters_by_state(app: Flask, state: str, names: list[str]) -> None:
+    result = invoke(app, "list", "--state", state)
+    assert result.exit_code == 0
+    assert [row[0] for row in table(result.stdout)[1:]] == names
+    assert [i["name"] for i in json.loads(invoke(app, "list", "--state", state, "--json").stdout)] == names
+
+
+def test_list_refuses_an_unknown_state(app: Flask) -> None:
+    result = invoke(app, "list", "--state", "SLEEPING")
+    assert result.exit_code == 2
+    assert "Invalid value for '--state'" in result.stderr
+
+
+def test_list_json_is_the_api_list_with_errors_shown(app: Flask) -> None:
+    result = invoke(app, "list", "--json")
+    assert result.exit_code == 0
+    api = app.test_client().get("/v1/plugins/", headers={"Authorization": f"Bearer {TOKEN}"}).get_json()
+    assert json.loads(result.stdout) == api
+    assert SECRET in result.stdout
+
+
+@pytest.mark.parametrize(("name", "status"), [("core", 0), ("user", 0), ("sick", 1), ("broken", 1), ("needy", 1)])
+def test_health_exit_status(app: Flask, name: str, status: int) -> None:
+    result = invoke(app, "health", name)
+    assert result.exit_code == status
+    body = json.loads(result.stdout)
+    assert (body["name"], body["healthy"]) == (name, status == 0)
+    api = app.test_client().get(f"/v1/plugins/{name}/health", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert body == api.get_json()
+
+
+def test_health_shows_the_error(app: Flask) -> None:
+    body = json.loads(invoke(app, "health", "broken").stdout)
+    assert (body["state"], body["reason"], body["error_type"], body["error"]) == (
+        "FAILED", "initialize failed", "RuntimeError", SECRET)
+
+
+@pytest.mark.parametrize(("command", "name", "message"), [
+    ("health", "ghost", "Error: unknown plugin 'ghost'"),
+    ("history", "ghost", "Error: unknown plugin 'ghost'"),
+    ("health", "semi;colon", "Error: invalid plugin name 'semi;colon'"),
+    ("history", "a" * 101, "Error: invalid plugin name"),
+    ("health", "../etc", "Error: invalid plugin name '../etc'"),
+])
+def test_unknown_or_invalid_name_is_2(app: Flask, command: str, name: str, message: str) -> None:
+    result = invoke(app, command, name)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(message)
+
+
+def test_history_table_oldest_first(app: Flask) -> None:
+    result = invoke(app, "history", "broken")
+    assert result.exit_code == 0
+    rows = table(result.stdout)
+    assert rows[0] == ["FROM", "TO", "TRIGGER", "REASON", "ERROR_TYPE", "AT"]
+    assert [row[:5] for row in rows[1:]] == [
+        ["-", "LOADED", "load", "-", "-"],
+        ["LOADED", "FAILED", "fail", "initialize failed", "RuntimeError"],
+    ]
+
+
+def test_history_json_is_the_api_history(app: Flask) -> None:
+    result = invoke(app, "history", "broken", "--json")
+    assert result.exit_code == 0
+    api = app.test_client().get("/v1/plugins/broken/history", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert json.loads(result.stdout) == api.get_json()
+    assert json.loads(result.stdout)[-1]["error"] == SECRET
+
+
+def test_diagram_counts_plugins_per_state(app: Flask) -> None:
+    result = invoke(app, "diagram", "--format", "mermaid")
+    assert result.exit_code == 0
+    for label in ('"LOADED (0)"', '"RUNNING (3)"', '"FAILED (1)"', '"UNAVAILABLE (1)"'):
+        assert label in result.stdout
+    assert re.findall(r"Class \w+ (\w+)", result.stdout) == ["s_default"] * 5  # nothing highlighted
+
+
+def test_diagram_highlights_a_plugin(app: Flask) -> None:
+    result = invoke(app, "diagram", "--format", "MERMAID", "--plugin", "broken")
+    assert result.exit_code == 0
+    assert result.stdout.startswith('---\ntitle: "broken"\n---\n')
+    assert "Class FAILED s_active" in result.stdout
+    assert result.stdout.encode() == diagrams.render("mermaid", current=PluginLifecycleState.FAILED, title="broken")
+
+
+@pytest.mark.skipif("svg" not in diagrams.available_formats(), reason="no SVG renderer here")
+def test_diagram_to_a_file(app: Flask, tmp_path: Path) -> None:
+    out = tmp_path / "lifecycle.svg"
+    result = invoke(app, "diagram", "--plugin", "core", "--output", str(out))
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert out.read_bytes() == diagrams.render("svg", current=PluginLifecycleState.RUNNING, title="core")
+    assert b"<svg" in out.read_bytes()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--plugin", "ghost"), "Error: unknown plugin 'ghost'"),
+    (("--format", "png"), "Invalid value for '--format'"),
+    (("--format", "mermaid", "--output", "no/such/dir/out.mmd"), "Error: cannot write 'no/such/dir/out.mmd'"),
+])
+def test_diagram_mistakes_are_2(app: Flask, args: tuple[str, ...], message: str) -> None:
+    result = invoke(app, "diagram", *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_diagram_without_a_renderer_is_1(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unavailable(format: str, **_: object) -> bytes:
+        raise RendererUnavailableError(format, ("mermaid",), "pygraphviz is not installed")
+
+    monkeypatch.setattr(diagrams, "render", unavailable)
+    result = invoke(app, "diagram", "--format", "svg")
+    assert result.exit_code == 1
+    assert "cannot be rendered here (pygraphviz is not installed); available formats: mermaid" in result.stderr
+
+
+def test_check_reports_every_problem(app: Flask, tmp_path: Path) -> None:
+    faults = {name: PLUGINS[name] for name in ("broken", "sick", "needy")}
+    directory = write_plugins(tmp_path / "faults", {**GOOD, **faults})
+    result = invoke(app, "check", str(directory))
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        f"broken: FAILED (initialize failed) RuntimeError: {SECRET}",
+        "needy: UNAVAILABLE (dependency_missing: missing is not installed)",
+        "sick: RUNNING (health check failed) health_check() returned False",
+        "3 of 5 plugins failed the check",
+    ]
+
+
+def test_check_reports_a_health_check_error(app: Flask, tmp_path: Path) -> None:
+    body = "def health_check(self):\n    raise ConnectionError('db down')\n"
+    directory = write_plugins(tmp_path / "flaky", {"flaky": body})
+    result = invoke(app, "check", str(directory))
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        "flaky: RUNNING (health check failed) ConnectionError: db down", "1 of 1 plugin failed the check"]
+
+
+def test_check_passes_good_plugins_and_shuts_them_down(app: Flask, tmp_path: Path) -> None:
+    first, second = write_plugins(tmp_path / "one", GOOD), write_plugins(tmp_path / "two", {"gamma": ""})
+    result = invoke(app, "check", str(first), str(second))
+    assert (result.exit_code, result.stdout) == (0, "3 plugins OK\n")
+    assert (first / "alpha.stopped").exists()
+
+
+def test_check_leaves_the_service_alone(app: Flask, tmp_path: Path) -> None:
+    service: Service = app.extensions[EXTENSION]
+    before = (service.store.version(), service.store.snapshots(), service.store.history("core"))
+    result = invoke(app, "check", str(write_plugins(tmp_path / "core", {"core": "def start(self):\n    1 / 0\n"})))
+    assert result.exit_code == 1
+    assert result.stdout.startswith("core: FAILED (start failed) ZeroDivisionError: division by zero\n")
+    assert (service.store.version(), service.store.snapshots(), service.store.history("core")) == before
+
+
+def test_check_defaults_to_the_configured_plugin_path(app: Flask) -> None:
+    result = invoke(app, "check")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[-1] == "3 of 5 plugins failed the check"
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("missing", "plugin directory {!r} does not exist"),
+    ("file", "{!r} is not a directory"),
+])
+def test_check_refuses_a_bad_path(app: Flask, tmp_path: Path, kind: str, message: str) -> None:
+    path = tmp_path / "plugin.py"
+    if kind == "file":
+        path.write_text("")
+    result = invoke(app, "check", str(write_plugins(tmp_path / "ok", GOOD)), str(path))
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: {message.format(str(path))}\n"
+    assert result.stdout == ""
+
+
+def test_check_refuses_a_bad_setting(app: Flask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLUGIN_HEALTH_BACKOFF_BASE", "soon")
+    result = invoke(app, "check", str(write_plugins(tmp_path / "ok", GOOD)))
+    assert result.exit_code == 2
+    assert result.stderr == "Error: PLUGIN_HEALTH_BACKOFF_BASE='soon' is invalid: expected a positive number\n"
+
+
+def test_check_of_an_empty_directory_fails(app: Flask, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = invoke(app, "check", str(tmp_path / "empty"))
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: no plugins found in {tmp_path / 'empty'}\n"
+
+
+def test_real_flask_command_lists_and_exits(tmp_path: Path) -> None:
+    plugins = write_plugins(tmp_path / "plugins", {"alpha": "", "broken": PLUGINS["broken"]})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_HEALTH_", "FLASK_"))}
+    env.update(PLUGIN_HEALTH_PLUGIN_PATH=str(plugins), PLUGIN_HEALTH_RUN_DIR=str(tmp_path / "run"))
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "plugins", "list"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30, check=False)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    rows = table(done.stdout)
+    assert [row[:5] for row in rows[1:]] == [["alpha", "RUNNING", "0.0.0", "-", "-"],
+                                             ["broken", "FAILED", "0.0.0", "initialize failed", "RuntimeError"]]
+    assert elapsed < 15, f"flask plugins list took {elapsed:.1f} s to exit"
