@@ -11,14 +11,16 @@ from typing import Any
 
 from flask import Flask
 
-from plugin_health import api
+from plugin_health import api, cli
 from plugin_health.api.cache import ResponseCache
 from plugin_health.config import Settings, load_settings
-from plugin_health.control import Control, LocalControl, RemoteControl, socket_path
+from plugin_health.control import Control, LocalControl, RedisRemoteControl, RemoteControl, socket_path
 from plugin_health.host import PluginHost
-from plugin_health.hosting import Heartbeat, HostLock, host_problem, lock_is_free, lock_path, read_beat
+from plugin_health.hosting import Heartbeat, host_problem, lock_path, read_beat
+from plugin_health.leader import Lock, lock_for, lock_is_free
 from plugin_health.operations import Operations
 from plugin_health.store import StateStore, open_store
+from plugin_health.store.redis import RedisStore
 
 EXTENSION = "plugin_health"
 
@@ -34,13 +36,13 @@ class Service:
     cache: ResponseCache
     host: PluginHost | None = None
     control: Control | None = None
-    lock: HostLock | None = None
+    lock: Lock | None = None
     heartbeat: Heartbeat | None = None
 
     def host_problem(self) -> str | None:
         """None while a live process hosts the plugins (always, when this one does), else why not."""
-        if self.host is not None:
-            return None
+        if self.host is not None or self.store.degraded():
+            return None  # this process hosts them; or the store cannot tell now (its own check says so)
         beat = read_beat(self.store)
         problem = host_problem(beat, time.time())
         path = lock_path(self.settings)
@@ -60,15 +62,14 @@ class Service:
             self.lock = None
 
 
-def _hosts_here(settings: Settings) -> HostLock | bool:
+def _hosts_here(settings: Settings, store: StateStore) -> Lock | bool:
     """Whether this process hosts the plugins: True, False, or the lock it took to do so."""
     if settings.host_mode == "embedded" or not settings.shared_store:
         return True
-    path = lock_path(settings)
-    if settings.host_mode == "external" or path is None:
-        return path is None
-    lock = HostLock(path)
-    # A little patience: readers probe the lock for a moment when they check that the host lives.
+    lock = lock_for(store, lock_path(settings))
+    if settings.host_mode == "external" or lock is None:
+        return lock is None
+    # A little patience: readers probe a file lock for a moment when they check that the host lives.
     return lock if lock.acquire(timeout=0.2) else False
 
 
@@ -83,21 +84,25 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask("plugin_health")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     service = Service(settings, store, ResponseCache(store))
-    hosts = _hosts_here(settings)
+    hosts = _hosts_here(settings, store)
     if hosts is not False:
         service.host = PluginHost(settings, store)
-        if isinstance(hosts, HostLock):
+        if not isinstance(hosts, bool):
             service.lock = hosts
-            service.heartbeat = Heartbeat(store)
+            service.heartbeat = Heartbeat(store, lock=hosts)
             service.heartbeat.start()
         service.host.start()
         service.control = LocalControl(Operations(service.host))
         atexit.register(service.shutdown)
     else:
         logger.info("plugins are hosted by another process; this one reads the store")
+        timeout = settings.default_timeout + 10
         path = socket_path(settings)
-        if path is not None:
-            service.control = RemoteControl(path, timeout=settings.default_timeout + 10)
+        if isinstance(store, RedisStore):
+            service.control = RedisRemoteControl(store, timeout)
+        elif path is not None:
+            service.control = RemoteControl(path, timeout)
     app.extensions[EXTENSION] = service
     api.init_app(app)
+    app.cli.add_command(cli.plugins)
     return app
