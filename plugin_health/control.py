@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import socket
 import socketserver
 import tempfile
 import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
+
+import redis
 
 from plugin_health.config import Settings
 from plugin_health.errors import (
@@ -32,6 +38,7 @@ from plugin_health.errors import (
 from plugin_health.operations import Operations
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.store import PluginSnapshot
+from plugin_health.store.redis import RedisStore
 
 #: The longest request line the host reads (a tool call's arguments included).
 MAX_REQUEST = 1024 * 1024
@@ -129,6 +136,34 @@ def _error_from_wire(wire: dict[str, Any]) -> PluginError:
     return HostUnavailableError(f"the host failed: {wire.get('message', 'no detail')}")
 
 
+def answer(operations: Operations, line: bytes) -> dict[str, Any]:
+    """The answer to one request line (either transport's)."""
+    if len(line) > MAX_REQUEST:
+        return {"ok": False, "error": {"type": "RequestTooLarge", "message": "request too large"}}
+    try:
+        request = json.loads(line)
+        op, name = request["op"], str(request["plugin"])
+        if op == "tool":
+            result = operations.run_tool(name, str(request["tool"]), list(request.get("args", [])),
+                                         dict(request.get("kwargs", {})))
+            return {"ok": True, "result": result.to_dict()}
+        if op in ("restart", "disable", "enable"):
+            snapshot: PluginSnapshot = getattr(operations, op)(name)
+            return {"ok": True, "snapshot": snapshot.to_json()}
+        return {"ok": False, "error": {"type": "BadRequest", "message": f"unknown op {op!r}"}}
+    except PluginError as err:
+        return {"ok": False, "error": _error_to_wire(err)}
+    except (ValueError, KeyError, TypeError) as err:
+        return {"ok": False, "error": {"type": "BadRequest", "message": f"malformed request: {err}"}}
+
+
+def _from_answer(answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer, or its error raised again as the typed exception it was."""
+    if not answer.get("ok"):
+        raise _error_from_wire(answer.get("error", {}))
+    return answer
+
+
 class _Handler(socketserver.StreamRequestHandler):
     server: ControlServer
 
@@ -170,31 +205,11 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def answer(self, line: bytes) -> dict[str, Any]:
         """The answer to one request line."""
-        if len(line) > MAX_REQUEST:
-            return {"ok": False, "error": {"type": "RequestTooLarge", "message": "request too large"}}
-        try:
-            request = json.loads(line)
-            op, name = request["op"], str(request["plugin"])
-            if op == "tool":
-                result = self.operations.run_tool(name, str(request["tool"]), list(request.get("args", [])),
-                                                  dict(request.get("kwargs", {})))
-                return {"ok": True, "result": result.to_dict()}
-            if op in ("restart", "disable", "enable"):
-                snapshot: PluginSnapshot = getattr(self.operations, op)(name)
-                return {"ok": True, "snapshot": snapshot.to_json()}
-            return {"ok": False, "error": {"type": "BadRequest", "message": f"unknown op {op!r}"}}
-        except PluginError as err:
-            return {"ok": False, "error": _error_to_wire(err)}
-        except (ValueError, KeyError, TypeError) as err:
-            return {"ok": False, "error": {"type": "BadRequest", "message": f"malformed request: {err}"}}
+        return answer(self.operations, line)
 
 
-class RemoteControl:
-    """A worker's end: one connection per request to the host's socket."""
-
-    def __init__(self, path: Path, timeout: float) -> None:
-        self.path = path
-        self.timeout = timeout
+class _Asking:
+    """The typed requests of a worker's end; ``_ask`` carries one to the host and back."""
 
     def restart(self, name: str) -> PluginSnapshot:
         """Restart a plugin."""
@@ -214,6 +229,17 @@ class RemoteControl:
         return PluginSandboxResult(data["ok"], data["result"], data["error"], data["error_type"], data["duration_ms"])
 
     def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class RemoteControl(_Asking):
+    """A worker's end over the host's Unix socket: one connection per request."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
                 conn.settimeout(self.timeout)
@@ -227,7 +253,83 @@ class RemoteControl:
             raise HostUnavailableError(f"no plugin host is listening ({err.strerror or err})") from None
         if not line:
             raise HostUnavailableError("the host closed the connection without an answer")
-        answer: dict[str, Any] = json.loads(line)
-        if not answer.get("ok"):
-            raise _error_from_wire(answer.get("error", {}))
-        return answer
+        return _from_answer(json.loads(line))
+
+
+class RedisControlServer:
+    """The host's end over Redis (hosts on other machines): requests from a list, each answered on a thread.
+
+    A request names the list to answer on and a deadline; one found past its deadline (it waited while no host
+    ran) is dropped, not carried out late.
+    """
+
+    def __init__(self, store: RedisStore, operations: Operations, workers: int = 8) -> None:
+        self.store = store
+        self.operations = operations
+        self.client = store.blocking_client()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="plugin-health-control")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Take requests on a daemon thread."""
+        self._thread = threading.Thread(target=self._run, name="plugin-health-control-redis", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop taking requests; finish those taken."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        self._pool.shutdown(wait=True)
+        self.client.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self.client.blpop([self.store.key("control")], timeout=1)
+            except redis.RedisError:
+                self._stop.wait(0.5)
+                continue
+            if item is not None:
+                payload = item[1]
+                self._pool.submit(self._serve, payload.encode() if isinstance(payload, str) else payload)
+
+    def _serve(self, payload: bytes) -> None:
+        try:
+            envelope = json.loads(payload)
+            reply, deadline, line = str(envelope["reply"]), float(envelope["deadline"]), envelope["request"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if time.time() > deadline:
+            return
+        result = answer(self.operations, line.encode())
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.rpush(reply, json.dumps(result, separators=(",", ":")))
+            pipe.expire(reply, 60)
+            pipe.execute()
+        except redis.RedisError:
+            pass  # the worker times out and says so
+
+
+class RedisRemoteControl(_Asking):
+    """A worker's end over Redis: push the request, wait for the answer on a list of its own."""
+
+    def __init__(self, store: RedisStore, timeout: float) -> None:
+        self.store = store
+        self.timeout = timeout
+        self.client = store.blocking_client(timeout + 1)
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        reply = self.store.key("control-reply", uuid.uuid4().hex)
+        envelope = {"reply": reply, "deadline": time.time() + self.timeout,
+                    "request": json.dumps(request, separators=(",", ":"))}
+        try:
+            self.client.rpush(self.store.key("control"), json.dumps(envelope, separators=(",", ":")))
+            item = self.client.blpop([reply], timeout=max(1, math.ceil(self.timeout)))
+        except redis.RedisError as err:
+            raise HostUnavailableError(f"the store cannot carry the request ({type(err).__name__})") from None
+        if item is None:
+            raise HostUnavailableError(f"no answer within {self.timeout:g} s")
+        return _from_answer(json.loads(item[1]))

@@ -14,9 +14,9 @@ exits by itself when its owner (the master) is gone.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -27,13 +27,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO
 
 from plugin_health.config import Settings, load_settings
-from plugin_health.control import ControlServer, socket_path
+from plugin_health.control import ControlServer, RedisControlServer, socket_path
 from plugin_health.host import LOADED_KEY, PluginHost
+from plugin_health.leader import Lock, RedisLease, lock_for
 from plugin_health.operations import Operations
 from plugin_health.store import StateStore, open_store
+from plugin_health.store.redis import RedisStore
 
 logger = logging.getLogger(__name__)
 
@@ -92,61 +93,20 @@ def lock_path(settings: Settings) -> Path | None:
     return None
 
 
-class HostLock:
-    """An exclusive ``flock``: released by the kernel when its holder dies, however it dies."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._handle: IO[bytes] | None = None
-
-    def acquire(self, timeout: float = 0.0) -> bool:
-        """Take the lock, waiting up to ``timeout`` seconds; False if another process holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+b")  # noqa: SIM115 - held open for as long as the lock is held
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.close()
-                    return False
-                time.sleep(0.05)
-                continue
-            self._handle = handle
-            return True
-
-    def release(self) -> None:
-        """Give the lock back (closing the file releases it)."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-
-def lock_is_free(path: Path) -> bool:
-    """Whether no process holds the host lock at ``path`` (a host that died, even by ``kill -9``, holds none)."""
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below, however the probe ends
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        handle.close()
-    return True
-
-
 class Heartbeat:
-    """A daemon thread that beats into the store and watches the owner process."""
+    """A daemon thread that beats into the store, renews the host's lock, and watches the owner process."""
 
     def __init__(
-        self, store: StateStore, owner_pid: int = 0, on_owner_lost: Callable[[], None] | None = None
+        self,
+        store: StateStore,
+        owner_pid: int = 0,
+        on_owner_lost: Callable[[], None] | None = None,
+        lock: Lock | None = None,
     ) -> None:
         self.store = store
         self.owner_pid = owner_pid
         self.on_owner_lost = on_owner_lost
+        self.lock = lock
         self.started = time.time()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -177,6 +137,11 @@ class Heartbeat:
                 if self.on_owner_lost is not None:
                     self.on_owner_lost()
                 return
+            if self.lock is not None and not self.lock.renew():
+                logger.error("another process took over hosting the plugins; this host stops")
+                if self.on_owner_lost is not None:
+                    self.on_owner_lost()
+                return
             try:
                 self.beat()
             except Exception:  # a busy or broken store must not end the heartbeat thread
@@ -184,23 +149,23 @@ class Heartbeat:
 
 
 def serve(settings: Settings) -> int:
-    """The host process: take the lock, load and supervise every plugin on this (main) thread until told to stop."""
-    path = lock_path(settings)
-    if path is None:
+    """The host process: take the lock, load and supervise every plugin on this (main) thread until told to stop.
+
+    With a Redis store, several service instances each run a host; one holds the lease and the others wait as
+    standbys, taking over when the lease expires.
+    """
+    store = open_store(settings.store_url, settings.run_dir, settings.history_limit)
+    lock = lock_for(store, lock_path(settings))
+    if lock is None:
         logger.error("a memory:// store cannot be shared: nothing for a host process to do")
         return 2
-    lock = HostLock(path)
-    if not lock.acquire(timeout=10.0):
-        logger.error("another process hosts the plugins of this store (%s is locked)", path)
-        return EXIT_LOCKED
-    store = open_store(settings.store_url, settings.run_dir, settings.history_limit)
-    store.set_meta(LOADED_KEY, "")  # before the first beat: what a dead predecessor loaded counts no more
-    host = PluginHost(settings, store)
     stopping = threading.Event()
+    host: PluginHost | None = None
 
-    def stop(*_: object) -> None:
+    def stop() -> None:
         stopping.set()
-        host.supervisor.request_stop()
+        if host is not None:
+            host.supervisor.request_stop()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         signal.signal(signum, signal.SIG_IGN)  # a second one must not kill the plugins' orderly stop
@@ -208,14 +173,23 @@ def serve(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    heartbeat = Heartbeat(store, settings.owner_pid, stop)
+    standby = isinstance(lock, RedisLease)
+    if isinstance(lock, RedisLease):
+        logger.info("plugin host %d waits for the lease of %s", os.getpid(), lock.key)
+    if not lock.acquire(timeout=math.inf if standby else 10.0, stop=stopping):
+        if stopping.is_set():
+            return 0
+        logger.error("another process hosts the plugins of this store (%s is locked)", lock_path(settings))
+        return EXIT_LOCKED
+    store.set_meta(LOADED_KEY, "")  # before the first beat: what a dead predecessor loaded counts no more
+    host = PluginHost(settings, store)
+    heartbeat = Heartbeat(store, settings.owner_pid, stop, lock)
     heartbeat.start()
-    control: ControlServer | None = None
+    control: ControlServer | RedisControlServer | None = None
     try:
         host.start(background=False)
-        listen = socket_path(settings)
-        if listen is not None:
-            control = ControlServer(listen, Operations(host))
+        control = _control_server(settings, store, Operations(host))
+        if control is not None:
             control.start()
         logger.info("plugin host %d serves %d plugins", os.getpid(), len(host.manager))
         if not stopping.is_set():
@@ -228,6 +202,15 @@ def serve(settings: Settings) -> int:
         store.close()
         lock.release()
     return 0
+
+
+def _control_server(
+    settings: Settings, store: StateStore, operations: Operations
+) -> ControlServer | RedisControlServer | None:
+    if isinstance(store, RedisStore):
+        return RedisControlServer(store, operations)
+    listen = socket_path(settings)
+    return None if listen is None else ControlServer(listen, operations)
 
 
 class HostProcess:

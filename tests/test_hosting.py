@@ -16,7 +16,8 @@ from flask import Flask
 
 from plugin_health import create_app
 from plugin_health.app import EXTENSION, Service
-from plugin_health.hosting import EXIT_LOCKED, Beat, HostLock, HostProcess, host_problem, lock_is_free, read_beat
+from plugin_health.hosting import EXIT_LOCKED, Beat, HostProcess, host_problem, read_beat
+from plugin_health.leader import HostLock, lock_is_free
 from plugin_health.store import open_store
 
 PLUGINS = {

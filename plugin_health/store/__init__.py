@@ -13,11 +13,15 @@ __all__ = ["MemoryStore", "PluginSnapshot", "SQLiteStore", "StateStore", "open_s
 
 
 def open_store(url: str | None, run_dir: str | Path, history_limit: int = 100) -> StateStore:
-    """The store a URL names: None (SQLite in ``run_dir``), ``memory://``, ``sqlite:///path``."""
+    """The store a URL names: None (SQLite in ``run_dir``), ``memory://``, ``sqlite:///path``, ``redis://...``."""
     if url is None:
         return SQLiteStore(Path(run_dir) / "state.sqlite3", history_limit)
     if url == "memory://":
         return MemoryStore(history_limit)
     if url.startswith("sqlite:///"):
         return SQLiteStore(Path(url.removeprefix("sqlite://")), history_limit)
-    raise ConfigError("PLUGIN_HEALTH_STORE_URL", url, "empty, memory:// or sqlite:///path")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from plugin_health.store.redis import RedisStore  # only services that use Redis import redis-py
+
+        return RedisStore(url, history_limit)
+    raise ConfigError("PLUGIN_HEALTH_STORE_URL", url, "empty, memory://, sqlite:///path or redis://host:port/db")

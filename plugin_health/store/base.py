@@ -92,6 +92,10 @@ class StateStore(Protocol):
         """Publish several snapshots in one step (one version change)."""
         ...
 
+    def degraded(self) -> str | None:
+        """None while the store works; else why the answers are this process's last known states."""
+        ...
+
     def version(self) -> int:
         """A number that grows with every ``put``; cheap, for caches."""
         ...

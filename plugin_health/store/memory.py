@@ -45,6 +45,10 @@ class MemoryStore:
                 self._snapshots[snapshot.name] = snapshot
             self._version += 1
 
+    def degraded(self) -> str | None:
+        """Always None: this store is as available as the process itself."""
+        return None
+
     def version(self) -> int:
         """Grows with every change."""
         return self._version

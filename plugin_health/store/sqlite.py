@@ -89,6 +89,10 @@ class SQLiteStore:
         with self._write() as conn:
             conn.executemany(_UPSERT, rows)
 
+    def degraded(self) -> str | None:
+        """Always None: this store is as available as the process itself."""
+        return None
+
     def version(self) -> int:
         """Grows with every write by any process."""
         row = self._conn().execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
