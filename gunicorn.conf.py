@@ -32,9 +32,11 @@ worker_class = "sync"
 timeout = 30
 graceful_timeout = 30
 keepalive = 5
-# Recycle workers now and then (leaks in anything they import); the jitter keeps them from recycling together.
-max_requests = 1000
-max_requests_jitter = 100
+# Recycle workers now and then (leaks in anything they import). The jitter is half the period, so that workers
+# under the same load do not all recycle at once (measured: 1000 +- 100 at 1,800 requests/s recycled all five
+# within a second, every few seconds).
+max_requests = 10000
+max_requests_jitter = 5000
 # Request line and header limits kept small: health routes need neither long URLs nor big headers.
 limit_request_line = 4094
 limit_request_fields = 50

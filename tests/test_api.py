@@ -316,3 +316,21 @@ def test_etag_and_304(client: FlaskClient, app: Flask) -> None:
     assert changed.status_code == 200
     assert changed.headers["ETag"] != etag
     assert {i["name"]: i["state"] for i in changed.get_json()}["core"] == "UNAVAILABLE"
+
+
+def test_a_fresh_worker_answers_304_for_the_list_without_building_it(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plugin_health.api import plugins
+    from plugin_health.api.cache import ResponseCache
+
+    etag = client.get("/v1/plugins/").headers["ETag"]
+    service: Service = app.extensions[EXTENSION]
+    service.cache = ResponseCache(service.store)  # what a worker that never built the list holds
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the list was built for a 304")
+
+    monkeypatch.setattr(plugins.plugin_health_list, "dump", refuse)
+    response = client.get("/v1/plugins/", headers={"If-None-Match": etag})
+    assert (response.status_code, response.headers["ETag"]) == (304, etag)

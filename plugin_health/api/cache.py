@@ -1,4 +1,9 @@
-"""Cheap reads: answers cached per store version, with strong ETags and 304 for ``If-None-Match``."""
+"""Cheap reads: answers cached per store version, with strong ETags and 304 for ``If-None-Match``.
+
+An answer's ETag is a hash of its cache key and the store's version, not of its body: every worker gives the
+same tag for the same version, and a 304 for a route whose key is always valid (the list, the aggregate) is
+answered without building the body at all, even by a worker that has never built it.
+"""
 
 from __future__ import annotations
 
@@ -32,16 +37,38 @@ class ResponseCache:
         self._entries: OrderedDict[Hashable, Cached] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, build: Callable[[], tuple[bytes, int]]) -> Cached:
+    @staticmethod
+    def etag(key: Hashable, version: int) -> str:
+        """The tag of the answer to ``key`` at ``version`` (the same in every worker)."""
+        return hashlib.blake2b(f"{version}:{key!r}".encode(), digest_size=12).hexdigest()
+
+    def respond(
+        self, key: Hashable, build: Callable[[], tuple[bytes, int]], media_type: str, shortcut: bool = False
+    ) -> Response:
+        """The answer to ``key``: 304 when the client holds the current one, else the cached or built body.
+
+        ``shortcut``: ``key`` names an answer that always exists (no plugin name in it), so a matching
+        ``If-None-Match`` is answered before anything is built.
+        """
+        if shortcut:
+            version = self._store.version()
+            etag = self.etag(key, version)
+            if request.if_none_match.contains(etag):
+                return _not_modified(etag)
+            return respond(self.get(key, build, version), media_type)
+        return respond(self.get(key, build), media_type)
+
+    def get(self, key: Hashable, build: Callable[[], tuple[bytes, int]], version: int | None = None) -> Cached:
         """The cached answer for ``key`` if still current, else ``build()`` it."""
-        version = self._store.version()
+        if version is None:
+            version = self._store.version()
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None and hit.version == version:
                 self._entries.move_to_end(key)
                 return hit
         body, status = build()
-        entry = Cached(version, body, status, hashlib.blake2b(body, digest_size=12).hexdigest())
+        entry = Cached(version, body, status, self.etag(key, version))
         with self._lock:
             self._entries[key] = entry
             self._entries.move_to_end(key)
@@ -50,10 +77,17 @@ class ResponseCache:
         return entry
 
 
+def _not_modified(etag: str) -> Response:
+    response = Response(status=304)
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
 def respond(entry: Cached, media_type: str) -> Response:
     """The cached answer (``media_type`` exactly as given), or 304 when the client already holds it."""
     if request.if_none_match.contains(entry.etag) or request.if_none_match.star_tag:
-        response = Response(status=304)
+        return _not_modified(entry.etag)
     else:
         response = Response(entry.body, status=entry.status)
         response.headers["Content-Type"] = media_type

@@ -9,7 +9,6 @@ from flask import Blueprint, Response, request
 
 from plugin_health import diagrams
 from plugin_health.api.auth import details_visible
-from plugin_health.api.cache import respond
 from plugin_health.api.plugins import cache, dumps, service, store
 from plugin_health.api.schemas import diagram_query
 from plugin_health.host import LOADED_KEY
@@ -76,7 +75,7 @@ def service_health() -> Response:
         document = aggregate(store().snapshots(), bool(store().get_meta(LOADED_KEY)), visible, host)
         return dumps(document), 503 if document["status"] == "fail" else 200
 
-    return respond(cache().get(("aggregate", visible, host is None), build), HEALTH_JSON)
+    return cache().respond(("aggregate", visible, host is None), build, HEALTH_JSON, shortcut=True)
 
 
 def probe(name: str, checks: Iterable[tuple[str, str | None]]) -> Response:
@@ -151,6 +150,6 @@ def lifecycle_diagram() -> Response:
             counts[snapshot.state] += 1
         return diagrams.render(fmt, counts=counts), 200
 
-    return respond(cache().get(("diagram", fmt), build), diagrams.MEDIA_TYPES[fmt])
+    return cache().respond(("diagram", fmt), build, diagrams.MEDIA_TYPES[fmt], shortcut=True)
 
 

@@ -86,7 +86,7 @@ def list_plugins() -> Response:
         snapshots = [s for s in store().snapshots() if state is None or s.state is state]
         return dumps(plugin_health_list.dump(redact(snapshots, visible))), 200
 
-    return respond(cache().get(("list", state, visible), build), JSON)
+    return cache().respond(("list", state, visible), build, JSON, shortcut=True)
 
 
 @bp.get("/<name>/health")
