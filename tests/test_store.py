@@ -12,6 +12,7 @@ import pytest
 from plugin_health.errors import ConfigError
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
 from plugin_health.store import MemoryStore, PluginSnapshot, SQLiteStore, StateStore, open_store
+from plugin_health.store.redis import RedisStore
 
 S = PluginLifecycleState
 
@@ -24,12 +25,17 @@ def rec(name: str, source: S | None, dest: S, trigger: str = "start") -> Transit
     return TransitionRecord.now(name, source, dest, trigger, reason="r", error_type="E", error="boom")
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    made: StateStore = MemoryStore(history_limit=3) if request.param == "memory" else SQLiteStore(
-        tmp_path / "s.db", history_limit=3
-    )
+    made: StateStore
+    if request.param == "memory":
+        made = MemoryStore(history_limit=3)
+    elif request.param == "sqlite":
+        made = SQLiteStore(tmp_path / "s.db", history_limit=3)
+    else:
+        made = RedisStore(request.getfixturevalue("redis_url"), history_limit=3)
     yield made
+    assert made.degraded() is None
     made.close()
 
 

@@ -67,6 +67,12 @@ class MemoryStore:
         with self._lock:
             return list(self._history.get(name, ()))
 
+    def everything(self) -> tuple[list[PluginSnapshot], dict[str, list[TransitionRecord]], dict[str, str]]:
+        """Every snapshot, every plugin's history and every meta value (to seed another store with)."""
+        with self._lock:
+            return (list(self._snapshots.values()), {name: list(h) for name, h in self._history.items()},
+                    dict(self._meta))
+
     def set_meta(self, key: str, value: str) -> None:
         """Keep a value (``version`` does not change)."""
         with self._lock:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -33,6 +34,18 @@ SOCKET_TIMEOUT = 0.5
 RETRY = 0.25
 
 _Op = tuple[str, tuple[Any, ...]]
+
+#: A transition, at most once: a command whose answer timed out may still have run, and is then replayed; the
+#: record's own key (kept a day) tells the replay that it already did.
+_PUT_RECORD = """
+if redis.call('set', KEYS[4], '1', 'NX', 'EX', 86400) then
+    redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+    redis.call('rpush', KEYS[2], ARGV[3])
+    redis.call('ltrim', KEYS[2], -tonumber(ARGV[4]), -1)
+    redis.call('incr', KEYS[3])
+end
+return 1
+"""
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -65,6 +78,7 @@ class RedisStore:
         self._lock = threading.RLock()  # orders writes: the queue is replayed before any new write
         self._degraded: str | None = None
         self._last_version = 0
+        self._wrote = False  # this process publishes (the host): it may give a wiped Redis back what it knows
         self._retry: threading.Thread | None = None
         self._closed = threading.Event()
 
@@ -103,12 +117,15 @@ class RedisStore:
     def _apply(self, op: str, args: tuple[Any, ...]) -> None:
         pipe = self.client.pipeline(transaction=True)
         if op == "put":
-            snapshot, record = args
-            pipe.hset(self.key("snapshots"), snapshot.name, snapshot.to_json())
+            snapshot, record, op_id = args
             if record is not None:
-                history = self.key("history", record.plugin)
-                pipe.rpush(history, record_to_json(record))
-                pipe.ltrim(history, -self._history_limit, -1)
+                keys = (self.key("snapshots"), self.key("history", record.plugin), self.key("version"),
+                        self.key("op", op_id))
+                self.client.eval(_PUT_RECORD, 4, *keys, snapshot.name, snapshot.to_json(), record_to_json(record),
+                                 self._history_limit)
+                self._wrote = True
+                return
+            pipe.hset(self.key("snapshots"), snapshot.name, snapshot.to_json())
         elif op == "put_many":
             (snapshots,) = args
             pipe.hset(self.key("snapshots"), mapping={s.name: s.to_json() for s in snapshots})
@@ -120,10 +137,31 @@ class RedisStore:
         elif op == "meta":
             key, value = args
             pipe.hset(self.key("meta"), key, value)
-            pipe.execute()
-            return  # meta never moves the version: a heartbeat must not invalidate caches
+            pipe.exists(self.key("version"))
+            _, exists = pipe.execute()  # meta never moves the version: a heartbeat must not invalidate caches
+            if not exists and self._wrote:
+                self._reseed()  # Redis came back empty (restarted without persistence): give it what we know
+            return
         pipe.incr(self.key("version"))
         pipe.execute()
+        self._wrote = True
+
+    def _reseed(self) -> None:
+        """Write this process's whole mirror to Redis, which lost it; the version moves on."""
+        snapshots, histories, meta = self._mirror.everything()
+        pipe = self.client.pipeline(transaction=True)
+        if snapshots:
+            pipe.hset(self.key("snapshots"), mapping={s.name: s.to_json() for s in snapshots})
+        for name, records in histories.items():
+            pipe.delete(self.key("history", name))
+            if records:
+                pipe.rpush(self.key("history", name), *(record_to_json(r) for r in records))
+        if meta:
+            pipe.hset(self.key("meta"), mapping=dict(meta.items()))
+        # A version no reader can have seen before the loss (the counter started again from nothing).
+        pipe.set(self.key("version"), max(self._last_version + 1, int(time.time() * 1000)))
+        pipe.execute()
+        logger.warning("redis store: Redis had lost the states; %d plugins written to it again", len(snapshots))
 
     def _write(self, op: str, *args: Any) -> None:
         with self._lock:
@@ -150,6 +188,9 @@ class RedisStore:
         while not self._closed.wait(RETRY):
             with self._lock:
                 try:
+                    if self._wrote and not self.client.exists(self.key("version")):
+                        self._reseed()  # Redis came back empty: the mirror holds all, what was queued included
+                        self._pending.clear()
                     while self._pending:
                         op, args = self._pending[0]
                         self._apply(op, args)
@@ -170,7 +211,7 @@ class RedisStore:
     def put(self, snapshot: PluginSnapshot, record: TransitionRecord | None = None) -> None:
         """Publish a snapshot and its transition in one transaction (or queue them while Redis is away)."""
         self._mirror.put(snapshot, record)
-        self._write("put", snapshot, record)
+        self._write("put", snapshot, record, uuid.uuid4().hex)
 
     def put_many(self, snapshots: Iterable[PluginSnapshot]) -> None:
         """Publish several snapshots in one transaction."""
