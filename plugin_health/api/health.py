@@ -29,21 +29,28 @@ def plugin_status(snapshot: PluginSnapshot) -> str:
 
 
 def aggregate(
-    snapshots: Sequence[PluginSnapshot], loaded: bool, visible: bool, host: str | None = None
+    snapshots: Sequence[PluginSnapshot],
+    loaded: bool,
+    visible: bool,
+    host: str | None = None,
+    store_problem: str | None = None,
 ) -> dict[str, Any]:
     """The IETF health-check document of the service (a pure function of the plugins' snapshots).
 
     ``host`` is why no live process hosts the plugins (None: one does); then the states are stale and the
-    service fails.
+    service fails. ``store_problem`` is why the store is degraded: the answers are this process's last known
+    states, a warning.
     """
     statuses = [plugin_status(s) for s in snapshots]
     if "fail" in statuses or host is not None:
         status = "fail"
     else:
-        status = "warn" if "warn" in statuses or not loaded else "pass"
+        status = "warn" if "warn" in statuses or not loaded or store_problem is not None else "pass"
     checks: dict[str, list[dict[str, Any]]] = {}
     if host is not None:
         checks["host:heartbeat"] = [{"componentType": "system", "status": "fail", "output": host}]
+    if store_problem is not None:
+        checks["store:degraded"] = [{"componentType": "datastore", "status": "warn", "output": store_problem}]
     for snapshot, check_status in zip(snapshots, statuses, strict=True):
         check: dict[str, Any] = {
             "componentId": snapshot.name,
@@ -59,6 +66,8 @@ def aggregate(
             check["output"] = ": ".join(output)
         checks[f"plugin:{snapshot.name}"] = [check]
     notes = [] if loaded else ["plugins are still loading"]
+    if store_problem is not None:
+        notes.append("the store is degraded: these are this process's last known states")
     if host is not None:
         notes.append("no live plugin host: the states shown are the last ones it published")
     return {"status": status, "serviceId": "plugin-health", "description": "health of every hosted plugin",
@@ -70,23 +79,33 @@ def service_health() -> Response:
     """The aggregate: 200 for pass and warn, 503 for fail."""
     visible = details_visible()
     host = service().host_problem()
+    store_problem = store().degraded()
 
     def build() -> tuple[bytes, int]:
-        document = aggregate(store().snapshots(), bool(store().get_meta(LOADED_KEY)), visible, host)
+        loaded = bool(store().get_meta(LOADED_KEY))
+        document = aggregate(store().snapshots(), loaded, visible, host, store().degraded())
         return dumps(document), 503 if document["status"] == "fail" else 200
 
-    return cache().respond(("aggregate", visible, host is None), build, HEALTH_JSON, shortcut=True)
+    key = ("aggregate", visible, host is None, store_problem is None)
+    return cache().respond(key, build, HEALTH_JSON, shortcut=True)
 
 
-def probe(name: str, checks: Iterable[tuple[str, str | None]]) -> Response:
-    """A Kubernetes-style probe: ``ok``, or each check as ``[+]name ok`` / ``[-]name failed: why``."""
+def probe(name: str, checks: Iterable[tuple[str, str | None]], notes: dict[str, str] | None = None) -> Response:
+    """A Kubernetes-style probe: ``ok``, or each check as ``[+]name ok`` / ``[-]name failed: why``.
+
+    ``notes`` qualify passing checks (``[+]store ok: degraded, ...``) without failing the probe.
+    """
     excluded = set(request.args.getlist("exclude"))
     lines, failed = [], False
     for check, problem in checks:
         if check in excluded or check.removeprefix("plugin/") in excluded:
             continue
         failed = failed or problem is not None
-        lines.append(f"[+]{check} ok" if problem is None else f"[-]{check} failed: {problem}")
+        note = (notes or {}).get(check)
+        if problem is not None:
+            lines.append(f"[-]{check} failed: {problem}")
+        else:
+            lines.append(f"[+]{check} ok" + (f": {note}" if note else ""))
     verbose = "verbose" in request.args
     if failed:
         body = "\n".join([*lines, f"{name} check failed"]) + "\n"
@@ -130,7 +149,11 @@ def livez() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     """Ready: loading has finished and every critical plugin is RUNNING."""
-    return probe("readyz", [*_host(), _loading(), *_critical_checks()])
+    checks = [*_host(), _loading(), *_critical_checks()]
+    degraded = store().degraded()  # still ready: answering from the last known states beats answering nothing
+    store_check = [("store", None)] if degraded else []
+    notes = {"store": f"degraded: {degraded}"} if degraded else None
+    return probe("readyz", [*store_check, *checks], notes)
 
 
 @bp.get("/startupz")

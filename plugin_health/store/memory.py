@@ -67,6 +67,11 @@ class MemoryStore:
         with self._lock:
             return list(self._history.get(name, ()))
 
+    def replace_history(self, name: str, records: Iterable[TransitionRecord]) -> None:
+        """Make ``records`` the history of ``name`` (a mirror of what another store holds)."""
+        with self._lock:
+            self._history[name] = deque(records, maxlen=self._history_limit)
+
     def everything(self) -> tuple[list[PluginSnapshot], dict[str, list[TransitionRecord]], dict[str, str]]:
         """Every snapshot, every plugin's history and every meta value (to seed another store with)."""
         with self._lock:

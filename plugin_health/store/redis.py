@@ -266,7 +266,11 @@ class RedisStore:
 
         def fetch() -> PluginSnapshot | None:
             raw = self.client.hget(self.key("snapshots"), name)
-            return None if raw is None else PluginSnapshot.from_json(raw)
+            if raw is None:
+                return None
+            found = PluginSnapshot.from_json(raw)
+            self._mirror.put(found)
+            return found
 
         value: PluginSnapshot | None = self._read(fetch, lambda: self._mirror.snapshot(name))
         return value
@@ -275,7 +279,9 @@ class RedisStore:
         """Oldest first."""
 
         def fetch() -> list[TransitionRecord]:
-            return [record_from_json(r) for r in self.client.lrange(self.key("history", name), 0, -1)]
+            records = [record_from_json(r) for r in self.client.lrange(self.key("history", name), 0, -1)]
+            self._mirror.replace_history(name, records)
+            return records
 
         value: list[TransitionRecord] = self._read(fetch, lambda: self._mirror.history(name))
         return value
@@ -285,7 +291,10 @@ class RedisStore:
 
         def fetch() -> str | None:
             raw = self.client.hget(self.key("meta"), key)
-            return None if raw is None else _text(raw)
+            value = None if raw is None else _text(raw)
+            if value is not None:
+                self._mirror.set_meta(key, value)
+            return value
 
         value: str | None = self._read(fetch, lambda: self._mirror.get_meta(key))
         return value
