@@ -25,9 +25,12 @@ from plugin_health.config import load_settings  # after the metrics directory is
 from plugin_health.hosting import HostProcess
 
 bind = os.environ.get("PLUGIN_HEALTH_BIND", "127.0.0.1:8000")
-# Health reads are short and CPU-bound: a few sync workers per core; WEB_CONCURRENCY overrides.
+# Health reads are short and CPU-bound: a few workers per core; WEB_CONCURRENCY overrides.
 workers = int(os.environ.get("WEB_CONCURRENCY", min(2 * (os.cpu_count() or 1) + 1, 8)))
-worker_class = "sync"
+# Workers never run plugin code (the host does), so they need no signals and may use threads: a tool call that
+# waits for the host holds one thread, not a whole worker, and keep-alive serves pollers and load balancers.
+worker_class = "gthread"
+threads = int(os.environ.get("PLUGIN_HEALTH_THREADS", 4))
 # Workers never run plugin code (the host does), so their timeout needs no room for plugin timeouts.
 timeout = 30
 graceful_timeout = 30

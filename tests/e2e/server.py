@@ -80,10 +80,15 @@ class Server:
     seen: set[int] = field(default_factory=set)
 
     def get(
-        self, path: str, headers: Mapping[str, str] | None = None, method: str = "GET", body: str | None = None
+        self,
+        path: str,
+        headers: Mapping[str, str] | None = None,
+        method: str = "GET",
+        body: str | None = None,
+        timeout: float = 30.0,
     ) -> Answer:
         """One request on a new connection (so that the kernel spreads them over the workers)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request(method, path, body=body, headers=dict(headers or {}))
             response = conn.getresponse()
