@@ -22,6 +22,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics)
 
 from plugin_health.config import load_settings  # after the metrics directory is chosen
+from plugin_health.errors import ConfigError
 from plugin_health.hosting import HostProcess
 
 bind = os.environ.get("PLUGIN_HEALTH_BIND", "127.0.0.1:8000")
@@ -52,7 +53,10 @@ _host: HostProcess | None = None
 def on_starting(server: Any) -> None:
     """Start the plugin host before any worker exists (no threads yet in the master to fork with)."""
     global _host
-    settings = load_settings()  # a bad PLUGIN_HEALTH_* value stops the master here, naming the variable
+    try:
+        settings = load_settings()
+    except ConfigError as err:  # a bad PLUGIN_HEALTH_* value stops the master here, naming the variable
+        raise SystemExit(f"plugin-health: {err}") from None
     if settings.host_mode == "embedded" or not settings.shared_store:
         server.log.info("plugin-health: each worker hosts its own plugins (host mode %s)", settings.host_mode)
         return

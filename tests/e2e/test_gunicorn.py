@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from e2e.server import Server, alive, wait_for
+from e2e.server import ROOT, Server, alive, wait_for
 from plugin_health.diagrams import MEDIA_TYPES
 
 PLUGINS = {
@@ -220,3 +222,13 @@ def test_shutdown_stops_every_process(server: Server) -> None:
         t for t in transitions if t["plugin"] == "flappy" and t["to"] == "FAILED").items()
     assert not any("hunter2" in line for line in log.splitlines() if '"event":"transition"' in line)
     assert "Traceback" not in log.split("Shutting down")[-1]
+
+
+@pytest.mark.parametrize("command", [["gunicorn", "wsgi:app"], ["flask", "--app", "wsgi", "plugins", "list"]])
+def test_a_bad_setting_stops_the_service_with_one_clear_line(tmp_path: Path, command: list[str]) -> None:
+    env = {**os.environ, "PLUGIN_HEALTH_DEFAULT_TIMEOUT": "soon", "PLUGIN_HEALTH_RUN_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", *command, *(["-b", "127.0.0.1:0"] if command[0] == "gunicorn" else [])],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode != 0
+    assert "plugin-health: PLUGIN_HEALTH_DEFAULT_TIMEOUT='soon' is invalid: expected a positive number" in run.stderr
+    assert "Traceback" not in run.stderr
