@@ -232,7 +232,8 @@ def run(requests: int, concurrency: int, work: Path) -> dict[str, object]:
         time.sleep(2.0)  # the last passing checks' times are published once a second
         after = rss_mib(service_pids(servers))
         # Transitions: what the hosts counted (each instance's /metrics sums its own processes, the dead host's
-        # included) against what Redis holds (every transition of every plugin, the history is not capped here).
+        # included) against what Redis holds (every transition of every plugin, the history is not capped here),
+        # read after: plugins go on moving meanwhile, so Redis may hold a few more, never fewer.
         counted = sum(metric_sum(s.get("/metrics").text, "plugin_health_transitions_total") for s in servers)
         recorded = sum(len(json.loads(servers[0].get(f"/v1/plugins/{name}/history").body)) for name in NAMES)
         table = process_table()

@@ -22,8 +22,8 @@ def test_two_instances_on_redis_lose_nothing_under_fire() -> None:
     assert (found["unexpected status codes"], found["connection errors"]) == (0, 0), report
     assert (found["server processes lost"], found["transitions lost"]) == (0, 0), report
     assert found["leading host killed"], report
-    # Equal, but for a transition the killed host may have written and not yet counted when it died.
+    # Counted first, then read from Redis: plugins go on failing and recovering in between, so Redis may hold a
+    # few more, never fewer.
     recorded, counted = found["transitions recorded in Redis"], found["transitions counted by the hosts"]
-    assert counted > 0, report
-    assert 0 <= recorded - counted <= 1, report
+    assert recorded >= counted > 0, report
     assert "RESULT: pass" in run.stdout, report
