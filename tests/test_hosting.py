@@ -7,12 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
+from waiting import wait_for
 
 from plugin_health import create_app
 from plugin_health.app import EXTENSION, Service
@@ -31,13 +31,6 @@ def write_plugins(directory: Path) -> None:
         (directory / f"{name}.py").write_text(
             "from plugin_health import Plugin\n\nclass P(Plugin):\n" + textwrap.indent(body, "    ")
         )
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def gone(pid: int) -> bool:

@@ -6,13 +6,14 @@ import os
 import signal
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from redis_server import RedisServer
+from waiting import wait_for
 
 from plugin_health import create_app
 from plugin_health.app import EXTENSION
@@ -21,13 +22,6 @@ from plugin_health.store.redis import RedisStore
 
 TOKEN = "redis-operator-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from redis_server import RedisServer
+from waiting import wait_for
 
 from plugin_health.errors import ConfigError
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
@@ -24,13 +25,6 @@ def snap(name: str, state: S = S.RUNNING) -> PluginSnapshot:
 
 def rec(name: str, source: S | None, dest: S, trigger: str) -> TransitionRecord:
     return TransitionRecord.now(name, source, dest, trigger, reason=None, error_type=None, error=None)
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 @pytest.fixture
