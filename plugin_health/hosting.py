@@ -269,13 +269,16 @@ class HostProcess:
         logger.info("plugin host started as pid %d", self.process.pid)
 
     def _wait_for_beat(self, settings: Settings, wait: float) -> None:
+        """Until our host beats (or, on Redis, any leader does), so workers start on a loaded store."""
         assert self.process is not None
         store = open_store(settings.store_url, settings.run_dir, settings.history_limit)
         try:
             deadline = time.monotonic() + wait
+            shared = isinstance(store, RedisStore)  # ours may stand by while another instance's host leads
             while time.monotonic() < deadline and self.process.poll() is None:
                 beat = read_beat(store)
-                if beat is not None and beat.pid == self.process.pid:
+                if beat is not None and (beat.pid == self.process.pid or (
+                        shared and beat.at > time.time() - HEARTBEAT * 2)):
                     return
                 time.sleep(0.02)
         finally:
