@@ -145,9 +145,10 @@ def resolve(plugins: Mapping[str, Declared], failed: Collection[str] = ()) -> Re
             waiting[dependent] -= 1
             if waiting[dependent] == 0:
                 heapq.heappush(ready, dependent)
-    # Whatever Kahn never reached hangs off a cycle.
+    # Whatever Kahn never reached hangs off a cycle (a set: a list's ``in`` made this O(n^2) for 10,000 plugins).
+    ordered = set(order)
     for name in sorted(plugins):
-        if name not in order and name not in unavailable:
-            blocker = next(r for r in graph[name] if r not in order)
+        if name not in ordered and name not in unavailable:
+            blocker = next(r for r in graph[name] if r not in ordered)
             unavailable[name] = UnavailableReason.DEPENDENCY_UNAVAILABLE.with_detail(blocker)
     return Resolution(tuple(order), unavailable)
