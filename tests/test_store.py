@@ -58,6 +58,15 @@ def test_snapshots_sorted_and_version_grows(store: StateStore) -> None:
     assert store.version() == v0 + 3
 
 
+def test_each_read_sees_what_changed_since_the_last(store: StateStore) -> None:
+    store.put(snap("a"))
+    store.put(snap("b"))
+    assert [(s.name, s.state) for s in store.snapshots()] == [("a", S.RUNNING), ("b", S.RUNNING)]
+    store.put(snap("a", S.FAILED, reason="start failed"))
+    store.begin(["a"])
+    assert [(s.name, s.state, s.reason) for s in store.snapshots()] == [("a", S.FAILED, "start failed")]
+
+
 def test_meta_does_not_change_the_version(store: StateStore) -> None:
     v0 = store.version()
     store.set_meta("heartbeat", "1")
