@@ -1,6 +1,7 @@
 """Sandbox costs, each printed as a ratio to a baseline measured in the same run.
 
-Run: ``.venv/bin/python bench/sandbox.py`` (about 20 s). Prints, for a trivial function:
+Run: ``.venv/bin/python bench/sandbox.py [--quick]`` (about 20 s; ``--quick``: fewer, shorter repeats). Prints,
+for a trivial function:
 
 * inline: the bare call, then ``Sandbox.run`` without limits, with a timeout (main thread: setitimer;
   another thread: the watchdog) and with a timeout plus the memory guard, each as a ratio to the bare call;
@@ -12,6 +13,7 @@ Run: ``.venv/bin/python bench/sandbox.py`` (about 20 s). Prints, for a trivial f
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 import signal
@@ -24,6 +26,11 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+# ``python bench/<name>.py`` puts bench/ first on sys.path, where bench/http.py would shadow the standard library's
+# ``http``, which Flask (imported by plugin_health) needs.
+if str(Path(__file__).resolve().parent) in sys.path:
+    sys.path.remove(str(Path(__file__).resolve().parent))
 
 from plugin_health.loader.sources import PluginSource
 from plugin_health.sandbox import ProcessPlugin, Sandbox, SandboxLimits
@@ -49,6 +56,7 @@ class Bench(Plugin):
 '''
 
 REPEATS = 7
+SCALE = 1.0  # --quick: a fifth of the calls per repeat, 3 repeats
 
 
 def trivial() -> int:
@@ -71,6 +79,7 @@ def echo(conn: Connection) -> None:
 
 def per_call(loop: Callable[[int], None], n: int) -> float:
     """Median seconds per call of ``loop(n)`` over several repeats."""
+    n = max(1, int(n * SCALE))
     loop(max(1, n // 10))  # warm up
     samples = []
     for _ in range(REPEATS):
@@ -222,6 +231,11 @@ def fault_costs(plugin: ProcessPlugin) -> None:
 
 
 def main() -> None:
+    global REPEATS, SCALE
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 repeats of a fifth of the calls")
+    if parser.parse_args().quick:
+        REPEATS, SCALE = 3, 0.2
     print(f"Python {sys.version.split()[0]}, {multiprocessing.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "bench_plugin.py"
