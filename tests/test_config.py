@@ -107,3 +107,12 @@ def test_external_host_needs_a_shared_store() -> None:
     with pytest.raises(ConfigError, match=r"PLUGIN_HEALTH_HOST_MODE.*memory:// store cannot be shared"):
         load_settings(environ=env)
     assert load_settings(environ={"PLUGIN_HEALTH_HOST_MODE": " External "}).host_mode == "external"
+
+
+def test_env_example_holds_valid_defaults() -> None:
+    example = Path(__file__).resolve().parents[1] / ".env.example"
+    values = dict(
+        line.split("=", 1) for line in example.read_text().splitlines() if line and not line.startswith("#")
+    )
+    settings_only = {k: v for k, v in values.items() if k not in ("PLUGIN_HEALTH_BIND", "PLUGIN_HEALTH_THREADS")}
+    assert load_settings(environ=settings_only) == Settings()
