@@ -14,7 +14,8 @@ from flask import Flask
 from plugin_health import api, cli
 from plugin_health.api.cache import ResponseCache
 from plugin_health.config import Settings, load_settings
-from plugin_health.control import Control, LocalControl, RedisRemoteControl, RemoteControl, socket_path
+from plugin_health.control import Control, LocalControl, RemoteControl, socket_path
+from plugin_health.control_redis import RedisRemoteControl
 from plugin_health.host import PluginHost
 from plugin_health.hosting import Heartbeat, host_problem, lock_path, read_beat
 from plugin_health.leader import Lock, lock_for, lock_is_free

@@ -6,26 +6,21 @@ each worker; :class:`LocalControl` does the same in the process that hosts the p
 :class:`Control`. A request and its answer are one line of JSON each; typed errors cross as their class name
 and attributes and are raised again on the worker's side, so the API maps them to statuses in one place.
 
-The token is checked by the worker before it asks; the socket itself is guarded by file permissions.
+The token is checked by the worker before it asks; the socket itself is guarded by file permissions. Hosts on
+other machines (a Redis store) use the transport of :mod:`plugin_health.control_redis` instead.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import socket
 import socketserver
 import tempfile
 import threading
-import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
-
-import redis
 
 from plugin_health.config import Settings
 from plugin_health.errors import (
@@ -38,7 +33,6 @@ from plugin_health.errors import (
 from plugin_health.operations import Operations
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.store import PluginSnapshot
-from plugin_health.store.redis import RedisStore
 
 #: The longest request line the host reads (a tool call's arguments included).
 MAX_REQUEST = 1024 * 1024
@@ -157,7 +151,7 @@ def answer(operations: Operations, line: bytes) -> dict[str, Any]:
         return {"ok": False, "error": {"type": "BadRequest", "message": f"malformed request: {err}"}}
 
 
-def _from_answer(answer: dict[str, Any]) -> dict[str, Any]:
+def unwrap(answer: dict[str, Any]) -> dict[str, Any]:
     """The answer, or its error raised again as the typed exception it was."""
     if not answer.get("ok"):
         raise _error_from_wire(answer.get("error", {}))
@@ -208,7 +202,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         return answer(self.operations, line)
 
 
-class _Asking:
+class Asking:
     """The typed requests of a worker's end; ``_ask`` carries one to the host and back."""
 
     def restart(self, name: str) -> PluginSnapshot:
@@ -232,7 +226,7 @@ class _Asking:
         raise NotImplementedError
 
 
-class RemoteControl(_Asking):
+class RemoteControl(Asking):
     """A worker's end over the host's Unix socket: one connection per request."""
 
     def __init__(self, path: Path, timeout: float) -> None:
@@ -253,83 +247,4 @@ class RemoteControl(_Asking):
             raise HostUnavailableError(f"no plugin host is listening ({err.strerror or err})") from None
         if not line:
             raise HostUnavailableError("the host closed the connection without an answer")
-        return _from_answer(json.loads(line))
-
-
-class RedisControlServer:
-    """The host's end over Redis (hosts on other machines): requests from a list, each answered on a thread.
-
-    A request names the list to answer on and a deadline; one found past its deadline (it waited while no host
-    ran) is dropped, not carried out late.
-    """
-
-    def __init__(self, store: RedisStore, operations: Operations, workers: int = 8) -> None:
-        self.store = store
-        self.operations = operations
-        self.client = store.blocking_client()
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="plugin-health-control")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Take requests on a daemon thread."""
-        self._thread = threading.Thread(target=self._run, name="plugin-health-control-redis", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop taking requests; finish those taken."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5.0)
-        self._pool.shutdown(wait=True)
-        self.client.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                item = self.client.blpop([self.store.key("control")], timeout=1)
-            except redis.RedisError:
-                self._stop.wait(0.5)
-                continue
-            if item is not None:
-                payload = item[1]
-                self._pool.submit(self._serve, payload.encode() if isinstance(payload, str) else payload)
-
-    def _serve(self, payload: bytes) -> None:
-        try:
-            envelope = json.loads(payload)
-            reply, deadline, line = str(envelope["reply"]), float(envelope["deadline"]), envelope["request"]
-        except (ValueError, KeyError, TypeError):
-            return
-        if time.time() > deadline:
-            return
-        result = answer(self.operations, line.encode())
-        try:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.rpush(reply, json.dumps(result, separators=(",", ":")))
-            pipe.expire(reply, 60)
-            pipe.execute()
-        except redis.RedisError:
-            pass  # the worker times out and says so
-
-
-class RedisRemoteControl(_Asking):
-    """A worker's end over Redis: push the request, wait for the answer on a list of its own."""
-
-    def __init__(self, store: RedisStore, timeout: float) -> None:
-        self.store = store
-        self.timeout = timeout
-        self.client = store.blocking_client(timeout + 1)
-
-    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        reply = self.store.key("control-reply", uuid.uuid4().hex)
-        envelope = {"reply": reply, "deadline": time.time() + self.timeout,
-                    "request": json.dumps(request, separators=(",", ":"))}
-        try:
-            self.client.rpush(self.store.key("control"), json.dumps(envelope, separators=(",", ":")))
-            item = self.client.blpop([reply], timeout=max(1, math.ceil(self.timeout)))
-        except redis.RedisError as err:
-            raise HostUnavailableError(f"the store cannot carry the request ({type(err).__name__})") from None
-        if item is None:
-            raise HostUnavailableError(f"no answer within {self.timeout:g} s")
-        return _from_answer(json.loads(item[1]))
+        return unwrap(json.loads(line))

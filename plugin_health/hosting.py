@@ -29,7 +29,8 @@ from pathlib import Path
 from types import FrameType
 
 from plugin_health.config import Settings, load_settings
-from plugin_health.control import ControlServer, RedisControlServer, socket_path
+from plugin_health.control import ControlServer, socket_path
+from plugin_health.control_redis import RedisControlServer
 from plugin_health.host import LOADED_KEY, PluginHost
 from plugin_health.leader import Lock, RedisLease, lock_for
 from plugin_health.operations import Operations
