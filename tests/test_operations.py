@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -257,5 +258,30 @@ def test_details_never_shown_when_configured(tmp_path: Path) -> None:
     try:
         body = app.test_client().post("/v1/plugins/core/tools/boom", headers=AUTH).get_json()
         assert (body["error_type"], body["error"]) == ("ValueError", None)
+    finally:
+        app.extensions[EXTENSION].shutdown()
+
+
+def test_an_operator_restart_clears_the_restart_limit(tmp_path: Path) -> None:
+    flag = tmp_path / "broken-now"
+    flag.touch()
+    (tmp_path / "stubborn.py").write_text(
+        "from pathlib import Path\nfrom plugin_health import Plugin\n\nclass P(Plugin):\n"
+        f"    def start(self):\n        if Path({str(flag)!r}).exists():\n            raise OSError('port taken')\n"
+    )
+    app = build(tmp_path, max_restarts=1, backoff_base=0.05, backoff_max=0.05)
+    client = app.test_client()
+    try:
+        wait_until = time.monotonic() + 10
+        while state(client, "stubborn") != ("FAILED", "restart limit reached"):
+            assert time.monotonic() < wait_until, state(client, "stubborn")
+            time.sleep(0.05)
+        body = client.post("/v1/plugins/stubborn/restart", headers=AUTH).get_json()
+        assert (body["state"], body["reason"]) == ("FAILED", "start failed")  # the limit is cleared: retried again
+        flag.unlink()
+        wait_until = time.monotonic() + 10
+        while state(client, "stubborn")[0] != "RUNNING":  # the automatic restart the operator's gave back
+            assert time.monotonic() < wait_until, state(client, "stubborn")
+            time.sleep(0.05)
     finally:
         app.extensions[EXTENSION].shutdown()
