@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from flask import current_app
-from flask.cli import AppGroup
+from flask import current_app, has_app_context
+from flask.cli import AppGroup, ScriptInfo
 
 from plugin_health import diagrams
 from plugin_health.api.schemas import history_entries, plugin_health_list, plugin_health_response
@@ -230,7 +230,26 @@ def problem(snapshot: PluginSnapshot, check: PluginSandboxResult | None) -> str 
     return " ".join(f"{line} {detail}".split())
 
 
-@plugins.command()
+def _base_settings() -> Settings:
+    """The service's settings, without building the service when the command line names none to build.
+
+    ``flask --app wsgi`` would import wsgi.py and so start hosting the plugins just to read the settings: the
+    environment (and config file) that it would read is read here instead. An app handed over ready-made (a
+    factory, or a test's CLI runner) is asked for its own.
+    """
+    if has_app_context():
+        return _service().settings
+    info = click.get_current_context().find_object(ScriptInfo)
+    if info is not None and info.create_app is not None:
+        service: Service = info.load_app().extensions["plugin_health"]
+        return service.settings
+    try:
+        return load_settings()
+    except ConfigError as err:
+        raise UsageError(str(err)) from err
+
+
+@plugins.command(with_appcontext=False)
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path), metavar="[PATH]...")
 def check(paths: tuple[Path, ...]) -> None:
     """Check plugins in a throwaway host (for CI).
@@ -239,7 +258,7 @@ def check(paths: tuple[Path, ...]) -> None:
     their first health checks, stops them, and prints one line per plugin that is not RUNNING and healthy.
     Exit status 0 when every plugin passes, 1 otherwise, 2 for a missing path or a bad setting.
     """
-    settings = check_settings(_service().settings, paths)
+    settings = check_settings(_base_settings(), paths)
     snapshots, checks = first_run(settings)
     if not snapshots:
         where = ", ".join(str(p) for p in paths) or settings.plugin_path or "the configured plugin path"

@@ -290,3 +290,23 @@ def test_real_flask_command_lists_and_exits(tmp_path: Path) -> None:
     assert [row[:5] for row in rows[1:]] == [["alpha", "RUNNING", "0.0.0", "-", "-"],
                                              ["broken", "FAILED", "0.0.0", "initialize failed", "RuntimeError"]]
     assert elapsed < 15, f"flask plugins list took {elapsed:.1f} s to exit"
+
+
+def test_the_real_check_never_hosts_the_service_s_plugins(tmp_path: Path) -> None:
+    checked = tmp_path / "checked"
+    checked.mkdir()
+    (checked / "ok.py").write_text("from plugin_health import Plugin\n\nclass P(Plugin):\n    pass\n")
+    service = tmp_path / "service"
+    service.mkdir()
+    marker = tmp_path / "service-plugin-started"
+    (service / "loud.py").write_text(
+        "from pathlib import Path\nfrom plugin_health import Plugin\n\nclass P(Plugin):\n"
+        f"    def start(self):\n        Path({str(marker)!r}).touch()\n"
+    )
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PLUGIN_HEALTH_PLUGIN_PATH": str(service), "PLUGIN_HEALTH_RUN_DIR": str(run_dir)}
+    done = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "plugins", "check", str(checked)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "1 plugin OK"), done.stderr
+    assert not marker.exists()  # the service's own plugins were not started to check another directory
+    assert not run_dir.exists()  # nor was its store touched
