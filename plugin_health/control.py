@@ -32,7 +32,7 @@ from plugin_health.errors import (
 )
 from plugin_health.operations import Operations
 from plugin_health.sandbox import PluginSandboxResult
-from plugin_health.store import PluginSnapshot
+from plugin_health.store import PluginSnapshot, store_file
 
 #: The longest request line the host reads (a tool call's arguments included).
 MAX_REQUEST = 1024 * 1024
@@ -91,13 +91,10 @@ class LocalControl:
 
 def socket_path(settings: Settings) -> Path | None:
     """Where the host listens; None for a store no other process sees. Long paths move to the temp dir."""
-    url = settings.store_url
-    if url is None:
-        path = Path(settings.run_dir).resolve() / "host.sock"
-    elif url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite://") + ".sock").resolve()
-    else:
+    store = store_file(settings.store_url, settings.run_dir)
+    if store is None:
         return None
+    path = store.resolve().with_name(store.name + ".sock")
     if len(os.fsencode(path)) > 100:  # AF_UNIX paths are limited to 107 bytes
         digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:20]
         path = Path(tempfile.gettempdir()) / f"plugin-health-{digest}.sock"

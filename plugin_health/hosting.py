@@ -34,7 +34,7 @@ from plugin_health.control_redis import RedisControlServer
 from plugin_health.host import LOADED_KEY, PluginHost
 from plugin_health.leader import Lock, RedisLease, lock_for
 from plugin_health.operations import Operations
-from plugin_health.store import StateStore, open_store
+from plugin_health.store import StateStore, open_store, store_file
 from plugin_health.store.redis import RedisStore
 
 logger = logging.getLogger(__name__)
@@ -51,15 +51,14 @@ EXIT_LOCKED = 3
 
 @dataclass(frozen=True, slots=True)
 class Beat:
-    """The last heartbeat of a host: its pid, when it beat (Unix time) and when it started."""
+    """The last heartbeat of a host: its pid and when it beat (Unix time)."""
 
     pid: int
     at: float
-    started: float
 
     def to_json(self) -> str:
         """Compact JSON (how the store keeps it)."""
-        return json.dumps({"pid": self.pid, "at": self.at, "started": self.started}, separators=(",", ":"))
+        return json.dumps({"pid": self.pid, "at": self.at}, separators=(",", ":"))
 
 
 def read_beat(store: StateStore) -> Beat | None:
@@ -69,7 +68,7 @@ def read_beat(store: StateStore) -> Beat | None:
         return None
     try:
         data = json.loads(text)
-        return Beat(int(data["pid"]), float(data["at"]), float(data["started"]))
+        return Beat(int(data["pid"]), float(data["at"]))
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -85,13 +84,9 @@ def host_problem(beat: Beat | None, now: float, stale_after: float = STALE_AFTER
 
 
 def lock_path(settings: Settings) -> Path | None:
-    """The file whose lock the hosting process holds; None for a store that no other process sees."""
-    url = settings.store_url
-    if url is None:
-        return Path(settings.run_dir) / "host.lock"
-    if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite://") + ".host-lock")
-    return None
+    """The file whose lock the hosting process holds (beside the SQLite store); None for any other store."""
+    path = store_file(settings.store_url, settings.run_dir)
+    return None if path is None else path.with_name(path.name + ".host-lock")
 
 
 class Heartbeat:
@@ -108,13 +103,12 @@ class Heartbeat:
         self.owner_pid = owner_pid
         self.on_owner_lost = on_owner_lost
         self.lock = lock
-        self.started = time.time()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def beat(self) -> None:
         """Write one heartbeat now."""
-        self.store.set_meta(HOST_KEY, Beat(os.getpid(), time.time(), self.started).to_json())
+        self.store.set_meta(HOST_KEY, Beat(os.getpid(), time.time()).to_json())
 
     def start(self) -> None:
         """Beat now, then every ``HEARTBEAT`` seconds on a daemon thread."""
@@ -122,14 +116,13 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="plugin-health-heartbeat", daemon=True)
         self._thread.start()
 
-    def stop(self, clear: bool = True) -> None:
-        """Stop beating; ``clear`` erases the beat, so that readers know at once that no host is left."""
+    def stop(self) -> None:
+        """Stop beating and erase the beat, so that readers know at once that no host is left."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5.0)
             self._thread = None
-        if clear:
-            self.store.set_meta(HOST_KEY, "")
+        self.store.set_meta(HOST_KEY, "")
 
     def _run(self) -> None:
         while not self._stop.wait(HEARTBEAT):

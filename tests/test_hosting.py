@@ -66,9 +66,9 @@ def apps() -> Iterator[list[Flask]]:
     ("beat", "now", "expected"),
     [
         (None, 100.0, "no plugin host is running"),
-        (Beat(42, 99.0, 1.0), 100.0, None),
-        (Beat(42, 97.0, 1.0), 100.0, None),
-        (Beat(42, 96.5, 1.0), 100.0, "the plugin host (pid 42) last beat 3.5 s ago"),
+        (Beat(42, 99.0), 100.0, None),
+        (Beat(42, 97.0), 100.0, None),
+        (Beat(42, 96.5), 100.0, "the plugin host (pid 42) last beat 3.5 s ago"),
     ],
     ids=["never", "fresh", "at-the-limit", "stale"],
 )
