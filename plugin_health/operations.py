@@ -18,15 +18,13 @@ from typing import Any
 
 from plugin_health.errors import IllegalTransitionError
 from plugin_health.host import DISABLED_KEY, PluginHost
-from plugin_health.lifecycle import PluginLifecycleState, UnavailableReason
+from plugin_health.lifecycle import UnavailableReason
 from plugin_health.lifecycle.machine import allowed_triggers
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.store import PluginSnapshot
 
 #: ``error_type`` of a tool whose result JSON cannot carry.
 UNSERIALIZABLE = "UnserializableResultError"
-
-ACTIVE = (PluginLifecycleState.LOADED, PluginLifecycleState.INITIALIZED, PluginLifecycleState.RUNNING)
 
 
 def json_safe(result: PluginSandboxResult) -> PluginSandboxResult:
@@ -59,9 +57,7 @@ class Operations:
     def disable(self, name: str) -> PluginSnapshot:
         """Stop ``name`` and keep it UNAVAILABLE ``disabled``, across restarts of the service too."""
         with self._lock:
-            state = self.host.manager.get_state(name)
-            if state not in ACTIVE:
-                raise IllegalTransitionError(name, state.value, "make_unavailable", allowed_triggers(state))
+            self._require(name, "make_unavailable")
             self._set_disabled(name, True)
             self.host.loader.stop(name)
             self.host.manager.trigger(name, "make_unavailable", reason=str(UnavailableReason.DISABLED))
@@ -70,9 +66,7 @@ class Operations:
     def enable(self, name: str) -> PluginSnapshot:
         """``reset`` a FAILED or UNAVAILABLE plugin and start it."""
         with self._lock:
-            state = self.host.manager.get_state(name)
-            if not self.host.manager.may(name, "reset"):
-                raise IllegalTransitionError(name, state.value, "reset", allowed_triggers(state))
+            self._require(name, "reset")
             self._set_disabled(name, False)
             self.host.supervisor.restart(name, automatic=False)
             return self.host.snapshot(name)
@@ -80,6 +74,12 @@ class Operations:
     def run_tool(self, name: str, tool: str, args: list[Any], kwargs: dict[str, Any]) -> PluginSandboxResult:
         """Call a tool through the sandbox; a result JSON cannot carry is a failed call."""
         return json_safe(self.host.tools.run(name, tool, *args, **kwargs))
+
+    def _require(self, name: str, trigger: str) -> None:
+        """Refuse, before changing anything, a move the lifecycle table does not allow from the current state."""
+        if not self.host.manager.may(name, trigger):
+            state = self.host.manager.get_state(name)
+            raise IllegalTransitionError(name, state.value, trigger, allowed_triggers(state))
 
     def _set_disabled(self, name: str, disabled: bool) -> None:
         names = self.host.loader.disabled
