@@ -45,6 +45,11 @@ def sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def delta(before: str, after: str, name: str, **labels: str) -> float:
+    """How much one sample grew between two scrapes (counters are shared by every app of this process)."""
+    return sample(after, name, **labels) - sample(before, name, **labels)
+
+
 def scrape(client: FlaskClient) -> str:
     response = client.get("/metrics")
     assert response.status_code == 200
@@ -75,13 +80,9 @@ def test_sandbox_calls_are_counted_by_plugin_and_outcome(client: FlaskClient) ->
         assert client.post("/v1/plugins/alpha/tools/ping", headers=auth).status_code == 200
     assert client.post("/v1/plugins/alpha/tools/boom", headers=auth).status_code == 502
     after = scrape(client)
-
-    def delta(**labels: str) -> float:
-        return sample(after, "plugin_health_sandbox_calls_total", **labels) - sample(
-            before, "plugin_health_sandbox_calls_total", **labels)
-
-    assert delta(plugin="alpha", method="ping", outcome="ok") == 3
-    assert delta(plugin="alpha", method="boom", outcome="error") == 1
+    calls = "plugin_health_sandbox_calls_total"
+    assert delta(before, after, calls, plugin="alpha", method="ping", outcome="ok") == 3
+    assert delta(before, after, calls, plugin="alpha", method="boom", outcome="error") == 1
     assert sample(after, "plugin_health_sandbox_calls_total", plugin="gamma", method="start", outcome="error") >= 1
     assert sample(after, "plugin_health_sandbox_call_duration_seconds_count", isolation="inline", call="tool") >= 4
 
@@ -92,11 +93,7 @@ def test_http_requests_are_counted_by_route_and_status(client: FlaskClient) -> N
     client.get("/v1/plugins/beta/health")
     client.get("/no/such/page")
     after = scrape(client)
-
-    def delta(**labels: str) -> float:
-        return sample(after, "plugin_health_http_requests_total", **labels) - sample(
-            before, "plugin_health_http_requests_total", **labels)
-
-    assert delta(method="GET", route="/v1/plugins/<name>/health", status="200") == 1
-    assert delta(method="GET", route="/v1/plugins/<name>/health", status="503") == 1
-    assert delta(method="GET", route="<unmatched>", status="404") == 1
+    requests = "plugin_health_http_requests_total"
+    assert delta(before, after, requests, method="GET", route="/v1/plugins/<name>/health", status="200") == 1
+    assert delta(before, after, requests, method="GET", route="/v1/plugins/<name>/health", status="503") == 1
+    assert delta(before, after, requests, method="GET", route="<unmatched>", status="404") == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from waiting import wait_for
 
 from plugin_health import create_app
 from plugin_health.app import EXTENSION
@@ -53,6 +53,17 @@ def write_plugins(directory: Path) -> None:
             "from plugin_health import Plugin, tool\n\nclass P(Plugin):\n    timeout = 0.5\n"
             + textwrap.indent(textwrap.dedent(body), "    ")
         )
+
+
+def failing_while_flagged(directory: Path, name: str, method: str) -> Path:
+    """Write plugin ``name`` whose ``method`` raises while the returned flag file exists (it does, at first)."""
+    flag = directory / f"{name}.flag"
+    flag.touch()
+    (directory / f"{name}.py").write_text(
+        "from pathlib import Path\nfrom plugin_health import Plugin\n\nclass P(Plugin):\n"
+        f"    def {method}:\n        if Path({str(flag)!r}).exists():\n            raise OSError('not yet')\n"
+    )
+    return flag
 
 
 def build(directory: Path, **config: Any) -> Flask:
@@ -119,13 +130,7 @@ def test_unknown_and_invalid_plugins(client: FlaskClient, action: str) -> None:
 
 
 def test_restart_brings_a_failed_plugin_back_and_counts(tmp_path: Path) -> None:
-    flag = tmp_path / "fail-now"
-    flag.touch()
-    (tmp_path / "flaky.py").write_text(
-        "from pathlib import Path\nfrom plugin_health import Plugin\n\nclass P(Plugin):\n"
-        f"    def initialize(self, context):\n        if Path({str(flag)!r}).exists():\n"
-        "            raise RuntimeError('not yet')\n"
-    )
+    flag = failing_while_flagged(tmp_path, "flaky", "initialize(self, context)")
     app = build(tmp_path)
     client = app.test_client()
     try:
@@ -263,25 +268,15 @@ def test_details_never_shown_when_configured(tmp_path: Path) -> None:
 
 
 def test_an_operator_restart_clears_the_restart_limit(tmp_path: Path) -> None:
-    flag = tmp_path / "broken-now"
-    flag.touch()
-    (tmp_path / "stubborn.py").write_text(
-        "from pathlib import Path\nfrom plugin_health import Plugin\n\nclass P(Plugin):\n"
-        f"    def start(self):\n        if Path({str(flag)!r}).exists():\n            raise OSError('port taken')\n"
-    )
+    flag = failing_while_flagged(tmp_path, "stubborn", "start(self)")
     app = build(tmp_path, max_restarts=1, backoff_base=0.05, backoff_max=0.05)
     client = app.test_client()
     try:
-        wait_until = time.monotonic() + 10
-        while state(client, "stubborn") != ("FAILED", "restart limit reached"):
-            assert time.monotonic() < wait_until, state(client, "stubborn")
-            time.sleep(0.05)
+        wait_for(lambda: state(client, "stubborn") == ("FAILED", "restart limit reached"), timeout=10)
         body = client.post("/v1/plugins/stubborn/restart", headers=AUTH).get_json()
         assert (body["state"], body["reason"]) == ("FAILED", "start failed")  # the limit is cleared: retried again
         flag.unlink()
-        wait_until = time.monotonic() + 10
-        while state(client, "stubborn")[0] != "RUNNING":  # the automatic restart the operator's gave back
-            assert time.monotonic() < wait_until, state(client, "stubborn")
-            time.sleep(0.05)
+        # the automatic restart the operator's restart gave back
+        wait_for(lambda: state(client, "stubborn")[0] == "RUNNING", timeout=10)
     finally:
         app.extensions[EXTENSION].shutdown()
