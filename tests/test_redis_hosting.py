@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import textwrap
@@ -141,3 +142,27 @@ def test_redis_away_the_service_answers_and_catches_up(
     finally:
         redis.resume()
         host.stop()
+
+
+def test_a_request_that_waited_past_its_deadline_is_dropped_not_run_late(redis_url: str, plugins: Path) -> None:
+    from plugin_health.control_redis import RedisControlServer, RedisRemoteControl
+    from plugin_health.operations import Operations
+
+    app = create_app({"plugin_path": str(plugins), "store_url": redis_url, "host_mode": "embedded",
+                      "health_interval": 3600})
+    service = app.extensions[EXTENSION]
+    store = service.store
+    assert isinstance(store, RedisStore)
+    stale = {"reply": store.key("control-reply", "stale"), "deadline": time.time() - 1,
+             "request": '{"op":"disable","plugin":"core"}'}
+    store.client.rpush(store.key("control"), json.dumps(stale))  # asked while no host ran, long ago
+    server = RedisControlServer(store, Operations(service.host))
+    server.start()
+    try:
+        fresh = RedisRemoteControl(store, timeout=5).disable("user")  # answered: the stale one came first
+        assert fresh.reason == "disabled"
+        assert store.snapshot("core").state.value == "RUNNING"  # type: ignore[union-attr]
+        assert store.client.llen(store.key("control-reply", "stale")) == 0  # and never answered
+    finally:
+        server.stop()
+        service.shutdown()
