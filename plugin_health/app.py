@@ -52,7 +52,7 @@ class Service:
         return problem
 
     def shutdown(self) -> None:
-        """Stop the embedded host, if this process runs one; safe to call twice."""
+        """Stop the embedded host, if this process runs one, and release connections; safe to call twice."""
         if self.host is not None:
             self.host.shutdown()
         if self.heartbeat is not None:
@@ -61,6 +61,9 @@ class Service:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+        if self.control is not None:
+            self.control.close()
+        self.store.close()
 
 
 def _hosts_here(settings: Settings, store: StateStore) -> Lock | bool:

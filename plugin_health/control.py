@@ -65,6 +65,10 @@ class Control(Protocol):
         """Call a plugin's tool."""
         ...
 
+    def close(self) -> None:
+        """Release what it holds (connections)."""
+        ...
+
 
 class LocalControl:
     """The process hosts the plugins itself: act directly."""
@@ -87,6 +91,9 @@ class LocalControl:
     def run_tool(self, name: str, tool: str, args: list[Any], kwargs: dict[str, Any]) -> PluginSandboxResult:
         """Call a plugin's tool."""
         return self.operations.run_tool(name, tool, args, kwargs)
+
+    def close(self) -> None:
+        """Nothing to release: the host is shut down by its owner."""
 
 
 def socket_path(settings: Settings) -> Path | None:
@@ -218,6 +225,9 @@ class Asking:
         """Call a plugin's tool."""
         data = self._ask({"op": "tool", "plugin": name, "tool": tool, "args": args, "kwargs": kwargs})["result"]
         return PluginSandboxResult(data["ok"], data["result"], data["error"], data["error_type"], data["duration_ms"])
+
+    def close(self) -> None:
+        """Nothing to release by default (one connection per request)."""
 
     def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError

@@ -87,6 +87,10 @@ class RedisRemoteControl(Asking):
         self.timeout = timeout
         self.client = store.blocking_client(timeout + 1)
 
+    def close(self) -> None:
+        """Close the blocking client's connections."""
+        self.client.close()
+
     def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
         reply = self.store.key("control-reply", uuid.uuid4().hex)
         envelope = {"reply": reply, "deadline": time.time() + self.timeout,

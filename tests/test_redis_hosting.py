@@ -159,7 +159,9 @@ def test_a_request_that_waited_past_its_deadline_is_dropped_not_run_late(redis_u
     server = RedisControlServer(store, Operations(service.host))
     server.start()
     try:
-        fresh = RedisRemoteControl(store, timeout=5).disable("user")  # answered: the stale one came first
+        asking = RedisRemoteControl(store, timeout=5)
+        fresh = asking.disable("user")  # answered: the stale one came first
+        asking.close()
         assert fresh.reason == "disabled"
         assert store.snapshot("core").state.value == "RUNNING"  # type: ignore[union-attr]
         assert store.client.llen(store.key("control-reply", "stale")) == 0  # and never answered
