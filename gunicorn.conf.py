@@ -23,7 +23,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 
 from plugin_health.config import load_settings  # after the metrics directory is chosen
 from plugin_health.errors import ConfigError
-from plugin_health.hosting import HostProcess
+from plugin_health.runtime.hosting import HostProcess
 
 bind = os.environ.get("PLUGIN_HEALTH_BIND", "127.0.0.1:8000")
 # Health reads are short and CPU-bound: a few workers per core; WEB_CONCURRENCY overrides.

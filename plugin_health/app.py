@@ -14,12 +14,12 @@ from flask import Flask
 from plugin_health import api, cli
 from plugin_health.api.cache import ResponseCache
 from plugin_health.config import Settings, load_settings
-from plugin_health.control import Control, LocalControl, RemoteControl, socket_path
-from plugin_health.control_redis import RedisRemoteControl
-from plugin_health.host import PluginHost
-from plugin_health.hosting import Heartbeat, host_problem, lock_path, read_beat
-from plugin_health.leader import Lock, lock_for, lock_is_free
-from plugin_health.operations import Operations
+from plugin_health.coordination.control import Control, LocalControl, RemoteControl, socket_path
+from plugin_health.coordination.control_redis import RedisRemoteControl
+from plugin_health.coordination.locks import Lock, lock_for, lock_is_free
+from plugin_health.runtime.core import Core
+from plugin_health.runtime.hosting import Heartbeat, host_problem, lock_path, read_beat
+from plugin_health.runtime.operations import Operations
 from plugin_health.store import StateStore, open_store
 from plugin_health.store.redis import RedisStore
 
@@ -35,7 +35,7 @@ class Service:
     settings: Settings
     store: StateStore
     cache: ResponseCache
-    host: PluginHost | None = None
+    host: Core | None = None
     control: Control | None = None
     lock: Lock | None = None
     heartbeat: Heartbeat | None = None
@@ -90,7 +90,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     service = Service(settings, store, ResponseCache(store))
     hosts = _hosts_here(settings, store)
     if hosts is not False:
-        service.host = PluginHost(settings, store)
+        service.host = Core(settings, store)
         if not isinstance(hosts, bool):
             service.lock = hosts
             service.heartbeat = Heartbeat(store, lock=hosts)

@@ -44,6 +44,12 @@ class Settings:
     health_interval: float = 30.0
     history_limit: int = 100
     entry_point_group: str = "plugin_health.plugins"
+    #: Seconds past a call's timeout before the core kills the runner that does not answer.
+    runner_grace: float = 0.25
+    #: Calls of one plugin that may wait while one runs; one more is refused at once (HTTP 429).
+    queue_limit: int = 16
+    #: The largest message a runner may send the core (a result included), in bytes.
+    max_message_bytes: int = 16 * 1024 * 1024
     #: Who hosts the plugins: "embedded" (this process), "external" (a host process beside the workers, as
     #: gunicorn.conf.py runs it; the app only reads the store), "auto" (embedded, unless another process
     #: already hosts the plugins of this store: then external).
@@ -133,6 +139,9 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "health_interval": _positive_float,
     "history_limit": lambda v, x: _int(v, x, 1),
     "entry_point_group": _text,
+    "runner_grace": _positive_float,
+    "queue_limit": lambda v, x: _int(v, x, 1),
+    "max_message_bytes": lambda v, x: _int(v, x, 1024),
     "host_mode": _host_mode,
     "owner_pid": lambda v, x: _int(v, x, 0),
     "plugins": _plugins,

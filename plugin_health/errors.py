@@ -137,3 +137,12 @@ class UnknownToolError(PluginError, LookupError):
         super().__init__(f"plugin {plugin!r} has no tool {tool!r}")
         self.plugin = plugin
         self.tool = tool
+
+
+class PluginBusyError(PluginError):
+    """Too many calls of one plugin are waiting already; this one was refused before it ran."""
+
+    def __init__(self, plugin: str, queue_limit: int) -> None:
+        super().__init__(f"plugin {plugin!r} has {queue_limit} calls waiting already; try again later")
+        self.plugin = plugin
+        self.queue_limit = queue_limit

@@ -16,8 +16,8 @@ from waiting import wait_for
 
 from plugin_health import create_app
 from plugin_health.app import EXTENSION, Service
-from plugin_health.hosting import EXIT_LOCKED, Beat, HostProcess, host_problem, read_beat
-from plugin_health.leader import HostLock, lock_is_free
+from plugin_health.runtime.hosting import EXIT_LOCKED, Beat, HostProcess, host_problem, read_beat
+from plugin_health.coordination.locks import HostLock, lock_is_free
 from plugin_health.store import open_store
 
 PLUGINS = {
@@ -150,7 +150,7 @@ def test_a_second_host_process_on_the_same_store_refuses_to_start(env: dict[str,
     host = HostProcess(env)
     host.start()
     try:
-        second = subprocess.run([sys.executable, "-m", "plugin_health.hostd"], env=env, timeout=60,
+        second = subprocess.run([sys.executable, "-m", "plugin_health.runtime.core_main"], env=env, timeout=60,
                                 capture_output=True, text=True, check=False)
         assert second.returncode == EXIT_LOCKED
         assert "another process hosts the plugins of this store" in second.stderr
@@ -163,7 +163,7 @@ def test_host_process_exits_when_its_owner_dies(env: dict[str, str], tmp_path: P
         [sys.executable, "-c", textwrap.dedent("""
             import os, subprocess, sys, time
             env = {**os.environ, "PLUGIN_HEALTH_OWNER_PID": str(os.getpid())}
-            child = subprocess.Popen([sys.executable, "-m", "plugin_health.hostd"], env=env)
+            child = subprocess.Popen([sys.executable, "-m", "plugin_health.runtime.core_main"], env=env)
             print(child.pid, flush=True)
             time.sleep(120)
         """)],

@@ -18,7 +18,7 @@ from waiting import wait_for
 
 from plugin_health import create_app
 from plugin_health.app import EXTENSION
-from plugin_health.hosting import HostProcess, read_beat
+from plugin_health.runtime.hosting import HostProcess, read_beat
 from plugin_health.store.redis import RedisStore
 
 TOKEN = "redis-operator-token"
@@ -145,8 +145,8 @@ def test_redis_away_the_service_answers_and_catches_up(
 
 
 def test_a_request_that_waited_past_its_deadline_is_dropped_not_run_late(redis_url: str, plugins: Path) -> None:
-    from plugin_health.control_redis import RedisControlServer, RedisRemoteControl
-    from plugin_health.operations import Operations
+    from plugin_health.coordination.control_redis import RedisControlServer, RedisRemoteControl
+    from plugin_health.runtime.operations import Operations
 
     app = create_app({"plugin_path": str(plugins), "store_url": redis_url, "host_mode": "embedded",
                       "health_interval": 3600})

@@ -1,12 +1,17 @@
-"""Handles: one way to call a loaded plugin's methods, whether it lives in this process or in a child."""
+"""Handles: one way to call a loaded plugin's methods, whether it lives in this process or in a runner.
+
+A :class:`Placement` puts plugins somewhere else than this process (the runtime's pool of runner processes); the
+loader only knows it through this protocol, so the loader never depends on the runtime above it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from plugin_health.plugin import Plugin
-from plugin_health.sandbox import PluginSandboxResult, ProcessPlugin, Sandbox, SandboxLimits
+from plugin_health.loader.sources import PluginSource
+from plugin_health.sandbox import PluginSandboxResult, Sandbox, SandboxLimits
 
 
 class PluginHandle(Protocol):
@@ -52,23 +57,41 @@ class InlineHandle:
         """Nothing to release for an inline plugin."""
 
 
-class ProcessHandle:
-    """A plugin living in a child process of its own."""
+class PlacedHandle(PluginHandle, Protocol):
+    """A plugin placed outside this process."""
 
-    def __init__(self, process: ProcessPlugin, limits: SandboxLimits) -> None:
-        self.process = process
-        self.limits = limits
+    name: str
+    #: True once its instance is gone (its runner was lost): it must be loaded again before it runs.
+    lost: bool
 
-    def call(
-        self,
-        method: str,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> PluginSandboxResult:
-        """Run the method in the child; a crash or timeout gets the child respawned."""
-        return self.process.call(method, args, kwargs, timeout)
+    @property
+    def isolation(self) -> str:
+        """Where it runs: ``inline`` (shared with other plugins) or ``process`` (on its own)."""
+        ...
+
+    def uses_process_of(self, other: object) -> bool:
+        """Whether ``other`` is a handle living in the same process (its instance can be handed over)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """What loading a source somewhere gave: a handle and the declaration, or the phase that failed."""
+
+    handle: PlacedHandle | None
+    declaration: dict[str, Any] | None = None
+    phase: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+
+
+class Placement(Protocol):
+    """Somewhere to load plugins that is not this process."""
+
+    def load(self, source: PluginSource, dedicated: bool, limits: SandboxLimits) -> Placed:
+        """Import ``source`` there and instantiate its class (``dedicated``: in a process of its own)."""
+        ...
 
     def close(self) -> None:
-        """Kill and reap the child."""
-        self.process.close()
+        """Stop everything it runs."""
+        ...

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from plugin_health.errors import DuplicatePluginError, IllegalTransitionError
+from plugin_health.errors import DuplicatePluginError, IllegalTransitionError, PluginError
 from plugin_health.lifecycle import (
     PluginLifecycleManager,
     PluginLifecycleState,
@@ -24,12 +24,13 @@ from plugin_health.lifecycle import (
     UnavailableReason,
 )
 from plugin_health.loader.dependencies import resolve
-from plugin_health.loader.handles import InlineHandle, PluginHandle, ProcessHandle
+from plugin_health.loader.handles import InlineHandle, Placement, PluginHandle
 from plugin_health.loader.importing import find_plugin_class, import_source
 from plugin_health.loader.registry import PluginEntry, PluginRegistry, PluginSpec
 from plugin_health.loader.sources import PluginSource, declared_attribute
 from plugin_health.plugin import Plugin, PluginContext
-from plugin_health.sandbox import PluginSandboxResult, ProcessPlugin, Sandbox, SandboxLimits
+from plugin_health.sandbox import PluginSandboxResult, Sandbox, SandboxLimits
+from plugin_health.sandbox.results import failed
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +60,15 @@ class PluginLoader:
         registry: PluginRegistry | None = None,
         manager: PluginLifecycleManager | None = None,
         settings: LoaderSettings | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.registry = registry if registry is not None else PluginRegistry()
         self.manager = manager if manager is not None else PluginLifecycleManager()
         self.settings = settings if settings is not None else LoaderSettings()
+        #: Where plugins run when not in this process: every plugin when the loader belongs to the core, which
+        #: never runs plugin code; else only ``isolation = "process"`` plugins (None: they cannot load).
+        self.placement = placement
+        self.everything_placed = placement is not None
         #: Where each tracked name came from, failed ones included (a restart re-imports from here).
         self.sources: dict[str, PluginSource] = {}
         self.finished = threading.Event()
@@ -118,8 +124,8 @@ class PluginLoader:
         )
 
     def _instantiate(self, source: PluginSource, key: str | None = None) -> tuple[PluginSpec, PluginHandle]:
-        if declared_attribute(source, "isolation") == "process":
-            return self._instantiate_in_child(source, key)
+        if self.everything_placed or declared_attribute(source, "isolation") == "process":
+            return self._instantiate_placed(source, key)
         sandbox = Sandbox(self._limits(None, None))
         module = self._phase(source, "import", sandbox.run(import_source, source), key)
         plugin_class: type[Plugin] = self._phase(
@@ -128,27 +134,42 @@ class PluginLoader:
         spec = self._phase(source, "declaration", sandbox.run(PluginSpec.from_class, plugin_class, source.name), key)
         limits = self._limits(spec.timeout, spec.memory_limit_mb)
         if spec.isolation == "process":  # declared in a way the source scan could not read: move it out now
-            return self._instantiate_in_child(source, key)
+            return self._instantiate_placed(source, key)
         instance = self._phase(source, "instantiation", Sandbox(limits).run(plugin_class), key or spec.name)
         return spec, InlineHandle(instance, limits)
 
-    def _instantiate_in_child(self, source: PluginSource, key: str | None) -> tuple[PluginSpec, PluginHandle]:
-        timeout = declared_attribute(source, "timeout")
-        memory = declared_attribute(source, "memory_limit_mb")
-        limits = self._limits(
-            float(timeout) if isinstance(timeout, int | float) and timeout > 0 else None,
-            memory if isinstance(memory, int) and memory > 0 else None,
-        )
-        process = ProcessPlugin(source, limits)
+    def _instantiate_placed(self, source: PluginSource, key: str | None) -> tuple[PluginSpec, PluginHandle]:
+        """Load the source in a runner: the validated declaration comes back as plain data, validated again here."""
+        if self.placement is None:
+            problem = "isolation 'process' needs a placement for plugins (the service's runners)"
+            self._phase(source, "declaration", failed("InvalidPluginError", problem, 0.0), key)
+        assert self.placement is not None
+        dedicated = declared_attribute(source, "isolation") == "process"
+        placed = self.placement.load(source, dedicated, self._limits(None, None))
+        if placed.handle is None:
+            outcome = failed(placed.error_type or "PluginLoadError", placed.error or "no detail", 0.0)
+            self._phase(source, placed.phase or "import", outcome, key)
+        handle = placed.handle
+        assert handle is not None
         try:
-            metadata = self._phase(source, "load in child process", process.start(), key)
             spec = self._phase(
-                source, "declaration", Sandbox().run(PluginSpec.from_mapping, metadata, source.name), key
+                source, "declaration", Sandbox().run(PluginSpec.from_mapping, placed.declaration or {}, source.name),
+                key,
             )
+            if spec.isolation == "process" and handle.isolation != "process":
+                handle.close()  # declared in a way the source scan could not read: move it to a runner of its own
+                placed = self.placement.load(source, True, self._limits(None, None))
+                if placed.handle is None:
+                    outcome = failed(placed.error_type or "PluginLoadError", placed.error or "no detail", 0.0)
+                    self._phase(source, placed.phase or "import", outcome, key)
+                assert placed.handle is not None
+                handle = placed.handle
         except _PhaseFailed:
-            process.close()
+            handle.close()
             raise
-        return spec, ProcessHandle(process, limits)
+        handle.limits = self._limits(spec.timeout, spec.memory_limit_mb)
+        handle.name = key or spec.name
+        return spec, handle
 
     def _phase(self, source: PluginSource, phase: str, result: PluginSandboxResult, name: str | None = None) -> Any:
         if result.ok:
@@ -185,17 +206,16 @@ class PluginLoader:
     def context_for(self, entry: PluginEntry) -> PluginContext:
         """The context handed to ``initialize``: config, a named logger, and its dependencies' instances.
 
-        A process-isolated plugin gets plain copies (they cross a pipe) and no instances of other plugins.
+        In a runner, a dependency's instance is handed over when it lives in the same runner.
         """
         config = dict(self.settings.plugin_config.get(entry.name, {}))
         logger_ = logging.getLogger(f"plugin_health.plugins.{entry.name}")
-        if not isinstance(entry.handle, InlineHandle):
-            return PluginContext(name=entry.name, config=config, logger=logger_, plugins={})
-        plugins = {
-            r.name: dependency.handle.instance
-            for r in entry.spec.requires
-            if (dependency := self.registry.get(r.name)) and isinstance(dependency.handle, InlineHandle)
-        }
+        dependencies = [dependency for r in entry.spec.requires if (dependency := self.registry.get_or_none(r.name))]
+        plugins: dict[str, Any]
+        if isinstance(entry.handle, InlineHandle):
+            plugins = {d.name: d.handle.instance for d in dependencies if isinstance(d.handle, InlineHandle)}
+        else:
+            plugins = {d.name: d.handle for d in dependencies if entry.handle.uses_process_of(d.handle)}
         return PluginContext(
             name=entry.name,
             config=MappingProxyType(config),
@@ -210,6 +230,8 @@ class PluginLoader:
         uses it to record ``restart limit reached`` on the last allowed attempt.
         """
         entry = self.registry.get(name)
+        if getattr(entry.handle, "lost", False) and not self._reinstantiate(entry, reason_for):
+            return self.manager.get_state(name)
         for requirement in entry.spec.requires:
             if self.manager.get_state(requirement.name) is not RUNNING:
                 reason = UnavailableReason.DEPENDENCY_UNAVAILABLE.with_detail(requirement.name)
@@ -224,6 +246,21 @@ class PluginLoader:
                 return PluginLifecycleState.FAILED
             self.manager.trigger(name, phase)
         return RUNNING
+
+    def _reinstantiate(self, entry: PluginEntry, reason_for: Callable[[str], str]) -> bool:
+        """Load a plugin whose instance was lost with its runner again (it is LOADED); False if it FAILED."""
+        try:
+            spec, handle = self._instantiate(entry.source, key=entry.name)
+        except _PhaseFailed:
+            return False
+        if spec.name != entry.name:
+            handle.close()
+            error = f"the plugin now declares the name {spec.name!r}"
+            self.manager.trigger(entry.name, "fail", reason=reason_for("declaration failed"),
+                                 error_type="InvalidPluginError", error=error)
+            return False
+        entry.handle = handle
+        return True
 
     def restart(self, name: str, reason_for: Callable[[str], str] = str) -> PluginLifecycleState:
         """Bring ``name`` back from any state: stop it if active, ``reset``, load its code again if it never
@@ -265,9 +302,12 @@ class PluginLoader:
         """Call the plugin's ``stop`` if it is RUNNING (no state change here); None if it was not running."""
         if self.manager.get_state(name) is not RUNNING:
             return None
-        result = self.call(name, "stop")
+        try:
+            result = self.call(name, "stop")
+        except PluginError:  # its instance is gone with its runner: nothing left to stop
+            return None
         if not result.ok:
-            logger.warning("plugin %s: stop raised %s: %s", name, result.error_type, result.error)
+            logger.warning("plugin %s: stop failed with %s", name, result.error_type)
         return result
 
     def shutdown(self) -> None:
@@ -279,6 +319,8 @@ class PluginLoader:
         for entry in self.registry:
             if entry.handle is not None:
                 entry.handle.close()
+        if self.placement is not None:
+            self.placement.close()
 
     # -- the dependency cascade ------------------------------------------------------------------------
 

@@ -18,6 +18,10 @@ from plugin_health.plugin import Plugin, tool_names
 #: Plugin names are addressable in URLs: letters, digits, "_", "-", ".", at most 100 characters.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 ISOLATIONS = ("inline", "process")
+#: The longest timeout a plugin may declare, in seconds (a day): waits on longer ones overflow ``poll()``.
+MAX_TIMEOUT = 86_400
+#: The largest memory allowance a plugin may declare, in MiB (1 TiB).
+MAX_MEMORY_MB = 1024 * 1024
 
 
 def valid_name(name: object) -> bool:
@@ -42,6 +46,19 @@ class PluginSpec:
     def declared(self) -> Declared:
         """What dependency resolution needs."""
         return Declared(self.version, self.requires)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The declaration as plain data (how a runner reports it to the core); ``from_mapping`` reads it back."""
+        return {
+            "name": self.name,
+            "version": str(self.version),
+            "requires": [str(requirement) for requirement in self.requires],
+            "critical": self.critical,
+            "timeout": self.timeout,
+            "memory_limit_mb": self.memory_limit_mb,
+            "isolation": self.isolation,
+            "tools": list(self.tools),
+        }
 
     @classmethod
     def from_class(cls, plugin_class: type[Plugin], default_name: str) -> PluginSpec:
@@ -80,11 +97,19 @@ class PluginSpec:
             except InvalidRequirement as err:
                 raise InvalidPluginError(name, "requires", f"{item!r} is not a valid requirement") from err
         timeout = data.get("timeout")
-        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-            raise InvalidPluginError(name, "timeout", f"{timeout!r} must be a positive number of seconds")
+        if timeout is not None and (
+            not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= MAX_TIMEOUT
+        ):
+            raise InvalidPluginError(
+                name, "timeout", f"{timeout!r} must be a number of seconds above 0 and at most {MAX_TIMEOUT:,}"
+            )
         memory = data.get("memory_limit_mb")
-        if memory is not None and (not isinstance(memory, int) or isinstance(memory, bool) or memory <= 0):
-            raise InvalidPluginError(name, "memory_limit_mb", f"{memory!r} must be a positive integer")
+        if memory is not None and (
+            not isinstance(memory, int) or isinstance(memory, bool) or not 0 < memory <= MAX_MEMORY_MB
+        ):
+            raise InvalidPluginError(
+                name, "memory_limit_mb", f"{memory!r} must be a whole number of MiB above 0 and at most {MAX_MEMORY_MB:,}"
+            )
         isolation = data.get("isolation", "inline")
         if isolation not in ISOLATIONS:
             raise InvalidPluginError(name, "isolation", f"{isolation!r} must be 'inline' or 'process'")
@@ -142,6 +167,10 @@ class PluginRegistry:
             return self._entries[name]
         except KeyError:
             raise UnknownPluginError(name) from None
+
+    def get_or_none(self, name: str) -> PluginEntry | None:
+        """The entry of ``name``, or None."""
+        return self._entries.get(name)
 
     def dependents(self, name: str) -> list[str]:
         """The plugins that require ``name`` directly, sorted."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugin_health.errors import PluginRunError, bounded
+from plugin_health.sandbox.timeouts import SandboxTimeout
 
 #: ``error_type`` of a call stopped at its timeout.
 TIMEOUT = "PluginTimeoutError"
@@ -64,7 +65,9 @@ def describe(exc: BaseException) -> str:
     """The bounded message of an exception, or its class name when the message is empty."""
     try:
         message = str(exc)
-    except Exception:  # noqa: BLE001 - a plugin's __str__ is plugin code; its failure must not escape
+    except SandboxTimeout:
+        raise  # the guard around the call stops a __str__ that never returns: that is its timeout
+    except BaseException:  # noqa: BLE001 - a plugin's __str__ is plugin code (it may even raise SystemExit)
         message = ""
     return bounded(message) if message else type(exc).__name__
 

@@ -18,12 +18,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
-from plugin_health.errors import IllegalTransitionError, UnknownPluginError
-from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
-from plugin_health.loader.loader import PluginLoader
+from plugin_health.errors import IllegalTransitionError, PluginError, UnknownPluginError
+from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord, UnavailableReason
+from plugin_health.loader.loader import ACTIVE, PluginLoader
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.supervision.policy import (
     RESTART_LIMIT_REACHED,
@@ -40,6 +42,21 @@ RUNNING = PluginLifecycleState.RUNNING
 FAILED = PluginLifecycleState.FAILED
 
 
+class Loss(Protocol):
+    """A process that ran plugins is gone: who is blamed, who else lost their instance, and why."""
+
+    @property
+    def culprit(self) -> str | None: ...
+    @property
+    def victims(self) -> tuple[str, ...]: ...
+    @property
+    def cause(self) -> str: ...
+    @property
+    def error_type(self) -> str: ...
+    @property
+    def error(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SupervisionSettings:
     """The restart and health-check policy (DESIGN.md sections 5 and 8)."""
@@ -50,6 +67,8 @@ class SupervisionSettings:
     backoff_base: float = 1.0
     backoff_max: float = 300.0
     health_interval: float = 30.0
+    #: Threads that run due checks, restarts and recoveries side by side (0: on the ticking thread, in turn).
+    workers: int = 0
 
 
 @dataclass(slots=True)
@@ -64,6 +83,7 @@ class PluginWatch:
     last_check: datetime | None = None
     last_check_ok: bool | None = None
     gave_up: bool = False
+    recover_cause: str | None = None
 
 
 class Supervisor:
@@ -89,6 +109,10 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._listeners: list[Callable[[str, bool], None]] = []
+        workers = self.settings.workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="plugin-health-due") if workers else None
+        self._busy: set[str] = set()  # plugins whose due work runs now (one item per plugin at a time)
+        self._idle = threading.Condition(self._lock)
         self.manager.subscribe(self._on_transition)
         for name in self.manager:
             self._on_transition(self.manager.last(name))
@@ -156,7 +180,10 @@ class Supervisor:
         """Run ``name``'s health check now; False, an exception or a timeout counts as a failure."""
         if self.manager.get_state(name) is not RUNNING:
             return False
-        result = self.loader.call(name, "health_check")
+        try:
+            result = self.loader.call(name, "health_check")
+        except PluginError:  # its instance is gone with its runner and comes back shortly: nothing was checked
+            return False
         passed = result.ok and result.result is not False
         if result.ok and not passed:
             result = PluginSandboxResult(False, False, "health check returned False", "HealthCheckFailed",
@@ -186,6 +213,38 @@ class Supervisor:
         if state is FAILED and self.watch(name).gave_up:
             logger.warning("plugin %s: %s; it stays FAILED until an operator restarts it", name, RESTART_LIMIT_REACHED)
         return state
+
+    # -- lost runners -----------------------------------------------------------------------------------------
+
+    def runner_lost(self, loss: Loss) -> None:
+        """A runner is gone: fail the RUNNING plugin it is blamed on; bring the others back in a fresh one."""
+        culprit = loss.culprit
+        if culprit is not None and culprit in self.manager and self.manager.get_state(culprit) is RUNNING:
+            self.fail(culprit, f"quarantined into a runner of its own: {loss.cause}", loss.error_type, loss.error)
+        now = self._clock()
+        with self._lock:
+            for name in loss.victims:
+                self._watch(name).recover_cause = loss.cause
+                self._schedule(now, name, "recover")
+
+    def recover(self, name: str) -> None:
+        """Bring back a plugin whose instance was lost with a runner it shared with a culprit."""
+        with self._lock:
+            watch = self._watch(name)
+            cause, watch.recover_cause = watch.recover_cause, None
+        if cause is None or name not in self.loader.registry:
+            return
+        if not getattr(self.loader.registry.get(name).handle, "lost", False):
+            return  # loaded again already (by a restart or the dependency cascade)
+        if self.manager.get_state(name) not in ACTIVE:
+            return  # FAILED or UNAVAILABLE: whatever brings it up next loads it again
+        reason = UnavailableReason.STOPPED.with_detail(f"its runner was lost ({cause})")
+        try:
+            self.manager.trigger(name, "make_unavailable", reason=reason)
+            self.manager.trigger(name, "reset")
+        except IllegalTransitionError:
+            return  # moved by another thread meanwhile
+        self.loader.bring_up(name)
 
     # -- scheduling ------------------------------------------------------------------------------------------
 
@@ -240,16 +299,53 @@ class Supervisor:
                     return self._due[0][0] if self._due else None
                 due, name, kind = heapq.heappop(self._due)
                 watch = self._watch(name)
-                current = (watch.next_check_at if kind == "check" else watch.next_restart_at) == due
-            if current:
+                if kind == "recover":
+                    current = watch.recover_cause is not None
+                else:
+                    current = (watch.next_check_at if kind == "check" else watch.next_restart_at) == due
+                if current and self._pool is not None:
+                    if name in self._busy:
+                        if kind != "check":  # a check skipped is scheduled again when the work in progress ends
+                            heapq.heappush(self._due, (self._clock() + 0.05, name, kind))
+                        continue
+                    self._busy.add(name)
+            if not current:
+                continue
+            if self._pool is None:
                 self._run_due(name, kind, due)
+            else:
+                self._pool.submit(self._run_busy, name, kind, due)
+
+    def _run_busy(self, name: str, kind: str, due: float) -> None:
+        try:
+            self._run_due(name, kind, due)
+        except Exception:  # one plugin's bookkeeping error must not end the supervision of the others
+            logger.exception("supervising plugin %s (%s) failed", name, kind)
+        finally:
+            with self._lock:
+                self._busy.discard(name)
+                self._idle.notify_all()
+                self._wake.notify()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no due work runs (or ``timeout`` seconds); whether it is idle."""
+        deadline = self._clock() + timeout
+        with self._lock:
+            while self._busy:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
 
     def _run_due(self, name: str, kind: str, due: float) -> None:
         try:
             state = self.manager.get_state(name)
         except UnknownPluginError:
             return
-        if kind == "restart" and state is FAILED:
+        if kind == "recover":
+            self.recover(name)
+        elif kind == "restart" and state is FAILED:
             self.restart(name)
         elif kind == "check" and state is RUNNING:
             self.check(name)
@@ -277,6 +373,8 @@ class Supervisor:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def run_forever(self, max_wait: float = 0.25) -> None:
         """Run ``tick`` on the calling thread until ``request_stop`` (the host process's main loop).

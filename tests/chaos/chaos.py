@@ -193,7 +193,7 @@ def metric_sum(text: str, name: str) -> float:
 def leader(servers: list[Server]) -> int | None:
     """The pid of the leading host: a standby waits for the lease on its main thread alone, a leader runs its
     heartbeat, publisher and control threads beside it."""
-    hosts = [pid for s in servers for pid in s.descendants() if "plugin_health.hostd" in cmdline(pid)]
+    hosts = [pid for s in servers for pid in s.descendants() if "plugin_health.runtime.core_main" in cmdline(pid)]
     return next((pid for pid in hosts if _threads(pid) > 1), None)
 
 
@@ -241,7 +241,7 @@ def run(requests: int, concurrency: int, work: Path) -> dict[str, object]:
         workers = [len([p for p, parent in table.items() if parent == s.process.pid and alive(p)
                         and "gunicorn" in cmdline(p)]) for s in servers]
         hosts = [len([p for p, parent in table.items() if parent == s.process.pid and alive(p)
-                      and "plugin_health.hostd" in cmdline(p)]) for s in servers]
+                      and "plugin_health.runtime.core_main" in cmdline(p)]) for s in servers]
         lost = len(lost_masters) + sum(max(0, 2 - w) for w in workers) + sum(max(0, 1 - h) for h in hosts)
         recycled = sum(len(s.seen) for s in servers)
         return {

@@ -109,7 +109,7 @@ class Server:
 
     def host_pid(self) -> int | None:
         """The pid of the plugin host process (None between a host's death and its replacement)."""
-        hosts = [pid for pid in self.descendants() if "plugin_health.hostd" in cmdline(pid)]
+        hosts = [pid for pid in self.descendants() if "plugin_health.runtime.core_main" in cmdline(pid)]
         assert len(hosts) <= 1, hosts
         return hosts[0] if hosts else None
 

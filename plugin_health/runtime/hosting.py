@@ -1,4 +1,4 @@
-"""Who hosts the plugins: the host lock, the heartbeat, and the host process beside gunicorn's workers.
+"""Who runs the core: the host lock, the heartbeat, and the core process beside gunicorn's workers.
 
 Exactly one process hosts the plugins of a store: it holds an exclusive ``flock`` on a file beside the store
 (:class:`HostLock`) and beats a heartbeat into the store every :data:`HEARTBEAT` seconds. Every other process
@@ -14,6 +14,7 @@ exits by itself when its owner (the master) is gone.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
@@ -29,11 +30,11 @@ from pathlib import Path
 from types import FrameType
 
 from plugin_health.config import Settings, load_settings
-from plugin_health.control import ControlServer, socket_path
-from plugin_health.control_redis import RedisControlServer
-from plugin_health.host import LOADED_KEY, PluginHost
-from plugin_health.leader import Lock, RedisLease, lock_for
-from plugin_health.operations import Operations
+from plugin_health.coordination.control import ControlServer, socket_path
+from plugin_health.coordination.control_redis import RedisControlServer
+from plugin_health.coordination.locks import Lock, RedisLease, lock_for
+from plugin_health.runtime.core import LOADED_KEY, Core
+from plugin_health.runtime.operations import Operations
 from plugin_health.store import StateStore, open_store, store_file
 from plugin_health.store.redis import RedisStore
 
@@ -47,6 +48,7 @@ HEARTBEAT = 0.5
 STALE_AFTER = 3.0
 #: Exit status of a host process that found another host holding the lock.
 EXIT_LOCKED = 3
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +156,7 @@ def serve(settings: Settings) -> int:
         logger.error("a memory:// store cannot be shared: nothing for a host process to do")
         return 2
     stopping = threading.Event()
-    host: PluginHost | None = None
+    host: Core | None = None
 
     def stop() -> None:
         stopping.set()
@@ -176,7 +178,8 @@ def serve(settings: Settings) -> int:
         logger.error("another process hosts the plugins of this store (%s is locked)", lock_path(settings))
         return EXIT_LOCKED
     store.set_meta(LOADED_KEY, "")  # before the first beat: what a dead predecessor loaded counts no more
-    host = PluginHost(settings, store)
+    become_subreaper()  # what plugins fork and orphan becomes ours to reap, not init's
+    host = Core(settings, store)
     heartbeat = Heartbeat(store, settings.owner_pid, stop, lock)
     heartbeat.start()
     control: ControlServer | RedisControlServer | None = None
@@ -202,9 +205,18 @@ def _control_server(
     settings: Settings, store: StateStore, operations: Operations
 ) -> ControlServer | RedisControlServer | None:
     if isinstance(store, RedisStore):
-        return RedisControlServer(store, operations)
+        return RedisControlServer(store, operations.answer)
     listen = socket_path(settings)
-    return None if listen is None else ControlServer(listen, operations)
+    return None if listen is None else ControlServer(listen, operations.answer)
+
+
+def become_subreaper() -> None:
+    """Make this process the reaper of its descendants' orphans (Linux ``PR_SET_CHILD_SUBREAPER``)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: runners' process groups are still killed whole
+        logger.info("this system has no child subreapers; orphans of plugins are reaped by init")
 
 
 class HostProcess:
@@ -256,7 +268,7 @@ class HostProcess:
             if self._stopping.is_set():
                 return
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "plugin_health.hostd"],
+                [sys.executable, "-m", "plugin_health.runtime.core_main"],
                 env=env,
                 stdin=subprocess.DEVNULL,
             )

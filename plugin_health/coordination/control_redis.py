@@ -12,13 +12,13 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
 
-from plugin_health.control import Asking, HostUnavailableError, answer, unwrap
-from plugin_health.operations import Operations
+from plugin_health.coordination.control import Asking, HostUnavailableError, unwrap
 from plugin_health.store.redis import RedisStore
 
 
@@ -29,9 +29,9 @@ class RedisControlServer:
     ran) is dropped, not carried out late.
     """
 
-    def __init__(self, store: RedisStore, operations: Operations, workers: int = 8) -> None:
+    def __init__(self, store: RedisStore, answer: Callable[[bytes], dict[str, Any]], workers: int = 8) -> None:
         self.store = store
-        self.operations = operations
+        self._answer = answer
         self.client = store.blocking_client()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="plugin-health-control")
         self._stop = threading.Event()
@@ -69,7 +69,7 @@ class RedisControlServer:
             return
         if time.time() > deadline:
             return
-        result = answer(self.operations, line.encode())
+        result = self._answer(line.encode())
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.rpush(reply, json.dumps(result, separators=(",", ":")))

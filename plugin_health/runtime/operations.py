@@ -16,8 +16,9 @@ import json
 import threading
 from typing import Any
 
-from plugin_health.errors import IllegalTransitionError
-from plugin_health.host import DISABLED_KEY, PluginHost
+from plugin_health.errors import IllegalTransitionError, PluginError
+from plugin_health.coordination.control import MAX_REQUEST, error_to_wire
+from plugin_health.runtime.core import DISABLED_KEY, Core
 from plugin_health.lifecycle import UnavailableReason
 from plugin_health.lifecycle.machine import allowed_triggers
 from plugin_health.sandbox import PluginSandboxResult
@@ -40,9 +41,9 @@ def json_safe(result: PluginSandboxResult) -> PluginSandboxResult:
 
 
 class Operations:
-    """Restart, disable, enable and tool calls over one :class:`PluginHost`."""
+    """Restart, disable, enable and tool calls over one :class:`Core`."""
 
-    def __init__(self, host: PluginHost) -> None:
+    def __init__(self, host: Core) -> None:
         self.host = host
         self._lock = threading.Lock()  # operator actions are rare: one at a time keeps them simple
 
@@ -90,3 +91,31 @@ class Operations:
         else:
             names.discard(name)
         self.host.store.set_meta(DISABLED_KEY, json.dumps(sorted(names)))
+
+    def close(self) -> None:
+        """Nothing to release: the core is shut down by its owner."""
+
+    def answer(self, line: bytes) -> dict[str, Any]:
+        """The answer to one request line of a control transport."""
+        return answer(self, line)
+
+
+def answer(operations: Operations, line: bytes) -> dict[str, Any]:
+    """The answer to one request line (either transport's)."""
+    if len(line) > MAX_REQUEST:
+        return {"ok": False, "error": {"type": "RequestTooLarge", "message": "request too large"}}
+    try:
+        request = json.loads(line)
+        op, name = request["op"], str(request["plugin"])
+        if op == "tool":
+            result = operations.run_tool(name, str(request["tool"]), list(request.get("args", [])),
+                                         dict(request.get("kwargs", {})))
+            return {"ok": True, "result": result.to_dict()}
+        if op in ("restart", "disable", "enable"):
+            snapshot: PluginSnapshot = getattr(operations, op)(name)
+            return {"ok": True, "snapshot": snapshot.to_json()}
+        return {"ok": False, "error": {"type": "BadRequest", "message": f"unknown op {op!r}"}}
+    except PluginError as err:
+        return {"ok": False, "error": error_to_wire(err)}
+    except (ValueError, KeyError, TypeError) as err:
+        return {"ok": False, "error": {"type": "BadRequest", "message": f"malformed request: {err}"}}

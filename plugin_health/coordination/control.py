@@ -19,18 +19,19 @@ import socket
 import socketserver
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from plugin_health.config import Settings
 from plugin_health.errors import (
     IllegalTransitionError,
+    PluginBusyError,
     PluginError,
     PluginNotRunningError,
     UnknownPluginError,
     UnknownToolError,
 )
-from plugin_health.operations import Operations
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.store import PluginSnapshot, store_file
 
@@ -71,9 +72,9 @@ class Control(Protocol):
 
 
 class LocalControl:
-    """The process hosts the plugins itself: act directly."""
+    """The process runs the core itself: act directly."""
 
-    def __init__(self, operations: Operations) -> None:
+    def __init__(self, operations: Control) -> None:
         self.operations = operations
 
     def restart(self, name: str) -> PluginSnapshot:
@@ -111,9 +112,9 @@ def socket_path(settings: Settings) -> Path | None:
 # -- the wire --------------------------------------------------------------------------------------------
 
 
-def _error_to_wire(error: PluginError) -> dict[str, Any]:
+def error_to_wire(error: PluginError) -> dict[str, Any]:
     wire: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
-    for attribute in ("plugin", "state", "attempted", "allowed", "tool"):
+    for attribute in ("plugin", "state", "attempted", "allowed", "tool", "queue_limit"):
         if hasattr(error, attribute):
             value = getattr(error, attribute)
             wire[attribute] = list(value) if isinstance(value, tuple) else value
@@ -128,31 +129,12 @@ def _error_from_wire(wire: dict[str, Any]) -> PluginError:
         return UnknownToolError(plugin, str(wire.get("tool", "")))
     if kind == "PluginNotRunningError":
         return PluginNotRunningError(plugin, str(wire.get("state", "")))
+    if kind == "PluginBusyError":
+        return PluginBusyError(plugin, int(wire.get("queue_limit", 0)))
     if kind == "IllegalTransitionError":
         return IllegalTransitionError(plugin, wire.get("state"), str(wire.get("attempted", "")),
                                       tuple(wire.get("allowed", ())))
     return HostUnavailableError(f"the host failed: {wire.get('message', 'no detail')}")
-
-
-def answer(operations: Operations, line: bytes) -> dict[str, Any]:
-    """The answer to one request line (either transport's)."""
-    if len(line) > MAX_REQUEST:
-        return {"ok": False, "error": {"type": "RequestTooLarge", "message": "request too large"}}
-    try:
-        request = json.loads(line)
-        op, name = request["op"], str(request["plugin"])
-        if op == "tool":
-            result = operations.run_tool(name, str(request["tool"]), list(request.get("args", [])),
-                                         dict(request.get("kwargs", {})))
-            return {"ok": True, "result": result.to_dict()}
-        if op in ("restart", "disable", "enable"):
-            snapshot: PluginSnapshot = getattr(operations, op)(name)
-            return {"ok": True, "snapshot": snapshot.to_json()}
-        return {"ok": False, "error": {"type": "BadRequest", "message": f"unknown op {op!r}"}}
-    except PluginError as err:
-        return {"ok": False, "error": _error_to_wire(err)}
-    except (ValueError, KeyError, TypeError) as err:
-        return {"ok": False, "error": {"type": "BadRequest", "message": f"malformed request: {err}"}}
 
 
 def unwrap(answer: dict[str, Any]) -> dict[str, Any]:
@@ -178,9 +160,9 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     daemon_threads = True
 
-    def __init__(self, path: Path, operations: Operations) -> None:
+    def __init__(self, path: Path, answer: Callable[[bytes], dict[str, Any]]) -> None:
         self.path = path
-        self.operations = operations
+        self._answer = answer
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # a dead host's socket; the caller holds the host lock
         old_mask = os.umask(0o177)
@@ -203,7 +185,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def answer(self, line: bytes) -> dict[str, Any]:
         """The answer to one request line."""
-        return answer(self.operations, line)
+        return self._answer(line)
 
 
 class Asking:

@@ -1,4 +1,4 @@
-"""``python -m plugin_health.hostd``: the plugin host process, with settings from the environment.
+"""``python -m plugin_health.runtime.core_main``: the core process, with settings from the environment.
 
 gunicorn.conf.py starts it; run it by hand (or under systemd) beside workers started with
 ``PLUGIN_HEALTH_HOST_MODE=external``.
@@ -10,7 +10,7 @@ import sys
 
 from plugin_health import logs
 from plugin_health.config import load_settings
-from plugin_health.hosting import serve
+from plugin_health.runtime.hosting import serve
 
 
 def main() -> None:

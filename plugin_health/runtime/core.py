@@ -1,7 +1,9 @@
-"""``PluginHost``: the settings, registry, lifecycle, loader and supervisor of the process that owns the plugins.
+"""``Core``: the lifecycle, loader, supervisor and store writer of one service instance; it never runs plugin code.
 
-Exactly one process hosts the plugins of a service (the embedded app, or the host process beside gunicorn's
-workers). It publishes every plugin's snapshot and transitions to the store, which every worker reads.
+Exactly one core serves the plugins of a service instance (the core process beside gunicorn's workers, or the app
+itself when nothing else does). Every plugin lives in a runner process (:mod:`plugin_health.runtime.runners`): the
+core only sends requests and reads plain-JSON answers under hard deadlines, so no plugin can freeze, crash or
+fool it. It publishes every plugin's snapshot and transitions to the store, which every worker reads.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import threading
 from plugin_health import metrics
 from plugin_health.config import Settings
 from plugin_health.errors import UnknownPluginError
-from plugin_health.lifecycle import PluginLifecycleManager, TransitionRecord
+from plugin_health.lifecycle import PluginLifecycleManager, PluginLifecycleState, TransitionRecord
 from plugin_health.lifecycle.machine import allowed_triggers
 from plugin_health.loader.loader import LoaderSettings, PluginLoader
 from plugin_health.loader.registry import PluginRegistry
 from plugin_health.loader.sources import discover
+from plugin_health.runtime.runners import RunnerPool, RunnerSettings
+from plugin_health.sandbox import SandboxLimits
 from plugin_health.store import MemoryStore, PluginSnapshot, StateStore
 from plugin_health.supervision import SupervisionSettings, Supervisor
+from plugin_health.supervision.policy import stale_deadline
 from plugin_health.tools import ToolRunner
 
 logger = logging.getLogger(__name__)
@@ -32,6 +37,10 @@ DISABLED_KEY = "disabled"
 #: version, and with it every worker's cache and every client's ETag, moves at most about once a second
 #: for them, however many plugins are checked.
 COALESCE = 1.0
+#: Threads that run due health checks, restarts and recoveries side by side.
+SUPERVISION_WORKERS = 8
+#: Seconds loading waits for the first health checks, which run side by side, before it counts as finished.
+FIRST_CHECKS_WAIT = 1.0
 
 
 def disabled_plugins(store: StateStore) -> set[str]:
@@ -44,8 +53,8 @@ def disabled_plugins(store: StateStore) -> set[str]:
     return {str(name) for name in names} if isinstance(names, list) else set()
 
 
-class PluginHost:
-    """Owns every plugin of one service and publishes their states to ``store``."""
+class Core:
+    """Owns every plugin of one service instance (in runners) and publishes their states to ``store``."""
 
     def __init__(self, settings: Settings, store: StateStore | None = None) -> None:
         self.settings = settings
@@ -55,6 +64,12 @@ class PluginHost:
         # cascade that a transition may set off.
         self.manager.subscribe(self._publish_record)
         self.registry = PluginRegistry()
+        self.runners = RunnerPool(RunnerSettings(
+            grace=settings.runner_grace,
+            queue_limit=settings.queue_limit,
+            max_message=settings.max_message_bytes,
+            load_limits=SandboxLimits(settings.default_timeout, settings.default_memory_limit_mb),
+        ))
         self.loader = PluginLoader(
             self.registry,
             self.manager,
@@ -63,6 +78,7 @@ class PluginHost:
                 default_memory_limit_mb=settings.default_memory_limit_mb,
                 plugin_config=settings.plugins,
             ),
+            placement=self.runners,
         )
         self.supervisor = Supervisor(
             self.loader,
@@ -73,8 +89,10 @@ class PluginHost:
                 backoff_base=settings.backoff_base,
                 backoff_max=settings.backoff_max,
                 health_interval=settings.health_interval,
+                workers=SUPERVISION_WORKERS,
             ),
         )
+        self.runners.on_lost = self.supervisor.runner_lost
         self.supervisor.subscribe(self._publish)
         self.manager.subscribe(metrics.observe_transition)
         self.loader.observers.append(metrics.observe_call)
@@ -98,9 +116,10 @@ class PluginHost:
         self.loader.disabled = disabled_plugins(self.store)
         self.loader.load(discover(self.settings.plugin_dirs, self.settings.entry_point_group))
         self.store.begin(list(self.manager))
-        # The first health checks run before loading counts as finished, so that ``healthy`` is true from
-        # the first answer on (and a test or probe never races the supervisor's thread for them).
+        # The first health checks run side by side before loading counts as finished, so that ``healthy`` speaks
+        # of a check from the first answer on; a few slow ones cannot hold start-up past FIRST_CHECKS_WAIT.
         self.supervisor.tick()
+        self.supervisor.wait_idle(FIRST_CHECKS_WAIT)
         self.flush()
         self.store.set_meta(LOADED_KEY, "1")
         self._flusher = threading.Thread(target=self._flush_loop, name="plugin-health-publisher", daemon=True)
@@ -127,6 +146,11 @@ class PluginHost:
         state = self.manager.get_state(name)
         entry = self.registry.get(name) if name in self.registry else None
         watch = self.supervisor.watch(name)
+        stale_after = None  # a RUNNING plugin is stale once its checks are late (stale_deadline)
+        if state is PluginLifecycleState.RUNNING:
+            limit = None if entry is None or entry.handle is None else entry.handle.limits.timeout
+            timeout = self.settings.default_timeout if limit is None else limit
+            stale_after = stale_deadline(watch.last_check, last.at, self.supervisor.settings.health_interval, timeout)
         return PluginSnapshot(
             name=name,
             state=state,
@@ -137,13 +161,14 @@ class PluginHost:
             error=last.error,
             requires=() if entry is None else tuple(str(r) for r in entry.spec.requires),
             critical=False if entry is None else entry.spec.critical,
-            isolation=None if entry is None else entry.spec.isolation,
+            isolation=None if entry is None else getattr(entry.handle, "isolation", entry.spec.isolation),
             tools=() if entry is None else entry.spec.tools,
             consecutive_failures=watch.consecutive_failures,
             restarts=watch.restarts,
             last_check=watch.last_check,
             last_check_ok=watch.last_check_ok,
             allowed=allowed_triggers(state),
+            stale_after=stale_after,
         )
 
     def flush(self) -> None:

@@ -1,0 +1,467 @@
+"""The core's side of the runners: start them, place plugins in them, call them under a hard deadline, blame.
+
+A :class:`RunnerPool` keeps one shared runner for the inline plugins and one runner per process-isolated (or
+quarantined) plugin. A runner answers one request at a time, so the call in flight is always known: when a runner
+does not answer by the call's timeout plus :attr:`RunnerSettings.grace`, the pool kills its whole process group,
+and when it dies by itself (a segfault, ``os._exit``, a signal) the pool sees it at once through a pidfd. Either
+way the call in flight is blamed: its plugin is quarantined into a runner of its own from then on, and the pool
+tells its owner (:attr:`RunnerPool.on_lost`) which other plugins lost their instance with that runner, so that they
+can be brought back in a fresh one. Nothing here depends on anything the runner does or fails to do.
+
+Each plugin is an actor (:class:`RunnerHandle`): its calls run one at a time, at most
+:attr:`RunnerSettings.queue_limit` wait, and one more is refused at once with :class:`PluginBusyError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from plugin_health.errors import PluginBusyError, PluginNotRunningError
+from plugin_health.loader.handles import Placed
+from plugin_health.loader.sources import PluginSource
+from plugin_health.plugin import PluginContext
+from plugin_health.runtime import wire
+from plugin_health.sandbox.results import CRASHED, MEMORY, TIMEOUT, PluginSandboxResult, SandboxLimits, failed
+
+logger = logging.getLogger(__name__)
+
+#: Environment variables a runner never sees (the service's settings carry its secrets, such as the admin token).
+_SCRUBBED_PREFIXES = ("PLUGIN_HEALTH_", "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_")
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    """How runners are run."""
+
+    #: Seconds past a call's timeout before its runner is killed (the hard deadline).
+    grace: float = 0.25
+    #: Calls of one plugin that may wait while one runs; one more is refused at once.
+    queue_limit: int = 16
+    #: The largest message a runner may send, in bytes.
+    max_message: int = wire.MAX_MESSAGE
+    #: The limits of loading a plugin (importing it, before its own declaration is known).
+    load_limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(10.0, 512))
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerLoss:
+    """A runner that was killed or died: the plugin blamed for it, and the others that lost their instance."""
+
+    culprit: str | None
+    victims: tuple[str, ...]
+    cause: str
+    error_type: str = CRASHED
+    error: str = ""
+
+
+class RunnerLostError(Exception):
+    """Internal: the runner of a request is gone."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+
+
+def scrubbed_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a runner gets: the service's own, less its settings and secrets."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+
+
+def _death(code: int | None) -> str:
+    if code is None:
+        return "unknown exit status"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class RunnerProcess:
+    """One runner process (a guard and its serving child, in a process group of their own) and its socket."""
+
+    def __init__(self, label: str, settings: RunnerSettings) -> None:
+        self.label = label
+        self.settings = settings
+        self.lock = threading.Lock()  # one request at a time: the call in flight is always known
+        self.handles: dict[int, RunnerHandle] = {}
+        self.dead: str | None = None
+        ours, theirs = socket.socketpair()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "plugin_health.runtime.runner", "--fd", str(theirs.fileno()),
+                 "--max-message", str(settings.max_message), "--label", label],
+                pass_fds=(theirs.fileno(),),
+                env=scrubbed_environment(),
+                stdin=subprocess.DEVNULL,
+                process_group=0,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.pgid = self.process.pid
+        try:
+            self.pidfd: int | None = os.pidfd_open(self.process.pid)
+        except (AttributeError, OSError):  # pragma: no cover - Linux < 5.3: EOF on the socket still tells
+            self.pidfd = None
+
+    @property
+    def pid(self) -> int:
+        """The pid of the runner's guard (the leader of its process group)."""
+        return self.process.pid
+
+    def request(self, message: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        """Send one request and wait for its answer; :class:`RunnerLostError` when the runner is lost meanwhile.
+
+        The caller holds :attr:`lock`. ``timeout`` is the call's own; the runner is killed at ``timeout + grace``.
+        """
+        if self.dead is not None:
+            raise RunnerLostError(CRASHED, self.dead)
+        try:
+            frame = wire.encode(message, self.settings.max_message)
+        except (TypeError, wire.MessageTooLargeError) as err:
+            raise ValueError(f"the request cannot be sent to the runner: {err}") from err
+        deadline = None if timeout is None else time.monotonic() + timeout + self.settings.grace
+        try:
+            wire.send(self.sock, frame)
+            self._wait_readable(deadline)
+            answer = wire.receive(self.sock, self.settings.max_message, deadline)
+        except TimeoutError:
+            self.kill(f"no answer within {timeout:g} s + {self.settings.grace:g} s")
+            raise RunnerLostError(TIMEOUT, f"call exceeded its timeout of {timeout:g} s and did not stop; "
+                                           f"its runner was killed") from None
+        except _RunnerExited:
+            code = self.kill("it died")
+            raise RunnerLostError(CRASHED, f"its runner died ({_death(code)})") from None
+        except wire.WireError as err:
+            code = self.kill(f"it broke the protocol: {err}")
+            message_ = f"its runner broke the protocol ({type(err).__name__}; {_death(code)})"
+            raise RunnerLostError(CRASHED, message_) from None
+        if not isinstance(answer, dict):
+            self.kill("it broke the protocol: an answer that is not an object")
+            raise RunnerLostError(CRASHED, "its runner broke the protocol (an answer that is not an object)")
+        return answer
+
+    def _wait_readable(self, deadline: float | None) -> None:
+        """Until the socket has data (an answer), the runner dies (:class:`_RunnerExited`) or ``deadline``."""
+        watched = [self.sock.fileno()] + ([self.pidfd] if self.pidfd is not None else [])
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            readable, _, _ = select.select(watched, [], [], remaining)
+            if self.sock.fileno() in readable:
+                return
+            if readable:  # the guard exited, and no answer is waiting
+                raise _RunnerExited
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError
+
+    def kill(self, why: str) -> int | None:
+        """Kill the whole process group (SIGKILL), reap it, and remember why; the guard's exit status."""
+        if self.dead is None:
+            self.dead = why
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, signal.SIGKILL)
+        code = self.process.wait()
+        self._reap_group()
+        self._close_descriptors()
+        return code
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Close the runner's line (it exits at once) and make sure its whole group is gone."""
+        if self.dead is None:
+            self.dead = "stopped"
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, signal.SIGKILL)  # and whatever its plugins forked
+        self.process.wait()
+        self._reap_group()
+        self._close_descriptors()
+
+    def _reap_group(self) -> None:
+        """Reap members of the group that became our children (the core is a child subreaper)."""
+        for _ in range(20):
+            try:
+                pid, _status = os.waitpid(-self.pgid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                time.sleep(0.005)
+
+    def _close_descriptors(self) -> None:
+        self.sock.close()
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+            self.pidfd = None
+
+
+class _RunnerExited(Exception):
+    """Internal: the runner's guard exited while a request waited."""
+
+
+class RunnerHandle:
+    """One plugin in a runner: an actor whose calls run one at a time, with a bounded queue."""
+
+    def __init__(self, pool: RunnerPool, runner: RunnerProcess, slot: int, origin: str, limits: SandboxLimits) -> None:
+        self.pool = pool
+        self.runner = runner
+        self.slot = slot
+        self.origin = origin
+        self.limits = limits
+        self.name = ""
+        self.lost = False
+        self._actor = threading.Lock()
+        self._queue = threading.BoundedSemaphore(pool.settings.queue_limit + 1)
+
+    @property
+    def dedicated(self) -> bool:
+        """Whether the plugin has its runner to itself."""
+        return self.runner is not self.pool.shared_runner()
+
+    @property
+    def isolation(self) -> str:
+        """Where it runs: ``inline`` (the shared runner) or ``process`` (a runner of its own)."""
+        return "process" if self.dedicated else "inline"
+
+    def call(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        give_up_at: float | None = None,
+    ) -> PluginSandboxResult:
+        """Run ``method`` in the runner; :class:`PluginBusyError` when too many calls wait already.
+
+        ``give_up_at`` (monotonic): past it the caller no longer waits, and the call is dropped before it runs.
+        """
+        if self.lost:
+            raise PluginNotRunningError(self.name, "restarting: its runner was lost")
+        if not self._queue.acquire(blocking=False):
+            raise PluginBusyError(self.name, self.pool.settings.queue_limit)
+        try:
+            with self._actor:
+                if give_up_at is not None and time.monotonic() > give_up_at:
+                    raise PluginNotRunningError(self.name, "no longer awaited: the call was dropped")
+                result, loss = self._call(method, args, kwargs, timeout)
+        finally:
+            self._queue.release()
+        if loss is not None:  # told with no lock held: the owner moves plugins, which calls runners
+            self.pool.tell(loss)
+        return result
+
+    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
+              timeout: float | None) -> tuple[PluginSandboxResult, RunnerLoss | None]:
+        started = time.perf_counter()
+        timeout = self.limits.timeout if timeout is None else timeout
+        request: dict[str, Any] = {"op": "call", "slot": self.slot, "method": method, "timeout": timeout,
+                                   "args": list(args), "kwargs": dict(kwargs or {})}
+        if method == "initialize" and args and isinstance(args[0], PluginContext):
+            request["args"] = []
+            request["context"] = self._context(args[0])
+        with self.runner.lock:
+            if self.lost:
+                raise PluginNotRunningError(self.name, "restarting: its runner was lost")
+            try:
+                answer = self.runner.request(request, timeout)
+            except ValueError as err:
+                return failed("UnencodableArgumentsError", str(err), _since(started)), None
+            except RunnerLostError as err:
+                cause = f"plugin {self.name!r} {method}: {err.message}"
+                loss = self.pool.lose(self.runner, self, cause, err.error_type, err.message)
+                return failed(err.error_type, err.message, _since(started)), loss
+        result = PluginSandboxResult(bool(answer.get("ok")), answer.get("result"), _text(answer.get("error")),
+                                     _text(answer.get("error_type")), _since(started))
+        if answer.get("kept") and result.error_type == MEMORY:
+            # The runner holds what the plugin leaked: only a new runner gives it back.
+            self.runner.kill(result.error or "memory kept past its limit")
+            cause = f"plugin {self.name!r} {method}: {result.error}"
+            return result, self.pool.lose(self.runner, self, cause, MEMORY, result.error or "")
+        return result, None
+
+    def uses_process_of(self, other: object) -> bool:
+        """Whether ``other`` lives in the same runner (so ``context.plugins`` can hand its instance over)."""
+        return isinstance(other, RunnerHandle) and other.runner is self.runner
+
+    def _context(self, context: PluginContext) -> dict[str, Any]:
+        plugins = {name: handle.slot for name, handle in context.plugins.items()
+                   if isinstance(handle, RunnerHandle) and handle.runner is self.runner}
+        return {"config": dict(context.config), "plugins": plugins}
+
+    def close(self) -> None:
+        """Forget the instance (and stop a runner of its own)."""
+        self.pool.release(self)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+class RunnerPool:
+    """Every runner of one core, and where each plugin lives."""
+
+    def __init__(self, settings: RunnerSettings | None = None,
+                 on_lost: Callable[[RunnerLoss], None] | None = None) -> None:
+        self.settings = settings if settings is not None else RunnerSettings()
+        self.on_lost = on_lost
+        #: Origins of the plugins that brought a runner down: each gets a runner of its own from then on.
+        self.quarantined: set[str] = set()
+        self._shared: RunnerProcess | None = None
+        self._dedicated: set[RunnerProcess] = set()
+        self._lock = threading.Lock()
+        self._slots = itertools.count(1)
+        self._closed = False
+
+    def shared_runner(self) -> RunnerProcess | None:
+        """The runner of the inline plugins (None until one is needed)."""
+        return self._shared
+
+    def runners(self) -> list[RunnerProcess]:
+        """Every live runner."""
+        with self._lock:
+            found = list(self._dedicated)
+            if self._shared is not None:
+                found.append(self._shared)
+        return found
+
+    def load(self, source: PluginSource, dedicated: bool, limits: SandboxLimits | None = None) -> Placed:
+        """Import ``source`` in a runner (a shared one unless ``dedicated`` or quarantined) and instantiate it."""
+        limits = limits if limits is not None else self.settings.load_limits
+        own = dedicated or source.origin in self.quarantined
+        runner = self._runner_for(source, own)
+        slot = next(self._slots)
+        handle = RunnerHandle(self, runner, slot, source.origin, limits)
+        request = {"op": "load", "slot": slot, "timeout": limits.timeout, "memory_limit_mb": limits.memory_limit_mb,
+                   "source": {"name": source.name, "origin": source.origin,
+                              "path": None if source.path is None else str(source.path.resolve()),
+                              "entry_point": source.entry_point}}
+        lost: RunnerLostError | None = None
+        with runner.lock:
+            try:
+                answer = runner.request(request, limits.timeout)
+            except RunnerLostError as err:
+                lost = err
+        if lost is not None:
+            self.quarantined.add(source.origin)
+            self.tell(self.lose(runner, None, f"loading {source.origin}: {lost.message}"))
+            return Placed(None, phase="import", error_type=lost.error_type, error=lost.message)
+        with runner.lock:
+            if not answer.get("ok"):
+                if own:
+                    self._retire(runner)
+                return Placed(None, phase=_text(answer.get("phase")) or "import",
+                                   error_type=_text(answer.get("error_type")), error=_text(answer.get("error")))
+            runner.handles[slot] = handle
+        declaration = answer.get("result")
+        if not isinstance(declaration, dict):
+            self.release(handle)
+            return Placed(None, phase="declaration", error_type="ProtocolError", error="no declaration")
+        handle.limits = SandboxLimits(
+            _number(declaration.get("timeout"), limits.timeout),
+            _whole(declaration.get("memory_limit_mb"), limits.memory_limit_mb),
+        )
+        return Placed(handle, declaration)
+
+    def lose(self, runner: RunnerProcess, culprit: RunnerHandle | None, cause: str,
+             error_type: str = CRASHED, error: str = "") -> RunnerLoss:
+        """``runner`` is gone: blame ``culprit`` (quarantined from now on); every instance in it is lost."""
+        if culprit is not None:
+            self.quarantined.add(culprit.origin)
+        victims = []
+        for handle in list(runner.handles.values()):
+            handle.lost = True
+            if handle is not culprit and handle.name:
+                victims.append(handle.name)
+        runner.handles.clear()
+        self._forget(runner)
+        logger.warning("runner %s (pid %d) lost: %s", runner.label, runner.pid, runner.dead)
+        return RunnerLoss(culprit.name if culprit is not None else None, tuple(sorted(victims)), cause, error_type,
+                          error)
+
+    def tell(self, loss: RunnerLoss) -> None:
+        """Tell the owner of a loss (call with no lock held)."""
+        if self.on_lost is not None:
+            self.on_lost(loss)
+
+    def release(self, handle: RunnerHandle) -> None:
+        """Forget ``handle``'s instance; a runner of its own stops."""
+        runner = handle.runner
+        handle.lost = True
+        if runner.handles.pop(handle.slot, None) is None or runner.dead is not None:
+            return
+        if runner is not self._shared:
+            self._retire(runner)
+            return
+        with runner.lock:
+            with contextlib.suppress(RunnerLostError, ValueError):
+                runner.request({"op": "drop", "slot": handle.slot}, self.settings.load_limits.timeout)
+
+    def close(self) -> None:
+        """Stop every runner (their plugins should have been stopped first)."""
+        with self._lock:
+            self._closed = True
+            runners = list(self._dedicated) + ([self._shared] if self._shared is not None else [])
+            self._dedicated.clear()
+            self._shared = None
+        for runner in runners:
+            for handle in runner.handles.values():
+                handle.lost = True
+            runner.stop()
+
+    # -- placement and loss -------------------------------------------------------------------------------
+
+    def _runner_for(self, source: PluginSource, own: bool) -> RunnerProcess:
+        with self._lock:
+            if own:
+                runner = RunnerProcess(f"plugin:{source.name}", self.settings)
+                self._dedicated.add(runner)
+                return runner
+            if self._shared is None or self._shared.dead is not None:
+                self._shared = RunnerProcess("shared", self.settings)
+            return self._shared
+
+    def _forget(self, runner: RunnerProcess) -> None:
+        with self._lock:
+            self._dedicated.discard(runner)
+            if self._shared is runner:
+                self._shared = None
+
+    def _retire(self, runner: RunnerProcess) -> None:
+        self._forget(runner)
+        runner.stop()
+
+
+def _number(value: object, default: float | None) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else default
+
+
+def _whole(value: object, default: int | None) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default

@@ -1,0 +1,108 @@
+"""The wire between the core and its runners: length-prefixed frames of JSON, never pickle.
+
+Everything a runner sends is decoded by :func:`decode`, which accepts JSON-compatible values only (orjson: no
+object hooks, so nothing in a message can name code to run), and only frames up to a size the core chose. A frame
+that is too big, cut short or not JSON is a :class:`WireError`; the core then treats the runner as broken (it ran
+plugin code, so a plugin may have written to the descriptor).
+
+Encoding is strict too: only the exact JSON types (``dict`` with ``str`` keys, ``list``, ``tuple``, ``str``,
+``int``, ``float``, ``bool``, ``None``); a subclass, a dataclass, a datetime or any other object is refused
+rather than converted, so a plugin's result never has its code run while it is being sent.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from typing import Any
+
+import orjson
+
+#: Frames are prefixed by their length as 4 bytes, big-endian.
+_HEADER = struct.Struct(">I")
+#: The default largest frame, in bytes (``PLUGIN_HEALTH_MAX_MESSAGE_BYTES``).
+MAX_MESSAGE = 16 * 1024 * 1024
+_STRICT = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+class WireError(Exception):
+    """A frame could not be sent, read or decoded."""
+
+
+class MessageTooLargeError(WireError):
+    """A message is larger than the frames allow."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"a message of {size} bytes is larger than the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class PeerClosedError(WireError):
+    """The other end closed the connection (or died)."""
+
+
+def _refuse(value: object) -> Any:
+    raise TypeError(f"a {type(value).__name__} is not a JSON value")
+
+
+def encode(message: Any, limit: int = MAX_MESSAGE) -> bytes:
+    """One frame; ``TypeError`` for a value that is not plain JSON, :class:`MessageTooLargeError` past ``limit``.
+
+    Nesting deeper than orjson's limit (254 levels) is a ``TypeError`` too (orjson raises its
+    ``JSONEncodeError``, a ``TypeError``).
+    """
+    body = orjson.dumps(message, default=_refuse, option=_STRICT)
+    if len(body) > limit:
+        raise MessageTooLargeError(len(body), limit)
+    return _HEADER.pack(len(body)) + body
+
+
+def decode(body: bytes) -> Any:
+    """The value of one frame's body; :class:`WireError` if it is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise WireError(f"a frame is not JSON ({err})") from None
+
+
+def send(sock: socket.socket, frame: bytes) -> None:
+    """Write one encoded frame; :class:`PeerClosedError` if the peer is gone."""
+    try:
+        sock.sendall(frame)
+    except OSError as err:
+        raise PeerClosedError(f"cannot send: {err.strerror or err}") from None
+
+
+def _read_exactly(sock: socket.socket, size: int, deadline: float | None) -> bytes:
+    """``size`` bytes, before ``deadline`` (monotonic; None: no deadline); ``TimeoutError`` after it."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no answer in time")
+            sock.settimeout(remaining)
+        else:
+            sock.settimeout(None)
+        try:
+            n = sock.recv_into(view[got:], size - got)
+        except TimeoutError:
+            raise
+        except OSError as err:
+            raise PeerClosedError(f"cannot read: {err.strerror or err}") from None
+        if n == 0:
+            raise PeerClosedError("the peer closed the connection")
+        got += n
+    return bytes(buffer)
+
+
+def receive(sock: socket.socket, limit: int = MAX_MESSAGE, deadline: float | None = None) -> Any:
+    """Read and decode one frame; ``TimeoutError`` past ``deadline``, :class:`WireError` for a bad frame."""
+    (size,) = _HEADER.unpack(_read_exactly(sock, _HEADER.size, deadline))
+    if size > limit:
+        raise MessageTooLargeError(size, limit)
+    return decode(_read_exactly(sock, size, deadline))
