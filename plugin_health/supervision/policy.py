@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import Enum
 
 from plugin_health.sandbox.results import CRASHED
 
 RESTART_LIMIT_REACHED = "restart limit reached"
+#: Seconds a RUNNING plugin's last health check may be late, beyond its interval and timeout, before it is stale
+#: (the host publishes the time of a passing check within about a second).
+STALE_GRACE = 1.0
 
 
 def backoff_delay(attempt: int, base: float, cap: float, jitter: float) -> float:
@@ -60,3 +64,16 @@ def judge(ok: bool, error_type: str | None, consecutive_failures: int, threshold
     if error_type == CRASHED or count >= threshold:
         return Judgement(Verdict.FAIL, count)
     return Judgement(Verdict.COUNTED, count)
+
+
+def stale_deadline(
+    last_check: datetime | None, since: datetime, interval: float, timeout: float, grace: float = STALE_GRACE
+) -> datetime:
+    """When a RUNNING plugin turns stale unless another health check completes first.
+
+    ``(last_check or since) + interval + timeout + grace``: the next check is due ``interval`` after the last one
+    and may take ``timeout``. ``since`` is when it entered RUNNING; a check completed before that (in an earlier
+    run) does not count, so the later of the two is the start of the count.
+    """
+    start = since if last_check is None or last_check < since else last_check
+    return start + timedelta(seconds=interval + timeout + grace)
