@@ -43,7 +43,7 @@ def test_snapshot_round_trip(store: StateStore) -> None:
     original = snap(
         "auth", S.FAILED, version="1.0", reason="start failed", error_type="OSError", error="x", requires=("db>=1",),
         critical=True, isolation="process", tools=("a", "b"), consecutive_failures=2, restarts=1,
-        last_check=datetime.now(UTC), last_check_ok=False, allowed=("reset",),
+        last_check=datetime.now(UTC), last_check_ok=False, allowed=("reset",), stale_after=datetime.now(UTC),
     )
     store.put(original)
     assert store.snapshot("auth") == original

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
@@ -31,11 +31,23 @@ class PluginSnapshot:
     last_check: datetime | None = None
     last_check_ok: bool | None = None
     allowed: tuple[str, ...] = field(default=())
+    #: When a RUNNING plugin's news turn stale if no newer snapshot replaced this one (UTC): its last completed
+    #: health check (or entering RUNNING) plus the health interval, its timeout and a grace. None: never.
+    stale_after: datetime | None = None
 
     @property
     def healthy(self) -> bool:
-        """RUNNING, and its last health check (if any yet) passed."""
-        return self.state is PluginLifecycleState.RUNNING and self.last_check_ok is not False
+        """RUNNING, its last health check (if any yet) passed, and that check is not stale."""
+        return self.state is PluginLifecycleState.RUNNING and self.last_check_ok is not False and (
+            self.stale_after is None or datetime.now(UTC) < self.stale_after
+        )
+
+    @property
+    def stale(self) -> bool:
+        """RUNNING, and its last health check is older than the supervisor promised (``stale_after`` passed)."""
+        return self.stale_after is not None and self.state is PluginLifecycleState.RUNNING and (
+            datetime.now(UTC) >= self.stale_after
+        )
 
     def to_json(self) -> str:
         """A compact JSON text (how the stores keep it)."""
@@ -46,6 +58,7 @@ class PluginSnapshot:
         data["state"] = self.state.value
         data["since"] = self.since.isoformat()
         data["last_check"] = None if self.last_check is None else self.last_check.isoformat()
+        data["stale_after"] = None if self.stale_after is None else self.stale_after.isoformat()
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -55,12 +68,28 @@ class PluginSnapshot:
         data["state"] = PluginLifecycleState(data["state"])
         data["since"] = datetime.fromisoformat(data["since"])
         data["last_check"] = None if data["last_check"] is None else datetime.fromisoformat(data["last_check"])
+        stale_after = data.get("stale_after")  # absent from rows written before it existed
+        data["stale_after"] = None if stale_after is None else datetime.fromisoformat(stale_after)
         for key in ("requires", "tools", "allowed"):
             data[key] = tuple(data[key])
         return cls(**data)
 
 
 _SNAPSHOT_FIELDS = tuple(f.name for f in fields(PluginSnapshot))
+
+
+def is_stale(snapshot: PluginSnapshot, now: datetime) -> bool:
+    """``snapshot.stale`` at ``now`` (UTC): judge many snapshots against one clock reading."""
+    return snapshot.stale_after is not None and snapshot.state is PluginLifecycleState.RUNNING and (
+        now >= snapshot.stale_after
+    )
+
+
+def is_healthy(snapshot: PluginSnapshot, now: datetime) -> bool:
+    """``snapshot.healthy`` at ``now`` (UTC)."""
+    return snapshot.state is PluginLifecycleState.RUNNING and snapshot.last_check_ok is not False and (
+        snapshot.stale_after is None or now < snapshot.stale_after
+    )
 
 
 def record_to_json(record: TransitionRecord) -> str:
