@@ -20,6 +20,7 @@ from flask import current_app, has_app_context
 from flask.cli import AppGroup, ScriptInfo
 
 from plugin_health import diagrams
+from plugin_health.api.freshness import Horizon, present
 from plugin_health.api.schemas import history_entries, plugin_health_list, plugin_health_response
 from plugin_health.config import Settings, load_settings
 from plugin_health.errors import ConfigError, UnknownPluginError
@@ -97,11 +98,14 @@ def list_plugins(state: str | None, as_json: bool) -> None:
     """List every plugin, ordered by name."""
     wanted = None if state is None else PluginLifecycleState(state)
     snapshots = [s for s in _store().snapshots() if wanted is None or s.state is wanted]
+    horizon = Horizon()
+    entries = [present(e, s, horizon) for e, s in zip(plugin_health_list.dump(snapshots), snapshots, strict=True)]
     if as_json:
-        _echo_json(plugin_health_list.dump(snapshots))
+        _echo_json(entries)
         return
     header = ("name", "state", "version", "reason", "error_type", "since", "restarts")
-    rows = ((s.name, s.state.value, s.version, s.reason, s.error_type, s.since, s.restarts) for s in snapshots)
+    rows = ((s.name, s.state.value, s.version, e["reason"], s.error_type, s.since, s.restarts)
+            for s, e in zip(snapshots, entries, strict=True))
     click.echo(format_table(header, rows))
 
 
@@ -113,8 +117,9 @@ def health(name: str) -> None:
     Exit status 0 when it is healthy, 1 when it is not, 2 for an unknown or invalid name.
     """
     snapshot = _snapshot(name)
-    _echo_json(plugin_health_response.dump(snapshot))
-    if not snapshot.healthy:
+    entry = present(plugin_health_response.dump(snapshot), snapshot, Horizon())
+    _echo_json(entry)
+    if not entry["healthy"]:
         click.get_current_context().exit(EXIT_UNHEALTHY)
 
 

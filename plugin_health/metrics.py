@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -25,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
 from plugin_health.sandbox import PluginSandboxResult
+from plugin_health.store.base import is_healthy
 
 if TYPE_CHECKING:
     from plugin_health.app import Service
@@ -75,10 +77,10 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """The gauges, fresh."""
         counts = dict.fromkeys(PluginLifecycleState, 0)
-        healthy = 0
+        healthy, now = 0, datetime.now(UTC)
         for snapshot in self.service.store.snapshots():
             counts[snapshot.state] += 1
-            healthy += snapshot.healthy
+            healthy += is_healthy(snapshot, now)
         plugins = GaugeMetricFamily("plugin_health_plugins", "Plugins in each lifecycle state", labels=["state"])
         for state, count in counts.items():
             plugins.add_metric([state.value], count)

@@ -26,7 +26,7 @@ PLUGINS = {
 }
 FIELDS = {
     "name", "version", "state", "healthy", "reason", "error_type", "error", "since", "requires", "critical",
-    "isolation", "tools", "consecutive_failures", "restarts", "last_check", "allowed",
+    "isolation", "tools", "consecutive_failures", "restarts", "last_check", "allowed", "stale",
 }
 
 

@@ -10,6 +10,8 @@ from flask import Blueprint, Response, request
 
 from plugin_health import diagrams
 from plugin_health.api.auth import details_visible
+from plugin_health.api.cache import Built
+from plugin_health.api.freshness import Horizon
 from plugin_health.api.plugins import cache, dumps, service, store
 from plugin_health.api.schemas import diagram_query
 from plugin_health.host import LOADED_KEY
@@ -22,9 +24,12 @@ HEALTH_JSON = "application/health+json"
 TEXT = "text/plain; charset=utf-8"
 
 
-def plugin_status(snapshot: PluginSnapshot) -> str:
-    """pass for a healthy plugin; otherwise fail if it is critical, warn if not."""
-    if snapshot.healthy:
+def plugin_status(snapshot: PluginSnapshot, stale: str | None = None) -> str:
+    """pass for a healthy plugin; otherwise fail if it is critical, warn if not.
+
+    ``stale``: why the plugin is stale (``Horizon.stale``), if it is.
+    """
+    if stale is None and snapshot.state is PluginLifecycleState.RUNNING and snapshot.last_check_ok is not False:
         return "pass"
     return "fail" if snapshot.critical else "warn"
 
@@ -35,14 +40,18 @@ def aggregate(
     visible: bool,
     host: str | None = None,
     store_problem: str | None = None,
+    horizon: Horizon | None = None,
 ) -> dict[str, Any]:
-    """The IETF health-check document of the service (a pure function of the plugins' snapshots).
+    """The IETF health-check document of the service (a pure function of the plugins' snapshots and the time).
 
     ``host`` is why no live process hosts the plugins (None: one does); then the states are stale and the
     service fails. ``store_problem`` is why the store is degraded: the answers are this process's last known
-    states, a warning.
+    states, a warning. ``horizon`` is the clock reading that judges stale plugins (now, if None); it notes until
+    when the document holds.
     """
-    statuses = [plugin_status(s) for s in snapshots]
+    horizon = Horizon() if horizon is None else horizon
+    stale = [horizon.stale(s) for s in snapshots]
+    statuses = [plugin_status(s, why) for s, why in zip(snapshots, stale, strict=True)]
     if "fail" in statuses or host is not None:
         status = "fail"
     else:
@@ -52,7 +61,7 @@ def aggregate(
         checks["host:heartbeat"] = [{"componentType": "system", "status": "fail", "output": host}]
     if store_problem is not None:
         checks["store:degraded"] = [{"componentType": "datastore", "status": "warn", "output": store_problem}]
-    for snapshot, check_status in zip(snapshots, statuses, strict=True):
+    for snapshot, check_status, why in zip(snapshots, statuses, stale, strict=True):
         check: dict[str, Any] = {
             "componentId": snapshot.name,
             "componentType": "plugin",
@@ -60,7 +69,7 @@ def aggregate(
             "observedValue": snapshot.state.value,
             "time": snapshot.since.isoformat(),
         }
-        output = [part for part in (snapshot.reason, snapshot.error_type) if part]
+        output = [part for part in (why, snapshot.reason, snapshot.error_type) if part]
         if visible and snapshot.error:
             output.append(snapshot.error)
         if output:
@@ -82,10 +91,11 @@ def service_health() -> Response:
     host = service().host_problem()
     store_problem = store().degraded()
 
-    def build() -> tuple[bytes, int]:
+    def build() -> Built:
         loaded = bool(store().get_meta(LOADED_KEY))
-        document = aggregate(store().snapshots(), loaded, visible, host, store().degraded())
-        return dumps(document), 503 if document["status"] == "fail" else 200
+        horizon = Horizon()
+        document = aggregate(store().snapshots(), loaded, visible, host, store().degraded(), horizon)
+        return dumps(document), 503 if document["status"] == "fail" else 200, horizon.until
 
     key = ("aggregate", visible, host is None, store_problem is None)
     return cache().respond(key, build, HEALTH_JSON, shortcut=True)
@@ -129,18 +139,20 @@ def _host() -> list[tuple[str, str | None]]:
 
 
 def _critical_checks() -> list[tuple[str, str | None]]:
-    """The check of each critical plugin, worked out once per store version.
+    """The check of each critical plugin, worked out once per store version (and again when one turns stale).
 
     Probes come often and uncached would read every snapshot each time (150 ms with 10,000 plugins).
     """
 
-    def build() -> tuple[bytes, int]:
+    def build() -> Built:
         checks = []
+        horizon = Horizon()
         for snapshot in store().snapshots():
             if snapshot.critical:
                 running = snapshot.state is PluginLifecycleState.RUNNING
-                checks.append((f"plugin/{snapshot.name}", None if running else _why(snapshot)))
-        return dumps(checks), 200
+                problem = horizon.stale(snapshot) if running else _why(snapshot)
+                checks.append((f"plugin/{snapshot.name}", problem))
+        return dumps(checks), 200, horizon.until
 
     return [(check, problem) for check, problem in json.loads(cache().get(("critical checks",), build).body)]
 
@@ -157,7 +169,7 @@ def livez() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Ready: loading has finished and every critical plugin is RUNNING."""
+    """Ready: loading has finished and every critical plugin is RUNNING (and not stale)."""
     checks = [*_host(), _loading(), *_critical_checks()]
     degraded = store().degraded()  # still ready: answering from the last known states beats answering nothing
     store_check = [("store", None)] if degraded else []

@@ -10,7 +10,8 @@ from flask import Blueprint, Response, current_app, json, request
 
 from plugin_health import diagrams
 from plugin_health.api.auth import details_visible
-from plugin_health.api.cache import ResponseCache, respond
+from plugin_health.api.cache import Built, ResponseCache, respond
+from plugin_health.api.freshness import Horizon, present
 from plugin_health.api.problems import Problem
 from plugin_health.api.schemas import (
     diagram_query,
@@ -77,15 +78,17 @@ def redact(snapshots: Iterable[PluginSnapshot], visible: bool) -> list[PluginSna
 _last_entries: dict[PluginSnapshot, dict[str, Any]] = {}
 
 
-def dump_list(snapshots: list[PluginSnapshot]) -> list[dict[str, Any]]:
-    """``plugin_health_list.dump(snapshots)``, reusing the entries of the last build for unchanged snapshots."""
+def dump_list(snapshots: list[PluginSnapshot], horizon: Horizon | None = None) -> list[dict[str, Any]]:
+    """``plugin_health_list.dump(snapshots)`` as true at ``horizon``, reusing the entries of the last build for
+    unchanged snapshots (whether one is stale is worked out afresh: time turns it so)."""
     global _last_entries
+    horizon = Horizon() if horizon is None else horizon
     previous = _last_entries
     missing = [s for s in snapshots if s not in previous]
     fresh = dict(zip(missing, plugin_health_list.dump(missing), strict=True))
     entries = {s: previous.get(s) or fresh[s] for s in snapshots}
     _last_entries = entries
-    return [entries[s] for s in snapshots]
+    return [present(entries[s], s, horizon) for s in snapshots]
 
 
 def dumps(data: Any) -> bytes:
@@ -99,9 +102,10 @@ def list_plugins() -> Response:
     state = list_query.load(request.args, unknown="exclude")["state"]
     visible = details_visible()
 
-    def build() -> tuple[bytes, int]:
+    def build() -> Built:
         snapshots = [s for s in store().snapshots() if state is None or s.state is state]
-        return dumps(dump_list(redact(snapshots, visible))), 200
+        horizon = Horizon()
+        return dumps(dump_list(redact(snapshots, visible), horizon)), 200, horizon.until
 
     return cache().respond(("list", state, visible), build, JSON, shortcut=True)
 
@@ -112,9 +116,11 @@ def plugin_health(name: str) -> Response:
     checked_name(name)
     visible = details_visible()
 
-    def build() -> tuple[bytes, int]:
+    def build() -> Built:
         snapshot = redact([current(name)], visible)[0]
-        return dumps(plugin_health_response.dump(snapshot)), 200 if snapshot.healthy else 503
+        horizon = Horizon()
+        entry = present(plugin_health_response.dump(snapshot), snapshot, horizon)
+        return dumps(entry), 200 if entry["healthy"] else 503, horizon.until
 
     return respond(cache().get(("health", name, visible), build), JSON)
 

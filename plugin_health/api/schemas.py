@@ -14,8 +14,15 @@ class PluginHealthResponse(Schema):
     name = fields.String(required=True)
     version = fields.String(allow_none=True, metadata={"description": "PEP 440; null if its code never loaded"})
     state = fields.Enum(PluginLifecycleState, required=True)
-    healthy = fields.Boolean(required=True, metadata={"description": "RUNNING and its last health check passed"})
-    reason = fields.String(allow_none=True)
+    healthy = fields.Boolean(required=True, metadata={
+        "description": "RUNNING, its last health check passed, and that check is not stale"})
+    stale = fields.Boolean(required=True, metadata={
+        "description": "RUNNING, but its last health check (or, if none yet, its start) is older than the health "
+                       "interval plus its timeout plus 1 s: the host has not checked it when it should have, so it "
+                       "is not healthy"})
+    reason = fields.String(allow_none=True, metadata={
+        "description": "why it is in its state (FAILED, UNAVAILABLE); for a stale plugin, "
+                       "'stale: last health check N s ago' (or 'stale: no health check completed since it started')"})
     error_type = fields.String(allow_none=True)
     error = fields.String(allow_none=True, metadata={"description": "shown per PLUGIN_HEALTH_SHOW_DETAILS"})
     since = fields.AwareDateTime(required=True, metadata={"description": "time of the last transition (UTC)"})

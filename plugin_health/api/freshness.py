@@ -1,0 +1,69 @@
+"""Stale health checks as the answers tell them, and how long an answer built from snapshots stays true.
+
+A RUNNING plugin is stale once its ``stale_after`` has passed (its last health check is older than the health
+interval, its timeout and a grace): time alone turns it unhealthy, with no write to the store. So an answer
+cached per store version must also expire when the first plugin it shows as fresh turns stale, and when the age
+it states for a stale one (``stale: last health check 42 s ago``) moves on to the next second.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from plugin_health.lifecycle import PluginLifecycleState
+from plugin_health.store import PluginSnapshot
+
+RUNNING = PluginLifecycleState.RUNNING
+NEVER_CHECKED = "stale: no health check completed since it started"
+
+
+class Horizon:
+    """One clock reading for a whole answer, and the earliest moment (epoch seconds) that answer stops being true.
+
+    ``until`` depends only on the snapshots judged and on the whole seconds of the stated ages, never on the
+    exact time of the build: every worker that builds the same answer finds the same ``until`` (and ETag).
+    """
+
+    __slots__ = ("_epoch", "now", "until")
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.now = datetime.now(UTC) if now is None else now
+        self._epoch = self.now.timestamp()
+        self.until: float | None = None
+
+    def _keep(self, at: float) -> None:
+        if self.until is None or at < self.until:
+            self.until = at
+
+    def stale(self, snapshot: PluginSnapshot) -> str | None:
+        """Why ``snapshot`` is stale now (``stale: last health check N s ago``), or None when it is not."""
+        stale_after = snapshot.stale_after
+        if stale_after is None or snapshot.state is not RUNNING:
+            return None
+        if self.now < stale_after:
+            self._keep(stale_after.timestamp())  # it turns stale then
+            return None
+        last = snapshot.last_check
+        if last is None or last < snapshot.since:
+            return NEVER_CHECKED
+        checked = last.timestamp()
+        age = math.floor(self._epoch - checked)
+        self._keep(checked + age + 1)  # the stated age moves on then
+        return f"stale: last health check {age} s ago"
+
+
+def present(entry: dict[str, Any], snapshot: PluginSnapshot, horizon: Horizon) -> dict[str, Any]:
+    """A ``PluginHealthResponse`` entry of ``snapshot`` as true at ``horizon``'s clock reading.
+
+    ``entry`` may have been dumped at another time (entries are reused while their snapshot is unchanged), so
+    ``healthy``, ``stale`` and, for a stale plugin, ``reason`` are set here: the entry is copied only when they
+    differ from what it holds.
+    """
+    why = horizon.stale(snapshot)
+    if why is None:
+        if not entry["stale"]:
+            return entry
+        return {**entry, "stale": False, "healthy": snapshot.last_check_ok is not False, "reason": snapshot.reason}
+    return {**entry, "stale": True, "healthy": False, "reason": why}
