@@ -24,9 +24,9 @@ from plugin_health.api.freshness import Horizon, present
 from plugin_health.api.schemas import history_entries, plugin_health_list, plugin_health_response
 from plugin_health.config import Settings, load_settings
 from plugin_health.errors import ConfigError, UnknownPluginError
-from plugin_health.host import PluginHost
 from plugin_health.lifecycle import PluginLifecycleState
 from plugin_health.loader.registry import valid_name
+from plugin_health.runtime.core import Core
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.store import MemoryStore, PluginSnapshot, StateStore
 
@@ -204,7 +204,7 @@ def first_run(settings: Settings) -> tuple[list[PluginSnapshot], dict[str, Plugi
 
     Returns each plugin's snapshot before the shutdown, and the result of its first health check.
     """
-    host = PluginHost(settings, MemoryStore(settings.history_limit))
+    host = Core(settings, MemoryStore(settings.history_limit))
     checks: dict[str, PluginSandboxResult] = {}
 
     def observe(name: str, method: str, isolation: str, result: PluginSandboxResult) -> None:

@@ -254,7 +254,9 @@ def test_tool_call_status_mapping(client: FlaskClient) -> None:
 def test_a_crash_in_a_tool_is_502_and_fails_the_plugin(client: FlaskClient) -> None:
     response = client.post("/v1/plugins/crashy/tools/crash", headers=AUTH)
     assert (response.status_code, response.get_json()["error_type"]) == (502, "PluginCrashedError")
-    assert state(client, "crashy") == ("FAILED", "tool crash crashed")
+    # Blamed for its runner's death: FAILED, and quarantined into a runner of its own from then on.
+    assert state(client, "crashy") == ("FAILED", "quarantined into a runner of its own: plugin 'crashy' crash: "
+                                                 "its runner died (exit code 9)")
 
 
 def test_details_never_shown_when_configured(tmp_path: Path) -> None:

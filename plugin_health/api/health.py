@@ -14,8 +14,8 @@ from plugin_health.api.cache import Built
 from plugin_health.api.freshness import Horizon
 from plugin_health.api.plugins import cache, dumps, service, store
 from plugin_health.api.schemas import diagram_query
-from plugin_health.host import LOADED_KEY
 from plugin_health.lifecycle import PluginLifecycleState
+from plugin_health.runtime.core import LOADED_KEY
 from plugin_health.store import PluginSnapshot
 
 bp = Blueprint("health", __name__)

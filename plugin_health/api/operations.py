@@ -12,7 +12,7 @@ from plugin_health.api.auth import details_visible, require_token
 from plugin_health.api.plugins import JSON, checked_name, dumps, service
 from plugin_health.api.problems import Problem
 from plugin_health.api.schemas import plugin_health_response, tool_call, tool_result
-from plugin_health.control import Control, HostUnavailableError
+from plugin_health.coordination.control import Control, HostUnavailableError
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.store import PluginSnapshot
 

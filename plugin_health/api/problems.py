@@ -14,10 +14,11 @@ from flask import Flask, Response, json
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from plugin_health.control import HostUnavailableError
+from plugin_health.coordination.control import HostUnavailableError
 from plugin_health.diagrams import RendererUnavailableError, UnknownFormatError
 from plugin_health.errors import (
     IllegalTransitionError,
+    PluginBusyError,
     PluginError,
     PluginNotRunningError,
     UnknownPluginError,
@@ -35,6 +36,7 @@ STATUS_OF: dict[type[Exception], int] = {
     UnknownToolError: 404,
     IllegalTransitionError: 409,
     PluginNotRunningError: 503,
+    PluginBusyError: 429,
     UnknownFormatError: 400,
     RendererUnavailableError: 501,
     HostUnavailableError: 503,
@@ -99,6 +101,11 @@ def _from_plugin_error(error: PluginError) -> Response:
             extra["state"] = error.state
     elif isinstance(error, RendererUnavailableError):
         extra = {"available": list(error.available)}
+    elif isinstance(error, PluginBusyError):
+        extra = {"plugin": error.plugin, "queue_limit": error.queue_limit}
+        response = problem_response(status, str(error), type(error).__name__, **extra)
+        response.headers["Retry-After"] = "1"  # calls of one plugin take turns: one second is a fair wait
+        return response
     return problem_response(status, str(error), type(error).__name__, **extra)
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from plugin_health.plugin import Plugin
 from plugin_health.loader.sources import PluginSource
+from plugin_health.plugin import Plugin
 from plugin_health.sandbox import PluginSandboxResult, Sandbox, SandboxLimits
 
 

@@ -107,9 +107,8 @@ class PluginSpec:
         if memory is not None and (
             not isinstance(memory, int) or isinstance(memory, bool) or not 0 < memory <= MAX_MEMORY_MB
         ):
-            raise InvalidPluginError(
-                name, "memory_limit_mb", f"{memory!r} must be a whole number of MiB above 0 and at most {MAX_MEMORY_MB:,}"
-            )
+            problem = f"{memory!r} must be a whole number of MiB above 0 and at most {MAX_MEMORY_MB:,}"
+            raise InvalidPluginError(name, "memory_limit_mb", problem)
         isolation = data.get("isolation", "inline")
         if isolation not in ISOLATIONS:
             raise InvalidPluginError(name, "isolation", f"{isolation!r} must be 'inline' or 'process'")

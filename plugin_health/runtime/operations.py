@@ -16,11 +16,11 @@ import json
 import threading
 from typing import Any
 
-from plugin_health.errors import IllegalTransitionError, PluginError
 from plugin_health.coordination.control import MAX_REQUEST, error_to_wire
-from plugin_health.runtime.core import DISABLED_KEY, Core
+from plugin_health.errors import IllegalTransitionError, PluginError
 from plugin_health.lifecycle import UnavailableReason
 from plugin_health.lifecycle.machine import allowed_triggers
+from plugin_health.runtime.core import DISABLED_KEY, Core
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.store import PluginSnapshot
 

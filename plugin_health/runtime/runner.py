@@ -34,10 +34,12 @@ from plugin_health.sandbox import memory
 from plugin_health.sandbox.inline import Sandbox
 from plugin_health.sandbox.results import (
     MEMORY,
+    TIMEOUT,
     PluginSandboxResult,
     SandboxLimits,
     describe,
     failed,
+    timeout_message,
 )
 
 #: ``error_type`` of a result that JSON cannot carry (not a JSON value, or nested too deep).
@@ -71,6 +73,15 @@ def _die_with_parent() -> None:
         pass
 
 
+def _no_core_dumps() -> None:
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    except (ValueError, OSError):
+        pass
+
+
 def _guard(child: int, core: int) -> None:
     """The guard's life: wait for the child, end it if the core goes away, then end the way it ended."""
     while True:
@@ -84,7 +95,8 @@ def _guard(child: int, core: int) -> None:
         time.sleep(0.1)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # their handlers cannot be set (OSError), nor need be
+            signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
     _exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 
@@ -212,26 +224,38 @@ class Runner:
         )
 
     def _recap(self) -> None:
-        """Cap the whole runner at what it uses now plus every loaded plugin's allowance."""
+        """Cap the whole runner at what it uses now plus every loaded plugin's allowance, and one call's more.
+
+        That one more allowance is what lets a plugin keep past its limit and be seen doing it (its runner is then
+        recycled): capped at the allowances alone, a plugin that keeps memory starves at the cap instead, every
+        call failing, and the runner is never given back what it kept.
+        """
         allowances = [loaded.limits.memory_limit_mb for loaded in self.loaded.values()]
         if allowances and all(mb is not None for mb in allowances):
-            memory.cap_process(sum(mb for mb in allowances if mb is not None))
+            known = [mb for mb in allowances if mb is not None]
+            memory.cap_process(sum(known) + max(known))
 
 
 class _Stop(Exception):
     """A load phase failed; its outcome is recorded."""
 
 
-def _guarded(limits: SandboxLimits, instance: Plugin, method: str, args: list[Any], kwargs: dict[str, Any]) -> PluginSandboxResult:
+def _guarded(
+    limits: SandboxLimits, instance: Plugin, method: str, args: list[Any], kwargs: dict[str, Any]
+) -> PluginSandboxResult:
     """Run the call in its sandbox, inside a second guard a little longer, which stops what the sandbox itself runs
     of the plugin's after the call (the ``__str__`` of the exception it raised)."""
     inner = Sandbox(limits)
     if limits.timeout is None:
         return inner.run(_bound, instance, method, args, kwargs)
-    outer = Sandbox(SandboxLimits(limits.timeout + _DESCRIBE_GRACE)).run(inner.run, _bound, instance, method, args, kwargs)
+    outer = Sandbox(SandboxLimits(limits.timeout + _DESCRIBE_GRACE)).run(
+        inner.run, _bound, instance, method, args, kwargs
+    )
     if outer.ok:
         result: PluginSandboxResult = outer.result
         return result
+    if outer.error_type == TIMEOUT:  # the call's own timeout, not the guard's few more milliseconds
+        return failed(TIMEOUT, timeout_message(limits.timeout), outer.duration_ms)
     return outer
 
 
@@ -249,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label", default="runner")
     options = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is the service's to handle
+    _no_core_dumps()  # before the fork: the guard mirrors its child's SIGSEGV onto itself, and must not dump either
     core, guard = os.getppid(), os.getpid()
     child = os.fork()
     if child:
@@ -259,12 +284,6 @@ def main(argv: list[str] | None = None) -> None:
         _exit(1)
     sock = socket.socket(fileno=options.fd)
     sock.set_inheritable(False)  # programs a plugin runs do not get the core's line
-    try:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-    except (ValueError, OSError):
-        pass
     Runner(sock, options.max_message).serve()
 
 

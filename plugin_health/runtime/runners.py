@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: Environment variables a runner never sees (the service's settings carry its secrets, such as the admin token).
 _SCRUBBED_PREFIXES = ("PLUGIN_HEALTH_", "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_")
+#: Seconds a runner whose line closed has to exit by itself (its guard notices its child's death within 0.1 s).
+_EXIT_PATIENCE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +151,11 @@ class RunnerProcess:
             self.kill(f"no answer within {timeout:g} s + {self.settings.grace:g} s")
             raise RunnerLostError(TIMEOUT, f"call exceeded its timeout of {timeout:g} s and did not stop; "
                                            f"its runner was killed") from None
-        except _RunnerExited:
+        except (_RunnerExited, wire.PeerClosedError):
+            # Its line closes as it dies, a moment before its guard exits the way it ended: wait for that moment,
+            # so that the death is told as it was (a SIGSEGV, an exit code), not as the SIGKILL of ``kill``.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(_EXIT_PATIENCE)
             code = self.kill("it died")
             raise RunnerLostError(CRASHED, f"its runner died ({_death(code)})") from None
         except wire.WireError as err:
@@ -191,10 +197,8 @@ class RunnerProcess:
             self.dead = "stopped"
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, signal.SIGKILL)  # and whatever its plugins forked
         self.process.wait()
@@ -371,7 +375,8 @@ class RunnerPool:
                 lost = err
         if lost is not None:
             self.quarantined.add(source.origin)
-            self.tell(self.lose(runner, None, f"loading {source.origin}: {lost.message}"))
+            cause = f"loading {source.origin}: {lost.message}"
+            self.tell(self.lose(runner, None, cause, lost.error_type, lost.message))
             return Placed(None, phase="import", error_type=lost.error_type, error=lost.message)
         with runner.lock:
             if not answer.get("ok"):
@@ -420,9 +425,8 @@ class RunnerPool:
         if runner is not self._shared:
             self._retire(runner)
             return
-        with runner.lock:
-            with contextlib.suppress(RunnerLostError, ValueError):
-                runner.request({"op": "drop", "slot": handle.slot}, self.settings.load_limits.timeout)
+        with runner.lock, contextlib.suppress(RunnerLostError, ValueError):
+            runner.request({"op": "drop", "slot": handle.slot}, self.settings.load_limits.timeout)
 
     def close(self) -> None:
         """Stop every runner (their plugins should have been stopped first)."""
