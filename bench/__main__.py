@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "bench"
-ORDER = ("lifecycle", "sandbox", "http", "scale")  # cheapest first; any other benchmark runs after these
+ORDER = ("lifecycle", "sandbox", "runtime", "http", "scale")  # cheapest first; any other benchmark runs after these
 TIMEOUT = 1200.0  # seconds one benchmark may take before it is stopped
 STOP_WITHIN = 120.0  # seconds between SIGTERM and SIGKILL of a benchmark (it stops its servers meanwhile)
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -98,6 +98,19 @@ def parse_sandbox(out: str) -> Iterator[Figure]:
             yield Figure("sandbox", label, value, f"{base[1]} ({base[0]})", seconds(value) / seconds(base[1]))
 
 
+def parse_runtime(out: str) -> Iterator[Figure]:
+    """Sections of ``  label  value  ratio  [note]`` rows; a ``(baseline)`` row is the baseline of the rows after it."""
+    base = ("", "")
+    row = re.compile(rf"^  (.+?)\s{{2,}}({_TIME}|[\d.,]+ MiB)\s{{2,}}\s*([\d.]+)(?:\s{{2,}}.*)?$")
+    for line in out.splitlines():
+        if match := row.match(line):
+            label, value, ratio = match.groups()
+            if "(baseline)" in label:
+                base = (strip_baseline(label), value)
+            else:
+                yield Figure("runtime", label, value, f"{base[1]} ({base[0]})", float(ratio))
+
+
 HTTP_TOPICS = {"gunicorn start to /startupz 200": "start to /startupz 200", "What a fresh worker pays": "fresh worker"}
 
 
@@ -150,6 +163,7 @@ def parse_scale(out: str) -> Iterator[Figure]:
 PARSERS: dict[str, Callable[[str], Iterator[Figure]]] = {
     "lifecycle": parse_lifecycle,
     "sandbox": parse_sandbox,
+    "runtime": parse_runtime,
     "http": parse_http,
     "scale": parse_scale,
 }
