@@ -1,19 +1,22 @@
 """Sandbox costs, each printed as a ratio to a baseline measured in the same run.
 
-Run: ``.venv/bin/python bench/sandbox.py [--quick]`` (about 20 s; ``--quick``: fewer, shorter repeats). Prints,
-for a trivial function:
+Run: ``.venv/bin/python bench/sandbox.py [--quick]`` (about a minute on 2 shared CPUs; ``--quick``: fewer, shorter
+repeats, about 10 s). Prints, for a trivial function:
 
 * inline: the bare call, then ``Sandbox.run`` without limits, with a timeout (main thread: setitimer;
   another thread: the watchdog) and with a timeout plus the memory guard, each as a ratio to the bare call;
-* process: the ``ProcessPlugin`` round trip, pebble's ``ProcessPool`` and ``multiprocessing.Pool``, each as
-  a ratio to a raw ``multiprocessing.Pipe`` round trip to a child echo loop;
-* how long after a 0.2 s timeout a hung call returns, in each mode;
-* a crash's detection, and the kill + respawn + first call of a plugin's child.
+* process: the round trip of a plugin in a runner of its own (``RunnerHandle.call``, as the core places an
+  ``isolation = "process"`` plugin), pebble's ``ProcessPool`` and ``multiprocessing.Pool``, each as a ratio to a
+  raw ``multiprocessing.Pipe`` round trip to a child echo loop;
+* how long after a 0.2 s timeout a hung call returns, inline and in a runner;
+* a crash's detection, and loading the plugin into a fresh runner + its first call after a crash or a kill -9
+  (what the supervisor's restart does; ``bench/runtime.py`` measures the runners further).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import os
 import signal
@@ -33,7 +36,8 @@ if str(Path(__file__).resolve().parent) in sys.path:
     sys.path.remove(str(Path(__file__).resolve().parent))
 
 from plugin_health.loader.sources import PluginSource
-from plugin_health.sandbox import ProcessPlugin, Sandbox, SandboxLimits
+from plugin_health.runtime.runners import RunnerHandle, RunnerPool, RunnerSettings
+from plugin_health.sandbox import PluginSandboxResult, Sandbox, SandboxLimits
 
 PLUGIN = '''
 import ctypes
@@ -57,6 +61,35 @@ class Bench(Plugin):
 
 REPEATS = 7
 SCALE = 1.0  # --quick: a fifth of the calls per repeat, 3 repeats
+
+
+class RunnerPlugin:
+    """The bench plugin in a runner of its own, loaded into a fresh one when its runner is lost (as a restart by
+    the supervisor would)."""
+
+    def __init__(self, source: PluginSource) -> None:
+        self.source = source
+        self.pool = RunnerPool(RunnerSettings(load_limits=SandboxLimits(10.0, 512)))
+        self.handle = self.load()
+
+    def load(self) -> RunnerHandle:
+        placed = self.pool.load(self.source, dedicated=True)
+        assert isinstance(placed.handle, RunnerHandle), placed
+        placed.handle.name = self.source.name
+        self.handle = placed.handle
+        return placed.handle
+
+    def call(self, method: str, timeout: float | None = None) -> PluginSandboxResult:
+        return self.handle.call(method, timeout=timeout)
+
+    def serving_pid(self) -> int:
+        """The pid of the runner's serving child (where the plugin's code runs), the child of its guard."""
+        guard = self.handle.runner.pid
+        (child,) = Path(f"/proc/{guard}/task/{guard}/children").read_text().split()
+        return int(child)
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 def trivial() -> int:
@@ -142,7 +175,7 @@ def inline_costs() -> None:
     table("Inline, median per call of a trivial function (ratio to the bare call)", rows)
 
 
-def process_costs(plugin: ProcessPlugin) -> None:
+def process_costs(plugin: RunnerPlugin) -> None:
     import pebble
 
     context = multiprocessing.get_context("forkserver")
@@ -162,7 +195,7 @@ def process_costs(plugin: ProcessPlugin) -> None:
     child.join()
     rows = [("raw Pipe round trip to an echo child", baseline, "1.0x (baseline)")]
     cost = per_call(calls(lambda: plugin.call("noop")), n)
-    rows.append(("ProcessPlugin.call", cost, f"{cost / baseline:.1f}x"))
+    rows.append(("RunnerHandle.call, a runner of its own", cost, f"{cost / baseline:.1f}x"))
     with pebble.ProcessPool(max_workers=1, context=context) as pool:
         cost = per_call(calls(lambda: pool.schedule(trivial).result()), n // 3)
     rows.append(("pebble.ProcessPool schedule().result()", cost, f"{cost / baseline:.1f}x"))
@@ -181,7 +214,7 @@ def median_time(fn: Callable[[], Any], repeats: int = 5) -> float:
     return statistics.median(samples)
 
 
-def fault_costs(plugin: ProcessPlugin) -> None:
+def fault_costs(plugin: RunnerPlugin) -> None:
     timeout = 0.2
     inline = Sandbox(SandboxLimits(timeout=timeout))
     rows = []
@@ -189,16 +222,14 @@ def fault_costs(plugin: ProcessPlugin) -> None:
     rows.append(("inline, main thread (SIGALRM)", main, f"+{(main - timeout) * 1e3:.1f} ms past the timeout"))
     watchdog = in_thread(lambda: median_time(lambda: inline.run(busy)))
     rows.append(("inline, other thread (watchdog)", watchdog, f"+{(watchdog - timeout) * 1e3:.1f} ms"))
-    hung, successor = [], []
+    hung = []
     for _ in range(5):
         start = time.perf_counter()
         assert plugin.call("hang", timeout=timeout).error_type == "PluginTimeoutError"
         hung.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        assert plugin.call("noop").ok  # the successor was started at the timeout; this waits for its import
-        successor.append(time.perf_counter() - start)
+        assert not plugin.handle.lost  # SIGALRM stopped it in the runner, which goes on
     process = statistics.median(hung)
-    rows.append(("process (poll, SIGKILL, reap, start successor)", process, f"+{(process - timeout) * 1e3:.1f} ms"))
+    rows.append(("runner of its own (SIGALRM in the runner)", process, f"+{(process - timeout) * 1e3:.1f} ms"))
     table(f"A hung call with a {timeout} s timeout: time until its result", rows)
 
     baseline = per_call(calls(lambda: plugin.call("noop")), 1000)
@@ -208,22 +239,22 @@ def fault_costs(plugin: ProcessPlugin) -> None:
         assert plugin.call("segfault").error_type == "PluginCrashedError"
         detect.append(time.perf_counter() - start)
         start = time.perf_counter()
+        plugin.load()
         assert plugin.call("noop").ok
         respawn.append(time.perf_counter() - start)
     for _ in range(7):
-        pid = plugin.pid
-        assert pid is not None
+        pid = plugin.serving_pid()
         start = time.perf_counter()
         os.kill(pid, signal.SIGKILL)
         assert plugin.call("noop").error_type == "PluginCrashedError"
+        plugin.load()
         assert plugin.call("noop").ok
         killed.append(time.perf_counter() - start)
     rows = [("round trip of a healthy call (baseline)", baseline, "1.0x")]
     for name, samples in [
         ("a segfault: until the call returns PluginCrashedError", detect),
-        ("after a crash: respawn + first call", respawn),
-        ("after a timeout: first call to the successor", successor),
-        ("kill -9 from outside, detect, reap, respawn, first call", killed),
+        ("after a crash: load in a fresh runner + first call", respawn),
+        ("kill -9 of the serving child: detect, load in a fresh runner, first call", killed),
     ]:
         median = statistics.median(samples)
         rows.append((name, median, f"{median / baseline:.1f}x"))
@@ -237,12 +268,11 @@ def main() -> None:
     if parser.parse_args().quick:
         REPEATS, SCALE = 3, 0.2
     print(f"Python {sys.version.split()[0]}, {multiprocessing.cpu_count()} CPUs")
+    logging.getLogger("plugin_health").setLevel(logging.ERROR)  # runners lost on purpose: no warnings
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "bench_plugin.py"
         path.write_text(PLUGIN)
-        # First use of the forkserver: ProcessPlugin sets its preload, so respawns do not re-import.
-        plugin = ProcessPlugin(PluginSource("bench_plugin", str(path), path=path), SandboxLimits(timeout=10.0))
-        assert plugin.start().ok
+        plugin = RunnerPlugin(PluginSource("bench_plugin", str(path), path=path))
         try:
             inline_costs()
             process_costs(plugin)
