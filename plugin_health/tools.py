@@ -25,7 +25,8 @@ class ToolRunner:
             return ()
         return self.registry.get(plugin).spec.tools
 
-    def run(self, plugin: str, tool: str, /, *args: Any, **kwargs: Any) -> PluginSandboxResult:
+    def run(self, plugin: str, tool: str, /, *args: Any, give_up_at: float | None = None,
+            **kwargs: Any) -> PluginSandboxResult:
         """Call ``plugin.tool(*args, **kwargs)``.
 
         Raises ``UnknownPluginError``, ``UnknownToolError`` or ``PluginNotRunningError``; anything the plugin
@@ -36,6 +37,6 @@ class ToolRunner:
         state = self.manager.get_state(plugin)
         if state is not PluginLifecycleState.RUNNING:
             raise PluginNotRunningError(plugin, state.value)
-        result = self.supervisor.loader.call(plugin, tool, args, kwargs)
+        result = self.supervisor.loader.call(plugin, tool, args, kwargs, give_up_at=give_up_at)
         self.supervisor.record_outcome(plugin, result, f"tool {tool}")
         return result

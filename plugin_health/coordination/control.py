@@ -19,6 +19,7 @@ import socket
 import socketserver
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -191,6 +192,9 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 class Asking:
     """The typed requests of a worker's end; ``_ask`` carries one to the host and back."""
 
+    #: Seconds the worker waits for an answer.
+    timeout: float = 30.0
+
     def restart(self, name: str) -> PluginSnapshot:
         """Restart a plugin."""
         return PluginSnapshot.from_json(self._ask({"op": "restart", "plugin": name})["snapshot"])
@@ -205,7 +209,9 @@ class Asking:
 
     def run_tool(self, name: str, tool: str, args: list[Any], kwargs: dict[str, Any]) -> PluginSandboxResult:
         """Call a plugin's tool."""
-        data = self._ask({"op": "tool", "plugin": name, "tool": tool, "args": args, "kwargs": kwargs})["result"]
+        request = {"op": "tool", "plugin": name, "tool": tool, "args": args, "kwargs": kwargs,
+                   "deadline": time.time() + self.timeout}
+        data = self._ask(request)["result"]
         return PluginSandboxResult(data["ok"], data["result"], data["error"], data["error_type"], data["duration_ms"])
 
     def close(self) -> None:

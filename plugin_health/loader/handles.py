@@ -25,6 +25,7 @@ class PluginHandle(Protocol):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         timeout: float | None = None,
+        give_up_at: float | None = None,
     ) -> PluginSandboxResult:
         """Run ``plugin.<method>(*args, **kwargs)`` with the plugin's limits; never raises for the plugin."""
         ...
@@ -48,6 +49,7 @@ class InlineHandle:
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         timeout: float | None = None,
+        give_up_at: float | None = None,
     ) -> PluginSandboxResult:
         """Run the method inline with the plugin's limits (``timeout`` overrides the plugin's)."""
         sandbox = self._sandbox if timeout is None else Sandbox(replace(self.limits, timeout=timeout))

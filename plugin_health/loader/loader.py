@@ -286,11 +286,18 @@ class PluginLoader:
         return self.bring_up(name, reason_for)
 
     def call(
-        self, name: str, method: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+        self, name: str, method: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
+        give_up_at: float | None = None,
     ) -> PluginSandboxResult:
-        """Call ``method`` of the loaded plugin ``name`` through its sandbox, and tell the observers."""
+        """Call ``method`` of the loaded plugin ``name`` through its sandbox, and tell the observers.
+
+        ``give_up_at`` (monotonic): when the caller stops waiting; a call still queued then is dropped unrun.
+        """
         entry = self.registry.get(name)
-        result: PluginSandboxResult = entry.handle.call(method, args, kwargs)
+        if give_up_at is None:
+            result: PluginSandboxResult = entry.handle.call(method, args, kwargs)
+        else:
+            result = entry.handle.call(method, args, kwargs, give_up_at=give_up_at)
         for observer in self.observers:
             try:
                 observer(name, method, entry.spec.isolation, result)

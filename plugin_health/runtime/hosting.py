@@ -14,6 +14,7 @@ exits by itself when its owner (the master) is gone.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -182,6 +183,8 @@ def serve(settings: Settings) -> int:
     host = Core(settings, store)
     heartbeat = Heartbeat(store, settings.owner_pid, stop, lock)
     heartbeat.start()
+    reaper = threading.Thread(target=_reap_orphans_until, args=(stopping,), name="plugin-health-reaper", daemon=True)
+    reaper.start()
     control: ControlServer | RedisControlServer | None = None
     try:
         host.start(background=False)
@@ -195,6 +198,7 @@ def serve(settings: Settings) -> int:
         if control is not None:
             control.stop()
         host.shutdown()
+        reap_orphans()  # the last sweep: nothing a plugin started outlives the service
         heartbeat.stop()
         store.close()
         lock.release()
@@ -208,6 +212,47 @@ def _control_server(
         return RedisControlServer(store, operations.answer)
     listen = socket_path(settings)
     return None if listen is None else ControlServer(listen, operations.answer)
+
+
+def orphans(core: int) -> list[int]:
+    """Children of ``core`` that are not runners: what plugins forked, orphaned when their runner died.
+
+    A runner (its guard) leads a process group of its own in the core's session; anything else that became the
+    core's child (it is the child subreaper) came from plugin code.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid, pgid, sid = int(entry.name), int(fields[1]), int(fields[2]), int(fields[3])
+        if ppid == core and not (pgid == pid and sid != pid):
+            found.append(pid)
+    return found
+
+
+def reap_orphans() -> int:
+    """Kill and reap every orphan a plugin left behind; how many there were."""
+    found = orphans(os.getpid())
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    return len(found)
+
+
+def _reap_orphans_until(stopping: threading.Event, every: float = 1.0) -> None:
+    while not stopping.wait(every):
+        try:
+            count = reap_orphans()
+        except OSError:  # /proc unreadable: nothing to do here
+            return
+        if count:
+            logger.warning("killed %d process(es) that plugins left behind", count)
 
 
 def become_subreaper() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 from plugin_health.coordination.control import MAX_REQUEST, error_to_wire
@@ -72,9 +73,13 @@ class Operations:
             self.host.supervisor.restart(name, automatic=False)
             return self.host.snapshot(name)
 
-    def run_tool(self, name: str, tool: str, args: list[Any], kwargs: dict[str, Any]) -> PluginSandboxResult:
-        """Call a tool through the sandbox; a result JSON cannot carry is a failed call."""
-        return json_safe(self.host.tools.run(name, tool, *args, **kwargs))
+    def run_tool(self, name: str, tool: str, args: list[Any], kwargs: dict[str, Any],
+                 give_up_at: float | None = None) -> PluginSandboxResult:
+        """Call a tool through the sandbox; a result JSON cannot carry is a failed call.
+
+        ``give_up_at`` (monotonic): when the asking worker stops waiting; a call still queued then never runs.
+        """
+        return json_safe(self.host.tools.run(name, tool, *args, give_up_at=give_up_at, **kwargs))
 
     def _require(self, name: str, trigger: str) -> None:
         """Refuse, before changing anything, a move the lifecycle table does not allow from the current state."""
@@ -108,8 +113,12 @@ def answer(operations: Operations, line: bytes) -> dict[str, Any]:
         request = json.loads(line)
         op, name = request["op"], str(request["plugin"])
         if op == "tool":
+            deadline = request.get("deadline")  # Unix time when the asking worker stops waiting
+            give_up_at = None
+            if isinstance(deadline, int | float):
+                give_up_at = time.monotonic() + (float(deadline) - time.time())
             result = operations.run_tool(name, str(request["tool"]), list(request.get("args", [])),
-                                         dict(request.get("kwargs", {})))
+                                         dict(request.get("kwargs", {})), give_up_at)
             return {"ok": True, "result": result.to_dict()}
         if op in ("restart", "disable", "enable"):
             snapshot: PluginSnapshot = getattr(operations, op)(name)

@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +91,7 @@ def _guard(child: int, core: int) -> None:
             os.kill(child, signal.SIGKILL)
             pid, status = os.waitpid(child, 0)
             break
-        time.sleep(0.1)
+        signal.sigtimedwait([signal.SIGCHLD], 0.25)  # wakes the moment the child ends (SIGCHLD is blocked)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig not in (signal.SIGKILL, signal.SIGSTOP):  # their handlers cannot be set (OSError), nor need be
@@ -275,10 +274,12 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is the service's to handle
     _no_core_dumps()  # before the fork: the guard mirrors its child's SIGSEGV onto itself, and must not dump either
     core, guard = os.getppid(), os.getpid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])  # kept pending for the guard's sigtimedwait
     child = os.fork()
     if child:
         os.close(options.fd)
         _guard(child, core)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])  # the serving child's plugins get the usual mask
     _die_with_parent()
     if os.getppid() != guard:  # the guard died between the fork and the prctl
         _exit(1)
