@@ -196,7 +196,7 @@ def measure(plugins: int, work: Path, wrk: list[str], rounds: int, workers: int)
         row.rps["list churn"], row.p99["list churn"] = result.rps, result.latency_p99
         row.bad += sum(run.bad_status + run.socket_errors for run in runs)
         children = server.children()
-        row.host_rss = next((rss(pid) for pid, cmd in children.items() if "plugin_health.hostd" in cmd), 0)
+        row.host_rss = next((rss(pid) for pid, cmd in children.items() if "plugin_health.runtime.core_main" in cmd), 0)
         row.worker_rss = int(statistics.median(rss(pid) for pid, cmd in children.items() if "gunicorn" in cmd))
     return row
 
