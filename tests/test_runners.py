@@ -1,0 +1,577 @@
+"""Runners: plugin code runs in runner processes, never in the core; every fault there is survived and blamed.
+
+These tests drive :class:`RunnerPool` directly (``load`` -> :class:`Placed`, ``handle.call``), the way the loader
+does. The fault plugins live in tests/plugins/runner (and the import faults of the old process mode in
+tests/plugins/process).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from waiting import wait_for
+
+from plugin_health.errors import PluginBusyError, PluginNotRunningError
+from plugin_health.loader.sources import PluginSource
+from plugin_health.runtime.runners import RunnerHandle, RunnerLoss, RunnerPool, RunnerSettings, scrubbed_environment
+from plugin_health.sandbox import PluginSandboxResult, SandboxLimits
+
+PLUGINS = Path(__file__).parent / "plugins"
+RUNNER = PLUGINS / "runner"
+PROCESS = PLUGINS / "process"
+MIB = 1024 * 1024
+GRACE = RunnerSettings().grace
+#: Slack for a loaded CI machine on top of a deadline.
+SLACK = 0.3
+
+
+def source(name: str, directory: Path = RUNNER) -> PluginSource:
+    path = directory / f"{name}.py"
+    return PluginSource(name, str(path), path=path)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that still runs (a zombie waiting for its reaper does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def group_members(pgid: int) -> list[int]:
+    """The running (not zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+class Harness:
+    """A pool, the losses it told, and a way to place a plugin and name its handle as the loader would."""
+
+    def __init__(self, settings: RunnerSettings | None = None) -> None:
+        self.losses: list[RunnerLoss] = []
+        self.pool = RunnerPool(settings, on_lost=self.losses.append)
+
+    def place(self, name: str = "tools", dedicated: bool = False, timeout: float | None = 5.0,
+              memory_limit_mb: int | None = 256, directory: Path = RUNNER) -> RunnerHandle:
+        placed = self.pool.load(source(name, directory), dedicated, SandboxLimits(timeout, memory_limit_mb))
+        assert isinstance(placed.handle, RunnerHandle), placed
+        assert placed.declaration is not None
+        placed.handle.name = placed.declaration["name"]
+        return placed.handle
+
+
+@pytest.fixture
+def make() -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def factory(settings: RunnerSettings | None = None) -> Harness:
+        made.append(Harness(settings))
+        return made[-1]
+
+    yield factory
+    for harness in made:
+        harness.pool.close()
+
+
+@pytest.fixture
+def harness(make: Callable[..., Harness]) -> Harness:
+    return make()
+
+
+def assert_failed(result: PluginSandboxResult, error_type: str, error: str = "") -> None:
+    assert (result.ok, result.result, result.error_type) == (False, None, error_type), result
+    assert result.error is not None
+    assert error in result.error, result.error
+
+
+def timed(call: Callable[[], PluginSandboxResult]) -> tuple[PluginSandboxResult, float]:
+    began = time.perf_counter()
+    result = call()
+    return result, time.perf_counter() - began
+
+
+# --- loading ----------------------------------------------------------------------------------------------
+
+
+def test_load_places_an_instance_in_a_runner_and_returns_its_declaration(harness: Harness) -> None:
+    placed = harness.pool.load(source("tools"), False, SandboxLimits(5.0, 256))
+    assert placed.handle is not None
+    assert (placed.phase, placed.error_type) == (None, None)
+    assert placed.declaration is not None
+    assert {k: v for k, v in placed.declaration.items() if k != "tools"} == {
+        "name": "tools", "version": "1.2.0", "requires": ["geo>=2.0"], "critical": True, "timeout": None,
+        "memory_limit_mb": None, "isolation": "inline",
+    }
+    assert {"count", "echo", "segfault", "garble"} <= set(placed.declaration["tools"])
+    handle = placed.handle
+    assert isinstance(handle, RunnerHandle)
+    assert handle.isolation == "inline"
+    assert handle.limits == SandboxLimits(5.0, 256)  # the plugin declares none: the defaults it was loaded with
+    serving = handle.call("pid").result
+    runner = handle.runner
+    assert serving not in (os.getpid(), runner.pid)
+    assert parent_of(serving) == runner.pid  # the serving child of a guard, which is the core's child
+    assert parent_of(runner.pid) == os.getpid()
+    assert os.getpgid(serving) == os.getpgid(runner.pid) == runner.pid != os.getpgid(0)
+
+
+def test_inline_plugins_share_one_runner_and_a_dedicated_one_has_its_own(harness: Harness) -> None:
+    tools = harness.place("tools")
+    bystander = harness.place("bystander")
+    own = harness.place("tools", dedicated=True)
+    assert (tools.isolation, bystander.isolation, own.isolation) == ("inline", "inline", "process")
+    assert tools.call("pid").result == bystander.call("pid").result != own.call("pid").result
+    assert (tools.uses_process_of(bystander), tools.uses_process_of(own)) == (True, False)
+    assert [tools.call("count").result, own.call("count").result, tools.call("count").result] == [1, 1, 2]
+    assert len(harness.pool.runners()) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "directory", "phase", "error_type", "error"),
+    [
+        ("syntax_error", PROCESS, "import", "SyntaxError", "expected ':'"),
+        ("broken_import", PROCESS, "import", "RuntimeError", "boom at import"),
+        ("exit_import", PROCESS, "import", "SystemExit", "exit at import"),
+        ("missing", PROCESS, "import", "FileNotFoundError", "missing.py"),
+        ("hang_import", PROCESS, "import", "PluginTimeoutError", "call exceeded its timeout of 0.3 s"),
+        ("no_class", PROCESS, "class lookup", "NoPluginClassError", "defines no subclass of plugin_health.Plugin"),
+        ("bad_init", PROCESS, "instantiation", "ValueError", "constructor refused"),
+    ],
+    ids=["syntax-error", "exception", "SystemExit", "no-file", "sleep-at-import", "no-class", "constructor"],
+)
+@pytest.mark.parametrize("dedicated", [False, True], ids=["shared", "dedicated"])
+def test_a_load_failure_names_its_phase_and_the_runner_lives_on(
+    harness: Harness, name: str, directory: Path, phase: str, error_type: str, error: str, dedicated: bool
+) -> None:
+    bystander = harness.place("bystander")
+    placed = harness.pool.load(source(name, directory), dedicated, SandboxLimits(0.3, 256))
+    assert (placed.handle, placed.declaration, placed.phase, placed.error_type) == (None, None, phase, error_type)
+    assert placed.error is not None
+    assert error in placed.error
+    assert harness.pool.runners() == [bystander.runner]  # a dedicated runner of a failed load is stopped
+    assert bystander.call("count").result == 1  # the shared runner was not harmed
+    assert (harness.losses, harness.pool.quarantined) == ([], set())
+
+
+@pytest.mark.parametrize(
+    ("name", "error_type", "error"),
+    [
+        ("crash_import", "PluginCrashedError", "its runner died (exit code 5)"),
+        ("hard_hang_import", "PluginTimeoutError", "call exceeded its timeout of 0.3 s and did not stop"),
+    ],
+    ids=["os._exit-at-import", "hang-past-the-hard-deadline"],
+)
+def test_a_crash_or_hang_at_import_in_the_shared_runner_quarantines_the_source(
+    harness: Harness, name: str, error_type: str, error: str
+) -> None:
+    directory = PROCESS if name == "crash_import" else RUNNER
+    bystander = harness.place("bystander")
+    tools = harness.place("tools")
+    began = time.perf_counter()
+    placed = harness.pool.load(source(name, directory), False, SandboxLimits(0.3, 256))
+    assert time.perf_counter() - began < 0.3 + GRACE + SLACK
+    assert (placed.handle, placed.phase, placed.error_type) == (None, "import", error_type)
+    assert placed.error is not None
+    assert error in placed.error
+    assert harness.pool.quarantined == {str(directory / f"{name}.py")}
+    [loss] = harness.losses
+    assert (loss.culprit, loss.victims, loss.error_type) == (None, ("bystander", "tools"), error_type)
+    assert (bystander.lost, tools.lost) == (True, True)
+    with pytest.raises(PluginNotRunningError):
+        bystander.call("count")
+    # From now on the source loads in a runner of its own: it takes nothing else down with it.
+    again = harness.place("bystander")
+    assert harness.pool.load(source(name, directory), False, SandboxLimits(0.3, 256)).error_type == error_type
+    assert harness.losses[1].victims == ()
+    assert not again.lost
+    assert again.call("count").result == 1
+
+
+# --- calls ------------------------------------------------------------------------------------------------
+
+
+def test_calls_reach_one_long_lived_instance(harness: Harness) -> None:
+    tools = harness.place()
+    assert [tools.call("count").result for _ in range(3)] == [1, 2, 3]
+    echoed = tools.call("echo", (1, "a", [2.5]), {"k": [None, True]}).result
+    assert echoed == {"args": [1, "a", [2.5]], "kwargs": {"k": [None, True]}}
+    assert tools.call("health_check").result is True
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "error_type", "error"),
+    [
+        ("fail", (), "ValueError", "bad value"),
+        ("exit", (), "SystemExit", "2"),
+        ("interrupt", (), "KeyboardInterrupt", "KeyboardInterrupt"),
+        ("nonexistent", (), "AttributeError", "'Tools' object has no attribute 'nonexistent'"),
+        ("__class__", (), "AttributeError", "'__class__' is not a plugin method"),
+        ("silent_exit", (), "SilentExit", "SilentExit"),
+        ("a_set", (), "UnserializableResultError", "is not JSON serializable: set"),
+        ("pickled", (), "UnserializableResultError", "Pickled"),
+        ("a_dataclass", (), "UnserializableResultError", "Point"),
+        ("deep", (100_000,), "UnserializableResultError", "the result cannot be sent as JSON"),
+    ],
+    ids=["exception", "SystemExit", "KeyboardInterrupt", "no-method", "private", "str-raises-SystemExit",
+         "set-result", "reduce-os._exit-result", "dataclass-result", "nested-100000-deep"],
+)
+def test_a_failed_call_is_reported_and_the_runner_lives_on(
+    harness: Harness, method: str, args: tuple[object, ...], error_type: str, error: str
+) -> None:
+    tools = harness.place()
+    pid = tools.call("pid").result
+    assert tools.call("count").result == 1
+    assert_failed(tools.call(method, args), error_type, error)
+    assert tools.call("pid").result == pid
+    assert tools.call("count").result == 2  # the same instance, its state kept
+    assert harness.losses == []
+
+
+def test_unencodable_arguments_are_refused_before_sending(harness: Harness) -> None:
+    tools = harness.place()
+    assert_failed(tools.call("echo", (threading.Lock(),)), "UnencodableArgumentsError", "cannot be sent")
+    assert tools.call("count").result == 1  # nothing reached the runner
+
+
+def test_a_result_larger_than_a_message_may_be_is_refused(make: Callable[..., Harness]) -> None:
+    harness = make(RunnerSettings(max_message=64 * 1024))
+    tools = harness.place()
+    assert_failed(tools.call("big", (100_000,)), "ResultTooLargeError", "larger than the limit of 65536")
+    assert tools.call("big", (1000,)).result == "x" * 1000
+    assert tools.call("count").result == 1
+
+
+# --- timeouts -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["sleep", "spin"], ids=["sleep", "except-Exception-loop"])
+def test_a_timeout_the_runner_can_stop_leaves_the_runner_alive(harness: Harness, method: str) -> None:
+    tools = harness.place()
+    pid = tools.call("pid").result
+    result, elapsed = timed(lambda: tools.call(method, (10,) if method == "sleep" else (), timeout=0.2))
+    assert_failed(result, "PluginTimeoutError", "call exceeded its timeout of 0.2 s")
+    assert 0.2 <= elapsed < 0.2 + SLACK
+    assert tools.call("pid").result == pid
+    assert harness.losses == []
+
+
+@pytest.mark.parametrize("method", ["disarm_and_spin", "spin_in_c"], ids=["SIGALRM-disarmed", "hang-in-C"])
+def test_a_call_past_its_hard_deadline_kills_its_runner_and_is_blamed(harness: Harness, method: str) -> None:
+    bystander = harness.place("bystander")
+    tools = harness.place("tools")
+    other = harness.place("bystander", dedicated=True)  # another runner: untouched
+    runner = tools.runner
+    result, elapsed = timed(lambda: tools.call(method, timeout=0.3))
+    assert_failed(result, "PluginTimeoutError", "call exceeded its timeout of 0.3 s and did not stop")
+    assert 0.3 + GRACE <= elapsed < 0.3 + GRACE + SLACK, elapsed  # the hard deadline, not the runner, ended it
+    [loss] = harness.losses
+    assert (loss.culprit, loss.victims, loss.error_type) == ("tools", ("bystander",), "PluginTimeoutError")
+    wait_for(lambda: not alive(runner.pid) and group_members(runner.pgid) == [], timeout=2)
+    assert (tools.lost, bystander.lost, other.lost) == (True, True, False)
+    for handle in (tools, bystander):
+        with pytest.raises(PluginNotRunningError):
+            handle.call("count")
+    assert other.call("count").result == 1
+    # The culprit is quarantined: its next load gets a runner of its own; the others a fresh shared one.
+    assert harness.pool.quarantined == {str(RUNNER / "tools.py")}
+    assert harness.place("tools").isolation == "process"
+    again = harness.place("bystander")
+    assert again.isolation == "inline"
+    assert again.runner is not runner
+    assert again.call("count").result == 1
+
+
+def test_an_exception_whose_str_never_returns_is_a_timeout(harness: Harness) -> None:
+    tools = harness.place()
+    pid = tools.call("pid").result
+    result, elapsed = timed(lambda: tools.call("endless_str", timeout=0.3))
+    assert_failed(result, "PluginTimeoutError", "call exceeded its timeout of 0.3 s")
+    assert result.error == "call exceeded its timeout of 0.3 s"  # the call's timeout, not its guard's
+    assert elapsed < 0.3 + GRACE, elapsed  # stopped in the runner, before the hard deadline
+    assert tools.call("pid").result == pid
+    assert harness.losses == []
+
+
+# --- crashes and a broken protocol --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "death"),
+    [
+        ("segfault", "killed by SIGSEGV"),
+        ("hard_exit", "exit code 3"),
+        ("kill9", "killed by SIGKILL"),
+        ("kill_parent", "killed by SIGKILL"),
+    ],
+    ids=["segfault", "os._exit", "kill-9-itself", "kill-9-its-parent"],
+)
+def test_a_crash_is_detected_at_once_and_names_how_the_runner_died(
+    harness: Harness, method: str, death: str
+) -> None:
+    bystander = harness.place("bystander")
+    tools = harness.place()
+    runner = tools.runner
+    result, elapsed = timed(lambda: tools.call(method, timeout=5.0))
+    assert_failed(result, "PluginCrashedError", f"its runner died ({death})")
+    assert elapsed < 1.0, elapsed  # seen when it happens, not at the call's timeout
+    assert os.getpid() > 0  # still here: nothing of it reached the core
+    [loss] = harness.losses
+    assert (loss.culprit, loss.victims, loss.error_type) == ("tools", ("bystander",), "PluginCrashedError")
+    wait_for(lambda: not alive(runner.pid) and group_members(runner.pgid) == [], timeout=2)
+    assert bystander.lost
+    assert harness.place("tools").isolation == "process"
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        ("ff" * 16, "MessageTooLargeError"),
+        ("00000004" + "01020304", "WireError"),
+        ("00000003" + b"[1]".hex(), "an answer that is not an object"),
+    ],
+    ids=["huge-length", "not-JSON", "not-an-object"],
+)
+def test_garbage_on_the_runners_line_is_a_broken_runner(harness: Harness, data: str, why: str) -> None:
+    tools = harness.place()
+    runner = tools.runner
+    result, elapsed = timed(lambda: tools.call("garble", (data,), timeout=5.0))
+    assert_failed(result, "PluginCrashedError", "its runner broke the protocol")
+    assert result.error is not None
+    assert why in result.error
+    assert elapsed < 1.0
+    assert [(loss.culprit, loss.error_type) for loss in harness.losses] == [("tools", "PluginCrashedError")]
+    assert not alive(runner.pid)
+    assert harness.place("bystander").call("count").result == 1  # the core goes on
+
+
+def test_a_plugin_closing_the_runners_line_is_a_lost_runner(harness: Harness) -> None:
+    tools = harness.place()
+    result, elapsed = timed(lambda: tools.call("close_line", timeout=5.0))
+    assert_failed(result, "PluginCrashedError", "its runner died")
+    assert elapsed < 1.0
+    assert [loss.culprit for loss in harness.losses] == ["tools"]
+
+
+# --- what a runner sees -------------------------------------------------------------------------------------
+
+
+def test_a_runner_gets_a_scrubbed_environment(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLUGIN_HEALTH_ADMIN_TOKEN", "s3cret")
+    monkeypatch.setenv("RUNNER_TEST_VISIBLE", "yes")
+    tools = harness.place()
+    assert tools.call("environ", ("PLUGIN_HEALTH_ADMIN_TOKEN",)).result is None
+    assert tools.call("environ", ("RUNNER_TEST_VISIBLE",)).result == "yes"
+    assert scrubbed_environment({"PLUGIN_HEALTH_STORE": "x", "GUNICORN_CMD_ARGS": "y",
+                                 "PROMETHEUS_MULTIPROC_DIR": "z", "HOME": "/h"}) == {"HOME": "/h"}
+
+
+def test_a_runner_loads_none_of_the_services_libraries(harness: Harness) -> None:
+    modules = set(harness.place().call("modules").result)
+    assert "plugin_health" in modules
+    assert modules.isdisjoint({"flask", "redis", "apispec", "prometheus_client", "werkzeug", "marshmallow"})
+
+
+# --- the actor ----------------------------------------------------------------------------------------------
+
+
+def test_calls_from_many_threads_run_one_at_a_time(harness: Harness) -> None:
+    tools = harness.place()
+    results: list[int] = []
+
+    def worker() -> None:
+        for _ in range(25):
+            results.append(tools.call("count").result)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(results) == list(range(1, 101))
+
+
+def test_past_the_queue_limit_a_call_is_refused_at_once(make: Callable[..., Harness]) -> None:
+    tools = make(RunnerSettings(queue_limit=2)).place()
+    start = threading.Barrier(6)
+    outcomes: list[tuple[str, float, object]] = []
+
+    def caller() -> None:
+        start.wait(5)
+        began = time.perf_counter()
+        try:
+            result = tools.call("sleep", (0.5,))
+            outcomes.append(("ran", time.perf_counter() - began, result.result))
+        except PluginBusyError as err:
+            outcomes.append(("busy", time.perf_counter() - began, str(err)))
+
+    threads = [threading.Thread(target=caller) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    refused = [elapsed for kind, elapsed, _ in outcomes if kind == "busy"]
+    ran = sorted(value for kind, _, value in outcomes if kind == "ran")  # [began, ended] in the runner
+    assert (len(refused), len(ran)) == (3, 3), outcomes  # one runs, two wait, the rest are refused
+    assert max(refused) < 0.1
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(ran))  # one at a time, never overlapping
+
+
+def test_a_call_no_longer_awaited_when_its_turn_comes_is_dropped_unrun(harness: Harness) -> None:
+    tools = harness.place()
+    sleeper = threading.Thread(target=lambda: tools.call("sleep", (0.3,)))
+    sleeper.start()
+    wait_for(tools._actor.locked, timeout=2)
+    began = time.perf_counter()
+    with pytest.raises(PluginNotRunningError, match="no longer awaited"):
+        tools.call("count", give_up_at=time.monotonic() + 0.05)
+    assert time.perf_counter() - began < 0.3 + SLACK
+    sleeper.join(5)
+    assert tools.call("count").result == 1  # the dropped call never ran
+
+
+# --- memory -------------------------------------------------------------------------------------------------
+
+
+def test_a_plugin_that_keeps_memory_past_its_limit_gets_its_runner_recycled(harness: Harness) -> None:
+    bystander = harness.place("bystander")
+    tools = harness.place(memory_limit_mb=64)
+    runner = tools.runner
+    results = []
+    for _ in range(5):
+        results.append(tools.call("keep_20_mib"))
+        if not results[-1].ok:
+            break
+    assert [r.result for r in results[:-1]] == list(range(1, len(results)))
+    assert_failed(results[-1], "PluginMemoryError", "past its memory limit of 64 MiB")
+    [loss] = harness.losses
+    assert (loss.culprit, loss.victims, loss.error_type) == ("tools", ("bystander",), "PluginMemoryError")
+    assert (tools.lost, bystander.lost) == (True, True)
+    assert not alive(runner.pid)
+    again = harness.place(memory_limit_mb=64)
+    assert again.isolation == "process"
+    assert again.call("keep_20_mib").result == 1  # a fresh runner: its memory back
+
+
+def test_a_huge_allocation_is_stopped_and_the_runner_survives(harness: Harness) -> None:
+    tools = harness.place(memory_limit_mb=256)
+    pid = tools.call("pid").result
+    assert_failed(tools.call("allocate", (2048,)), "PluginMemoryError", "call exceeded its memory limit of 256 MiB")
+    assert tools.call("pid").result == pid
+    assert tools.call("allocate", (100,)).result == 100 * MIB
+    assert harness.losses == []
+
+
+def test_without_a_memory_limit_a_large_allocation_works(harness: Harness) -> None:
+    assert harness.place(memory_limit_mb=None).call("allocate", (300,)).result == 300 * MIB
+
+
+# --- releasing and closing ----------------------------------------------------------------------------------
+
+
+def test_closing_a_handle_forgets_its_instance_and_stops_a_runner_of_its_own(harness: Harness) -> None:
+    shared = harness.place("tools")
+    bystander = harness.place("bystander")
+    own = harness.place("tools", dedicated=True)
+    own_runner = own.runner
+    shared.close()
+    own.close()
+    for handle in (shared, own):
+        with pytest.raises(PluginNotRunningError):
+            handle.call("count")
+    assert not alive(own_runner.pid)
+    assert bystander.call("count").result == 1
+    assert harness.pool.runners() == [bystander.runner]
+    assert harness.losses == []
+
+
+def test_close_leaves_no_process_behind(harness: Harness) -> None:
+    forker = harness.place("forker")
+    harness.place("bystander")
+    own = harness.place("tools", dedicated=True)
+    assert forker.call("start").ok
+    child = forker.call("child_pid").result
+    assert alive(child)
+    runners = harness.pool.runners()
+    pgids = {runner.pgid for runner in runners}
+    members = {pid for pgid in pgids for pid in group_members(pgid)}
+    assert {child, own.call("pid").result, *(runner.pid for runner in runners)} <= members
+    harness.pool.close()
+    wait_for(lambda: not any(alive(pid) for pid in members), timeout=5)
+    assert [pid for pgid in pgids for pid in group_members(pgid)] == []
+    for runner in runners:  # the guards, the core's children, are reaped too
+        assert not Path(f"/proc/{runner.pid}").exists()
+    harness.pool.close()  # idempotent
+
+
+def test_close_during_a_hung_call_ends_it(harness: Harness) -> None:
+    tools = harness.place()
+    results: list[PluginSandboxResult] = []
+    caller = threading.Thread(target=lambda: results.append(tools.call("sleep", (30,), timeout=30)))
+    caller.start()
+    wait_for(tools._actor.locked, timeout=2)
+    time.sleep(0.05)  # the request is on its way
+    began = time.perf_counter()
+    harness.pool.close()
+    caller.join(5)
+    assert time.perf_counter() - began < 2.0
+    assert_failed(results[0], "PluginCrashedError")
+    assert not alive(tools.runner.pid)
+
+
+def test_a_runner_exits_when_the_core_closes_its_line(harness: Harness) -> None:
+    tools = harness.place()
+    serving = tools.call("pid").result
+    tools.runner.sock.shutdown(socket.SHUT_RDWR)
+    wait_for(lambda: tools.runner.process.poll() is not None, timeout=5)
+    assert tools.runner.process.returncode == 0
+    assert not alive(serving)
+
+
+@pytest.mark.parametrize("how", ["os._exit", "SIGKILL"])
+def test_runners_die_with_their_core(tmp_path: Path, how: str) -> None:
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from plugin_health.loader.sources import PluginSource
+        from plugin_health.runtime.runners import RunnerPool
+        from plugin_health.sandbox import SandboxLimits
+
+        path = Path({str(RUNNER / "tools.py")!r})
+        pool = RunnerPool()
+        handle = pool.load(PluginSource("tools", str(path), path=path), False, SandboxLimits(5.0, 256)).handle
+        print(handle.runner.pid, handle.call("pid").result, flush=True)
+        if {how!r} == "SIGKILL":
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(0)  # no cleanup at all: the runner must notice and go by itself
+    """)
+    (tmp_path / "core.py").write_text(script)
+    out = subprocess.run([sys.executable, str(tmp_path / "core.py")], capture_output=True, text=True, timeout=30,
+                         check=False)
+    assert out.returncode == (0 if how == "os._exit" else -signal.SIGKILL), out.stderr
+    guard, serving = map(int, out.stdout.split())
+    wait_for(lambda: not alive(guard) and not alive(serving), timeout=5)
