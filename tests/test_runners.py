@@ -537,8 +537,8 @@ def test_close_during_a_hung_call_ends_it(harness: Harness) -> None:
     time.sleep(0.05)  # the request is on its way
     began = time.perf_counter()
     harness.pool.close()
+    assert time.perf_counter() - began < 0.3  # the call in flight is not waited for: its runner is killed at once
     caller.join(5)
-    assert time.perf_counter() - began < 2.0
     assert_failed(results[0], "PluginCrashedError")
     assert not alive(tools.runner.pid)
 

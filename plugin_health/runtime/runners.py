@@ -154,8 +154,9 @@ class RunnerProcess:
         except (_RunnerExited, wire.PeerClosedError):
             # Its line closes as it dies, a moment before its guard exits the way it ended: wait for that moment,
             # so that the death is told as it was (a SIGSEGV, an exit code), not as the SIGKILL of ``kill``.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(_EXIT_PATIENCE)
+            if self.dead is None:  # (not when it is being stopped: then it is killed at once)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(_EXIT_PATIENCE)
             code = self.kill("it died")
             raise RunnerLostError(CRASHED, f"its runner died ({_death(code)})") from None
         except wire.WireError as err:
