@@ -352,7 +352,7 @@ def test_a_crash_is_detected_at_once_and_names_how_the_runner_died(
     [
         ("ff" * 16, "MessageTooLargeError"),
         ("00000004" + "01020304", "WireError"),
-        ("00000003" + b"[1]".hex(), "an answer that is not an object"),
+        ("00000003" + b"[1]".hex(), "an answer that is not the request's"),
     ],
     ids=["huge-length", "not-JSON", "not-an-object"],
 )

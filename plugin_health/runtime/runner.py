@@ -120,6 +120,7 @@ class Runner:
                 answer = self.handle(request)
             except BaseException as err:  # noqa: BLE001 - the runner's own boundary: it answers, whatever happened
                 answer = {"ok": False, "error_type": "RunnerError", "error": f"the runner failed: {describe(err)}"}
+            answer["id"] = request.get("id") if isinstance(request, dict) else None
             try:
                 wire.send(self.sock, self._frame(answer))
             except wire.PeerClosedError:
@@ -133,7 +134,8 @@ class Runner:
             error_type, error = TOO_LARGE, f"the result is {err.size} bytes, larger than the limit of {err.limit}"
         except (TypeError, MemoryError) as err:
             error_type, error = UNENCODABLE, f"the result cannot be sent as JSON: {describe(err)}"
-        refused = {"ok": False, "error_type": error_type, "error": error, "duration_ms": answer.get("duration_ms")}
+        refused = {"ok": False, "error_type": error_type, "error": error, "duration_ms": answer.get("duration_ms"),
+                   "id": answer.get("id")}
         return _encode(refused, self.max_message)
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import os
+import secrets
 import select
 import signal
 import socket
@@ -102,6 +103,7 @@ class RunnerProcess:
         self.label = label
         self.settings = settings
         self.lock = threading.Lock()  # one request at a time: the call in flight is always known
+        self._closing = threading.Lock()
         self.handles: dict[int, RunnerHandle] = {}
         self.dead: str | None = None
         ours, theirs = socket.socketpair()
@@ -138,6 +140,8 @@ class RunnerProcess:
         """
         if self.dead is not None:
             raise RunnerLostError(CRASHED, self.dead)
+        # A random id the answer must carry back: an answer a plugin forged cannot pass for another call's.
+        message = {**message, "id": secrets.randbits(62)}
         try:
             frame = wire.encode(message, self.settings.max_message)
         except (TypeError, wire.MessageTooLargeError) as err:
@@ -163,9 +167,9 @@ class RunnerProcess:
             code = self.kill(f"it broke the protocol: {err}")
             message_ = f"its runner broke the protocol ({type(err).__name__}; {_death(code)})"
             raise RunnerLostError(CRASHED, message_) from None
-        if not isinstance(answer, dict):
-            self.kill("it broke the protocol: an answer that is not an object")
-            raise RunnerLostError(CRASHED, "its runner broke the protocol (an answer that is not an object)")
+        if not isinstance(answer, dict) or answer.get("id") != message["id"]:
+            self.kill("it broke the protocol: an answer that is not the request's")
+            raise RunnerLostError(CRASHED, "its runner broke the protocol (an answer that is not the request's)")
         return answer
 
     def _wait_readable(self, deadline: float | None) -> None:
@@ -218,10 +222,11 @@ class RunnerProcess:
 
     def _close_descriptors(self) -> None:
         self.sock.close()
-        if self.pidfd is not None:
+        with self._closing:  # a call's kill and the pool's stop may race here: close the pidfd once
+            pidfd, self.pidfd = self.pidfd, None
+        if pidfd is not None:
             with contextlib.suppress(OSError):
-                os.close(self.pidfd)
-            self.pidfd = None
+                os.close(pidfd)
 
 
 class _RunnerExited(Exception):
