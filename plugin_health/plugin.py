@@ -31,6 +31,30 @@ def tool_names(cls: type[Plugin]) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
+#: The class attributes a plugin declares (validated by ``PluginSpec`` in the loader).
+DECLARED = ("name", "version", "requires", "critical", "timeout", "memory_limit_mb", "isolation")
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def raw_declaration(cls: type[Plugin], default_name: str) -> dict[str, Any]:
+    """A plugin class's declared attributes as plain data, unvalidated (a runner reports them to the core).
+
+    A value that is not plain data (a string, number, boolean, None, or a tuple or list of strings) is refused
+    here with ``TypeError`` naming the attribute: only plain data crosses to the core.
+    """
+    declared: dict[str, Any] = {}
+    for attribute in DECLARED:
+        value = getattr(cls, attribute, None)
+        if isinstance(value, tuple | list) and all(type(item) is str for item in value):
+            value = list(value)
+        elif type(value) not in _PLAIN:
+            raise TypeError(f"{attribute} must be plain data, not {type(value).__name__}")
+        declared[attribute] = value
+    declared["name"] = declared["name"] or default_name
+    declared["tools"] = list(tool_names(cls))
+    return declared
+
+
 @dataclass(frozen=True)
 class PluginContext:
     """What ``Plugin.initialize`` receives: its configuration, a logger and the other plugins."""

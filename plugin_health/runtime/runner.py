@@ -14,8 +14,8 @@ failed call. When the core closes its end, the runner exits at once, whatever th
 
 from __future__ import annotations
 
-import argparse
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -25,21 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from plugin_health.loader.importing import find_plugin_class, import_source
-from plugin_health.loader.registry import PluginSpec
 from plugin_health.loader.sources import PluginSource
-from plugin_health.plugin import Plugin, PluginContext
+from plugin_health.plugin import Plugin, PluginContext, raw_declaration
 from plugin_health.runtime import wire
 from plugin_health.sandbox import memory
 from plugin_health.sandbox.inline import Sandbox
 from plugin_health.sandbox.results import (
     MEMORY,
-    TIMEOUT,
     PluginSandboxResult,
     SandboxLimits,
     describe,
     failed,
-    timeout_message,
 )
+from plugin_health.sandbox.timeouts import SandboxTimeout
 
 #: ``error_type`` of a result that JSON cannot carry (not a JSON value, or nested too deep).
 UNENCODABLE = "UnserializableResultError"
@@ -47,11 +45,14 @@ UNENCODABLE = "UnserializableResultError"
 TOO_LARGE = "ResultTooLargeError"
 _PR_SET_PDEATHSIG = 1
 _MIB = 1024 * 1024
-#: Seconds after a call's timeout within which its error must be described.
-_DESCRIBE_GRACE = 0.05
+#: What the loader's declaration checks allow (``plugin_health.loader.registry``), mirrored to stay light here.
+_MAX_TIMEOUT = 86_400
+_MAX_MEMORY_MB = 1024 * 1024
 # Bound before any plugin is imported: a plugin that replaces these names elsewhere cannot reach the runner's.
 _exit = os._exit
-_encode = wire.encode
+_dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=lambda value: _refuse(value)).encode
+_loads = wire.decode_plain
+_frame_text = wire.frame_text
 
 
 @dataclass(slots=True)
@@ -113,7 +114,7 @@ class Runner:
         """Answer requests until the core closes its end; then exit without waiting for anything."""
         while True:
             try:
-                request = wire.receive(self.sock, self.max_message)
+                request = wire.receive(self.sock, self.max_message, loads=_loads)
             except (wire.WireError, TimeoutError):
                 _exit(0)
             try:
@@ -127,16 +128,23 @@ class Runner:
                 _exit(0)
 
     def _frame(self, answer: dict[str, Any]) -> bytes:
-        """The answer as one frame; a result that no frame can carry becomes a failed call saying why."""
+        """The answer as one frame; a result that no frame can carry becomes a failed call saying why.
+
+        A call's result comes already encoded (``result_json``, encoded in the call's sandbox) and is spliced in.
+        """
+        encoded = answer.pop("result_json", None)
         try:
-            return _encode(answer, self.max_message)
+            text = _dumps(answer)
+            if encoded is not None:
+                text = f'{text[:-1]},"result":{encoded}}}'
+            return _frame_text(text, self.max_message)
         except wire.MessageTooLargeError as err:
             error_type, error = TOO_LARGE, f"the result is {err.size} bytes, larger than the limit of {err.limit}"
-        except (TypeError, MemoryError) as err:
-            error_type, error = UNENCODABLE, f"the result cannot be sent as JSON: {describe(err)}"
+        except (TypeError, ValueError, MemoryError) as err:
+            error_type, error = UNENCODABLE, f"the answer cannot be sent as JSON: {describe(err)}"
         refused = {"ok": False, "error_type": error_type, "error": error, "duration_ms": answer.get("duration_ms"),
                    "id": answer.get("id")}
-        return _encode(refused, self.max_message)
+        return _frame_text(_dumps(refused), self.max_message)
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """The answer to one request."""
@@ -168,18 +176,19 @@ class Runner:
         try:
             module = phase("import", sandbox.run(import_source, source))
             cls = phase("class lookup", sandbox.run(find_plugin_class, module, source))
-            spec: PluginSpec = phase("declaration", sandbox.run(PluginSpec.from_class, cls, source.name))
+            declared: dict[str, Any] = phase("declaration", sandbox.run(raw_declaration, cls, source.name))
+            # The core validates the declaration (a bad one never runs); until then, only sane limits are taken.
             limits = SandboxLimits(
-                spec.timeout if spec.timeout is not None else defaults.timeout,
-                spec.memory_limit_mb if spec.memory_limit_mb is not None else defaults.memory_limit_mb,
+                _positive(declared["timeout"], float, _MAX_TIMEOUT) or defaults.timeout,
+                _positive(declared["memory_limit_mb"], int, _MAX_MEMORY_MB) or defaults.memory_limit_mb,
             )
             instance = phase("instantiation", Sandbox(limits).run(cls))
         except _Stop:
             return outcome
         slot = int(request["slot"])
-        self.loaded[slot] = _Loaded(instance, spec.name, limits)
+        self.loaded[slot] = _Loaded(instance, str(declared["name"]), limits)
         self._recap()
-        return {"ok": True, "result": spec.to_mapping()}
+        return {"ok": True, "result": declared}
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
         """Run one method of a loaded instance under its limits; the outcome as plain data."""
@@ -193,8 +202,11 @@ class Runner:
         if method == "initialize":
             args = [self._context(loaded, request.get("context") or {})]
         before = memory.usage()
-        result = _guarded(limits, loaded.instance, method, args, request.get("kwargs") or {})
+        result = Sandbox(limits).run(_bound, loaded.instance, method, args, request.get("kwargs") or {})
         after = memory.usage()
+        if result.ok and not result.result[0]:  # the plugin raised, or its result is no JSON: (False, type, text)
+            _, error_type, error = result.result
+            result = PluginSandboxResult(False, None, error, error_type, result.duration_ms)
         answer: dict[str, Any] = {
             "ok": result.ok,
             "error": result.error,
@@ -208,7 +220,7 @@ class Runner:
                 problem = f"its calls kept {kept_mb} MiB, past its memory limit of {limits.memory_limit_mb} MiB"
                 return {**failed(MEMORY, problem, result.duration_ms).to_dict(), "kept": True}
         if result.ok:
-            answer["result"] = result.result
+            answer["result_json"] = result.result[1]
         return answer
 
     def _context(self, loaded: _Loaded, raw: dict[str, Any]) -> PluginContext:
@@ -237,57 +249,71 @@ class Runner:
             memory.cap_process(sum(known) + max(known))
 
 
+def _positive(value: object, kind: type, most: float) -> Any:
+    """``value`` when it is a number of ``kind`` in (0, most], else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= most:
+        return None
+    return kind(value)
+
+
 class _Stop(Exception):
     """A load phase failed; its outcome is recorded."""
 
 
-def _guarded(
-    limits: SandboxLimits, instance: Plugin, method: str, args: list[Any], kwargs: dict[str, Any]
-) -> PluginSandboxResult:
-    """Run the call in its sandbox, inside a second guard a little longer, which stops what the sandbox itself runs
-    of the plugin's after the call (the ``__str__`` of the exception it raised)."""
-    inner = Sandbox(limits)
-    if limits.timeout is None:
-        return inner.run(_bound, instance, method, args, kwargs)
-    outer = Sandbox(SandboxLimits(limits.timeout + _DESCRIBE_GRACE)).run(
-        inner.run, _bound, instance, method, args, kwargs
-    )
-    if outer.ok:
-        result: PluginSandboxResult = outer.result
-        return result
-    if outer.error_type == TIMEOUT:  # the call's own timeout, not the guard's few more milliseconds
-        return failed(TIMEOUT, timeout_message(limits.timeout), outer.duration_ms)
-    return outer
+def _bound(instance: Plugin, method: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Run the method and encode its result, all inside the call's sandbox: ``(True, json)`` or ``(False, type, text)``.
+
+    The plugin's exception is described here, under the call's timer, so an ``__str__`` that never returns is stopped
+    like the call itself; a timeout and a ``MemoryError`` go on to the sandbox, which reports them as its own.
+    """
+    try:
+        if method.startswith("_"):
+            raise AttributeError(f"{method!r} is not a plugin method")
+        value = getattr(instance, method)(*args, **kwargs)
+    except (SandboxTimeout, MemoryError):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - reported as the call's outcome, like the sandbox does
+        return (False, type(exc).__name__, describe(exc))
+    try:
+        return (True, _dumps(value))
+    except (TypeError, ValueError, RecursionError) as exc:
+        return (False, UNENCODABLE, f"the result of {method!r} cannot be sent as JSON: {describe(exc)}")
 
 
-def _bound(instance: Plugin, method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    if method.startswith("_"):
-        raise AttributeError(f"{method!r} is not a plugin method")
-    return getattr(instance, method)(*args, **kwargs)
+def _refuse(value: object) -> Any:
+    raise TypeError(f"a {type(value).__name__} is not a JSON value")
+
+
+def _options(argv: list[str]) -> dict[str, int]:
+    """``--fd N [--max-message N] [--label TEXT]``, as the core passes them (no argparse: a runner stays light)."""
+    options = {"fd": -1, "max_message": wire.MAX_MESSAGE}
+    pairs = dict(zip(argv[::2], argv[1::2], strict=False))
+    for flag, key in (("--fd", "fd"), ("--max-message", "max_message")):
+        if flag in pairs:
+            options[key] = int(pairs[flag])
+    if options["fd"] < 0:
+        raise SystemExit("usage: python -m plugin_health.runtime.runner --fd N [--max-message BYTES]")
+    return options
 
 
 def main(argv: list[str] | None = None) -> None:
     """Fork the guard, then serve on the socket the core passed."""
-    parser = argparse.ArgumentParser(prog="plugin_health.runtime.runner")
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--max-message", type=int, default=wire.MAX_MESSAGE)
-    parser.add_argument("--label", default="runner")
-    options = parser.parse_args(argv)
+    options = _options(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is the service's to handle
     _no_core_dumps()  # before the fork: the guard mirrors its child's SIGSEGV onto itself, and must not dump either
     core, guard = os.getppid(), os.getpid()
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])  # kept pending for the guard's sigtimedwait
     child = os.fork()
     if child:
-        os.close(options.fd)
+        os.close(options["fd"])
         _guard(child, core)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])  # the serving child's plugins get the usual mask
     _die_with_parent()
     if os.getppid() != guard:  # the guard died between the fork and the prctl
         _exit(1)
-    sock = socket.socket(fileno=options.fd)
+    sock = socket.socket(fileno=options["fd"])
     sock.set_inheritable(False)  # programs a plugin runs do not get the core's line
-    Runner(sock, options.max_message).serve()
+    Runner(sock, options["max_message"]).serve()
 
 
 if __name__ == "__main__":
