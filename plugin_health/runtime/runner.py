@@ -14,9 +14,11 @@ failed call. When the core closes its end, the runner exits at once, whatever th
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -36,6 +38,7 @@ from plugin_health.sandbox.results import (
     SandboxLimits,
     describe,
     failed,
+    memory_message,
 )
 from plugin_health.sandbox.timeouts import SandboxTimeout
 
@@ -51,7 +54,7 @@ _MAX_MEMORY_MB = 1024 * 1024
 # Bound before any plugin is imported: a plugin that replaces these names elsewhere cannot reach the runner's.
 _exit = os._exit
 _dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=lambda value: _refuse(value)).encode
-_loads = wire.decode_plain
+_loads = wire.decode_request
 _frame_text = wire.frame_text
 
 
@@ -74,12 +77,8 @@ def _die_with_parent() -> None:
 
 
 def _no_core_dumps() -> None:
-    try:
-        import resource
-
+    with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-    except (ValueError, OSError):
-        pass
 
 
 def _guard(child: int, core: int) -> None:
@@ -108,7 +107,9 @@ class Runner:
         self.sock = sock
         self.max_message = max_message
         self.loaded: dict[int, _Loaded] = {}
-        self.cap = 0  # the sum of the loaded plugins' memory allowances
+        self._sandboxes: dict[float | None, Sandbox] = {}
+        #: The runner's own soft and hard caps of ``RLIMIT_DATA`` (a call's guard lowers the soft one, then restores).
+        self.cap, self.hard = resource.getrlimit(memory.LIMIT)
 
     def serve(self) -> None:
         """Answer requests until the core closes its end; then exit without waiting for anything."""
@@ -197,27 +198,44 @@ class Runner:
             return {"ok": False, "error_type": "ProtocolError", "error": "no such plugin in this runner"}
         method = str(request["method"])
         timeout = request.get("timeout") or loaded.limits.timeout
-        limits = SandboxLimits(timeout, loaded.limits.memory_limit_mb)
+        allowance = loaded.limits.memory_limit_mb
         args = list(request.get("args") or ())
         if method == "initialize":
             args = [self._context(loaded, request.get("context") or {})]
+        sandbox = self._sandboxes.get(timeout)
+        if sandbox is None:
+            sandbox = self._sandboxes[timeout] = Sandbox(SandboxLimits(timeout))
+        # The memory guard, done here rather than by the sandbox: the reading it needs is also the one that tells
+        # what the call kept, and the runner knows its own cap (one /proc read and two setrlimit calls a call).
         before = memory.usage()
-        result = Sandbox(limits).run(_bound, loaded.instance, method, args, request.get("kwargs") or {})
+        lowered = allowance is not None and before is not None
+        if allowance is not None and before is not None:
+            target = before + allowance * _MIB
+            if self.cap != resource.RLIM_INFINITY:
+                target = min(target, self.cap)  # never above the runner's own cap
+            resource.setrlimit(memory.LIMIT, (target, self.hard))
+        try:
+            result = sandbox.run(_bound, loaded.instance, method, args, request.get("kwargs") or {})
+        finally:
+            if lowered:
+                resource.setrlimit(memory.LIMIT, (self.cap, self.hard))
         after = memory.usage()
         if result.ok and not result.result[0]:  # the plugin raised, or its result is no JSON: (False, type, text)
             _, error_type, error = result.result
             result = PluginSandboxResult(False, None, error, error_type, result.duration_ms)
+        elif result.error_type == "MemoryError" and allowance is not None:
+            result = failed(MEMORY, memory_message(allowance), result.duration_ms)
         answer: dict[str, Any] = {
             "ok": result.ok,
             "error": result.error,
             "error_type": result.error_type,
             "duration_ms": result.duration_ms,
         }
-        if before is not None and after is not None and limits.memory_limit_mb is not None:
+        if before is not None and after is not None and allowance is not None:
             loaded.kept = max(0, loaded.kept + after - before)
-            if loaded.kept > limits.memory_limit_mb * _MIB:
+            if loaded.kept > allowance * _MIB:
                 kept_mb = loaded.kept // _MIB
-                problem = f"its calls kept {kept_mb} MiB, past its memory limit of {limits.memory_limit_mb} MiB"
+                problem = f"its calls kept {kept_mb} MiB, past its memory limit of {allowance} MiB"
                 return {**failed(MEMORY, problem, result.duration_ms).to_dict(), "kept": True}
         if result.ok:
             answer["result_json"] = result.result[1]
@@ -246,7 +264,7 @@ class Runner:
         allowances = [loaded.limits.memory_limit_mb for loaded in self.loaded.values()]
         if allowances and all(mb is not None for mb in allowances):
             known = [mb for mb in allowances if mb is not None]
-            memory.cap_process(sum(known) + max(known))
+            self.cap = memory.cap_process(sum(known) + max(known)) or self.cap
 
 
 def _positive(value: object, kind: type, most: float) -> Any:

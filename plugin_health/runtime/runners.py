@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import os
 import secrets
 import select
@@ -122,11 +123,17 @@ class RunnerProcess:
         finally:
             theirs.close()
         self.sock = ours
+        self.sock.setblocking(False)  # waits are the poll's, with the hard deadline; reads never block
+        self._reader = wire.FrameReader(ours, settings.max_message)
         self.pgid = self.process.pid
+        self._poll = select.poll()
+        self._poll.register(ours, select.POLLIN)
         try:
             self.pidfd: int | None = os.pidfd_open(self.process.pid)
         except (AttributeError, OSError):  # pragma: no cover - Linux < 5.3: EOF on the socket still tells
             self.pidfd = None
+        else:
+            self._poll.register(self.pidfd, select.POLLIN)
 
     @property
     def pid(self) -> int:
@@ -143,14 +150,13 @@ class RunnerProcess:
         # A random id the answer must carry back: an answer a plugin forged cannot pass for another call's.
         message = {**message, "id": secrets.randbits(62)}
         try:
-            frame = wire.encode(message, self.settings.max_message)
-        except (TypeError, wire.MessageTooLargeError) as err:
+            frame = wire.encode_request(message, self.settings.max_message)
+        except (ValueError, wire.MessageTooLargeError) as err:
             raise ValueError(f"the request cannot be sent to the runner: {err}") from err
         deadline = None if timeout is None else time.monotonic() + timeout + self.settings.grace
         try:
-            wire.send(self.sock, frame)
-            self._wait_readable(deadline)
-            answer = wire.receive(self.sock, self.settings.max_message, deadline)
+            self._send(frame, deadline)
+            answer = self._reader.read(lambda: self._wait_readable(deadline))
         except TimeoutError:
             self.kill(f"no answer within {timeout:g} s + {self.settings.grace:g} s")
             raise RunnerLostError(TIMEOUT, f"call exceeded its timeout of {timeout:g} s and did not stop; "
@@ -174,16 +180,31 @@ class RunnerProcess:
 
     def _wait_readable(self, deadline: float | None) -> None:
         """Until the socket has data (an answer), the runner dies (:class:`_RunnerExited`) or ``deadline``."""
-        watched = [self.sock.fileno()] + ([self.pidfd] if self.pidfd is not None else [])
+        sock = self.sock.fileno()
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            readable, _, _ = select.select(watched, [], [], remaining)
-            if self.sock.fileno() in readable:
+            remaining = -1 if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
+            events = self._poll.poll(remaining)
+            if any(fd == sock for fd, _ in events):
                 return
-            if readable:  # the guard exited, and no answer is waiting
+            if events:  # the guard exited, and no answer is waiting
                 raise _RunnerExited
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError
+
+    def _send(self, frame: bytes, deadline: float | None) -> None:
+        """Write a whole frame to the non-blocking socket, waiting for room until ``deadline``."""
+        view = memoryview(frame)
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except BlockingIOError:
+                remaining = -1 if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
+                if not select.select([], [self.sock], [], None if remaining < 0 else remaining / 1000)[1]:
+                    raise TimeoutError from None
+                continue
+            except OSError as err:
+                raise wire.PeerClosedError(f"cannot send: {err.strerror or err}") from None
+            view = view[sent:]
 
     def kill(self, why: str) -> int | None:
         """Kill the whole process group (SIGKILL), reap it, and remember why; the guard's exit status."""
@@ -245,7 +266,8 @@ class RunnerHandle:
         self.name = ""
         self.lost = False
         self._actor = threading.Lock()
-        self._queue = threading.BoundedSemaphore(pool.settings.queue_limit + 1)
+        self._counting = threading.Lock()
+        self._waiting = 0  # calls running or waiting (the queue)
 
     @property
     def dedicated(self) -> bool:
@@ -271,15 +293,18 @@ class RunnerHandle:
         """
         if self.lost:
             raise PluginNotRunningError(self.name, "restarting: its runner was lost")
-        if not self._queue.acquire(blocking=False):
-            raise PluginBusyError(self.name, self.pool.settings.queue_limit)
+        with self._counting:
+            if self._waiting > self.pool.settings.queue_limit:
+                raise PluginBusyError(self.name, self.pool.settings.queue_limit)
+            self._waiting += 1
         try:
             with self._actor:
                 if give_up_at is not None and time.monotonic() > give_up_at:
                     raise PluginNotRunningError(self.name, "no longer awaited: the call was dropped")
                 result, loss = self._call(method, args, kwargs, timeout)
         finally:
-            self._queue.release()
+            with self._counting:
+                self._waiting -= 1
         if loss is not None:  # told with no lock held: the owner moves plugins, which calls runners
             self.pool.tell(loss)
         return result
