@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -287,17 +288,18 @@ class PluginLoader:
 
     def call(
         self, name: str, method: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
-        give_up_at: float | None = None,
+        give_up_at: float | None = None, timeout: float | None = None,
     ) -> PluginSandboxResult:
         """Call ``method`` of the loaded plugin ``name`` through its sandbox, and tell the observers.
 
         ``give_up_at`` (monotonic): when the caller stops waiting; a call still queued then is dropped unrun.
+        ``timeout``: shorter than the plugin's own, when the caller has less time.
         """
         entry = self.registry.get(name)
         if give_up_at is None:
-            result: PluginSandboxResult = entry.handle.call(method, args, kwargs)
+            result: PluginSandboxResult = entry.handle.call(method, args, kwargs, timeout)
         else:
-            result = entry.handle.call(method, args, kwargs, give_up_at=give_up_at)
+            result = entry.handle.call(method, args, kwargs, timeout, give_up_at=give_up_at)
         for observer in self.observers:
             try:
                 observer(name, method, entry.spec.isolation, result)
@@ -305,12 +307,12 @@ class PluginLoader:
                 logger.exception("call observer %r failed on %s", observer, name)
         return result
 
-    def stop(self, name: str) -> PluginSandboxResult | None:
+    def stop(self, name: str, timeout: float | None = None) -> PluginSandboxResult | None:
         """Call the plugin's ``stop`` if it is RUNNING (no state change here); None if it was not running."""
         if self.manager.get_state(name) is not RUNNING:
             return None
         try:
-            result = self.call(name, "stop")
+            result = self.call(name, "stop", timeout=timeout)
         except PluginError:  # its instance is gone with its runner: nothing left to stop
             return None
         if not result.ok:
@@ -318,16 +320,33 @@ class PluginLoader:
         return result
 
     def shutdown(self) -> None:
-        """Stop every RUNNING plugin (dependents first) as UNAVAILABLE ``stopped``, and close every handle."""
-        order = resolve(self.registry.declared()).order
-        for name in reversed(order):
-            if self.stop(name) is not None:
-                self.manager.trigger(name, "make_unavailable", reason=str(UnavailableReason.STOPPED))
+        """Stop every RUNNING plugin (dependents first) as UNAVAILABLE ``stopped``, and close every handle.
+
+        All the stops share one deadline, the longest stop timeout among them: however many plugins there are and
+        whatever each does in ``stop``, shutting down ends within it (plus a runner's grace). A plugin reached after
+        the deadline is not asked to stop; closing the handles ends it with its runner.
+        """
+        order = [name for name in reversed(resolve(self.registry.declared()).order) if name in self.manager]
+        running = [name for name in order if self.manager.get_state(name) is RUNNING]
+        longest = max((self._timeout_of(name) for name in running), default=0.0)
+        deadline = time.monotonic() + longest
+        for name in order:
+            if self.manager.get_state(name) not in ACTIVE:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining > 0.001:
+                self.stop(name, timeout=min(self._timeout_of(name), remaining))
+            self._try(name, "make_unavailable", str(UnavailableReason.STOPPED))
         for entry in self.registry:
             if entry.handle is not None:
                 entry.handle.close()
         if self.placement is not None:
             self.placement.close()
+
+    def _timeout_of(self, name: str) -> float:
+        handle = self.registry.get(name).handle
+        timeout = None if handle is None else handle.limits.timeout
+        return timeout if timeout is not None else (self.settings.default_timeout or 10.0)
 
     # -- the dependency cascade ------------------------------------------------------------------------
 

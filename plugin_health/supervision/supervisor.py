@@ -218,6 +218,8 @@ class Supervisor:
 
     def runner_lost(self, loss: Loss) -> None:
         """A runner is gone: fail the RUNNING plugin it is blamed on; bring the others back in a fresh one."""
+        if self._stopping:
+            return  # shutting down: the loader stops what is left, and nothing is brought back
         culprit = loss.culprit
         if culprit is not None and culprit in self.manager and self.manager.get_state(culprit) is RUNNING:
             self.fail(culprit, f"quarantined into a runner of its own: {loss.cause}", loss.error_type, loss.error)
