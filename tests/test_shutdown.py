@@ -31,7 +31,8 @@ STUBBORN = textwrap.dedent("""
 """)
 
 
-def write(directory: Path, name: str, timeout: float, requires: tuple[str, ...] = (), isolation: str = "inline") -> None:
+def write(directory: Path, name: str, timeout: float, requires: tuple[str, ...] = (),
+          isolation: str = "inline") -> None:
     text = STUBBORN.format(timeout=timeout, requires=requires)
     (directory / f"{name}.py").write_text(text + f"    isolation = {isolation!r}\n")
 
@@ -75,17 +76,34 @@ def test_shutdown_ends_within_the_longest_stop_timeout_plus_a_second(tmp_path: P
     assert service.host is not None
     assert {s.name: s.state.value for s in service.store.snapshots()} == {
         "base": "RUNNING", "middle": "RUNNING", "top": "RUNNING"}
+    groups = {runner.pgid for runner in service.host.runners.runners()}
+    assert len(groups) == 2  # the shared runner, and middle's own
     started = time.monotonic()
     service.shutdown()
     elapsed = time.monotonic() - started
     assert elapsed < 0.6 + 1.0, elapsed
     history = {name: service.host.manager.history(name)[-1] for name in ("base", "middle", "top")}
-    assert {name: (r.dest.value, r.reason) for name, r in history.items()} == {
-        name: ("UNAVAILABLE", "stopped") for name in history}
+    assert {name: (r.dest.value, r.reason) for name, r in history.items()} == dict.fromkeys(history, ("UNAVAILABLE", "stopped"))
     stopped_at = {name: record.at for name, record in history.items()}
     assert stopped_at["top"] <= stopped_at["middle"] <= stopped_at["base"]  # dependents first
     # Nothing the plugins started outlives the service: runners, their threads, their forked children.
+    # Forked children stay in their runner's process group: none of those groups has a live member left.
     deadline = time.monotonic() + 2
-    while runners_below(os.getpid()) and time.monotonic() < deadline:
+    while (members(groups) or runners_below(os.getpid())) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert members(groups) == set()
     assert runners_below(os.getpid()) == set()
+
+
+def members(groups: set[int]) -> set[int]:
+    """Live processes (not zombies) in any of the process ``groups``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) in groups:
+                found.add(int(entry.name))
+    return found
