@@ -83,7 +83,8 @@ def test_shutdown_ends_within_the_longest_stop_timeout_plus_a_second(tmp_path: P
     elapsed = time.monotonic() - started
     assert elapsed < 0.6 + 1.0, elapsed
     history = {name: service.host.manager.history(name)[-1] for name in ("base", "middle", "top")}
-    assert {name: (r.dest.value, r.reason) for name, r in history.items()} == dict.fromkeys(history, ("UNAVAILABLE", "stopped"))
+    outcome = {name: (r.dest.value, r.reason) for name, r in history.items()}
+    assert outcome == dict.fromkeys(history, ("UNAVAILABLE", "stopped"))
     stopped_at = {name: record.at for name, record in history.items()}
     assert stopped_at["top"] <= stopped_at["middle"] <= stopped_at["base"]  # dependents first
     # Nothing the plugins started outlives the service: runners, their threads, their forked children.
