@@ -168,3 +168,36 @@ def start_gunicorn(tmp: Path, plugin_dir: Path, env: Mapping[str, str], workers:
 
     wait_for(started, 60, "gunicorn to start")
     return server
+
+
+def spawn_gunicorn(tmp: Path, plugin_dir: Path, env: Mapping[str, str], workers: int = 3) -> Server:
+    """Like ``start_gunicorn``, but answers at once, before the server is ready (see ``gunicorn_ready``).
+
+    The caller owns the server from its first moment: whatever happens while it starts, it can still be stopped.
+    """
+    port = free_port()
+    log = tmp / "gunicorn.log"
+    run_dir = tmp / "run"
+    environ = {**os.environ, "PLUGIN_HEALTH_PLUGIN_PATH": str(plugin_dir), "PLUGIN_HEALTH_RUN_DIR": str(run_dir),
+               **env}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
+             "-b", f"127.0.0.1:{port}", "wsgi:app"],
+            cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    return Server(process, port, log, run_dir)
+
+
+def gunicorn_ready(server: Server, workers: int) -> bool:
+    """Whether ``server`` answers ``/startupz`` with 200 and runs ``workers`` workers (children of the master
+    whose command line names gunicorn and not a plugin_health process of its own)."""
+    if server.process.poll() is not None:
+        return False
+    table = process_table()
+    own = {pid for pid, parent in table.items() if parent == server.process.pid and alive(pid)}
+    found = {pid for pid in own if "gunicorn" in cmdline(pid) and "plugin_health." not in cmdline(pid)}
+    try:
+        return len(found) == workers and server.get("/startupz", timeout=2.0).status == 200
+    except OSError:
+        return False
