@@ -1,4 +1,4 @@
-"""Cheap reads: answers cached per store version, with strong ETags and 304 for ``If-None-Match``.
+"""Cheap reads: answers cached per store version, with strong ETags and 304 for ``If-None-Match`` (compared weakly).
 
 An answer's ETag is a hash of its cache key and the store's version, not of its body: every worker gives the
 same tag for the same version, and a 304 for a route whose key is always valid (the list, the aggregate) is
@@ -97,8 +97,13 @@ class ResponseCache:
         return respond(self.get(key, build), media_type)
 
     def _held(self, key: Hashable, version: int) -> str | None:
-        """The tag of ``If-None-Match`` that is the current answer to ``key`` at ``version``, if one is."""
-        for tag in itertools.islice(request.if_none_match, _TAGS_CHECKED):
+        """The tag of ``If-None-Match`` that is the current answer to ``key`` at ``version``, if one is.
+
+        Weak comparison (RFC 9110 13.1.2, as ``If-None-Match`` requires): ``W/"tag"`` matches our strong ``"tag"``.
+        """
+        held = request.if_none_match
+        for tag in itertools.islice(itertools.chain(held, held.as_set(include_weak=True) - held.as_set()),
+                                    _TAGS_CHECKED):
             if not tag:  # werkzeug may keep a None (typed str) for a malformed header
                 continue
             _, dot, tail = tag.partition(".")
@@ -177,8 +182,9 @@ def _not_modified(etag: str) -> Response:
 
 
 def respond(entry: Cached, media_type: str) -> Response:
-    """The cached answer (``media_type`` exactly as given), or 304 when the client already holds it."""
-    if request.if_none_match.contains(entry.etag) or request.if_none_match.star_tag:
+    """The cached answer (``media_type`` exactly as given), or 304 when the client already holds it (compared
+    weakly, as RFC 9110 says of ``If-None-Match``: ``W/"tag"`` and ``*`` match too)."""
+    if request.if_none_match.contains_weak(entry.etag):
         return _not_modified(entry.etag)
     else:
         response = Response(entry.body, status=entry.status)
