@@ -50,6 +50,9 @@ REQUEST_SECONDS = Histogram(
 #: The ``outcome`` label of a sandbox result's ``error_type``; any other error is ``error``.
 OUTCOMES = {None: "ok", "PluginTimeoutError": "timeout", "PluginMemoryError": "memory", "PluginCrashedError": "crash"}
 LIFECYCLE_CALLS = frozenset({"initialize", "start", "stop", "health_check"})
+#: The ``method`` label of an HTTP request; any other method (clients send what they like) is ``other``, so that
+#: they cannot make a series each.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 bp = Blueprint("metrics", __name__)
 
@@ -112,7 +115,8 @@ def _started() -> None:
 def _answered(response: Response) -> Response:
     rule = request.url_rule
     route = rule.rule if rule is not None else "<unmatched>"
-    REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+    method = request.method if request.method in HTTP_METHODS else "other"
+    REQUESTS.labels(method, route, str(response.status_code)).inc()
     started = g.get("plugin_health_started")
     if started is not None:
         REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
