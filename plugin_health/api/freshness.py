@@ -17,6 +17,7 @@ from plugin_health.store import PluginSnapshot
 
 RUNNING = PluginLifecycleState.RUNNING
 NEVER_CHECKED = "stale: no health check completed since it started"
+CHECK_FAILED = "last health check failed"
 
 
 class Horizon:
@@ -54,6 +55,21 @@ class Horizon:
         return f"stale: last health check {age} s ago"
 
 
+def unhealthy(snapshot: PluginSnapshot, horizon: Horizon) -> str | None:
+    """Why ``snapshot`` is not healthy at ``horizon``'s clock reading, or None when it is.
+
+    The one judgement of every answer: a plugin's ``healthy``, its check in ``/v1/health`` and, for a critical
+    one, in ``/readyz``. Healthy is RUNNING, its last health check (if any yet) passed, and not stale. The why:
+    ``FAILED start failed OSError`` (state, reason, error type), ``stale: ...``, or ``last health check failed``.
+    """
+    if snapshot.state is not RUNNING:
+        return " ".join(part for part in (snapshot.state.value, snapshot.reason, snapshot.error_type) if part)
+    stale = horizon.stale(snapshot)
+    if stale is not None:
+        return stale
+    return CHECK_FAILED if snapshot.last_check_ok is False else None
+
+
 def present(entry: dict[str, Any], snapshot: PluginSnapshot, horizon: Horizon) -> dict[str, Any]:
     """A ``PluginHealthResponse`` entry of ``snapshot`` as true at ``horizon``'s clock reading.
 
@@ -62,8 +78,9 @@ def present(entry: dict[str, Any], snapshot: PluginSnapshot, horizon: Horizon) -
     differ from what it holds.
     """
     why = horizon.stale(snapshot)
+    healthy = unhealthy(snapshot, horizon) is None
     if why is None:
-        if not entry["stale"]:
+        if not entry["stale"] and entry["healthy"] is healthy:
             return entry
-        return {**entry, "stale": False, "healthy": snapshot.last_check_ok is not False, "reason": snapshot.reason}
+        return {**entry, "stale": False, "healthy": healthy, "reason": snapshot.reason}
     return {**entry, "stale": True, "healthy": False, "reason": why}

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, request
 from plugin_health import diagrams
 from plugin_health.api.auth import details_visible
 from plugin_health.api.cache import Built
-from plugin_health.api.freshness import Horizon
+from plugin_health.api.freshness import Horizon, unhealthy
 from plugin_health.api.plugins import cache, dumps, service, store
 from plugin_health.api.schemas import diagram_query
 from plugin_health.lifecycle import PluginLifecycleState
@@ -24,12 +24,12 @@ HEALTH_JSON = "application/health+json"
 TEXT = "text/plain; charset=utf-8"
 
 
-def plugin_status(snapshot: PluginSnapshot, stale: str | None = None) -> str:
+def plugin_status(snapshot: PluginSnapshot, problem: str | None) -> str:
     """pass for a healthy plugin; otherwise fail if it is critical, warn if not.
 
-    ``stale``: why the plugin is stale (``Horizon.stale``), if it is.
+    ``problem``: why the plugin is not healthy (``freshness.unhealthy``), None when it is.
     """
-    if stale is None and snapshot.state is PluginLifecycleState.RUNNING and snapshot.last_check_ok is not False:
+    if problem is None:
         return "pass"
     return "fail" if snapshot.critical else "warn"
 
@@ -50,8 +50,8 @@ def aggregate(
     when the document holds.
     """
     horizon = Horizon() if horizon is None else horizon
-    stale = [horizon.stale(s) for s in snapshots]
-    statuses = [plugin_status(s, why) for s, why in zip(snapshots, stale, strict=True)]
+    problems = [unhealthy(s, horizon) for s in snapshots]
+    statuses = [plugin_status(s, problem) for s, problem in zip(snapshots, problems, strict=True)]
     if "fail" in statuses or host is not None:
         status = "fail"
     else:
@@ -61,7 +61,7 @@ def aggregate(
         checks["host:heartbeat"] = [{"componentType": "system", "status": "fail", "output": host}]
     if store_problem is not None:
         checks["store:degraded"] = [{"componentType": "datastore", "status": "warn", "output": store_problem}]
-    for snapshot, check_status, why in zip(snapshots, statuses, stale, strict=True):
+    for snapshot, check_status, problem in zip(snapshots, statuses, problems, strict=True):
         check: dict[str, Any] = {
             "componentId": snapshot.name,
             "componentType": "plugin",
@@ -69,7 +69,8 @@ def aggregate(
             "observedValue": snapshot.state.value,
             "time": snapshot.since.isoformat(),
         }
-        output = [part for part in (why, snapshot.reason, snapshot.error_type) if part]
+        running = snapshot.state is PluginLifecycleState.RUNNING  # else state, reason and error type say why
+        output = [part for part in (problem if running else None, snapshot.reason, snapshot.error_type) if part]
         if visible and snapshot.error:
             output.append(snapshot.error)
         if output:
@@ -101,15 +102,27 @@ def service_health() -> Response:
     return cache().respond(key, build, HEALTH_JSON, shortcut=True)
 
 
-def probe(name: str, checks: Iterable[tuple[str, str | None]], notes: dict[str, str] | None = None) -> Response:
+def probe(
+    name: str,
+    checks: Iterable[tuple[str, str | None]],
+    notes: dict[str, str] | None = None,
+    absent: Iterable[str] = (),
+) -> Response:
     """A Kubernetes-style probe: ``ok``, or each check as ``[+]name ok`` / ``[-]name failed: why``.
 
-    ``notes`` qualify passing checks (``[+]store ok: degraded, ...``) without failing the probe.
+    ``notes`` qualify passing checks (``[+]store ok: degraded, ...``) without failing the probe. ``?exclude=``
+    leaves checks out, by name (``plugin/db`` or ``db``); names that match none are reported as Kubernetes does
+    (``warn: some health checks cannot be excluded: no matches for "nosuch"``), without failing the probe.
+    ``absent`` names checks of this probe that are not run now (``store`` while the store answers): excluding
+    them is no mistake.
     """
     excluded = set(request.args.getlist("exclude"))
+    unmatched = excluded - set(absent)
     lines, failed = [], False
     for check, problem in checks:
-        if check in excluded or check.removeprefix("plugin/") in excluded:
+        names = {check, check.removeprefix("plugin/")} & excluded
+        if names:
+            unmatched -= names
             continue
         failed = failed or problem is not None
         note = (notes or {}).get(check)
@@ -117,6 +130,9 @@ def probe(name: str, checks: Iterable[tuple[str, str | None]], notes: dict[str, 
             lines.append(f"[-]{check} failed: {problem}")
         else:
             lines.append(f"[+]{check} ok" + (f": {note}" if note else ""))
+    if unmatched:
+        quoted = ", ".join(json.dumps(check) for check in sorted(unmatched))  # a newline cannot forge a line
+        lines.append(f"warn: some health checks cannot be excluded: no matches for {quoted}")
     verbose = "verbose" in request.args
     if failed:
         body = "\n".join([*lines, f"{name} check failed"]) + "\n"
@@ -145,20 +161,11 @@ def _critical_checks() -> list[tuple[str, str | None]]:
     """
 
     def build() -> Built:
-        checks = []
         horizon = Horizon()
-        for snapshot in store().snapshots():
-            if snapshot.critical:
-                running = snapshot.state is PluginLifecycleState.RUNNING
-                problem = horizon.stale(snapshot) if running else _why(snapshot)
-                checks.append((f"plugin/{snapshot.name}", problem))
+        checks = [(f"plugin/{s.name}", unhealthy(s, horizon)) for s in store().snapshots() if s.critical]
         return dumps(checks), 200, horizon.until
 
     return [(check, problem) for check, problem in json.loads(cache().get(("critical checks",), build).body)]
-
-
-def _why(snapshot: PluginSnapshot) -> str:
-    return " ".join(part for part in (snapshot.state.value, snapshot.reason or "", snapshot.error_type or "") if part)
 
 
 @bp.get("/livez")
@@ -174,13 +181,13 @@ def readyz() -> Response:
     degraded = store().degraded()  # still ready: answering from the last known states beats answering nothing
     store_check = [("store", None)] if degraded else []
     notes = {"store": f"degraded: {degraded}"} if degraded else None
-    return probe("readyz", [*store_check, *checks], notes)
+    return probe("readyz", [*store_check, *checks], notes, absent=("host", "store"))
 
 
 @bp.get("/startupz")
 def startupz() -> Response:
     """Started: loading has finished."""
-    return probe("startupz", [*_host(), _loading()])
+    return probe("startupz", [*_host(), _loading()], absent=("host",))
 
 
 @bp.get("/v1/lifecycle/diagram")
