@@ -159,6 +159,20 @@ def _from_file(path: str) -> dict[str, Any]:
         raise ConfigError(variable, path, f"valid TOML ({err})") from err
 
 
+def _check_plugin_dirs(settings: Settings) -> None:
+    """Refuse a plugin directory that does not exist or is not a directory: a typo would serve no plugins at all
+    (and a ready ``/readyz``) rather than stop the service."""
+    for directory in settings.plugin_dirs:
+        if not directory.exists():
+            problem = "does not exist"
+        elif not directory.is_dir():
+            problem = "is not a directory"
+        else:
+            continue
+        expected = f"existing directories, {os.pathsep!r}-separated ({str(directory)!r} {problem})"
+        raise ConfigError(PREFIX + "PLUGIN_PATH", settings.plugin_path, expected)
+
+
 def load_settings(
     overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -191,6 +205,8 @@ def load_settings(
     if settings.backoff_max < settings.backoff_base:
         expected = f"a number >= PLUGIN_HEALTH_BACKOFF_BASE ({settings.backoff_base:g})"
         raise ConfigError(PREFIX + "BACKOFF_MAX", settings.backoff_max, expected)
+    if "plugin_path" in raw:  # the default (the bundled examples) is ours to get right
+        _check_plugin_dirs(settings)
     if settings.host_mode == "external" and not settings.shared_store:
         raise ConfigError(PREFIX + "HOST_MODE", "external", "embedded or auto: a memory:// store cannot be shared")
     return settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -36,3 +37,11 @@ def test_examples_are_served(client: FlaskClient) -> None:
 def test_bad_setting_stops_the_app() -> None:
     with pytest.raises(ConfigError, match="PLUGIN_HEALTH_DEFAULT_TIMEOUT"):
         create_app({"PLUGIN_HEALTH_DEFAULT_TIMEOUT": "soon"})
+
+
+def test_a_missing_plugin_directory_stops_the_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLUGIN_HEALTH_PLUGIN_PATH", str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"PLUGIN_HEALTH_PLUGIN_PATH=.*nowhere.* does not exist"):
+        create_app({"store_url": "memory://"})
+    with pytest.raises(ConfigError, match="PLUGIN_HEALTH_PLUGIN_PATH"):
+        create_app({"plugin_path": str(tmp_path / "nowhere"), "store_url": "memory://"})

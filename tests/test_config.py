@@ -27,9 +27,11 @@ def test_defaults_need_no_configuration() -> None:
     assert settings.admin_token is None
 
 
-def test_environment_variables() -> None:
+def test_environment_variables(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     env = {
-        "PLUGIN_HEALTH_PLUGIN_PATH": f"/a{os.pathsep}/b",
+        "PLUGIN_HEALTH_PLUGIN_PATH": f"{tmp_path / 'a'}{os.pathsep}{tmp_path / 'b'}",
         "PLUGIN_HEALTH_DEFAULT_TIMEOUT": "2.5",
         "PLUGIN_HEALTH_MAX_RESTARTS": "0",
         "PLUGIN_HEALTH_SHOW_DETAILS": "never",
@@ -37,7 +39,7 @@ def test_environment_variables() -> None:
         "UNRELATED": "ignored",
     }
     settings = load_settings(environ=env)
-    assert settings.plugin_dirs == [Path("/a"), Path("/b")]
+    assert settings.plugin_dirs == [tmp_path / "a", tmp_path / "b"]
     assert settings.default_timeout == 2.5
     assert settings.max_restarts == 0
     assert settings.show_details == "never"
@@ -116,3 +118,38 @@ def test_env_example_holds_valid_defaults() -> None:
     )
     settings_only = {k: v for k, v in values.items() if k not in ("PLUGIN_HEALTH_BIND", "PLUGIN_HEALTH_THREADS")}
     assert load_settings(environ=settings_only) == Settings()
+
+
+@pytest.mark.parametrize("where", ["environment", "overrides", "file"])
+def test_a_plugin_directory_that_does_not_exist_stops_the_service(tmp_path: Path, where: str) -> None:
+    missing = tmp_path / "no-such-plugins"
+    value = f"{tmp_path}{os.pathsep}{missing}"
+    environ: dict[str, str] = {}
+    overrides: dict[str, str] = {}
+    if where == "environment":
+        environ["PLUGIN_HEALTH_PLUGIN_PATH"] = value
+    elif where == "overrides":
+        overrides["plugin_path"] = value
+    else:
+        config = tmp_path / "plugin-health.toml"
+        config.write_text(f"plugin_path = {value!r}\n")
+        environ["PLUGIN_HEALTH_CONFIG_FILE"] = str(config)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(overrides, environ=environ)
+    message = str(caught.value)
+    assert "PLUGIN_HEALTH_PLUGIN_PATH" in message
+    assert str(missing) in message
+    assert "does not exist" in message
+
+
+def test_a_plugin_path_entry_that_is_a_file_stops_the_service(tmp_path: Path) -> None:
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text("")
+    with pytest.raises(ConfigError, match=r"PLUGIN_HEALTH_PLUGIN_PATH.*is not a directory"):
+        load_settings(environ={"PLUGIN_HEALTH_PLUGIN_PATH": str(plugin)})
+
+
+def test_existing_plugin_directories_and_empty_entries_are_fine(tmp_path: Path) -> None:
+    settings = load_settings(environ={"PLUGIN_HEALTH_PLUGIN_PATH": f"{tmp_path}{os.pathsep}{os.pathsep}"})
+    assert settings.plugin_dirs == [tmp_path]
+    assert load_settings(environ={"PLUGIN_HEALTH_PLUGIN_PATH": ""}).plugin_dirs == []
