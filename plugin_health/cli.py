@@ -21,7 +21,13 @@ from flask.cli import AppGroup, ScriptInfo
 
 from plugin_health import diagrams
 from plugin_health.api.freshness import Horizon, present
-from plugin_health.api.schemas import history_entries, plugin_health_list, plugin_health_response
+from plugin_health.api.schemas import (
+    STATE_NAMES,
+    history_entries,
+    parse_state,
+    plugin_health_list,
+    plugin_health_response,
+)
 from plugin_health.config import Settings, load_settings
 from plugin_health.errors import ConfigError, UnknownPluginError
 from plugin_health.lifecycle import PluginLifecycleState
@@ -38,7 +44,7 @@ EXIT_UNHEALTHY = 1
 #: Exit status of a caller's mistake (click's own for usage errors).
 EXIT_USAGE = 2
 
-STATES = tuple(s.value for s in PluginLifecycleState)
+STATES = STATE_NAMES
 
 plugins = AppGroup("plugins", help="Inspect the service's plugins, draw their lifecycle, check plugins for CI.")
 
@@ -91,12 +97,36 @@ def format_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
+if TYPE_CHECKING:
+    _StateParamType = click.ParamType[PluginLifecycleState]
+else:
+    _StateParamType = click.ParamType  # generic only from click 8.4: not subscripted at run time
+
+
+class StateType(_StateParamType):
+    """A lifecycle state, spelled as ``?state=`` takes it over HTTP (``parse_state``: any case)."""
+
+    name = "state"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        """``[LOADED|INITIALIZED|...]`` in the usage line."""
+        return f"[{'|'.join(STATES)}]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> PluginLifecycleState:
+        """The state named ``value``; a usage error (exit status 2) listing the valid ones for anything else."""
+        if isinstance(value, PluginLifecycleState):
+            return value
+        try:
+            return parse_state(value)
+        except ValueError as err:
+            self.fail(f"{value!r} is {err}", param, ctx)
+
+
 @plugins.command("list")
-@click.option("--state", type=click.Choice(STATES, case_sensitive=False), help="Only plugins in this state.")
+@click.option("--state", "wanted", type=StateType(), help="Only plugins in this state (any case).")
 @click.option("--json", "as_json", is_flag=True, help="The JSON of GET /v1/plugins/ instead of a table.")
-def list_plugins(state: str | None, as_json: bool) -> None:
+def list_plugins(wanted: PluginLifecycleState | None, as_json: bool) -> None:
     """List every plugin, ordered by name."""
-    wanted = None if state is None else PluginLifecycleState(state)
     snapshots = [s for s in _store().snapshots() if wanted is None or s.state is wanted]
     horizon = Horizon()
     entries = [present(e, s, horizon) for e, s in zip(plugin_health_list.dump(snapshots), snapshots, strict=True)]

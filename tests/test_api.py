@@ -93,7 +93,7 @@ def test_list_filters_by_state(client: FlaskClient, state: str, names: list[str]
     assert [i["name"] for i in response.get_json()] == names
 
 
-@pytest.mark.parametrize("bad", ["failed", "BOGUS", ""])
+@pytest.mark.parametrize("bad", ["BOGUS", ""])
 def test_list_refuses_an_unknown_state(client: FlaskClient, bad: str) -> None:
     body = assert_problem(client.get(f"/v1/plugins/?state={bad}"), 400)
     assert "state" in body["errors"]

@@ -99,6 +99,25 @@ def test_list_refuses_an_unknown_state(app: Flask) -> None:
     result = invoke(app, "list", "--state", "SLEEPING")
     assert result.exit_code == 2
     assert "Invalid value for '--state'" in result.stderr
+    for state in PluginLifecycleState:
+        assert state.value in result.stderr
+
+
+@pytest.mark.parametrize("spelling", [
+    "FAILED", "failed", "Failed", "fAiLeD", "SLEEPING", "", " failed", "failed ", "runn\u0131ng", "RUNN\u0130NG",
+    "\uff26\uff21\uff29\uff2c\uff25\uff24",  # full-width FAILED
+])
+def test_list_takes_the_spellings_the_http_api_takes(app: Flask, spelling: str) -> None:
+    response = app.test_client().get("/v1/plugins/", query_string={"state": spelling},
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    result = invoke(app, "list", "--state", spelling, "--json")
+    assert response.status_code in (200, 400)
+    if response.status_code == 200:
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout) == response.get_json()
+    else:
+        assert result.exit_code == 2
+        assert "Invalid value for '--state'" in result.stderr
 
 
 def test_list_json_is_the_api_list_with_errors_shown(app: Flask) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
 
 from plugin_health.diagrams import FORMATS
 from plugin_health.lifecycle import PluginLifecycleState
@@ -108,10 +110,36 @@ class ToolResult(Schema):
     duration_ms = fields.Float(required=True)
 
 
+#: The lifecycle states by name, as every caller may spell them.
+STATE_NAMES = tuple(state.value for state in PluginLifecycleState)
+
+
+def parse_state(text: str) -> PluginLifecycleState:
+    """The lifecycle state named ``text`` in any case (``failed``, ``Failed``, ``FAILED``), as both the HTTP API
+    (``?state=``) and the CLI (``--state``) take it; ``ValueError`` naming the valid ones for anything else."""
+    # ASCII only: str.upper() maps some other letters onto ASCII ones (the dotless i onto I).
+    name = text.upper() if text.isascii() else ""
+    if name not in STATE_NAMES:
+        raise ValueError(f"not a lifecycle state: one of {', '.join(STATE_NAMES)} (in any case)")
+    return PluginLifecycleState(name)
+
+
+class StateField(fields.Field):  # type: ignore[type-arg]
+    """A lifecycle state by name, in any case (``parse_state``)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> PluginLifecycleState:
+        if not isinstance(value, str):
+            raise ValidationError(f"not a lifecycle state: one of {', '.join(STATE_NAMES)} (in any case)")
+        try:
+            return parse_state(value)
+        except ValueError as err:
+            raise ValidationError(str(err)) from None
+
+
 class ListQuery(Schema):
     """Query of the plugin list."""
 
-    state = fields.Enum(PluginLifecycleState, load_default=None)
+    state = StateField(load_default=None)
 
 
 class DiagramQuery(Schema):
