@@ -14,6 +14,7 @@ from waiting import wait_for
 
 from plugin_health import create_app
 from plugin_health.app import EXTENSION
+from plugin_health.errors import PluginBusyError
 
 TOKEN = "s3cret-operator-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -235,25 +236,58 @@ def test_tool_call_body_is_bounded(client: FlaskClient) -> None:
     problem(client.post("/v1/plugins/core/tools/echo", headers=AUTH, data=huge), 413)
 
 
+def tool_problem(response: Any, status: int, slug: str, error_type: str) -> dict[str, Any]:
+    """A tool failure: problem+json with the sandbox result's fields as members."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body: dict[str, Any] = response.get_json()
+    assert body["type"] == f"https://plugin-health.dev/problems/{slug}"
+    assert (body["status"], body["ok"], body["result"], body["error_type"]) == (status, False, None, error_type)
+    assert {"type", "title", "status", "detail", "ok", "result", "error", "error_type", "duration_ms"} <= set(body)
+    assert isinstance(body["duration_ms"], float)
+    assert "hunter2" not in body["detail"]
+    return body
+
+
 def test_tool_call_status_mapping(client: FlaskClient) -> None:
     problem(client.post("/v1/plugins/core/tools/nothing", headers=AUTH), 404, "no tool 'nothing'")
     problem(client.post("/v1/plugins/broken/tools/anything", headers=AUTH), 404)
-    failed = client.post("/v1/plugins/core/tools/boom", headers=AUTH)
-    assert failed.status_code == 502
-    assert failed.get_json()["error_type"] == "ValueError"
-    assert failed.get_json()["error"] == "password=hunter2"  # the bearer of the token may see details
-    timed_out = client.post("/v1/plugins/core/tools/hang", headers=AUTH)
-    assert (timed_out.status_code, timed_out.get_json()["error_type"]) == (504, "PluginTimeoutError")
-    lied = client.post("/v1/plugins/core/tools/lies", headers=AUTH)
-    assert (lied.status_code, lied.get_json()["error_type"]) == (502, "UnserializableResultError")
+    failed = tool_problem(client.post("/v1/plugins/core/tools/boom", headers=AUTH), 502, "tool-failed", "ValueError")
+    assert failed["error"] == "password=hunter2"  # the bearer of the token may see details
+    assert "boom" in failed["detail"]
+    timed_out = tool_problem(client.post("/v1/plugins/core/tools/hang", headers=AUTH), 504, "tool-timeout",
+                             "PluginTimeoutError")
+    assert timed_out["duration_ms"] > 0
+    tool_problem(client.post("/v1/plugins/core/tools/lies", headers=AUTH), 502, "tool-failed",
+                 "UnserializableResultError")
     client.post("/v1/plugins/core/disable", headers=AUTH)
     body = problem(client.post("/v1/plugins/user/tools/hello", headers=AUTH), 503, "not RUNNING")
     assert body["state"] == "UNAVAILABLE"
 
 
+def test_a_busy_plugin_is_a_429_problem_with_the_result_fields(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def busy(name: str, *args: object, **kwargs: object) -> None:
+        raise PluginBusyError(name, 16)
+
+    monkeypatch.setattr(app.extensions[EXTENSION].control, "run_tool", busy)
+    response = client.post("/v1/plugins/core/tools/echo", headers=AUTH)
+    body = tool_problem(response, 429, "plugin-busy", "PluginBusyError")
+    assert response.headers["Retry-After"] == "1"
+    assert (body["plugin"], body["tool"], body["queue_limit"], body["duration_ms"]) == ("core", "echo", 16, 0.0)
+    assert "16 calls waiting" in body["error"]
+
+
+def test_a_successful_tool_call_stays_plain_json(client: FlaskClient) -> None:
+    response = client.post("/v1/plugins/core/tools/echo", headers=AUTH)
+    assert (response.status_code, response.mimetype) == (200, "application/json")
+    assert set(response.get_json()) == {"ok", "result", "error", "error_type", "duration_ms"}
+
+
 def test_a_crash_in_a_tool_is_502_and_fails_the_plugin(client: FlaskClient) -> None:
     response = client.post("/v1/plugins/crashy/tools/crash", headers=AUTH)
-    assert (response.status_code, response.get_json()["error_type"]) == (502, "PluginCrashedError")
+    tool_problem(response, 502, "tool-failed", "PluginCrashedError")
     # Blamed for its runner's death: FAILED, and quarantined into a runner of its own from then on.
     assert state(client, "crashy") == ("FAILED", "quarantined into a runner of its own: plugin 'crashy' crash: "
                                                  "its runner died (exit code 9)")
@@ -263,8 +297,9 @@ def test_details_never_shown_when_configured(tmp_path: Path) -> None:
     write_plugins(tmp_path)
     app = build(tmp_path, show_details="never")
     try:
-        body = app.test_client().post("/v1/plugins/core/tools/boom", headers=AUTH).get_json()
-        assert (body["error_type"], body["error"]) == ("ValueError", None)
+        response = app.test_client().post("/v1/plugins/core/tools/boom", headers=AUTH)
+        body = tool_problem(response, 502, "tool-failed", "ValueError")
+        assert body["error"] is None
     finally:
         app.extensions[EXTENSION].shutdown()
 

@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, Response, request
 
 from plugin_health.api.auth import details_visible, require_token
 from plugin_health.api.plugins import JSON, checked_name, dumps, service
-from plugin_health.api.problems import Problem
+from plugin_health.api.problems import RETRY_AFTER, Problem, problem_response
 from plugin_health.api.schemas import plugin_health_response, tool_call, tool_result
 from plugin_health.coordination.control import Control, HostUnavailableError
+from plugin_health.errors import PluginBusyError
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.store import PluginSnapshot
 
 bp = Blueprint("operations", __name__, url_prefix="/v1/plugins")
 
-#: The status of a tool call's answer, by the sandbox's ``error_type`` (any other error: 502).
-TOOL_STATUS = {None: 200, "PluginTimeoutError": 504}
+#: The status and problem type of a failed tool call, by the sandbox's ``error_type`` (any other error: 502).
+TOOL_FAILURES = {"PluginTimeoutError": (504, "tool-timeout")}
 #: The largest request body a tool call may send.
 MAX_BODY = 64 * 1024
+#: How deeply a tool call's body may nest arrays and objects (the body itself is level 1).
+MAX_DEPTH = 64
+
+#: JSON strings, whose brackets do not nest anything (an unterminated one is left alone: the body is not JSON).
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def control() -> Control:
@@ -59,25 +67,93 @@ def enable(name: str) -> Response:
     return _snapshot(control().enable(checked_name(name)))
 
 
+def nesting(raw: bytes) -> int:
+    """How deeply the JSON text ``raw`` nests arrays and objects, worked out without parsing it.
+
+    A parser recurses once per level: a body nested 1,000 deep would exhaust Python's recursion limit (an
+    unexpected error, a 500) and anything deep enough crosses to the core only to be refused there.
+    """
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    level = deepest = 0
+    for byte in brackets:
+        level += 1 if byte in b"[{" else -1
+        deepest = max(deepest, level)
+    return deepest
+
+
+def read_body(limit: int) -> bytes:
+    """The request body, or a 413 problem once it passes ``limit`` bytes, at most ``limit + 1`` of them read.
+
+    A chunked body has no Content-Length: the server hands it over as it comes, and reading it whole first would
+    hold all of it in memory, however large. Whatever is left unread, the server drains or drops.
+    """
+    too_large = Problem(413, f"a tool call's body is at most {limit} bytes", type_="body-too-large")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    stream, parts, size = request.stream, [], 0
+    while size <= limit:
+        part = stream.read(limit + 1 - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    if size > limit:
+        raise too_large
+    return b"".join(parts)
+
+
+def tool_body() -> dict[str, Any]:
+    """The tool call's ``{"args": [...], "kwargs": {...}}``, or a 400 or 413 problem."""
+    raw = read_body(MAX_BODY)
+    if not raw.strip():
+        data: Any = {}
+    else:
+        depth = nesting(raw)
+        if depth > MAX_DEPTH:
+            raise Problem(400, f"the body is nested {depth} deep; at most {MAX_DEPTH} levels are taken",
+                          type_="invalid-request")
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as err:
+            raise Problem(400, f"the body is not JSON: {err}", type_="invalid-request") from None
+    body: dict[str, Any] = tool_call.load(data)
+    return body
+
+
+def _tool_failure(name: str, tool: str, status: int, slug: str, detail: str, answer: dict[str, Any],
+                  **extra: Any) -> Response:
+    """A failed tool call: problem+json with the sandbox result's fields as members."""
+    return problem_response(status, detail, slug, plugin=name, tool=tool, **extra, **answer)
+
+
 @bp.post("/<name>/tools/<tool>")
 def call_tool(name: str, tool: str) -> Response:
-    """Call a RUNNING plugin's tool with ``{"args": [...], "kwargs": {...}}``; the sandbox's result."""
+    """Call a RUNNING plugin's tool with ``{"args": [...], "kwargs": {...}}``: the sandbox's result.
+
+    200 with the result as plain JSON; a failure (502, 504) or a refusal for a busy plugin (429) is a problem
+    whose members are the result's fields (``error`` per PLUGIN_HEALTH_SHOW_DETAILS).
+    """
     require_token()
     checked_name(name)
     checked_name(tool)
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise Problem(413, f"a tool call's body is at most {MAX_BODY} bytes", type_="body-too-large")
-    raw = request.get_data(cache=False)
-    if len(raw) > MAX_BODY:
-        raise Problem(413, f"a tool call's body is at most {MAX_BODY} bytes", type_="body-too-large")
+    body = tool_body()
+    visible = details_visible()
     try:
-        data = json.loads(raw) if raw.strip() else {}
-    except ValueError as err:
-        raise Problem(400, f"the body is not JSON: {err}", type_="invalid-request") from None
-    body: dict[str, Any] = tool_call.load(data)
-    result: PluginSandboxResult = control().run_tool(name, tool, body["args"], body["kwargs"])
-    status = TOOL_STATUS.get(result.error_type, 502)
+        result: PluginSandboxResult = control().run_tool(name, tool, body["args"], body["kwargs"])
+    except PluginBusyError as err:
+        answer = {"ok": False, "result": None, "error": str(err) if visible else None,
+                  "error_type": type(err).__name__, "duration_ms": 0.0}
+        response = _tool_failure(name, tool, 429, "plugin-busy", str(err), answer, queue_limit=err.queue_limit)
+        response.headers["Retry-After"] = RETRY_AFTER
+        return response
     answer = tool_result.dump(result)
-    if not details_visible():
+    if not visible:
         answer["error"] = None
-    return Response(dumps(answer), status=status, mimetype=JSON)
+    if result.error_type is None:
+        return Response(dumps(answer), status=200, mimetype=JSON)
+    status, slug = TOOL_FAILURES.get(result.error_type, (502, "tool-failed"))
+    if status == 504:
+        detail = f"tool {tool!r} of plugin {name!r} passed its timeout"
+    else:
+        detail = f"tool {tool!r} of plugin {name!r} failed: {result.error_type}"
+    return _tool_failure(name, tool, status, slug, detail, answer)

@@ -28,23 +28,58 @@ from plugin_health.errors import (
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+#: Every problem's ``type`` is this base followed by one of the slugs of ``PROBLEM_TYPES`` (the README lists them).
 TYPE_BASE = "https://plugin-health.dev/problems/"
 
-#: The one table of HTTP statuses for our exceptions (Flask walks each exception's MRO to find a handler).
-STATUS_OF: dict[type[Exception], int] = {
-    UnknownPluginError: 404,
-    UnknownToolError: 404,
-    IllegalTransitionError: 409,
-    PluginNotRunningError: 503,
-    PluginBusyError: 429,
-    UnknownFormatError: 400,
-    RendererUnavailableError: 501,
-    HostUnavailableError: 503,
+#: Every kind of problem the app answers: its slug, and when (the status is the answer's own).
+PROBLEM_TYPES: dict[str, str] = {
+    "invalid-request": "400: a query parameter or the body is not valid (`errors` says which), not JSON, or "
+                       "nested too deep",
+    "invalid-plugin-name": "400: a name in the path cannot be a plugin's or a tool's",
+    "unknown-format": "400: no such diagram format",
+    "unauthorized": "401: no or a wrong bearer token",
+    "operator-actions-disabled": "403: no PLUGIN_HEALTH_ADMIN_TOKEN is configured",
+    "unknown-plugin": "404: no plugin of that name",
+    "unknown-tool": "404: the plugin has no tool of that name",
+    "not-found": "404: no such route",
+    "method-not-allowed": "405: the route does not take that method (`Allow` lists those it takes)",
+    "illegal-transition": "409: the lifecycle table refuses that move from the plugin's state",
+    "body-too-large": "413: a tool call's body is larger than 64 KiB",
+    "plugin-busy": "429: too many calls of that plugin wait already (`Retry-After`)",
+    "internal-error": "500: an unexpected error, logged and never detailed",
+    "renderer-unavailable": "501: that diagram format cannot be drawn here (`available` lists those that can)",
+    "tool-failed": "502: the tool raised, crashed, or returned what JSON cannot carry",
+    "plugin-not-running": "503: the plugin is not RUNNING",
+    "host-unavailable": "503: no plugin host can act now",
+    "tool-timeout": "504: the tool passed its timeout",
+    "http-error": "any other HTTP error (its status says which)",
+}
+
+#: The problem of each of our exceptions: its status and slug (Flask walks each exception's MRO to find a handler).
+PROBLEM_OF: dict[type[Exception], tuple[int, str]] = {
+    UnknownPluginError: (404, "unknown-plugin"),
+    UnknownToolError: (404, "unknown-tool"),
+    IllegalTransitionError: (409, "illegal-transition"),
+    PluginNotRunningError: (503, "plugin-not-running"),
+    PluginBusyError: (429, "plugin-busy"),
+    UnknownFormatError: (400, "unknown-format"),
+    RendererUnavailableError: (501, "renderer-unavailable"),
+    HostUnavailableError: (503, "host-unavailable"),
+}
+
+#: How long a caller refused with 429 should wait: calls of one plugin take turns, one second is a fair wait.
+RETRY_AFTER = "1"
+
+#: The slug of a plain HTTP error (routing, methods, werkzeug's own), by status; any other is ``http-error``.
+HTTP_TYPES: dict[int, str] = {
+    400: "invalid-request", 404: "not-found", 405: "method-not-allowed", 413: "body-too-large",
+    500: "internal-error",
 }
 
 
 class Problem(Exception):
-    """An HTTP error answered as problem+json; ``extra`` members are added to the body."""
+    """An HTTP error answered as problem+json; ``type_`` is a slug of ``PROBLEM_TYPES``, ``extra`` members are
+    added to the body."""
 
     def __init__(self, status: int, detail: str, *, type_: str | None = None, **extra: Any) -> None:
         super().__init__(detail)
@@ -58,13 +93,16 @@ class Problem(Exception):
 def problem_response(
     status: int, detail: str | None, type_: str | None = None, headers: dict[str, str] | None = None, **extra: Any
 ) -> Response:
-    """A problem+json response."""
+    """A problem+json response of the type ``type_`` (a slug of ``PROBLEM_TYPES``; by default the status's)."""
+    slug = type_ or HTTP_TYPES.get(status, "http-error")
+    if slug not in PROBLEM_TYPES:
+        raise ValueError(f"undocumented problem type {slug!r}")
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
     body = {
-        "type": TYPE_BASE + (type_ or phrase.lower().replace(" ", "-")),
+        "type": TYPE_BASE + slug,
         "title": phrase,
         "status": status,
         "detail": detail or phrase,
@@ -80,7 +118,8 @@ def _from_problem(problem: Problem) -> Response:
     return problem_response(problem.status, problem.detail, problem.type, problem.headers, **problem.extra)
 
 
-def _from_http(error: HTTPException) -> Response:
+def problem_for_http(error: HTTPException) -> Response:
+    """The problem of an HTTP error that werkzeug or a view raised (404 for an unknown route, 405, ...)."""
     status = error.code or 500
     headers = {k: v for k, v in error.get_headers() if k.lower() not in ("content-type", "content-length")}
     detail = error.description if status != 500 else None
@@ -88,10 +127,11 @@ def _from_http(error: HTTPException) -> Response:
 
 
 def _from_plugin_error(error: PluginError) -> Response:
-    status = next((code for kind, code in STATUS_OF.items() if isinstance(error, kind)), 500)
+    status, slug = next((known for kind, known in PROBLEM_OF.items() if isinstance(error, kind)), (500, ""))
     if status == 500:
         return _unexpected(error)
     extra: dict[str, Any] = {}
+    headers: dict[str, str] = {}
     if isinstance(error, IllegalTransitionError):
         extra = {"plugin": error.plugin, "state": error.state, "attempted": error.attempted,
                  "allowed": list(error.allowed)}
@@ -103,10 +143,8 @@ def _from_plugin_error(error: PluginError) -> Response:
         extra = {"available": list(error.available)}
     elif isinstance(error, PluginBusyError):
         extra = {"plugin": error.plugin, "queue_limit": error.queue_limit}
-        response = problem_response(status, str(error), type(error).__name__, **extra)
-        response.headers["Retry-After"] = "1"  # calls of one plugin take turns: one second is a fair wait
-        return response
-    return problem_response(status, str(error), type(error).__name__, **extra)
+        headers = {"Retry-After": RETRY_AFTER}
+    return problem_response(status, str(error), slug, headers, **extra)
 
 
 def _from_validation(error: ValidationError) -> Response:
@@ -121,7 +159,7 @@ def _unexpected(error: Exception) -> Response:
 def init_app(app: Flask) -> None:
     """Answer every error of ``app`` as problem+json."""
     app.register_error_handler(Problem, _from_problem)
-    app.register_error_handler(HTTPException, _from_http)
+    app.register_error_handler(HTTPException, problem_for_http)
     app.register_error_handler(PluginError, _from_plugin_error)
     app.register_error_handler(ValidationError, _from_validation)
     app.register_error_handler(Exception, _unexpected)

@@ -78,7 +78,9 @@ class AggregateHealth(Schema):
 class ProblemDetails(Schema):
     """RFC 9457 problem details, with the extension members some problems carry."""
 
-    type = fields.String(required=True)
+    type = fields.String(required=True, metadata={
+        "description": "https://plugin-health.dev/problems/ followed by the problem's slug (the README lists them)",
+        "pattern": r"^https://plugin-health\.dev/problems/[a-z0-9]+(-[a-z0-9]+)*$"})
     title = fields.String(required=True)
     status = fields.Integer(required=True)
     detail = fields.String(required=True)
@@ -90,6 +92,24 @@ class ProblemDetails(Schema):
     allowed = fields.List(fields.String(), metadata={"description": "IllegalTransitionError: the triggers legal now"})
     available = fields.List(fields.String(),
                             metadata={"description": "RendererUnavailableError: the formats that can be drawn here"})
+    tool = fields.String(metadata={"description": "a tool call's problem: the tool called"})
+    queue_limit = fields.Integer(metadata={"description": "plugin-busy: how many calls of the plugin may wait"})
+
+
+class ToolFailure(ProblemDetails):
+    """A failed tool call (502, 504) or one refused because its plugin is busy (429): a problem whose members
+    are also the sandbox result's fields."""
+
+    plugin = fields.String(required=True, metadata={"description": "the plugin the tool belongs to"})
+    tool = fields.String(required=True, metadata={"description": "the tool called"})
+    ok = fields.Boolean(required=True, metadata={"description": "always false"})
+    result = fields.Raw(allow_none=True, required=True, metadata={"description": "always null"})
+    error = fields.String(allow_none=True, required=True,
+                          metadata={"description": "shown per PLUGIN_HEALTH_SHOW_DETAILS"})
+    error_type = fields.String(required=True, metadata={
+        "description": "the exception's class name: the plugin's own, PluginTimeoutError (504), PluginCrashedError, "
+                       "PluginMemoryError, UnserializableResultError, ResultTooLargeError, PluginBusyError (429)"})
+    duration_ms = fields.Float(required=True, metadata={"description": "0 for a call refused before it ran"})
 
 
 class ToolCall(Schema):
