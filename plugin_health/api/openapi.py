@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-from functools import cache
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import cache, lru_cache
 from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, request
 
 from plugin_health import diagrams
 from plugin_health.api.schemas import (
+    STATE_NAMES,
     AggregateHealth,
     HistoryEntry,
     PluginHealthResponse,
     ProblemDetails,
     ToolCall,
+    ToolFailure,
     ToolResult,
 )
 
 bp = Blueprint("openapi", __name__)
+
+#: ``?state=``: a state's name in any case (ECMA regular expressions have no flag for it in a pattern).
+STATE_PATTERN = "^(" + "|".join(
+    "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in name) for name in STATE_NAMES
+) + ")$"
 
 NAME = {
     "name": "name",
@@ -44,8 +55,24 @@ IF_NONE_MATCH = {
 ETAG = {"ETag": {"description": "strong validator of this answer", "required": True, "schema": {"type": "string"}}}
 
 
-def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/problem+json": {"schema": "ProblemDetails"}}}
+def _problem(description: str, schema: str = "ProblemDetails") -> dict[str, Any]:
+    return {"description": description, "content": {"application/problem+json": {"schema": schema}}}
+
+
+def _server(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+#: What gunicorn answers itself, before the app sees a request, on any route (limits set in gunicorn.conf.py).
+SERVER_LIMITS = {
+    "414": _server("URI too long: the request line is longer than gunicorn's limit_request_line (4094 bytes); "
+                   "answered by gunicorn itself, before the app sees the request, not as a problem"),
+    "431": _server("request header fields too large: more than gunicorn's limit_request_fields (50), or one "
+                   "longer than its limit_request_field_size (8190 bytes); answered by gunicorn itself, before "
+                   "the app sees the request, not as a problem"),
+}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before calling again", "required": True,
+                               "schema": {"type": "integer", "minimum": 0}}}
 
 
 def _json(description: str, schema: Any, media: str = "application/json") -> dict[str, Any]:
@@ -64,7 +91,8 @@ def _text(description: str) -> dict[str, Any]:
 def _operation(summary: str, parameters: list[dict[str, Any]], responses: dict[str, Any]) -> dict[str, Any]:
     """A GET operation; any of them may answer an unexpected error with a bare 500 problem."""
     return {"get": {"summary": summary, "parameters": parameters,
-                    "responses": {**responses, "500": _problem("unexpected error; the details are only logged")}}}
+                    "responses": {**responses, "500": _problem("unexpected error; the details are only logged"),
+                                  **SERVER_LIMITS}}}
 
 
 def _cached(summary: str, parameters: list[dict[str, Any]], responses: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +119,7 @@ def _operator(summary: str, parameters: list[dict[str, Any]], responses: dict[st
         "500": _problem("unexpected error; the details are only logged"),
     }
     operation: dict[str, Any] = {"summary": summary, "parameters": parameters, "security": BEARER,
-                                 "responses": {**refusals, **responses}}
+                                 "responses": {**refusals, **responses, **SERVER_LIMITS}}
     if body is not None:
         operation["requestBody"] = body
     return {"post": operation}
@@ -111,10 +139,13 @@ def _operations(spec: APISpec) -> None:
     body = {"required": False, "content": {"application/json": {"schema": "ToolCall"}}}
     spec.path("/v1/plugins/{name}/tools/{tool}", operations=_operator("Call a RUNNING plugin's tool", [NAME, TOOL], {
         "200": _json("the tool's result", "ToolResult"),
-        "413": _problem("the body is too large"),
-        "502": _json("the tool raised, crashed or returned what JSON cannot carry", "ToolResult"),
+        "400": _problem("invalid name, or a body that is not a valid call (not JSON, nested more than 64 deep)"),
+        "413": _problem("the body is larger than 64 KiB (a chunked one is refused once it passes that)"),
+        "429": {**_problem("too many calls of this plugin wait already (plugin-busy); try again after "
+                           "Retry-After seconds", "ToolFailure"), "headers": RETRY_AFTER},
+        "502": _problem("the tool raised, crashed or returned what JSON cannot carry (tool-failed)", "ToolFailure"),
         "503": _problem("the plugin is not RUNNING, or no plugin host can act now"),
-        "504": _json("the tool passed its timeout", "ToolResult"),
+        "504": _problem("the tool passed its timeout (tool-timeout)", "ToolFailure"),
     }, body))
 
 
@@ -127,6 +158,7 @@ def document() -> dict[str, Any]:
         openapi_version="3.0.3",
         plugins=[MarshmallowPlugin()],
         info={"description": "Health, lifecycle and history of hosted plugins."},
+        servers=[{"url": "/", "description": "where this document is served (its path prefix, if any)"}],
     )
     for name, schema in (
         ("PluginHealthResponse", PluginHealthResponse),
@@ -135,13 +167,14 @@ def document() -> dict[str, Any]:
         ("ProblemDetails", ProblemDetails),
         ("ToolCall", ToolCall),
         ("ToolResult", ToolResult),
+        ("ToolFailure", ToolFailure),
     ):
         spec.components.schema(name, schema=schema)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
                                                "description": "PLUGIN_HEALTH_ADMIN_TOKEN"})
     health = "PluginHealthResponse"
-    state = {"name": "state", "in": "query", "schema": {"type": "string", "enum": [
-        "LOADED", "INITIALIZED", "RUNNING", "FAILED", "UNAVAILABLE"]}}
+    state = {"name": "state", "in": "query", "description": f"only plugins in this state: {', '.join(STATE_NAMES)}, "
+             "in any case", "schema": {"type": "string", "pattern": STATE_PATTERN}}
     spec.path("/v1/plugins/", operations=_cached("Every plugin's health, ordered by name", [state], {
         "200": _json("plugins", {"type": "array", "items": health}), "400": _problem("invalid input")}))
     spec.path("/v1/plugins/{name}/health", operations=_cached("One plugin's health", [NAME], {
@@ -166,11 +199,35 @@ def document() -> dict[str, Any]:
             "200": _text("ok"), "503": _text("failed checks")}))
     spec.path("/metrics", operations=_operation("Prometheus metrics (text exposition format)", [], {
         "200": _text("the metrics")}))
+    spec.path("/openapi.json", operations=_operation("This OpenAPI document", [IF_NONE_MATCH], {
+        "200": {**_json("the document", {"type": "object"}), "headers": ETAG},
+        "304": {"description": "not modified: the ETag given is still current", "headers": ETAG}}))
     _operations(spec)
     return spec.to_dict()
 
 
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The document as served under one path prefix: its bytes and strong ETag."""
+
+    body: bytes
+    etag: str
+
+
+@lru_cache(maxsize=8)
+def served(prefix: str) -> Served:
+    """The document whose server is ``prefix`` (where the app is mounted; ``/`` at the root), as JSON bytes."""
+    data = {**document(), "servers": [{**document()["servers"][0], "url": prefix or "/"}]}
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return Served(body, hashlib.blake2b(body, digest_size=12).hexdigest())
+
+
 @bp.get("/openapi.json")
 def openapi_json() -> Response:
-    """The OpenAPI document."""
-    return jsonify(document())
+    """The OpenAPI document, with its ETag (304 when ``If-None-Match`` holds it)."""
+    found = served(request.script_root)
+    response = Response(found.body, mimetype="application/json")
+    response.set_etag(found.etag)
+    response.headers["Cache-Control"] = "no-cache"
+    response.make_conditional(request)  # in place: 304 and no body when If-None-Match holds the ETag (weakly)
+    return response
