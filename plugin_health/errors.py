@@ -146,3 +146,16 @@ class PluginBusyError(PluginError):
         super().__init__(f"plugin {plugin!r} has {queue_limit} calls waiting already; try again later")
         self.plugin = plugin
         self.queue_limit = queue_limit
+
+
+class DependencyNotReadyError(PluginError):
+    """An operator asked to start a plugin whose dependency is missing, refused, on a cycle or not RUNNING.
+
+    The plugin stays UNAVAILABLE with ``reason`` (which starts with its code, such as ``dependency_missing``).
+    """
+
+    def __init__(self, plugin: str, dependency: str, reason: str) -> None:
+        super().__init__(f"plugin {plugin!r} cannot start: {reason}")
+        self.plugin = plugin
+        self.dependency = dependency
+        self.reason = reason

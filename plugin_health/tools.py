@@ -21,7 +21,7 @@ class ToolRunner:
     def tools(self, plugin: str) -> tuple[str, ...]:
         """The tool names of ``plugin``; ``UnknownPluginError`` if there is no such plugin."""
         if plugin not in self.registry:
-            self.manager.get_state(plugin)  # raises UnknownPluginError for a name nobody knows
+            self.manager.state_of(plugin)  # raises UnknownPluginError for a name nobody knows
             return ()
         return self.registry.get(plugin).spec.tools
 
@@ -34,7 +34,7 @@ class ToolRunner:
         """
         if tool not in self.tools(plugin):
             raise UnknownToolError(plugin, tool)
-        state = self.manager.get_state(plugin)
+        state = self.manager.state_of(plugin)
         if state is not PluginLifecycleState.RUNNING:
             raise PluginNotRunningError(plugin, state.value)
         result = self.supervisor.loader.call(plugin, tool, args, kwargs, give_up_at=give_up_at)

@@ -142,13 +142,14 @@ def test_string_states_are_accepted() -> None:
 
 def test_unknown_plugin() -> None:
     manager = PluginLifecycleManager()
-    for call in (manager.get_state, manager.history, manager.last, manager.allowed_triggers):
+    assert manager.get_state("ghost") is None  # the original plan's contract: None for an untracked name
+    for call in (manager.state_of, manager.history, manager.last, manager.allowed_triggers):
         with pytest.raises(UnknownPluginError, match="unknown plugin 'ghost'"):
             call("ghost")
     with pytest.raises(UnknownPluginError):
         manager.trigger("ghost", "initialize")
     with pytest.raises(KeyError):  # an UnknownPluginError is also a KeyError
-        manager.get_state("ghost")
+        manager.state_of("ghost")
 
 
 def test_all_states_sorted_by_name() -> None:

@@ -23,7 +23,8 @@ def test_each_transition_is_one_json_line(caplog: pytest.LogCaptureFixture) -> N
         "event": "transition", "plugin": "auth", "from": None, "to": "LOADED", "trigger": "load"}
     assert {k: second[k] for k in ("from", "to", "trigger", "reason", "error_type", "level")} == {
         "from": "LOADED", "to": "FAILED", "trigger": "fail", "reason": "initialize failed", "error_type": "OSError",
-        "level": "INFO"}
+        "level": "WARNING"}  # a failure is news at the usual level; the entry into LOADED is not
+    assert first["level"] == "INFO"
     assert "hunter2" not in lines[1]
     assert "\n" not in lines[1]
     assert second["time"].endswith("+00:00")

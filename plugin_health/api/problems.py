@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from plugin_health.coordination.control import HostUnavailableError
 from plugin_health.diagrams import RendererUnavailableError, UnknownFormatError
 from plugin_health.errors import (
+    DependencyNotReadyError,
     IllegalTransitionError,
     PluginBusyError,
     PluginError,
@@ -44,6 +45,8 @@ PROBLEM_TYPES: dict[str, str] = {
     "not-found": "404: no such route",
     "method-not-allowed": "405: the route does not take that method (`Allow` lists those it takes)",
     "illegal-transition": "409: the lifecycle table refuses that move from the plugin's state",
+    "dependency-not-ready": "409: the plugin cannot start: a dependency is missing, refused, on a cycle or not "
+                            "RUNNING (`dependency` names it; the plugin stays UNAVAILABLE with `reason`)",
     "body-too-large": "413: a tool call's body is larger than 64 KiB",
     "plugin-busy": "429: too many calls of that plugin wait already (`Retry-After`)",
     "internal-error": "500: an unexpected error, logged and never detailed",
@@ -62,6 +65,7 @@ PROBLEM_OF: dict[type[Exception], tuple[int, str]] = {
     IllegalTransitionError: (409, "illegal-transition"),
     PluginNotRunningError: (503, "plugin-not-running"),
     PluginBusyError: (429, "plugin-busy"),
+    DependencyNotReadyError: (409, "dependency-not-ready"),
     UnknownFormatError: (400, "unknown-format"),
     RendererUnavailableError: (501, "renderer-unavailable"),
     HostUnavailableError: (503, "host-unavailable"),
@@ -135,16 +139,21 @@ def _from_plugin_error(error: PluginError) -> Response:
     if isinstance(error, IllegalTransitionError):
         extra = {"plugin": error.plugin, "state": error.state, "attempted": error.attempted,
                  "allowed": list(error.allowed)}
+    elif isinstance(error, DependencyNotReadyError):
+        extra = {"plugin": error.plugin, "dependency": error.dependency, "reason": error.reason}
     elif isinstance(error, UnknownPluginError | PluginNotRunningError | UnknownToolError):
         extra = {"plugin": error.plugin}
         if isinstance(error, PluginNotRunningError):
             extra["state"] = error.state
     elif isinstance(error, RendererUnavailableError):
         extra = {"available": list(error.available)}
+    elif isinstance(error, DependencyNotReadyError):
+        extra = {"plugin": error.plugin, "dependency": error.dependency, "reason": error.reason}
     elif isinstance(error, PluginBusyError):
         extra = {"plugin": error.plugin, "queue_limit": error.queue_limit}
         headers = {"Retry-After": RETRY_AFTER}
     return problem_response(status, str(error), slug, headers, **extra)
+
 
 
 def _from_validation(error: ValidationError) -> Response:

@@ -104,8 +104,13 @@ class PluginLifecycleManager:
 
     # -- reading --------------------------------------------------------------------------------------
 
-    def get_state(self, name: str) -> PluginLifecycleState:
-        """The current state of ``name``; ``UnknownPluginError`` if untracked."""
+    def get_state(self, name: str) -> PluginLifecycleState | None:
+        """The current state of ``name``; None if it is not tracked (the original plan's contract)."""
+        tracked = self._plugins.get(name)
+        return None if tracked is None else tracked.model.state
+
+    def state_of(self, name: str) -> PluginLifecycleState:
+        """The current state of ``name``; ``UnknownPluginError`` if it is not tracked."""
         return self._tracked(name).model.state
 
     def all_states(self) -> dict[str, PluginLifecycleState]:
@@ -122,11 +127,11 @@ class PluginLifecycleManager:
 
     def may(self, name: str, trigger: str) -> bool:
         """Whether ``trigger`` is legal for ``name`` now."""
-        return (self.get_state(name), trigger) in LEGAL_MOVES
+        return (self.state_of(name), trigger) in LEGAL_MOVES
 
     def allowed_triggers(self, name: str) -> tuple[str, ...]:
         """The triggers legal for ``name`` now."""
-        return machine.allowed_triggers(self.get_state(name))
+        return machine.allowed_triggers(self.state_of(name))
 
     @property
     def version(self) -> int:
@@ -202,13 +207,20 @@ class PluginLifecycleManager:
 
     @staticmethod
     def _log(record: TransitionRecord) -> None:
-        if not logger.isEnabledFor(logging.INFO):
+        # A failure is news at WARNING: plugin, what failed (the reason) and the error's type. The error message is
+        # never logged: it may hold secrets (the history keeps it for those allowed to read it).
+        level = logging.WARNING if record.dest is PluginLifecycleState.FAILED else logging.INFO
+        if not logger.isEnabledFor(level):
             return
-        logger.info(
-            "plugin %s: %s -> %s (%s)",
+        fields = record.to_dict()
+        fields.pop("error", None)
+        logger.log(
+            level,
+            "plugin %s: %s -> %s (%s)%s",
             record.plugin,
             record.source,
             record.dest,
             record.trigger,
-            extra={"transition": record.to_dict()},
+            f": {record.reason} ({record.error_type})" if record.dest is PluginLifecycleState.FAILED else "",
+            extra={"transition": fields},
         )

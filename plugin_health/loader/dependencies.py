@@ -28,6 +28,11 @@ class Resolution:
     unavailable: dict[str, str] = field(default_factory=dict)
 
 
+def own_problem(declared: Declared, plugins: Mapping[str, Declared], failed: Collection[str]) -> str | None:
+    """Why ``declared``'s own requirements cannot be met (missing, failed to load, a refused version), or None."""
+    return _own_problem("", declared, plugins, failed)
+
+
 def _own_problem(name: str, declared: Declared, plugins: Mapping[str, Declared], failed: Collection[str]) -> str | None:
     for requirement in declared.requires:
         dependency = plugins.get(requirement.name)

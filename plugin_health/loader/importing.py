@@ -55,7 +55,7 @@ def import_source(source: PluginSource) -> types.ModuleType:
         search = [str(source.path.parent)] if source.is_package else None
         spec = importlib.util.spec_from_file_location(module_name, source.path, submodule_search_locations=search)
         if spec is None or spec.loader is None:
-            raise ImportError(f"cannot import {source.origin}", path=str(source.path))
+            raise ImportError(f"cannot import {source.label}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module  # before exec, so that relative imports inside a package work
     try:
@@ -88,9 +88,9 @@ def find_plugin_class(module: types.ModuleType, source: PluginSource) -> type[Pl
     ]
     unique = list(dict.fromkeys(classes))
     if not unique:
-        raise NoPluginClassError(source.origin)
+        raise NoPluginClassError(source.label)
     if len(unique) > 1:
-        raise MultiplePluginClassesError(source.origin, sorted(c.__qualname__ for c in unique))
+        raise MultiplePluginClassesError(source.label, sorted(c.__qualname__ for c in unique))
     return unique[0]
 
 

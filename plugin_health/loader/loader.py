@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -24,7 +24,7 @@ from plugin_health.lifecycle import (
     TransitionRecord,
     UnavailableReason,
 )
-from plugin_health.loader.dependencies import resolve
+from plugin_health.loader.dependencies import Declared, own_problem, resolve
 from plugin_health.loader.handles import InlineHandle, Placement, PluginHandle
 from plugin_health.loader.importing import find_plugin_class, import_source
 from plugin_health.loader.registry import PluginEntry, PluginRegistry, PluginSpec
@@ -78,6 +78,7 @@ class PluginLoader:
         #: Told of every call into a loaded plugin: ``observer(name, method, isolation, result)`` (metrics).
         self.observers: list[Callable[[str, str, str, PluginSandboxResult], None]] = []
         self._cascade: deque[TransitionRecord] = deque()
+        self._cycles: dict[str, str] = {}
         self._draining = threading.local()
         self.manager.subscribe(self._on_transition)
 
@@ -89,10 +90,13 @@ class PluginLoader:
             self._load_source(source)
         failed = [n for n in self.sources if n not in self.registry]
         resolution = resolve(self.registry.declared(), failed)
+        # Cycles cannot change while the same plugins are registered: kept to answer every later bring-up.
+        self._cycles = {name: reason for name, reason in resolution.unavailable.items()
+                        if reason.startswith(UnavailableReason.DEPENDENCY_CYCLE.value)}
         for name, reason in sorted(resolution.unavailable.items()):
             self.manager.trigger(name, "make_unavailable", reason=reason)
         for name in resolution.order:
-            if self.manager.get_state(name) is not PluginLifecycleState.LOADED:
+            if self.manager.state_of(name) is not PluginLifecycleState.LOADED:
                 continue
             if name in self.disabled:
                 self.manager.trigger(name, "make_unavailable", reason=str(UnavailableReason.DISABLED))
@@ -108,7 +112,7 @@ class PluginLoader:
         try:
             if spec.name in self.manager:
                 taken = self.sources[spec.name]
-                raise DuplicatePluginError(spec.name, source.origin, taken.origin)
+                raise DuplicatePluginError(spec.name, source.label, taken.label)
             entry = self.registry.register(spec, source, handle)
         except DuplicatePluginError as err:
             handle.close()
@@ -231,15 +235,16 @@ class PluginLoader:
         uses it to record ``restart limit reached`` on the last allowed attempt.
         """
         entry = self.registry.get(name)
+        problem = self.dependency_problem(name)
+        if problem is not None:  # checked first on every path up: never started against a dependency it refuses
+            self.manager.trigger(name, "make_unavailable", reason=problem)
+            return UNAVAILABLE
         if getattr(entry.handle, "lost", False) and not self._reinstantiate(entry, reason_for):
-            return self.manager.get_state(name)
-        for requirement in entry.spec.requires:
-            if self.manager.get_state(requirement.name) is not RUNNING:
-                reason = UnavailableReason.DEPENDENCY_UNAVAILABLE.with_detail(requirement.name)
-                self.manager.trigger(name, "make_unavailable", reason=reason)
-                return UNAVAILABLE
+            return self.manager.state_of(name)
         for phase, args in (("initialize", (self.context_for(entry),)), ("start", ())):
             result = self.call(name, phase, args)
+            if result.ok and result.result is False:  # as in Home Assistant: False is a failed setup
+                result = failed("PluginSetupError", f"{phase} returned False", result.duration_ms)
             if not result.ok:
                 self.manager.trigger(
                     name, "fail", reason=reason_for(f"{phase} failed"), error_type=result.error_type, error=result.error
@@ -247,6 +252,48 @@ class PluginLoader:
                 return PluginLifecycleState.FAILED
             self.manager.trigger(name, phase)
         return RUNNING
+
+    def dependency_problem(self, name: str) -> str | None:
+        """Why ``name`` cannot start now (the UNAVAILABLE reason: missing, refused version, cycle, not RUNNING)."""
+        entry = self.registry.get(name)
+        if not entry.spec.requires:
+            return None
+        plugins = _DeclaredView(self.registry)
+        failed_to_load = [r.name for r in entry.spec.requires if r.name in self.sources and r.name not in self.registry]
+        problem = own_problem(entry.spec.declared, plugins, failed_to_load) or self._cycles.get(name)
+        if problem is not None:
+            return problem
+        for requirement in entry.spec.requires:
+            if self.manager.get_state(requirement.name) is not RUNNING:
+                return UnavailableReason.DEPENDENCY_UNAVAILABLE.with_detail(requirement.name)
+        return None
+
+    def take_down(self, name: str, trigger: str, reason: str | None, **error: str | None) -> None:
+        """Stop ``name`` and move it by ``trigger``, its RUNNING dependents first (each UNAVAILABLE, naming the
+        dependency it lost), so that no plugin ever runs without what it requires."""
+        for dependent, lost in self._dependents_first(name):
+            if self.manager.get_state(dependent) in ACTIVE:
+                self.stop(dependent)
+                self._try(dependent, "make_unavailable", UnavailableReason.DEPENDENCY_UNAVAILABLE.with_detail(lost))
+        self.stop(name)
+        self.manager.trigger(name, trigger, reason=reason, **error)
+
+    def _dependents_first(self, name: str) -> list[tuple[str, str]]:
+        """Every plugin that requires ``name``, directly or not, deepest first, each with the dependency it loses."""
+        order: list[tuple[str, str]] = []
+        seen = {name}
+        stack: list[tuple[str, str, Iterator[str]]] = [(name, "", iter(self.registry.dependents(name)))]
+        while stack:
+            node, via, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                if node != name:
+                    order.append((node, via))
+            elif child not in seen:
+                seen.add(child)
+                stack.append((child, node, iter(self.registry.dependents(child))))
+        return order
 
     def _reinstantiate(self, entry: PluginEntry, reason_for: Callable[[str], str]) -> bool:
         """Load a plugin whose instance was lost with its runner again (it is LOADED); False if it FAILED."""
@@ -266,17 +313,16 @@ class PluginLoader:
     def restart(self, name: str, reason_for: Callable[[str], str] = str) -> PluginLifecycleState:
         """Bring ``name`` back from any state: stop it if active, ``reset``, load its code again if it never
         loaded, then ``initialize`` and ``start``."""
-        state = self.manager.get_state(name)
+        state = self.manager.state_of(name)
         if state in ACTIVE:
-            self.stop(name)
-            self.manager.trigger(name, "make_unavailable", reason=str(UnavailableReason.STOPPED))
+            self.take_down(name, "make_unavailable", str(UnavailableReason.STOPPED))
         self.manager.trigger(name, "reset")
         if name not in self.registry:
             source = self.sources[name]
             try:
                 spec, handle = self._instantiate(source, key=name)
             except _PhaseFailed:
-                return self.manager.get_state(name)
+                return self.manager.state_of(name)
             if spec.name != name:
                 handle.close()
                 error = f"the plugin now declares the name {spec.name!r}"
@@ -309,7 +355,7 @@ class PluginLoader:
 
     def stop(self, name: str, timeout: float | None = None) -> PluginSandboxResult | None:
         """Call the plugin's ``stop`` if it is RUNNING (no state change here); None if it was not running."""
-        if self.manager.get_state(name) is not RUNNING:
+        if self.manager.state_of(name) is not RUNNING:
             return None
         try:
             result = self.call(name, "stop", timeout=timeout)
@@ -327,11 +373,11 @@ class PluginLoader:
         the deadline is not asked to stop; closing the handles ends it with its runner.
         """
         order = [name for name in reversed(resolve(self.registry.declared()).order) if name in self.manager]
-        running = [name for name in order if self.manager.get_state(name) is RUNNING]
+        running = [name for name in order if self.manager.state_of(name) is RUNNING]
         longest = max((self._timeout_of(name) for name in running), default=0.0)
         deadline = time.monotonic() + longest
         for name in order:
-            if self.manager.get_state(name) not in ACTIVE:
+            if self.manager.state_of(name) not in ACTIVE:
                 continue
             remaining = deadline - time.monotonic()
             if remaining > 0.001:
@@ -367,7 +413,7 @@ class PluginLoader:
         for dependent in self.registry.dependents(record.plugin):
             if dependent not in self.manager:
                 continue
-            state = self.manager.get_state(dependent)
+            state = self.manager.state_of(dependent)
             if record.dest is not RUNNING and state in ACTIVE:
                 self.stop(dependent)
                 reason = UnavailableReason.DEPENDENCY_UNAVAILABLE.with_detail(record.plugin)
@@ -385,7 +431,7 @@ class PluginLoader:
         if not reason.startswith(UnavailableReason.DEPENDENCY_UNAVAILABLE.value):
             return False
         requires = self.registry.get(name).spec.requires
-        return all(r.name in self.manager and self.manager.get_state(r.name) is RUNNING for r in requires)
+        return all(r.name in self.manager and self.manager.state_of(r.name) is RUNNING for r in requires)
 
     def _try(self, name: str, trigger: str, reason: str | None) -> bool:
         """Fire a cascade trigger; another thread may have moved the plugin meanwhile, which is fine."""
@@ -396,3 +442,22 @@ class PluginLoader:
         except IllegalTransitionError:
             return False
         return True
+
+
+class _DeclaredView(Mapping[str, Declared]):
+    """The registry's declarations as a mapping, read one at a time (no copy of every plugin's)."""
+
+    def __init__(self, registry: PluginRegistry) -> None:
+        self._registry = registry
+
+    def __getitem__(self, name: str) -> Declared:
+        entry = self._registry.get_or_none(name)
+        if entry is None:
+            raise KeyError(name)
+        return entry.spec.declared
+
+    def __iter__(self) -> Iterator[str]:
+        return (entry.name for entry in self._registry)
+
+    def __len__(self) -> int:
+        return len(self._registry)

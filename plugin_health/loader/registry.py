@@ -18,6 +18,8 @@ from plugin_health.plugin import Plugin, tool_names
 #: Plugin names are addressable in URLs: letters, digits, "_", "-", ".", at most 100 characters.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 ISOLATIONS = ("inline", "process")
+#: The methods the lifecycle calls: none of them can be a tool.
+LIFECYCLE_METHODS = frozenset({"initialize", "start", "stop", "health_check"})
 #: The longest timeout a plugin may declare, in seconds (a day): waits on longer ones overflow ``poll()``.
 MAX_TIMEOUT = 86_400
 #: The largest memory allowance a plugin may declare, in MiB (1 TiB).
@@ -109,6 +111,11 @@ class PluginSpec:
         ):
             problem = f"{memory!r} must be a whole number of MiB above 0 and at most {MAX_MEMORY_MB:,}"
             raise InvalidPluginError(name, "memory_limit_mb", problem)
+        tools = data.get("tools", ())
+        lifecycle = sorted(set(tools) & LIFECYCLE_METHODS) if isinstance(tools, list | tuple) else []
+        if lifecycle:
+            problem = f"marks the lifecycle method(s) {', '.join(lifecycle)} with @tool; a tool is any other method"
+            raise InvalidPluginError(name, "tools", problem)
         isolation = data.get("isolation", "inline")
         if isolation not in ISOLATIONS:
             raise InvalidPluginError(name, "isolation", f"{isolation!r} must be 'inline' or 'process'")
@@ -150,7 +157,7 @@ class PluginRegistry:
         """Add a plugin; ``DuplicatePluginError`` if its name is taken (the first one stays)."""
         taken = self._entries.get(spec.name)
         if taken is not None:
-            raise DuplicatePluginError(spec.name, source.origin, taken.source.origin)
+            raise DuplicatePluginError(spec.name, source.label, taken.source.label)
         entry = PluginEntry(spec, source, handle, set(self._wanted_by.get(spec.name, ())))
         self._entries[spec.name] = entry
         for requirement in spec.requires:

@@ -22,6 +22,13 @@ class PluginSource:
     entry_point: str | None = None
 
     @property
+    def label(self) -> str:
+        """How answers and logs name the source: its file or package name, never a path (paths tell too much)."""
+        if self.path is None:
+            return self.origin
+        return f"{self.path.parent.name}/" if self.is_package else self.path.name
+
+    @property
     def is_package(self) -> bool:
         """Whether the source is a package directory (``name/__init__.py``)."""
         return self.path is not None and self.path.name == "__init__.py"

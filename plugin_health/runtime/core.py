@@ -143,7 +143,7 @@ class Core:
     def snapshot(self, name: str) -> PluginSnapshot:
         """What every worker is told of ``name`` right now."""
         last = self.manager.last(name)
-        state = self.manager.get_state(name)
+        state = self.manager.state_of(name)
         entry = self.registry.get(name) if name in self.registry else None
         watch = self.supervisor.watch(name)
         stale_after = None  # a RUNNING plugin is stale once its checks are late (stale_deadline)

@@ -18,8 +18,8 @@ import time
 from typing import Any
 
 from plugin_health.coordination.control import MAX_REQUEST, error_to_wire
-from plugin_health.errors import IllegalTransitionError, PluginError
-from plugin_health.lifecycle import UnavailableReason
+from plugin_health.errors import DependencyNotReadyError, IllegalTransitionError, PluginError
+from plugin_health.lifecycle import PluginLifecycleState, UnavailableReason
 from plugin_health.lifecycle.machine import allowed_triggers
 from plugin_health.runtime.core import DISABLED_KEY, Core
 from plugin_health.sandbox import PluginSandboxResult
@@ -51,18 +51,17 @@ class Operations:
     def restart(self, name: str) -> PluginSnapshot:
         """Restart ``name`` from any state, clearing its restart limit (and its being disabled)."""
         with self._lock:
-            self.host.manager.get_state(name)  # UnknownPluginError for a name nobody knows
+            self.host.manager.state_of(name)  # UnknownPluginError for a name nobody knows
             self._set_disabled(name, False)
             self.host.supervisor.restart(name, automatic=False)
-            return self.host.snapshot(name)
+            return self._started(name)
 
     def disable(self, name: str) -> PluginSnapshot:
         """Stop ``name`` and keep it UNAVAILABLE ``disabled``, across restarts of the service too."""
         with self._lock:
             self._require(name, "make_unavailable")
             self._set_disabled(name, True)
-            self.host.loader.stop(name)
-            self.host.manager.trigger(name, "make_unavailable", reason=str(UnavailableReason.DISABLED))
+            self.host.loader.take_down(name, "make_unavailable", str(UnavailableReason.DISABLED))
             return self.host.snapshot(name)
 
     def enable(self, name: str) -> PluginSnapshot:
@@ -71,7 +70,7 @@ class Operations:
             self._require(name, "reset")
             self._set_disabled(name, False)
             self.host.supervisor.restart(name, automatic=False)
-            return self.host.snapshot(name)
+            return self._started(name)
 
     def run_tool(self, name: str, tool: str, args: list[Any], kwargs: dict[str, Any],
                  give_up_at: float | None = None) -> PluginSandboxResult:
@@ -81,10 +80,18 @@ class Operations:
         """
         return json_safe(self.host.tools.run(name, tool, *args, give_up_at=give_up_at, **kwargs))
 
+    def _started(self, name: str) -> PluginSnapshot:
+        """The snapshot of a plugin an operator started; :class:`DependencyNotReadyError` if a dependency held it."""
+        snapshot = self.host.snapshot(name)
+        reason = snapshot.reason or ""
+        if snapshot.state is PluginLifecycleState.UNAVAILABLE and reason.startswith("dependency_"):
+            raise DependencyNotReadyError(name, _dependency_named(name, reason), reason)
+        return snapshot
+
     def _require(self, name: str, trigger: str) -> None:
         """Refuse, before changing anything, a move the lifecycle table does not allow from the current state."""
         if not self.host.manager.may(name, trigger):
-            state = self.host.manager.get_state(name)
+            state = self.host.manager.state_of(name)
             raise IllegalTransitionError(name, state.value, trigger, allowed_triggers(state))
 
     def _set_disabled(self, name: str, disabled: bool) -> None:
@@ -128,3 +135,12 @@ def answer(operations: Operations, line: bytes) -> dict[str, Any]:
         return {"ok": False, "error": error_to_wire(err)}
     except (ValueError, KeyError, TypeError) as err:
         return {"ok": False, "error": {"type": "BadRequest", "message": f"malformed request: {err}"}}
+
+
+def _dependency_named(plugin: str, reason: str) -> str:
+    """The dependency an UNAVAILABLE reason names (``dependency_missing: geo is not installed`` -> ``geo``)."""
+    detail = reason.partition(": ")[2]
+    if reason.startswith(UnavailableReason.DEPENDENCY_CYCLE.value):
+        path = [part.strip() for part in detail.split("->")]
+        return next((part for part in path if part != plugin), plugin)
+    return detail.split(" ", 1)[0]

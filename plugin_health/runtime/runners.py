@@ -406,7 +406,7 @@ class RunnerPool:
                 lost = err
         if lost is not None:
             self.quarantined.add(source.origin)
-            cause = f"loading {source.origin}: {lost.message}"
+            cause = f"loading {source.label}: {lost.message}"
             self.tell(self.lose(runner, None, cause, lost.error_type, lost.message))
             return Placed(None, phase="import", error_type=lost.error_type, error=lost.message)
         with runner.lock:

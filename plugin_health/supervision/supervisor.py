@@ -156,10 +156,8 @@ class Supervisor:
         """Stop ``name`` if it runs and move it to FAILED; False if it was no longer in a state that can fail."""
         if not self.manager.may(name, "fail"):
             return False
-        self.loader.stop(name)
         try:
-            self.manager.trigger(name, "fail", reason=self.failure_reason(name, reason), error_type=error_type,
-                                 error=error)
+            self.loader.take_down(name, "fail", self.failure_reason(name, reason), error_type=error_type, error=error)
         except IllegalTransitionError:
             return False  # moved by another thread meanwhile
         return True
@@ -178,16 +176,18 @@ class Supervisor:
 
     def check(self, name: str) -> bool:
         """Run ``name``'s health check now; False, an exception or a timeout counts as a failure."""
-        if self.manager.get_state(name) is not RUNNING:
+        if self.manager.state_of(name) is not RUNNING:
             return False
         try:
             result = self.loader.call(name, "health_check")
         except PluginError:  # its instance is gone with its runner and comes back shortly: nothing was checked
             return False
-        passed = result.ok and result.result is not False
+        passed = result.ok and (result.result is True or result.result is None)
         if result.ok and not passed:
-            result = PluginSandboxResult(False, False, "health check returned False", "HealthCheckFailed",
-                                         result.duration_ms)
+            value = result.result
+            problem = ("health check returned False" if value is False
+                       else f"health_check returned a {type(value).__name__}, not True, False or None")
+            result = PluginSandboxResult(False, value, problem, "HealthCheckFailed", result.duration_ms)
         with self._lock:
             watch = self._watch(name)
             watch.last_check = datetime.now(UTC)
@@ -221,7 +221,7 @@ class Supervisor:
         if self._stopping:
             return  # shutting down: the loader stops what is left, and nothing is brought back
         culprit = loss.culprit
-        if culprit is not None and culprit in self.manager and self.manager.get_state(culprit) is RUNNING:
+        if culprit is not None and culprit in self.manager and self.manager.state_of(culprit) is RUNNING:
             self.fail(culprit, f"quarantined into a runner of its own: {loss.cause}", loss.error_type, loss.error)
         now = self._clock()
         with self._lock:
@@ -238,7 +238,7 @@ class Supervisor:
             return
         if not getattr(self.loader.registry.get(name).handle, "lost", False):
             return  # loaded again already (by a restart or the dependency cascade)
-        if self.manager.get_state(name) not in ACTIVE:
+        if self.manager.state_of(name) not in ACTIVE:
             return  # FAILED or UNAVAILABLE: whatever brings it up next loads it again
         reason = UnavailableReason.STOPPED.with_detail(f"its runner was lost ({cause})")
         try:
@@ -342,7 +342,7 @@ class Supervisor:
 
     def _run_due(self, name: str, kind: str, due: float) -> None:
         try:
-            state = self.manager.get_state(name)
+            state = self.manager.state_of(name)
         except UnknownPluginError:
             return
         if kind == "recover":
@@ -353,7 +353,7 @@ class Supervisor:
             self.check(name)
             with self._lock:
                 watch = self._watch(name)
-                if watch.next_check_at == due and self.manager.get_state(name) is RUNNING:
+                if watch.next_check_at == due and self.manager.state_of(name) is RUNNING:
                     watch.next_check_at = due + self.settings.health_interval
                     self._schedule(watch.next_check_at, name, "check")
 
