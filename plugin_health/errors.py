@@ -159,3 +159,14 @@ class DependencyNotReadyError(PluginError):
         self.plugin = plugin
         self.dependency = dependency
         self.reason = reason
+
+
+class ToolArgumentsError(PluginError, TypeError):
+    """A tool call's arguments do not bind to the tool's signature: the caller's mistake, refused before the call
+    and counted nowhere (HTTP 422)."""
+
+    def __init__(self, plugin: str, tool: str, problem: str) -> None:
+        super().__init__(f"plugin {plugin!r} tool {tool!r}: {problem}")
+        self.plugin = plugin
+        self.tool = tool
+        self.problem = problem

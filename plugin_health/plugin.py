@@ -31,6 +31,8 @@ def tool_names(cls: type[Plugin]) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
+#: The methods the lifecycle calls: none of them can be a tool.
+LIFECYCLE_METHODS = frozenset({"initialize", "start", "stop", "health_check"})
 #: The class attributes a plugin declares (validated by ``PluginSpec`` in the loader).
 DECLARED = ("name", "version", "requires", "critical", "timeout", "memory_limit_mb", "isolation")
 _PLAIN = (str, int, float, bool, type(None))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from plugin_health.errors import PluginNotRunningError, UnknownToolError
+from plugin_health.errors import PluginNotRunningError, ToolArgumentsError, UnknownToolError
 from plugin_health.lifecycle import PluginLifecycleState
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.supervision import Supervisor
@@ -38,5 +38,7 @@ class ToolRunner:
         if state is not PluginLifecycleState.RUNNING:
             raise PluginNotRunningError(plugin, state.value)
         result = self.supervisor.loader.call(plugin, tool, args, kwargs, give_up_at=give_up_at)
+        if result.refused:  # the caller's mistake: nothing ran, and it counts against nobody
+            raise ToolArgumentsError(plugin, tool, result.error or "the arguments do not fit the tool")
         self.supervisor.record_outcome(plugin, result, f"tool {tool}")
         return result

@@ -196,3 +196,30 @@ def test_no_answer_carries_a_path(plugins: Path, make_app: callable) -> None:  #
         text = client.get(f"/v1/plugins/{name}/health").get_data(as_text=True)
         assert str(plugins) not in text, text
         assert client.get(f"/v1/plugins/{name}/health").get_json()["error"]
+
+
+# -- 2. a caller's mistake is not a plugin failure ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+def test_arguments_that_do_not_fit_a_tool_are_refused_and_counted_nowhere(
+    plugins: Path, make_app: callable, isolation: str  # type: ignore[valid-type]
+) -> None:
+    calls = plugins.parent / "calls.log"
+    plugin(plugins, "database", f"critical = True\nisolation = {isolation!r}\n"
+                                "@tool\ndef add(self, a, b=0):\n"
+                                f"    open({str(calls)!r}, 'a').write('x')\n    return a + b\n")
+    client = make_app(failure_threshold=3).test_client()
+    for body in ({"args": [1, 2, 3]}, {"kwargs": {"c": 1}}, {"args": []}):
+        answer = client.post("/v1/plugins/database/tools/add", json=body, headers=AUTH)
+        assert answer.status_code == 422, answer.get_json()
+        assert answer.mimetype == "application/problem+json"
+        problem = answer.get_json()
+        assert (problem["plugin"], problem["tool"]) == ("database", "add")
+        assert problem["type"].endswith("/invalid-arguments")
+    assert not calls.exists()  # nothing ran
+    health = client.get("/v1/plugins/database/health").get_json()
+    assert (health["state"], health["consecutive_failures"]) == ("RUNNING", 0)
+    assert client.get("/readyz").status_code == 200
+    answer = client.post("/v1/plugins/database/tools/add", json={"args": [1], "kwargs": {"b": 2}}, headers=AUTH)
+    assert (answer.status_code, answer.get_json()["result"]) == (200, 3)

@@ -22,6 +22,7 @@ from plugin_health.errors import (
     PluginBusyError,
     PluginError,
     PluginNotRunningError,
+    ToolArgumentsError,
     UnknownPluginError,
     UnknownToolError,
 )
@@ -45,6 +46,8 @@ PROBLEM_TYPES: dict[str, str] = {
     "not-found": "404: no such route",
     "method-not-allowed": "405: the route does not take that method (`Allow` lists those it takes)",
     "illegal-transition": "409: the lifecycle table refuses that move from the plugin's state",
+    "invalid-arguments": "422: a tool call's arguments do not fit the tool's signature (the caller's mistake: "
+                         "nothing ran, and nothing is counted against the plugin)",
     "dependency-not-ready": "409: the plugin cannot start: a dependency is missing, refused, on a cycle or not "
                             "RUNNING (`dependency` names it; the plugin stays UNAVAILABLE with `reason`)",
     "body-too-large": "413: a tool call's body is larger than 64 KiB",
@@ -66,6 +69,7 @@ PROBLEM_OF: dict[type[Exception], tuple[int, str]] = {
     PluginNotRunningError: (503, "plugin-not-running"),
     PluginBusyError: (429, "plugin-busy"),
     DependencyNotReadyError: (409, "dependency-not-ready"),
+    ToolArgumentsError: (422, "invalid-arguments"),
     UnknownFormatError: (400, "unknown-format"),
     RendererUnavailableError: (501, "renderer-unavailable"),
     HostUnavailableError: (503, "host-unavailable"),
@@ -139,6 +143,8 @@ def _from_plugin_error(error: PluginError) -> Response:
     if isinstance(error, IllegalTransitionError):
         extra = {"plugin": error.plugin, "state": error.state, "attempted": error.attempted,
                  "allowed": list(error.allowed)}
+    elif isinstance(error, ToolArgumentsError):
+        extra = {"plugin": error.plugin, "tool": error.tool}
     elif isinstance(error, DependencyNotReadyError):
         extra = {"plugin": error.plugin, "dependency": error.dependency, "reason": error.reason}
     elif isinstance(error, UnknownPluginError | PluginNotRunningError | UnknownToolError):
@@ -147,6 +153,8 @@ def _from_plugin_error(error: PluginError) -> Response:
             extra["state"] = error.state
     elif isinstance(error, RendererUnavailableError):
         extra = {"available": list(error.available)}
+    elif isinstance(error, ToolArgumentsError):
+        extra = {"plugin": error.plugin, "tool": error.tool}
     elif isinstance(error, DependencyNotReadyError):
         extra = {"plugin": error.plugin, "dependency": error.dependency, "reason": error.reason}
     elif isinstance(error, PluginBusyError):

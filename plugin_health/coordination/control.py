@@ -30,6 +30,7 @@ from plugin_health.errors import (
     PluginBusyError,
     PluginError,
     PluginNotRunningError,
+    ToolArgumentsError,
     UnknownPluginError,
     UnknownToolError,
 )
@@ -115,7 +116,7 @@ def socket_path(settings: Settings) -> Path | None:
 
 def error_to_wire(error: PluginError) -> dict[str, Any]:
     wire: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
-    for attribute in ("plugin", "state", "attempted", "allowed", "tool", "queue_limit"):
+    for attribute in ("plugin", "state", "attempted", "allowed", "tool", "queue_limit", "problem"):
         if hasattr(error, attribute):
             value = getattr(error, attribute)
             wire[attribute] = list(value) if isinstance(value, tuple) else value
@@ -130,6 +131,8 @@ def _error_from_wire(wire: dict[str, Any]) -> PluginError:
         return UnknownToolError(plugin, str(wire.get("tool", "")))
     if kind == "PluginNotRunningError":
         return PluginNotRunningError(plugin, str(wire.get("state", "")))
+    if kind == "ToolArgumentsError":
+        return ToolArgumentsError(plugin, str(wire.get("tool", "")), str(wire.get("problem", "")))
     if kind == "PluginBusyError":
         return PluginBusyError(plugin, int(wire.get("queue_limit", 0)))
     if kind == "IllegalTransitionError":

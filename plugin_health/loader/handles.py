@@ -6,11 +6,12 @@ loader only knows it through this protocol, so the loader never depends on the r
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from plugin_health.loader.sources import PluginSource
-from plugin_health.plugin import Plugin
+from plugin_health.plugin import LIFECYCLE_METHODS, Plugin
 from plugin_health.sandbox import PluginSandboxResult, Sandbox, SandboxLimits
 
 
@@ -53,7 +54,13 @@ class InlineHandle:
     ) -> PluginSandboxResult:
         """Run the method inline with the plugin's limits (``timeout`` overrides the plugin's)."""
         sandbox = self._sandbox if timeout is None else Sandbox(replace(self.limits, timeout=timeout))
-        return sandbox.run(getattr(self.instance, method), *args, **(kwargs or {}))
+        fn = getattr(self.instance, method)
+        if method not in LIFECYCLE_METHODS:  # a tool: arguments that do not fit it are the caller's mistake
+            try:
+                inspect.signature(fn).bind(*args, **(kwargs or {}))
+            except TypeError as exc:
+                return PluginSandboxResult(False, None, str(exc), "ToolArgumentsError", 0.0, refused=True)
+        return sandbox.run(fn, *args, **(kwargs or {}))
 
     def close(self) -> None:
         """Nothing to release for an inline plugin."""

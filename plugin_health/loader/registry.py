@@ -13,13 +13,12 @@ from packaging.version import InvalidVersion, Version
 from plugin_health.errors import DuplicatePluginError, InvalidPluginError, UnknownPluginError
 from plugin_health.loader.dependencies import Declared
 from plugin_health.loader.sources import PluginSource
-from plugin_health.plugin import Plugin, tool_names
+from plugin_health.plugin import LIFECYCLE_METHODS, Plugin, tool_names
 
 #: Plugin names are addressable in URLs: letters, digits, "_", "-", ".", at most 100 characters.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 ISOLATIONS = ("inline", "process")
-#: The methods the lifecycle calls: none of them can be a tool.
-LIFECYCLE_METHODS = frozenset({"initialize", "start", "stop", "health_check"})
+
 #: The longest timeout a plugin may declare, in seconds (a day): waits on longer ones overflow ``poll()``.
 MAX_TIMEOUT = 86_400
 #: The largest memory allowance a plugin may declare, in MiB (1 TiB).

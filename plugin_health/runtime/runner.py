@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import inspect
 import json
 import os
 import resource
@@ -28,7 +29,7 @@ from typing import Any
 
 from plugin_health.loader.importing import find_plugin_class, import_source
 from plugin_health.loader.sources import PluginSource
-from plugin_health.plugin import Plugin, PluginContext, raw_declaration
+from plugin_health.plugin import LIFECYCLE_METHODS, Plugin, PluginContext, raw_declaration
 from plugin_health.runtime import wire
 from plugin_health.sandbox import memory
 from plugin_health.sandbox.inline import Sandbox
@@ -44,6 +45,8 @@ from plugin_health.sandbox.timeouts import SandboxTimeout
 
 #: ``error_type`` of a result that JSON cannot carry (not a JSON value, or nested too deep).
 UNENCODABLE = "UnserializableResultError"
+#: ``error_type`` of a tool call whose arguments do not bind to the tool's signature.
+ARGUMENTS = "ToolArgumentsError"
 #: ``error_type`` of a result larger than a message may be.
 TOO_LARGE = "ResultTooLargeError"
 _PR_SET_PDEATHSIG = 1
@@ -220,9 +223,9 @@ class Runner:
             if lowered:
                 resource.setrlimit(memory.LIMIT, (self.cap, self.hard))
         after = memory.usage()
-        if result.ok and not result.result[0]:  # the plugin raised, or its result is no JSON: (False, type, text)
-            _, error_type, error = result.result
-            result = PluginSandboxResult(False, None, error, error_type, result.duration_ms)
+        if result.ok and not result.result[0]:  # the plugin raised, its result is no JSON, or its arguments misfit
+            _, error_type, error, *refused = result.result
+            result = PluginSandboxResult(False, None, error, error_type, result.duration_ms, bool(refused))
         elif result.error_type == "MemoryError" and allowance is not None:
             result = failed(MEMORY, memory_message(allowance), result.duration_ms)
         answer: dict[str, Any] = {
@@ -231,6 +234,8 @@ class Runner:
             "error_type": result.error_type,
             "duration_ms": result.duration_ms,
         }
+        if result.refused:
+            answer["refused"] = True
         if before is not None and after is not None and allowance is not None:
             loaded.kept = max(0, loaded.kept + after - before)
             if loaded.kept > allowance * _MIB:
@@ -287,7 +292,13 @@ def _bound(instance: Plugin, method: str, args: list[Any], kwargs: dict[str, Any
     try:
         if method.startswith("_"):
             raise AttributeError(f"{method!r} is not a plugin method")
-        value = getattr(instance, method)(*args, **kwargs)
+        fn = getattr(instance, method)
+        if method not in LIFECYCLE_METHODS:  # a tool: the caller's arguments must fit it, or it is not called
+            try:
+                _signature(type(instance), method, fn).bind(*args, **kwargs)
+            except TypeError as exc:
+                return (False, ARGUMENTS, describe(exc), True)
+        value = fn(*args, **kwargs)
     except (SandboxTimeout, MemoryError):
         raise
     except BaseException as exc:  # noqa: BLE001 - reported as the call's outcome, like the sandbox does
@@ -296,6 +307,17 @@ def _bound(instance: Plugin, method: str, args: list[Any], kwargs: dict[str, Any
         return (True, _dumps(value))
     except (TypeError, ValueError, RecursionError) as exc:
         return (False, UNENCODABLE, f"the result of {method!r} cannot be sent as JSON: {describe(exc)}")
+
+
+_signatures: dict[tuple[type, str], inspect.Signature] = {}
+
+
+def _signature(cls: type, method: str, fn: Any) -> inspect.Signature:
+    key = (cls, method)
+    found = _signatures.get(key)
+    if found is None:
+        found = _signatures[key] = inspect.signature(fn)
+    return found
 
 
 def _refuse(value: object) -> Any:

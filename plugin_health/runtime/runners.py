@@ -330,7 +330,7 @@ class RunnerHandle:
                 loss = self.pool.lose(self.runner, self, cause, err.error_type, err.message)
                 return failed(err.error_type, err.message, _since(started)), loss
         result = PluginSandboxResult(bool(answer.get("ok")), answer.get("result"), _text(answer.get("error")),
-                                     _text(answer.get("error_type")), _since(started))
+                                     _text(answer.get("error_type")), _since(started), answer.get("refused") is True)
         if answer.get("kept") and result.error_type == MEMORY:
             # The runner holds what the plugin leaked: only a new runner gives it back.
             self.runner.kill(result.error or "memory kept past its limit")

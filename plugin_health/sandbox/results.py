@@ -33,6 +33,8 @@ class PluginSandboxResult:
     error: str | None = None
     error_type: str | None = None
     duration_ms: float = 0.0
+    #: True when the call was refused before it ran, for a mistake of the caller's (arguments that do not bind).
+    refused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready mapping."""
