@@ -194,8 +194,10 @@ class Hostile:
         self.window: tuple[float, float] | None = None
         self.window_wall: float | None = None
         self.server: Server | None = None
+        self.spawned = 0.0
         self.tracked: Tracked | None = None
         self.probe: Probe | None = None
+        self.on_ready: Callable[[], None] | None = None
         self.finished = False
         substitutions = {"ISOLATION": isolation, "CASE_DIR": str(directory), "FLAG": str(self.flag)}
         for name in (CANARY, culprit):
@@ -229,11 +231,20 @@ class Hostile:
 
     # -- the server ------------------------------------------------------------------------------------------
 
+    def spawn(self) -> None:
+        """Start gunicorn, without waiting for it (a case may be spawned while the one before it runs)."""
+        if self.server is None:
+            self.server = spawn_gunicorn(self.dir, self.plugins, ENV, WORKERS)
+            self.spawned = time.monotonic()
+            self.tracked = Tracked(self.server, self.pid_dir, str(self.dir))
+
     def start(self) -> bool:
-        """Start gunicorn and the probe; False (a problem recorded) if the service is not ready in time."""
-        self.server = spawn_gunicorn(self.dir, self.plugins, ENV, WORKERS)
-        self.tracked = Tracked(self.server, self.pid_dir, str(self.dir))
-        deadline = time.monotonic() + START_WITHIN
+        """Start gunicorn (unless spawned already) and the probe once it is ready; False (a problem recorded) if
+        the service is not ready in time."""
+        self.spawn()
+        assert self.server is not None
+        assert self.tracked is not None
+        deadline = self.spawned + START_WITHIN
         while not gunicorn_ready(self.server, WORKERS):
             self.tracked.snapshot()
             if self.server.process.poll() is not None or time.monotonic() > deadline:
@@ -244,6 +255,8 @@ class Hostile:
         self.tracked.snapshot()
         self.probe = Probe(self.server, self.tracked)
         self.probe.start()
+        if self.on_ready is not None:
+            self.on_ready()
         return True
 
     def arm(self) -> None:
@@ -419,6 +432,9 @@ class Hostile:
             self.problem(f"the service does not answer /livez ({type(err).__name__}); the canary step is skipped")
             return
         self.expect_running(within=8.0, name=CANARY)
+        if self.may_kill_runner and self.isolation == "inline":  # let a fresh runner's take-over settle first
+            time.sleep(1.0)
+            self.expect_running(within=5.0, name=CANARY)
         self.window_wall = time.time()
         start = time.monotonic()
         self.flag.touch()
@@ -427,11 +443,25 @@ class Hostile:
                       "the canary's failing health check seen (503)")
         finally:
             self.flag.unlink()
-        answer = self.request(f"/v1/plugins/{CANARY}/restart", method="POST", auth=True, timeout=8.0)
-        if answer is not None:
+        for _ in range(4):
+            answer = self.request(f"/v1/plugins/{CANARY}/restart", method="POST", auth=True, timeout=8.0)
+            if answer is None or not self.busy(answer):
+                break
+            time.sleep(0.5)  # an automatic recovery is under way (a 409 from LOADED or INITIALIZED): ask again
+        if answer is not None and not self.busy(answer):
             self.check(answer.status == 200, f"restarting the canary: {answer.status} {answer.body[:200]!r}")
         self.expect_running(within=4.0, name=CANARY)
         self.window = (start, time.monotonic())
+
+    @staticmethod
+    def busy(answer: Answer) -> bool:
+        """Whether an action was refused because the plugin is between states (LOADED or INITIALIZED)."""
+        if answer.status != 409:
+            return False
+        try:
+            return json.loads(answer.body).get("state") in ("LOADED", "INITIALIZED")
+        except ValueError:
+            return False
 
     # -- the end ---------------------------------------------------------------------------------------------
 
