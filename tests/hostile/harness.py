@@ -72,10 +72,9 @@ class Proc:
 def start_time(pid: int) -> int | None:
     """The start time of ``pid`` in clock ticks since boot (None if it is gone)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def identify(pid: int) -> Proc | None:
@@ -157,7 +156,8 @@ class Probe(threading.Thread):
             for path in self.PATHS:
                 self.samples.append(self.ask(path))
             if rounds % 4 == 0:
-                self.tracked.snapshot()
+                with contextlib.suppress(OSError, ValueError, IndexError):  # a process that vanished mid-read
+                    self.tracked.snapshot()
             rounds += 1
             self.done.wait(0.05)
 
@@ -317,7 +317,7 @@ class Hostile:
         return None
 
     def service(self) -> tuple[Proc | None, frozenset[Proc]]:
-        """The master and the core as ``Proc``s, with the gunicorn workers: what must outlive a hostile call."""
+        """The core and the gunicorn workers, as ``Proc``s: what must outlive a hostile call."""
         assert self.server is not None
         table = process_table()
         workers = frozenset(
