@@ -577,3 +577,31 @@ def test_runners_die_with_their_core(tmp_path: Path, how: str) -> None:
     assert out.returncode == (0 if how == "os._exit" else -signal.SIGKILL), out.stderr
     guard, serving = map(int, out.stdout.split())
     wait_for(lambda: not alive(guard) and not alive(serving), timeout=5)
+
+
+def test_a_runner_that_dies_right_after_a_call_is_blamed_on_that_call(harness: Harness) -> None:
+    tools = harness.place()
+    bystander = harness.place("bystander")
+    runner = tools.runner
+    # The answer can win the race against the guard's death: either way, the death is this call's.
+    result = tools.call("kill_parent_and_return", timeout=5.0)
+    wait_for(lambda: harness.losses, timeout=2)
+    assert [(loss.culprit, loss.victims) for loss in harness.losses] == [("tools", ("bystander",))]
+    if result.ok:
+        assert "answered" in harness.losses[0].cause
+    assert tools.lost
+    assert bystander.lost
+    wait_for(lambda: not alive(runner.pid), timeout=2)
+
+
+def test_a_runner_that_dies_while_idle_blames_nobody(harness: Harness) -> None:
+    tools = harness.place()
+    bystander = harness.place("bystander")
+    assert tools.call("exit_later", (0.5,)).result == "scheduled"
+    wait_for(lambda: harness.losses, timeout=3)
+    loss = harness.losses[0]
+    assert loss.culprit is None  # half a second after the last answer: nobody's call was in flight
+    assert set(loss.victims) == {"tools", "bystander"}
+    assert "while idle" in loss.cause
+    assert tools.lost
+    assert bystander.lost

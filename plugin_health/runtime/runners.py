@@ -40,6 +40,10 @@ from plugin_health.sandbox.results import CRASHED, MEMORY, TIMEOUT, PluginSandbo
 
 logger = logging.getLogger(__name__)
 
+#: Seconds between two looks at the runners' list by the thread that watches idle runners.
+_WATCH_EVERY = 0.25
+#: Seconds after a call's answer within which its runner's death is blamed on that call's plugin.
+IDLE_BLAME = 0.1
 #: Environment variables a runner never sees (the service's settings carry its secrets, such as the admin token).
 _SCRUBBED_PREFIXES = ("PLUGIN_HEALTH_", "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_")
 #: Seconds a runner whose line closed has to exit by itself (its guard notices its child's death within 0.1 s).
@@ -107,6 +111,8 @@ class RunnerProcess:
         self._closing = threading.Lock()
         self.handles: dict[int, RunnerHandle] = {}
         self.dead: str | None = None
+        #: The handle whose call was answered last, and when (monotonic): blamed for a death right after it.
+        self.last: tuple[RunnerHandle | None, float] = (None, 0.0)
         ours, theirs = socket.socketpair()
         try:
             self.process = subprocess.Popen(
@@ -329,6 +335,7 @@ class RunnerHandle:
                 cause = f"plugin {self.name!r} {method}: {err.message}"
                 loss = self.pool.lose(self.runner, self, cause, err.error_type, err.message)
                 return failed(err.error_type, err.message, _since(started)), loss
+            self.runner.last = (self, time.monotonic())
         result = PluginSandboxResult(bool(answer.get("ok")), answer.get("result"), _text(answer.get("error")),
                                      _text(answer.get("error_type")), _since(started), answer.get("refused") is True)
         if answer.get("kept") and result.error_type == MEMORY:
@@ -374,6 +381,7 @@ class RunnerPool:
         self._lock = threading.Lock()
         self._slots = itertools.count(1)
         self._closed = False
+        self._watch: threading.Thread | None = None
 
     def shared_runner(self) -> RunnerProcess | None:
         """The runner of the inline plugins (None until one is needed)."""
@@ -475,6 +483,9 @@ class RunnerPool:
 
     def _runner_for(self, source: PluginSource, own: bool) -> RunnerProcess:
         with self._lock:
+            if self._watch is None:
+                self._watch = threading.Thread(target=self._watch_idle, name="plugin-health-runners", daemon=True)
+                self._watch.start()
             if own:
                 runner = RunnerProcess(f"plugin:{source.name}", self.settings)
                 self._dedicated.add(runner)
@@ -482,6 +493,38 @@ class RunnerPool:
             if self._shared is None or self._shared.dead is not None:
                 self._shared = RunnerProcess("shared", self.settings)
             return self._shared
+
+    def _watch_idle(self) -> None:
+        """Notice at once a runner that dies while no call is in flight (a call in flight notices it itself)."""
+        while not self._closed:
+            by_fd = {runner.pidfd: runner for runner in self.runners() if runner.pidfd is not None}
+            if not by_fd:
+                time.sleep(_WATCH_EVERY)
+                continue
+            try:
+                readable, _, _ = select.select(list(by_fd), [], [], _WATCH_EVERY)
+            except (OSError, ValueError):  # a pidfd closed meanwhile: look again
+                continue
+            for fd in readable:
+                self._died_idle(by_fd[fd])
+
+    def _died_idle(self, runner: RunnerProcess) -> None:
+        if not runner.lock.acquire(blocking=False):
+            return  # a call is in flight: it sees the death and blames itself
+        try:
+            if runner.dead is not None:
+                return
+            code = runner.kill("it died between calls")
+            last, answered = runner.last
+            # A plugin that brings its runner down on its way out of a call (it killed its guard, say) is answered
+            # a moment before the runner dies: the death is blamed on it. Later, nobody can say whose it was.
+            culprit = last if last is not None and time.monotonic() - answered < IDLE_BLAME else None
+            who = f"after plugin {culprit.name!r} answered" if culprit is not None else "while idle"
+            loss = self.lose(runner, culprit, f"its runner died {who} ({_death(code)})", CRASHED,
+                             f"its runner died right after the call ({_death(code)})")
+        finally:
+            runner.lock.release()
+        self.tell(loss)
 
     def _forget(self, runner: RunnerProcess) -> None:
         with self._lock:

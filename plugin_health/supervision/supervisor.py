@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 RUNNING = PluginLifecycleState.RUNNING
 FAILED = PluginLifecycleState.FAILED
+#: Seconds a due item waits when the same plugin's previous item still runs.
+BUSY_RETRY = 0.05
 
 
 class Loss(Protocol):
@@ -306,9 +308,13 @@ class Supervisor:
                 else:
                     current = (watch.next_check_at if kind == "check" else watch.next_restart_at) == due
                 if current and self._pool is not None:
-                    if name in self._busy:
-                        if kind != "check":  # a check skipped is scheduled again when the work in progress ends
-                            heapq.heappush(self._due, (self._clock() + 0.05, name, kind))
+                    if name in self._busy:  # one item per plugin at a time: this one waits a moment
+                        later = self._clock() + BUSY_RETRY
+                        if kind == "check":
+                            watch.next_check_at = later
+                        elif kind == "restart":
+                            watch.next_restart_at = later
+                        heapq.heappush(self._due, (later, name, kind))
                         continue
                     self._busy.add(name)
             if not current:

@@ -4,6 +4,7 @@ import ctypes
 import dataclasses
 import os
 import signal
+import threading
 import sys
 import time
 
@@ -118,6 +119,16 @@ class Tools(Plugin):
     def kill_parent(self) -> None:
         os.kill(os.getppid(), signal.SIGKILL)
         time.sleep(30)
+
+    @tool
+    def kill_parent_and_return(self) -> str:
+        os.kill(os.getppid(), signal.SIGKILL)
+        return "answered before the runner died"
+
+    @tool
+    def exit_later(self, delay: float) -> str:
+        threading.Timer(delay, os._exit, (4,)).start()
+        return "scheduled"
 
     @tool
     def garble(self, data: str) -> str:
