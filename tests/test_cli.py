@@ -329,3 +329,15 @@ def test_the_real_check_never_hosts_the_service_s_plugins(tmp_path: Path) -> Non
     assert (done.returncode, done.stdout.strip()) == (0, "1 plugin OK"), done.stderr
     assert not marker.exists()  # the service's own plugins were not started to check another directory
     assert not run_dir.exists()  # nor was its store touched
+
+
+def test_check_survives_a_plugin_that_kills_its_process_at_import(app: Flask, tmp_path: Path) -> None:
+    # Its runner dies, not the check: the plugin is reported, and the others are checked in a fresh runner.
+    directory = write_plugins(tmp_path / "deadly", {**GOOD, "deadly": ""})
+    deadly = directory / "deadly.py"
+    deadly.write_text("import os\nos._exit(9)\n" + deadly.read_text())
+    result = invoke(app, "check", str(directory))
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("deadly: FAILED (import failed) PluginCrashedError"), lines
+    assert lines[-1] == "1 of 3 plugins failed the check"
