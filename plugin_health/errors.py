@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable
 
 #: Longest error message kept from a plugin; longer ones are cut with an ellipsis.
@@ -13,6 +14,40 @@ def bounded(message: str, limit: int = MAX_ERROR_LENGTH) -> str:
     if len(message) <= limit:
         return message
     return message[: limit - 1] + "\u2026"
+
+
+#: What an anonymous caller sees instead of the name of an exception class a plugin defined (a class can be named
+#: after a secret): the names of Python's own exceptions and of plugin-health's are shown as they are.
+PLUGIN_DEFINED = "PluginDefinedError"
+
+
+def public_error_type(error_type: str | None) -> str | None:
+    """``error_type`` as anyone may see it: Python's and plugin-health's own names, else :data:`PLUGIN_DEFINED`."""
+    if error_type is None or error_type in _PUBLIC_NAMES or error_type in _public_names():
+        return error_type
+    return PLUGIN_DEFINED
+
+
+_PUBLIC_NAMES = frozenset(
+    name for name, value in vars(builtins).items() if isinstance(value, type) and issubclass(value, BaseException)
+) | {
+    # The sandbox's, the runtime's and the supervisor's own error types (strings, not classes, in results).
+    "PluginTimeoutError", "PluginMemoryError", "PluginCrashedError", "UnserializableResultError",
+    "ResultTooLargeError", "ToolArgumentsError", "UnencodableArgumentsError", "HealthCheckFailed",
+    "PluginSetupError", "PluginLoadError", "ProtocolError", "RunnerError",
+}
+
+
+def _public_names() -> frozenset[str]:
+    """The names of this module's exception classes (read once: they are all defined by then)."""
+    global _OWN
+    if _OWN is None:
+        _OWN = frozenset(name for name, value in globals().items()
+                         if isinstance(value, type) and issubclass(value, BaseException))
+    return _OWN
+
+
+_OWN: frozenset[str] | None = None
 
 
 class PluginError(Exception):

@@ -223,3 +223,19 @@ def test_arguments_that_do_not_fit_a_tool_are_refused_and_counted_nowhere(
     assert client.get("/readyz").status_code == 200
     answer = client.post("/v1/plugins/database/tools/add", json={"args": [1], "kwargs": {"b": 2}}, headers=AUTH)
     assert (answer.status_code, answer.get_json()["result"]) == (200, 3)
+
+
+def test_anonymous_callers_never_see_the_name_of_a_class_a_plugin_defined(
+    plugins: Path, make_app: callable  # type: ignore[valid-type]
+) -> None:
+    plugin(plugins, "vault", "critical = True\ndef start(self):\n    raise Hunter2IsThePassword('x')\n",
+           head="class Hunter2IsThePassword(Exception):\n    pass\n")
+    plugin(plugins, "plain", "def start(self):\n    raise OSError('disk')\n")
+    client = make_app().test_client()
+    anonymous = [client.get(path).get_data(as_text=True) for path in (
+        "/v1/plugins/vault/health", "/v1/plugins/", "/v1/plugins/vault/history", "/v1/health", "/readyz?verbose")]
+    assert all("Hunter2" not in text for text in anonymous), anonymous
+    assert client.get("/v1/plugins/vault/health").get_json()["error_type"] == "PluginDefinedError"
+    assert client.get("/v1/plugins/plain/health").get_json()["error_type"] == "OSError"  # Python's own: shown
+    authorized = client.get("/v1/plugins/vault/health", headers=AUTH).get_json()
+    assert authorized["error_type"] == "Hunter2IsThePassword"

@@ -12,7 +12,7 @@ from plugin_health import diagrams
 from plugin_health.api.auth import details_visible
 from plugin_health.api.cache import Built
 from plugin_health.api.freshness import Horizon, unhealthy
-from plugin_health.api.plugins import cache, dumps, service, store
+from plugin_health.api.plugins import cache, dumps, redact, service, store
 from plugin_health.api.schemas import diagram_query
 from plugin_health.lifecycle import PluginLifecycleState
 from plugin_health.runtime.core import LOADED_KEY
@@ -95,7 +95,7 @@ def service_health() -> Response:
     def build() -> Built:
         loaded = bool(store().get_meta(LOADED_KEY))
         horizon = Horizon()
-        document = aggregate(store().snapshots(), loaded, visible, host, store().degraded(), horizon)
+        document = aggregate(redact(store().snapshots(), visible), loaded, visible, host, store().degraded(), horizon)
         return dumps(document), 503 if document["status"] == "fail" else 200, horizon.until
 
     key = ("aggregate", visible, host is None, store_problem is None)
@@ -162,7 +162,8 @@ def _critical_checks() -> list[tuple[str, str | None]]:
 
     def build() -> Built:
         horizon = Horizon()
-        checks = [(f"plugin/{s.name}", unhealthy(s, horizon)) for s in store().snapshots() if s.critical]
+        critical = redact([s for s in store().snapshots() if s.critical], visible=False)  # probes are anyone's
+        checks = [(f"plugin/{s.name}", unhealthy(s, horizon)) for s in critical]
         return dumps(checks), 200, horizon.until
 
     return [(check, problem) for check, problem in json.loads(cache().get(("critical checks",), build).body)]

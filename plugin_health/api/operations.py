@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from plugin_health.api.auth import details_visible, require_token
-from plugin_health.api.plugins import JSON, checked_name, dumps, service
+from plugin_health.api.plugins import JSON, checked_name, dumps, redact, service
 from plugin_health.api.problems import RETRY_AFTER, Problem, problem_response
 from plugin_health.api.schemas import plugin_health_response, tool_call, tool_result
 from plugin_health.coordination.control import Control, HostUnavailableError
@@ -41,8 +40,7 @@ def control() -> Control:
 
 
 def _snapshot(snapshot: PluginSnapshot) -> Response:
-    if not details_visible():
-        snapshot = dataclasses.replace(snapshot, error=None)
+    snapshot = redact([snapshot], details_visible())[0]
     return Response(dumps(plugin_health_response.dump(snapshot)), status=200, mimetype=JSON)
 
 

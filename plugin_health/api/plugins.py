@@ -20,7 +20,7 @@ from plugin_health.api.schemas import (
     plugin_health_list,
     plugin_health_response,
 )
-from plugin_health.errors import UnknownPluginError
+from plugin_health.errors import UnknownPluginError, public_error_type
 from plugin_health.loader.registry import valid_name
 from plugin_health.store import PluginSnapshot, StateStore
 
@@ -66,10 +66,12 @@ def current(name: str) -> PluginSnapshot:
 
 
 def redact(snapshots: Iterable[PluginSnapshot], visible: bool) -> list[PluginSnapshot]:
-    """Hide error messages from callers who may not see them; state, reason and error_type stay."""
+    """Hide error messages from callers who may not see them, and the names of exception classes plugins defined
+    (``PluginDefinedError``); state, reason and Python's or plugin-health's own error types stay."""
     if visible:
         return list(snapshots)
-    return [s if s.error is None else dataclasses.replace(s, error=None) for s in snapshots]
+    return [s if s.error is None and public_error_type(s.error_type) == s.error_type
+            else dataclasses.replace(s, error=None, error_type=public_error_type(s.error_type)) for s in snapshots]
 
 
 #: The entries of the last list this worker built, by snapshot. After a change most plugins are as they were,
@@ -135,7 +137,8 @@ def plugin_history(name: str) -> Response:
         current(name)
         records = store().history(name)
         if not visible:
-            records = [dataclasses.replace(r, error=None) for r in records]
+            records = [dataclasses.replace(r, error=None, error_type=public_error_type(r.error_type))
+                       for r in records]
         return dumps(history_entries.dump(records)), 200
 
     return respond(cache().get(("history", name, visible), build), JSON)
