@@ -1,8 +1,8 @@
 """Fixtures of the hostile plugin suite: every case's server is stopped and its processes are gone, pass or fail.
 
-To save each case the server's start-up, the next case's server is spawned as soon as the current one is ready
-(its hostile health checks and threads wait for their ``go`` file, and what it does at start-up stays in its own
-processes); a spawned server that no test takes is cleaned up with the session.
+To save each case most of the server's start-up, the next case's server is spawned when the current one is being
+stopped (its probes already done, so the start-up disturbs no measurement; its hostile health checks and threads
+wait for their ``go`` file); a spawned server that no test takes is cleaned up with the session.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def hostile(request: pytest.FixtureRequest, hostile_pool: Pool) -> Iterator[Call
     def make(culprit: str, isolation: str, *, may_kill_runner: bool = False) -> Hostile:
         case = hostile_pool.take((culprit, isolation))
         case.may_kill_runner = may_kill_runner
-        case.on_ready = lambda: hostile_pool.spawn_ahead(following)
+        case.on_stopping = lambda: hostile_pool.spawn_ahead(following)
         made.append(case)
         return case
 

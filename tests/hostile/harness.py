@@ -197,7 +197,7 @@ class Hostile:
         self.spawned = 0.0
         self.tracked: Tracked | None = None
         self.probe: Probe | None = None
-        self.on_ready: Callable[[], None] | None = None
+        self.on_stopping: Callable[[], None] | None = None
         self.finished = False
         substitutions = {"ISOLATION": isolation, "CASE_DIR": str(directory), "FLAG": str(self.flag)}
         for name in (CANARY, culprit):
@@ -232,7 +232,7 @@ class Hostile:
     # -- the server ------------------------------------------------------------------------------------------
 
     def spawn(self) -> None:
-        """Start gunicorn, without waiting for it (a case may be spawned while the one before it runs)."""
+        """Start gunicorn, without waiting for it (a case may be spawned while the one before it stops)."""
         if self.server is None:
             self.server = spawn_gunicorn(self.dir, self.plugins, ENV, WORKERS)
             self.spawned = time.monotonic()
@@ -255,8 +255,6 @@ class Hostile:
         self.tracked.snapshot()
         self.probe = Probe(self.server, self.tracked)
         self.probe.start()
-        if self.on_ready is not None:
-            self.on_ready()
         return True
 
     def arm(self) -> None:
@@ -281,10 +279,13 @@ class Hostile:
             return None
 
     def quiet_json(self, path: str, timeout: float = 3.0) -> tuple[int | None, Any]:
-        """``(status, JSON body)`` of a GET, ``(None, reason)`` without an answer, and no problem recorded."""
+        """``(status, JSON body)`` of a GET, ``(None, reason)`` without an answer, and no problem recorded.
+
+        Sent with the bearer token, as an operator would: an anonymous caller sees the name of an exception class
+        that a plugin defined as ``PluginDefinedError``."""
         assert self.server is not None
         try:
-            answer = self.server.get(path, timeout=timeout)
+            answer = self.server.get(path, headers=AUTH, timeout=timeout)
         except (OSError, http.client.HTTPException) as err:
             return None, f"no answer: {type(err).__name__}"
         try:
@@ -554,6 +555,8 @@ class Hostile:
             self.check_samples()
             if self.server.process.poll() is None:
                 self.check_canary_history()
+        if self.on_stopping is not None:
+            self.on_stopping()
         self.stop()
         self.finished = True
         if self.problems:
