@@ -346,6 +346,8 @@ class PluginLoader:
             result: PluginSandboxResult = entry.handle.call(method, args, kwargs, timeout)
         else:
             result = entry.handle.call(method, args, kwargs, timeout, give_up_at=give_up_at)
+        if result.refused:  # the caller's mistake (arguments that do not fit): nothing ran, nothing to count
+            return result
         for observer in self.observers:
             try:
                 observer(name, method, entry.spec.isolation, result)

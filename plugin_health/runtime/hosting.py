@@ -1,15 +1,14 @@
 """Who runs the core: the host lock, the heartbeat, and the core process beside gunicorn's workers.
 
-Exactly one process hosts the plugins of a store: it holds an exclusive ``flock`` on a file beside the store
+Exactly one core serves the plugins of a store: it holds an exclusive ``flock`` on a file beside the store
 (:class:`HostLock`) and beats a heartbeat into the store every :data:`HEARTBEAT` seconds. Every other process
 (each gunicorn worker) only reads the store, so every worker answers the same states, and a worker that dies
 or is recycled takes nothing with it.
 
-Under gunicorn, ``gunicorn.conf.py`` starts the host as a process of its own (:class:`HostProcess`,
-``python -m plugin_health.hostd``) from the master, before any worker is forked, restarts it if it dies
-(even a segfault in an inline plugin then costs a reload, not the HTTP service), and stops it when the master
-exits. The host loads and supervises the plugins on its main thread, so inline timeouts use ``SIGALRM``; it
-exits by itself when its owner (the master) is gone.
+Under gunicorn, ``gunicorn.conf.py`` starts the core as a process of its own (:class:`HostProcess`,
+``python -m plugin_health.runtime.core_main``) from the master, before any worker is forked, restarts it if it
+dies, and stops it when the master exits. The core runs no plugin code (its runners do); it is the child subreaper
+of what plugins fork, and exits by itself when its owner (the master) is gone.
 """
 
 from __future__ import annotations

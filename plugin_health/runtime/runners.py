@@ -46,7 +46,7 @@ _WATCH_EVERY = 0.25
 IDLE_BLAME = 0.1
 #: Environment variables a runner never sees (the service's settings carry its secrets, such as the admin token).
 _SCRUBBED_PREFIXES = ("PLUGIN_HEALTH_", "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_")
-#: Seconds a runner whose line closed has to exit by itself (its guard notices its child's death within 0.1 s).
+#: Seconds a runner whose line closed has to exit by itself (its guard wakes on its child's SIGCHLD at once).
 _EXIT_PATIENCE = 0.5
 
 
