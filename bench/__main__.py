@@ -9,7 +9,7 @@ Every ``bench/<name>.py`` whose name does not start with ``_`` is a benchmark; e
 ``bench/http.py`` would shadow the standard library's ``http`` here). Their output is shown as it comes, then
 parsed for the figures of the combined table: benchmark, figure, value, the baseline it names (measured in the
 same run) and the ratio. ``--quick`` passes ``--quick`` to the benchmarks that take it (shorter runs); ``--only``
-runs some of them. The full run takes about 6 minutes on 2 cores; ``--quick`` about 2.
+runs some of them. The full run takes about 8 minutes on 2 cores; ``--quick`` about 3.
 
 The exit status is 1 if a benchmark failed. Interrupted (Ctrl-C, SIGTERM), the running benchmark gets a SIGTERM,
 on which those that start servers stop them.
@@ -33,7 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "bench"
-ORDER = ("lifecycle", "sandbox", "runtime", "http", "scale")  # cheapest first; any other benchmark runs after these
+# Cheapest first; any other benchmark runs after these.
+ORDER = ("lifecycle", "sandbox", "runtime", "http", "slow", "scale")
 TIMEOUT = 1200.0  # seconds one benchmark may take before it is stopped
 STOP_WITHIN = 120.0  # seconds between SIGTERM and SIGKILL of a benchmark (it stops its servers meanwhile)
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -115,9 +116,12 @@ HTTP_TOPICS = {"gunicorn start to /startupz 200": "start to /startupz 200", "Wha
 
 
 def parse_http(out: str) -> Iterator[Figure]:
-    """wrk sections (req/s, and the ratio of the rounds' median) and the time rows of the last two sections."""
-    section, base = "", ("", "")
+    """wrk sections (req/s, and the ratio of the rounds' median; the worker classes against each other) and the
+    time rows of the last two sections."""
+    section, base, rates = "", ("", ""), {}
     wrk_row = re.compile(rf"^  (.+?)\s{{2,}}([\d,]+)\s+{_TIME}\s+{_TIME}\s+\d+\s+([\d.]+)(?:\s+.*)?$")
+    classes_row = re.compile(r"^  (\S+) against gthread workers \(req/s\)\s+([\d.]+)(?:\s+.*)?$")
+    cpu_row = re.compile(rf"^  (\S+) against gthread workers \(CPU a request: ({_TIME}) against ({_TIME})\)\s+([\d.]+)")
     time_row = re.compile(rf"^  (.+?)\s{{2,}}({_TIME})\s{{2,}}([\d.]+)$")
     for line in out.splitlines():
         if line and not line.startswith(" "):
@@ -125,11 +129,21 @@ def parse_http(out: str) -> Iterator[Figure]:
             continue
         if match := wrk_row.match(line):
             label, rps, ratio = match.groups()
+            rates[label] = rps
             if "(baseline)" in label:
-                base = ("bare Flask route", f"{rps} req/s")
+                base = (strip_baseline(label).replace(", same bytes", ""), f"{rps} req/s")
             else:
                 figure = section if label == "plugin-health" else f"{section}: {label}"
                 yield Figure("http", figure, f"{rps} req/s", f"{base[1]} ({base[0]})", float(ratio))
+        elif match := classes_row.match(line):
+            kind, ratio = match.groups()
+            old = rates.get("plugin-health, gthread workers (before)", "?")
+            yield Figure("http", f"{section}: {kind} against gthread workers", f"{rates.get('plugin-health')} req/s",
+                         f"{old} req/s (gthread workers)", float(ratio))
+        elif match := cpu_row.match(line):
+            kind, value, old, ratio = match.groups()
+            yield Figure("http", f"{section}: worker CPU a request, {kind}", value, f"{old} (gthread workers)",
+                         float(ratio))
         elif match := time_row.match(line):
             label, value, ratio = match.groups()
             if "(baseline)" in label:
@@ -160,11 +174,27 @@ def parse_scale(out: str) -> Iterator[Figure]:
                          float(ratio) if ratio != "-" else None)
 
 
+def parse_slow(out: str) -> Iterator[Figure]:
+    """``  label  p50  p99  max  ratio  note`` rows: the p99, against the row marked ``(baseline)`` before it."""
+    base = ("", "")
+    row = re.compile(rf"^  (.+?)\s{{2,}}({_TIME})\s+({_TIME})\s+({_TIME})\s+([\d.]+)(?:\s{{2}}(.*))?$")
+    for line in out.splitlines():
+        if match := row.match(line):
+            label, _, p99, _, ratio, note = match.groups()
+            if "(baseline)" in label:
+                base = (strip_baseline(label), p99)
+            else:
+                timed_out = re.search(r"\d+ timed out", note or "")
+                value = f"{p99} ({timed_out.group(0)})" if timed_out else p99
+                yield Figure("slow", f"/readyz p99, {label}", value, f"{base[1]} ({base[0]})", float(ratio))
+
+
 PARSERS: dict[str, Callable[[str], Iterator[Figure]]] = {
     "lifecycle": parse_lifecycle,
     "sandbox": parse_sandbox,
     "runtime": parse_runtime,
     "http": parse_http,
+    "slow": parse_slow,
     "scale": parse_scale,
 }
 

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 READY_WITHIN = 120.0  # seconds allowed for a server to answer /startupz with 200
 STOP_WITHIN = 40.0  # seconds between SIGTERM and SIGKILL (the conf's graceful_timeout is 30)
 PLUGIN_SOURCE = "from plugin_health import Plugin\nclass P(Plugin):\n    pass\n"
-CONF_KEYS = ("workers", "worker_class", "threads", "keepalive", "timeout", "max_requests", "max_requests_jitter")
+CONF_KEYS = ("workers", "worker_class", "threads", "worker_connections", "keepalive", "timeout", "max_requests",
+             "max_requests_jitter")
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,17 @@ def free_port() -> int:
 class Server:
     """A gunicorn master started by a benchmark, in a process group of its own, logging to a file."""
 
-    def __init__(self, label: str, app: str, env: Mapping[str, str], log: Path, ready_within: float = READY_WITHIN):
+    def __init__(
+        self, label: str, app: str, env: Mapping[str, str], log: Path, ready_within: float = READY_WITHIN,
+        args: Sequence[str] = (),
+    ):
+        """``args``: more gunicorn flags (``-k gthread``), after the config file's settings."""
         self.label = label
         self.port = free_port()
         self.log = log
         self.ready_within = ready_within
-        self.command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{self.port}", app]
+        self.command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{self.port}",
+                        *args, app]
         self.env = dict(env)
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -144,6 +150,24 @@ class Server:
         self.process.wait()
 
 
+def worker_cpu(server: Server) -> float:
+    """CPU seconds the server's workers have used so far: the live ones (the master's children but the plugin
+    host) and those the master has reaped (recycled by ``max_requests``, counted in its children's times)."""
+    if server.process is None:
+        return 0.0
+    ticks = 0
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{server.process.pid}/stat").read_text().rpartition(")")[2].split()
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime: children waited for
+    for pid, command in server.children().items():
+        if "plugin_health." in command:
+            continue  # the plugin host
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss(pid: int) -> int:
     """The resident set size of ``pid`` in bytes (0 if it is gone)."""
     with contextlib.suppress(OSError):
@@ -198,7 +222,10 @@ def warm_up(server: Server, path: str, headers: Mapping[str, str], command: Sequ
 def run_wrk(server: Server, path: str, headers: Mapping[str, str], command: Sequence[str]) -> WrkResult:
     """Measure ``GET path`` with ``command`` (wrk and its flags, ``--latency`` among them) and parse its report."""
     booted = server.boots()
-    out = subprocess.run([*command, *wrk_args(server, path, headers)], check=True, capture_output=True, text=True)
+    out = subprocess.run([*command, *wrk_args(server, path, headers)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{server.label}: wrk exited with {out.returncode}: {out.stdout}{out.stderr}\n"
+                           f"the server's log ends:\n{server.tail()}")
     report = out.stdout
     booted = server.boots() - booted
     rps = re.search(r"Requests/sec:\s+([\d.]+)", report)
@@ -242,9 +269,10 @@ def gunicorn_settings(env: Mapping[str, str]) -> dict[str, object]:
 
 
 def workers_of(conf: Mapping[str, object]) -> str:
-    """``5 gthread workers x 4 threads``, from gunicorn's resolved settings."""
-    threads = f" x {conf['threads']} threads" if conf.get("worker_class") == "gthread" else ""
-    return f"{conf['workers']} {conf['worker_class']} workers{threads}"
+    """``5 gevent workers x 1000 connections`` or ``5 gthread workers x 4 threads``, from gunicorn's resolved
+    settings."""
+    per = {"gthread": f" x {conf['threads']} threads", "gevent": f" x {conf.get('worker_connections')} connections"}
+    return f"{conf['workers']} {conf['worker_class']} workers{per.get(str(conf.get('worker_class')), '')}"
 
 
 def describe(conf: Mapping[str, object]) -> str:

@@ -1,34 +1,42 @@
-"""HTTP benchmark: the health routes under gunicorn with 1,000 plugins, as ratios to a bare Flask route.
+"""HTTP benchmark: the health routes under gunicorn with 1,000 plugins, as ratios to a bare Flask route, and
+gevent workers (the default) against gthread workers (the previous default).
 
 Run from the repository root, in the project's venv, with ``wrk`` on ``PATH`` (Debian package ``wrk``)::
 
     python bench/http.py [--quick]
 
-It takes about 2 minutes (``--quick``: one 2 s round per route and one worker probe, about 40 s). It writes
-1,000 trivial plugins and a run directory into a temporary directory, then starts two gunicorn servers, each on
+It takes about 3 minutes (``--quick``: one 2 s round per route and one worker probe, about 1 minute). It writes
+1,000 trivial plugins and a run directory into a temporary directory, then starts three gunicorn servers, each on
 a free port of 127.0.0.1:
 
 * the service: ``gunicorn -c gunicorn.conf.py -b 127.0.0.1:<port> wsgi:app``; its ``on_starting`` hook starts
   the plugin host, which loads the 1,000 plugins (health checks every 3,600 s, so none run during the
-  measurements);
+  measurements); its workers are of the class the config file picks (gevent);
+* the service again, ``-k gthread`` (``gunicorn.conf.py``'s worker class before gevent: 4 threads a worker),
+  with a run directory and plugin host of its own;
 * the baseline: ``gunicorn -c gunicorn.conf.py -b 127.0.0.1:<port> bench._bare_app:app`` with
-  ``PLUGIN_HEALTH_HOST_MODE=embedded``, so the same hook returns at once and starts nothing. Both servers thus
-  run with exactly the same settings (the repo's ``gunicorn.conf.py``: sync workers, worker count, keepalive,
-  timeouts, ``max_requests`` recycling); only the WSGI app differs. ``bench/_bare_app.py`` serves canned
+  ``PLUGIN_HEALTH_HOST_MODE=embedded``, so the same hook returns at once and starts nothing, and ``-k`` the
+  service's worker class (which the config file would not pick in embedded mode). The service and the baseline
+  thus run with exactly the same settings (the repo's ``gunicorn.conf.py``: worker class, worker count,
+  keepalive, timeouts, ``max_requests`` recycling); only the WSGI app differs. ``bench/_bare_app.py`` serves canned
   copies of the service's real answers (same body bytes, status, ``Content-Type``, ``ETag`` and
   ``Cache-Control``) fetched just before, so both servers put the same bytes on the wire.
 
 For each route (one plugin's health, the list of all 1,000), plain and with ``If-None-Match: <the ETag of a
-first GET>`` (the 304 path, checked to answer 304 before and after), it warms both servers up for 1 s, then
-runs ``wrk -t2 -c16 -d4s --latency`` three times, alternating baseline and service (the machines are shared
+first GET>`` (the 304 path, checked to answer 304 before and after), it warms the servers up for 1 s, then
+runs ``wrk -t2 -c16 -d4s --latency`` three times, alternating baseline, service and gthread service (the
+machines are shared
 and noisy: pairing each run with its neighbour cancels slow drifts; 4 s, long enough that the rounds together see
 a few workers recycled by ``max_requests``, whose cold caches are part of the cost).
 It prints the medians of requests/s and of wrk's mean and 99th-percentile latency, the workers gunicorn
-booted during the runs (``max_requests`` recycling), each round's ratio and their median.
+booted during the runs (``max_requests`` recycling), each round's ratio to the baseline and their median, and
+the same for gevent against gthread (the service's req/s over the gthread service's, round by round), and the
+CPU time the workers spent a request (the live workers' and those the master reaped: a figure the other programs
+on a shared machine disturb less than req/s), gevent's over gthread's.
 
 It also prints the time from starting gunicorn to ``/startupz`` answering 200, for the service with 1,000
 plugins and for the bare app, and what a fresh worker pays (importing the app, then its first and later
-requests, with Flask's test client in a child process). Both servers are stopped (SIGTERM to the master,
+requests, with Flask's test client in a child process). The servers are stopped (SIGTERM to the master,
 then SIGKILL of its process group) however the run ends.
 
 This module shadows the standard library's ``http`` for code run from ``bench/``, so it speaks HTTP over a
@@ -47,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from _serve import (
@@ -63,6 +71,7 @@ from _serve import (
     run_wrk,
     servers_stopped,
     warm_up,
+    worker_cpu,
     write_plugins,
 )
 
@@ -91,10 +100,10 @@ def same_answer(real: Reply, bare: Reply) -> bool:
     )
 
 
-def check_304(servers: list[Server], path: str, etag: str, tries: int = 20) -> None:
-    """Every one of ``tries`` conditional GETs (spread over the workers) answers 304."""
+def check_304(servers: list[Server], path: str, etags: Mapping[str, str], tries: int = 20) -> None:
+    """Every one of ``tries`` conditional GETs (spread over the workers) with a server's ETag answers 304."""
     for server in servers:
-        statuses = {fetch(server.port, path, {"If-None-Match": etag}).status for _ in range(tries)}
+        statuses = {fetch(server.port, path, {"If-None-Match": etags[server.label]}).status for _ in range(tries)}
         if statuses != {304}:
             raise RuntimeError(f"{server.label}: If-None-Match on {path} answered {sorted(statuses)}, not only 304")
 
@@ -136,30 +145,43 @@ print(json.dumps(out))
 
 @dataclass(frozen=True)
 class Case:
-    """One measured route: what is printed, the path, the request headers and the answer it expects."""
+    """One measured route: what is printed, the path, the answer it expects, and for a conditional GET the ETag
+    to send each server (by label: each plugin host's answers have ETags of their own)."""
 
     title: str
     path: str
-    headers: dict[str, str]
     reply: Reply
+    etags: dict[str, str] = field(default_factory=dict)
+
+    def headers(self, server: Server) -> dict[str, str]:
+        """The request headers for ``server``."""
+        return {"If-None-Match": self.etags[server.label]} if self.etags else {}
 
 
-def measure(
-    case: Case, bare: Server, real: Server, rounds: int, wrk: list[str]
-) -> list[tuple[WrkResult, WrkResult]]:
-    """Warm both servers up, then ``rounds`` alternating wrk runs: (baseline, service) per round."""
-    etag = case.headers.get("If-None-Match")
-    if etag:
-        check_304([bare, real], case.path, etag)
-    warm_up(bare, case.path, case.headers, WARMUP)
-    warm_up(real, case.path, case.headers, WARMUP)
-    pairs = [
-        (run_wrk(bare, case.path, case.headers, wrk), run_wrk(real, case.path, case.headers, wrk))
-        for _ in range(rounds)
-    ]
-    if etag:
-        check_304([bare, real], case.path, etag)  # the ETag still held after the runs
-    return pairs
+Round = tuple[WrkResult, WrkResult, WrkResult]  # baseline, service, service with gthread workers
+Cpu = tuple[float, float, float]  # the same servers' worker CPU seconds a request
+
+
+def measure(case: Case, servers: list[Server], rounds: int, wrk: list[str]) -> tuple[list[Round], list[Cpu]]:
+    """Warm the servers (baseline, service, gthread service) up, then ``rounds`` alternating wrk runs; what wrk
+    measured and the workers' CPU seconds a request, round by round."""
+    if case.etags:
+        check_304(servers, case.path, case.etags)
+    for server in servers:
+        warm_up(server, case.path, case.headers(server), WARMUP)
+    results: list[Round] = []
+    cpus: list[Cpu] = []
+    for _ in range(rounds):
+        runs = []
+        for server in servers:
+            used = worker_cpu(server)
+            result = run_wrk(server, case.path, case.headers(server), wrk)
+            runs.append((result, (worker_cpu(server) - used) / result.requests))
+        results.append((runs[0][0], runs[1][0], runs[2][0]))
+        cpus.append((runs[0][1], runs[1][1], runs[2][1]))
+    if case.etags:
+        check_304(servers, case.path, case.etags)  # the ETags still held after the runs
+    return results, cpus
 
 
 def summary(results: list[WrkResult]) -> tuple[float, float, float, int]:
@@ -172,21 +194,32 @@ def summary(results: list[WrkResult]) -> tuple[float, float, float, int]:
     )
 
 
-def print_case(case: Case, rounds: list[tuple[WrkResult, WrkResult]]) -> None:
-    body = 0 if case.headers else len(case.reply.body)
-    status = 304 if case.headers else case.reply.status
+def print_case(case: Case, rounds: list[Round], cpus: list[Cpu], worker_class: str) -> None:
+    body = 0 if case.etags else len(case.reply.body)
+    status = 304 if case.etags else case.reply.status
     print(f"\n{case.title} ({status}, {body:,} B)")
     print(f"  {'':<{LABEL}}{'req/s':>9}{'lat avg':>11}{'lat p99':>11}{'boots':>7}{'ratio':>8}  per round")
-    bare = summary([b for b, _ in rounds])
-    real = summary([r for _, r in rounds])
-    ratios = [r.rps / b.rps for b, r in rounds]
-    for label, (rps, avg, p99, boots), ratio, extra in (
-        ("bare Flask route, same bytes (baseline)", bare, 1.0, ""),
-        ("plugin-health", real, statistics.median(ratios), " ".join(f"{x:.2f}" for x in ratios)),
+    bare, real, old = (summary([r[i] for r in rounds]) for i in range(3))
+    to_bare = [r.rps / b.rps for b, r, _ in rounds]
+    old_to_bare = [o.rps / b.rps for b, _, o in rounds]
+    for label, (rps, avg, p99, boots), ratios in (
+        (f"bare Flask route, same bytes, {worker_class} workers (baseline)", bare, [1.0]),
+        ("plugin-health", real, to_bare),
+        ("plugin-health, gthread workers (before)", old, old_to_bare),
     ):
-        line = f"  {label:<{LABEL}}{rps:>9,.0f}{fmt_time(avg):>11}{fmt_time(p99):>11}{boots:>7}{ratio:>8.2f}  {extra}"
+        extra = " ".join(f"{x:.2f}" for x in ratios) if len(ratios) > 1 or label.startswith("plugin") else ""
+        line = (f"  {label:<{LABEL}}{rps:>9,.0f}{fmt_time(avg):>11}{fmt_time(p99):>11}{boots:>7}"
+                f"{statistics.median(ratios):>8.2f}  {extra}")
         print(line.rstrip())
-    bad = sum(r.bad_status + r.socket_errors for pair in rounds for r in pair)
+    to_old = [r.rps / o.rps for _, r, o in rounds]
+    label = f"{worker_class} against gthread workers (req/s)"
+    print(f"  {label:<{LABEL}}{'':>38}{statistics.median(to_old):>8.2f}  {' '.join(f'{x:.2f}' for x in to_old)}")
+    cpu_to_old = [real_cpu / old_cpu for _, real_cpu, old_cpu in cpus]
+    real_cpu, old_cpu = (statistics.median(c[i] for c in cpus) for i in (1, 2))
+    label = f"{worker_class} against gthread workers (CPU a request: {fmt_time(real_cpu)} against {fmt_time(old_cpu)})"
+    ratios = " ".join(f"{x:.2f}" for x in cpu_to_old)
+    print(f"  {label:<{LABEL + 38}}{statistics.median(cpu_to_old):>8.2f}  {ratios}")
+    bad = sum(r.bad_status + r.socket_errors for round_ in rounds for r in round_)
     if bad:
         print(f"  !! {bad} responses >= 400 or socket errors during these runs")
 
@@ -222,6 +255,7 @@ def main() -> None:
             "BENCH_BARE_DIR": str(canned),
         }
         workers = int(str(conf["workers"]))
+        worker_class = str(conf["worker_class"])  # the service's: the baseline is run with the same
 
         real = Server("service", "wsgi:app", real_env, work / "service.log")
         servers.append(real)
@@ -233,13 +267,20 @@ def main() -> None:
         can(canned, "health", health)
         can(canned, "list", listing)
 
-        bare = Server("bare", "bench._bare_app:app", bare_env, work / "bare.log")
+        bare = Server("bare", "bench._bare_app:app", bare_env, work / "bare.log", args=["-k", worker_class])
         servers.append(bare)
         bare_startup = bare.start()
         bare.wait_for_workers(workers)
         for path, reply in ((health_path, health), (list_path, listing)):
             if not same_answer(reply, fetch(bare.port, path)):
                 raise RuntimeError(f"the bare app's {path} differs from the service's")
+
+        old_env = {**real_env, "PLUGIN_HEALTH_RUN_DIR": str(work / "gthread-run")}
+        old = Server("service, gthread", "wsgi:app", old_env, work / "gthread.log", args=["-k", "gthread"])
+        servers.append(old)
+        old.start()
+        old.wait_for_workers(workers)
+        old_health, old_listing = fetch(old.port, health_path), fetch(old.port, list_path)
 
         paths = [("health", health_path), ("list", list_path)]
         reader_env = {**real_env, "PLUGIN_HEALTH_HOST_MODE": "external"}  # what gunicorn's workers get
@@ -248,24 +289,28 @@ def main() -> None:
             "real": worker_costs(reader_env, "wsgi", paths, probes),
         }
 
+        def etags(reply: Reply, old_reply: Reply) -> dict[str, str]:
+            return {"bare": reply.headers["etag"], "service": reply.headers["etag"],
+                    "service, gthread": old_reply.headers["etag"]}
+
         cases = [
-            Case(f"GET {health_path}", health_path, {}, health),
-            Case("GET /v1/plugins/", list_path, {}, listing),
-            Case(f"GET {health_path}, If-None-Match", health_path, {"If-None-Match": health.headers["etag"]}, health),
-            Case("GET /v1/plugins/, If-None-Match", list_path, {"If-None-Match": listing.headers["etag"]}, listing),
+            Case(f"GET {health_path}", health_path, health),
+            Case("GET /v1/plugins/", list_path, listing),
+            Case(f"GET {health_path}, If-None-Match", health_path, health, etags(health, old_health)),
+            Case("GET /v1/plugins/, If-None-Match", list_path, listing, etags(listing, old_listing)),
         ]
-        results = [(case, measure(case, bare, real, rounds, wrk)) for case in cases]
+        results = [(case, measure(case, [bare, real, old], rounds, wrk)) for case in cases]
 
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {PLUGINS:,} plugins ({running:,} RUNNING)")
+    print(f"service and baseline: gunicorn -c gunicorn.conf.py, {describe(conf)}")
+    print(f"service, gthread (before): the same with -k gthread, {describe({**conf, 'worker_class': 'gthread'})}")
+    print(f"{' '.join(wrk[:4])} --latency, {rounds} rounds alternating baseline, service and gthread service;")
     print(
-        f"both servers: gunicorn -c gunicorn.conf.py, {describe(conf)}"
+        f"columns are medians, boots = workers gunicorn booted during the {rounds} runs, ratio = median of the"
+        " rounds' req/s ratios (CPU: worker CPU time a request, gevent's over gthread's)"
     )
-    print(f"{' '.join(wrk[:4])} --latency, {rounds} rounds alternating baseline and service; columns are medians,")
-    print(
-        f"boots = workers gunicorn booted during the {rounds} runs, ratio = median of the rounds' req/s ratios"
-    )
-    for case, rounds in results:
-        print_case(case, rounds)
+    for case, (rounds_of_case, cpus) in results:
+        print_case(case, rounds_of_case, cpus, worker_class)
     print("\ngunicorn start to /startupz 200")
     print_row("bare Flask app (baseline)", bare_startup, bare_startup)
     print_row(f"plugin-health, {PLUGINS:,} plugins", real_startup, bare_startup)
