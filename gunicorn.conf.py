@@ -164,7 +164,7 @@ def pre_request(worker: Any, req: Any) -> None:
 
     A greenlet that finds its client's next request already there (a keep-alive client answers within
     microseconds) would otherwise serve it at once, again and again, while requests that arrived earlier on other
-    connections wait: measured with 16 busy keep-alive connections on one worker, p99 65-110 ms, against 17-21 ms
+    connections wait: measured with 16 busy keep-alive connections on one worker, p99 70-110 ms, against 17-21 ms
     with this pass through the event loop first (21-34 ms with gthread), which costs a few microseconds a request.
     """
     worker.log.debug("%s %s", req.method, req.path)  # what gunicorn's default pre_request does
