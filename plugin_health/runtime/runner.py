@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         _exit(1)
     sock = socket.socket(fileno=options["fd"])
     sock.set_inheritable(False)  # programs a plugin runs do not get the core's line
+    wire.send(sock, _frame_text('{"ready":true}'))  # booted: the core's deadlines start from here
     Runner(sock, options["max_message"]).serve()
 
 

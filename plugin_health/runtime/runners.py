@@ -60,6 +60,8 @@ class RunnerSettings:
     queue_limit: int = 16
     #: The largest message a runner may send, in bytes.
     max_message: int = wire.MAX_MESSAGE
+    #: Seconds a new runner has to boot (an interpreter's start, before any plugin code runs).
+    boot_timeout: float = 10.0
     #: The limits of loading a plugin (importing it, before its own declaration is known).
     load_limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(10.0, 512))
 
@@ -111,6 +113,7 @@ class RunnerProcess:
         self._closing = threading.Lock()
         self.handles: dict[int, RunnerHandle] = {}
         self.dead: str | None = None
+        self.ready = False  # until its first frame says it booted
         #: The handle whose call was answered last, and when (monotonic): blamed for a death right after it.
         self.last: tuple[RunnerHandle | None, float] = (None, 0.0)
         ours, theirs = socket.socketpair()
@@ -153,6 +156,8 @@ class RunnerProcess:
         """
         if self.dead is not None:
             raise RunnerLostError(CRASHED, self.dead)
+        if not self.ready:
+            self._await_boot()
         # A random id the answer must carry back: an answer a plugin forged cannot pass for another call's.
         message = {**message, "id": secrets.randbits(62)}
         try:
@@ -183,6 +188,24 @@ class RunnerProcess:
             self.kill("it broke the protocol: an answer that is not the request's")
             raise RunnerLostError(CRASHED, "its runner broke the protocol (an answer that is not the request's)")
         return answer
+
+    def _await_boot(self) -> None:
+        """Wait for the runner's first frame, which says it booted: a call's own deadline starts after that, so a
+        slow start of an interpreter (a busy machine) is never a plugin's timeout."""
+        deadline = time.monotonic() + self.settings.boot_timeout
+        try:
+            hello = self._reader.read(lambda: self._wait_readable(deadline))
+        except TimeoutError:
+            self.kill(f"it did not start within {self.settings.boot_timeout:g} s")
+            problem = f"its runner did not start within {self.settings.boot_timeout:g} s"
+            raise RunnerLostError(CRASHED, problem) from None
+        except (_RunnerExited, wire.WireError):
+            code = self.kill("it died while starting")
+            raise RunnerLostError(CRASHED, f"its runner died while starting ({_death(code)})") from None
+        if hello != {"ready": True}:
+            self.kill("it broke the protocol while starting")
+            raise RunnerLostError(CRASHED, "its runner broke the protocol while starting")
+        self.ready = True
 
     def _wait_readable(self, deadline: float | None) -> None:
         """Until the socket has data (an answer), the runner dies (:class:`_RunnerExited`) or ``deadline``."""
@@ -300,7 +323,7 @@ class RunnerHandle:
         if self.lost:
             raise PluginNotRunningError(self.name, "restarting: its runner was lost")
         with self._counting:
-            if self._waiting > self.pool.settings.queue_limit:
+            if self._waiting > self.pool.settings.queue_limit or self._would_outwait(give_up_at):
                 raise PluginBusyError(self.name, self.pool.settings.queue_limit)
             self._waiting += 1
         try:
@@ -314,6 +337,13 @@ class RunnerHandle:
         if loss is not None:  # told with no lock held: the owner moves plugins, which calls runners
             self.pool.tell(loss)
         return result
+
+    def _would_outwait(self, give_up_at: float | None) -> bool:
+        """Whether the calls ahead of this one may take longer than its caller waits: refused now, not late."""
+        if give_up_at is None or not self._waiting or self.limits.timeout is None:
+            return False
+        worst = self._waiting * (self.limits.timeout + self.pool.settings.grace)
+        return time.monotonic() + worst > give_up_at
 
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
               timeout: float | None) -> tuple[PluginSandboxResult, RunnerLoss | None]:

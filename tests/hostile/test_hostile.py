@@ -314,7 +314,9 @@ def parallel_storm(h: Hostile) -> None:
 @case(may_kill_runner=True)
 def kill_parent(h: Hostile) -> None:
     before = h.service()
-    h.expect_tool_failure(h.tool("kill"), {502})
+    # The tool may answer before its runner dies (its guard's death reaches the serving child a moment later):
+    # 200 then, or 502 when the death comes first. Either way the death is blamed on it right after.
+    h.expect_tool_failure(h.tool("kill"), {200, 502})
     h.expect_failed({CRASHED}, quarantined=h.isolation == "inline")
     assert h.server is not None
     core = before[0]
