@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from plugin_health.config import Settings, load_settings
 from plugin_health.coordination.control import Control, LocalControl, RemoteControl, socket_path
 from plugin_health.coordination.control_redis import RedisRemoteControl
 from plugin_health.coordination.locks import Lock, lock_for, lock_is_free
+from plugin_health.errors import ConfigError
 from plugin_health.runtime.core import Core
 from plugin_health.runtime.hosting import Heartbeat, host_problem, lock_path, read_beat
 from plugin_health.runtime.operations import Operations
@@ -77,6 +79,17 @@ def _hosts_here(settings: Settings, store: StateStore) -> Lock | bool:
     return lock if lock.acquire(timeout=0.2) else False
 
 
+def _refuse_green_threads(settings: Settings) -> None:
+    """A core needs real threads (it waits on runners with hard deadlines): not a process gevent has patched."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        raise ConfigError(
+            "PLUGIN_HEALTH_HOST_MODE", settings.host_mode,
+            "a core process beside gevent workers (gunicorn.conf.py starts one), or gthread workers (-k gthread) "
+            "for an app that runs its own core",
+        )
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the service: settings from ``config`` and the environment, plugins loaded, routes mounted.
 
@@ -90,6 +103,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     service = Service(settings, store, ResponseCache(store))
     hosts = _hosts_here(settings, store)
     if hosts is not False:
+        _refuse_green_threads(settings)
         service.host = Core(settings, store)
         if not isinstance(hosts, bool):
             service.lock = hosts

@@ -45,3 +45,24 @@ def test_a_missing_plugin_directory_stops_the_app(tmp_path: Path, monkeypatch: p
         create_app({"store_url": "memory://"})
     with pytest.raises(ConfigError, match="PLUGIN_HEALTH_PLUGIN_PATH"):
         create_app({"plugin_path": str(tmp_path / "nowhere"), "store_url": "memory://"})
+
+
+def test_an_app_refuses_to_run_a_core_in_a_process_gevent_has_patched(tmp_path: Path) -> None:
+    # A core waits on runners with real threads and hard deadlines; under gevent's patches it cannot: refused,
+    # naming what to do, rather than every plugin failing later.
+    import subprocess
+    import sys
+
+    script = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "from plugin_health import create_app\n"
+        "from plugin_health.errors import ConfigError\n"
+        "try:\n"
+        f"    create_app({{'store_url': 'memory://', 'plugin_path': {str(tmp_path)!r}}})\n"
+        "except ConfigError as err:\n"
+        "    print('refused:', err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "refused: PLUGIN_HEALTH_HOST_MODE" in done.stdout
+    assert "-k gthread" in done.stdout
