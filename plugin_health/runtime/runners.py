@@ -34,12 +34,16 @@ from typing import Any
 from plugin_health.errors import PluginBusyError, PluginNotRunningError
 from plugin_health.loader.handles import Placed
 from plugin_health.loader.sources import PluginSource
-from plugin_health.plugin import PluginContext
+from plugin_health.plugin import LIFECYCLE_METHODS, PluginContext
 from plugin_health.runtime import wire
 from plugin_health.sandbox.results import CRASHED, MEMORY, TIMEOUT, PluginSandboxResult, SandboxLimits, failed
 
 logger = logging.getLogger(__name__)
 
+#: Seconds before its caller gives up by which a call still waiting for its turn is refused (so the answer arrives).
+_ANSWER_MARGIN = 0.5
+#: How much one call's duration moves a plugin's typical duration (an exponential moving average).
+_TYPICAL_WEIGHT = 0.2
 #: Seconds between two looks at the runners' list by the thread that watches idle runners.
 _WATCH_EVERY = 0.25
 #: Seconds after a call's answer within which its runner's death is blamed on that call's plugin.
@@ -109,7 +113,9 @@ class RunnerProcess:
     def __init__(self, label: str, settings: RunnerSettings) -> None:
         self.label = label
         self.settings = settings
-        self.lock = threading.Lock()  # one request at a time: the call in flight is always known
+        # One request at a time, so the call in flight is always known; health checks and lifecycle calls go before
+        # waiting tool calls, so a plugin's storm of slow tools cannot starve the checks of the others it shares with.
+        self.lock = TurnLock()
         self._closing = threading.Lock()
         self.handles: dict[int, RunnerHandle] = {}
         self.dead: str | None = None
@@ -279,6 +285,69 @@ class RunnerProcess:
                 os.close(pidfd)
 
 
+class TurnLock:
+    """A lock whose urgent takers go before the others waiting (a runner's turns: health checks before tools)."""
+
+    __slots__ = ("_cond", "_held", "_urgent")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._held = False
+        self._urgent = 0  # urgent takers waiting
+
+    def acquire(self, blocking: bool = True, timeout: float = -1, urgent: bool = False) -> bool:
+        """Take the lock; False if it could not be had (not ``blocking``, or within ``timeout`` seconds)."""
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        with self._cond:
+            if urgent:
+                self._urgent += 1
+            try:
+                while self._held or (not urgent and self._urgent):
+                    if not blocking:
+                        return False
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                self._held = True
+                return True
+            finally:
+                if urgent:
+                    self._urgent -= 1
+
+    def release(self) -> None:
+        """Give the lock back; the next taker (urgent ones first) goes."""
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    def locked(self) -> bool:
+        """Whether somebody holds it."""
+        return self._held
+
+    def __enter__(self) -> TurnLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class _Held:
+    """Releases a lock acquired already when the block ends."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self, lock: TurnLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
 class _RunnerExited(Exception):
     """Internal: the runner's guard exited while a request waited."""
 
@@ -297,6 +366,7 @@ class RunnerHandle:
         self._actor = threading.Lock()
         self._counting = threading.Lock()
         self._waiting = 0  # calls running or waiting (the queue)
+        self._typical = 0.0  # seconds a call of this plugin has lately taken (a moving average)
 
     @property
     def dedicated(self) -> bool:
@@ -327,26 +397,45 @@ class RunnerHandle:
                 raise PluginBusyError(self.name, self.pool.settings.queue_limit)
             self._waiting += 1
         try:
-            with self._actor:
+            # A call waits its turn only as long as its caller waits, less a margin to answer in: then it is
+            # refused (429), dropped unrun, while somebody still listens.
+            if not self._actor.acquire(timeout=self._patience(give_up_at)):
+                raise PluginBusyError(self.name, self.pool.settings.queue_limit)
+            try:
                 if give_up_at is not None and time.monotonic() > give_up_at:
                     raise PluginNotRunningError(self.name, "no longer awaited: the call was dropped")
-                result, loss = self._call(method, args, kwargs, timeout)
+                if self._would_end_unheard(give_up_at):
+                    raise PluginBusyError(self.name, self.pool.settings.queue_limit)
+                result, loss = self._call(method, args, kwargs, timeout, give_up_at)
+            finally:
+                self._actor.release()
         finally:
             with self._counting:
                 self._waiting -= 1
         if loss is not None:  # told with no lock held: the owner moves plugins, which calls runners
             self.pool.tell(loss)
+        self._typical += (result.duration_ms / 1000.0 - self._typical) * _TYPICAL_WEIGHT
         return result
 
     def _would_outwait(self, give_up_at: float | None) -> bool:
-        """Whether the calls ahead of this one may take longer than its caller waits: refused now, not late."""
-        if give_up_at is None or not self._waiting or self.limits.timeout is None:
+        """Whether the calls ahead of this one are likely to take longer than its caller waits: refused now, not
+        late. Likely: as long as this plugin's calls have lately taken each (a moving average)."""
+        if give_up_at is None or not self._waiting:
             return False
-        worst = self._waiting * (self.limits.timeout + self.pool.settings.grace)
-        return time.monotonic() + worst > give_up_at
+        return time.monotonic() + self._waiting * self._typical > give_up_at
+
+    def _would_end_unheard(self, give_up_at: float | None) -> bool:
+        """Whether a call starting now would likely end after its caller gave up (refused unrun, then)."""
+        return give_up_at is not None and time.monotonic() + self._typical + _ANSWER_MARGIN > give_up_at
+
+    def _patience(self, give_up_at: float | None) -> float:
+        """Seconds a call may wait for its turn (-1: as long as it takes)."""
+        if give_up_at is None:
+            return -1
+        return max(0.0, give_up_at - _ANSWER_MARGIN - time.monotonic())
 
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
-              timeout: float | None) -> tuple[PluginSandboxResult, RunnerLoss | None]:
+              timeout: float | None, give_up_at: float | None = None) -> tuple[PluginSandboxResult, RunnerLoss | None]:
         started = time.perf_counter()
         timeout = self.limits.timeout if timeout is None else timeout
         request: dict[str, Any] = {"op": "call", "slot": self.slot, "method": method, "timeout": timeout,
@@ -354,9 +443,14 @@ class RunnerHandle:
         if method == "initialize" and args and isinstance(args[0], PluginContext):
             request["args"] = []
             request["context"] = self._context(args[0])
-        with self.runner.lock:
+        urgent = method in LIFECYCLE_METHODS
+        if not self.runner.lock.acquire(timeout=self._patience(give_up_at), urgent=urgent):  # the runner is busy
+            raise PluginBusyError(self.name, self.pool.settings.queue_limit)
+        with _Held(self.runner.lock):
             if self.lost:
                 raise PluginNotRunningError(self.name, "restarting: its runner was lost")
+            if self._would_end_unheard(give_up_at):  # its turn in a shared runner came late
+                raise PluginBusyError(self.name, self.pool.settings.queue_limit)
             try:
                 answer = self.runner.request(request, timeout)
             except ValueError as err:
