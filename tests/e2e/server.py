@@ -145,28 +145,18 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None
 
 
 def start_gunicorn(tmp: Path, plugin_dir: Path, env: Mapping[str, str], workers: int = 3) -> Server:
-    """``gunicorn -c gunicorn.conf.py wsgi:app`` from the repository root, ready to answer."""
-    port = free_port()
-    log = tmp / "gunicorn.log"
-    run_dir = tmp / "run"
-    environ = {**os.environ, "PLUGIN_HEALTH_PLUGIN_PATH": str(plugin_dir), "PLUGIN_HEALTH_RUN_DIR": str(run_dir),
-               **env}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
-             "-b", f"127.0.0.1:{port}", "wsgi:app"],
-            cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    server = Server(process, port, log, run_dir)
+    """``gunicorn -c gunicorn.conf.py wsgi:app`` from the repository root, ready to answer (stopped if it never is)."""
+    server = spawn_gunicorn(tmp, plugin_dir, env, workers)
 
     def started() -> bool:
-        assert process.poll() is None, log.read_text()
-        try:
-            return server.get("/startupz").status == 200 and len(server.workers()) == workers
-        except OSError:
-            return False
+        assert server.process.poll() is None, server.log.read_text()
+        return gunicorn_ready(server, workers)
 
-    wait_for(started, 60, "gunicorn to start")
+    try:
+        wait_for(started, 60, "gunicorn to start")
+    except BaseException:
+        server.stop()
+        raise
     return server
 
 
