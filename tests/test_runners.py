@@ -634,3 +634,23 @@ def test_a_runner_that_dies_while_idle_blames_nobody(harness: Harness) -> None:
     assert "while idle" in loss.cause
     assert tools.lost
     assert bystander.lost
+
+
+@pytest.mark.parametrize("exponent", [25, 300])
+def test_a_large_integer_arrives_exactly_and_its_runner_lives_on(harness: Harness, exponent: int) -> None:
+    # JSON has no size for integers: one past 64 bits is the plugin's value to the last digit, not a float, and
+    # never mistaken for a broken runner.
+    tools = harness.place()
+    bystander = harness.place("bystander")
+    result = tools.call("power", (exponent,))
+    assert (result.ok, result.result) == (True, 10**exponent)
+    assert type(result.result) is int
+    assert harness.losses == []
+    assert bystander.call("count").result == 1
+
+
+def test_an_integer_too_long_for_json_fails_the_call_not_the_runner(harness: Harness) -> None:
+    tools = harness.place()
+    assert_failed(tools.call("power", (5000,)), "UnserializableResultError", "cannot be sent as JSON")
+    assert harness.losses == []
+    assert tools.call("count").result == 1

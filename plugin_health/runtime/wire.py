@@ -1,18 +1,20 @@
-"""The wire between the core and its runners: length-prefixed frames of JSON, never pickle.
+"""The wire between the core and its runners: length-prefixed frames, never pickle.
 
-Everything a runner sends is decoded by :func:`decode`, which accepts JSON-compatible values only (orjson: no
-object hooks, so nothing in a message can name code to run), and only frames up to a size the core chose. A frame
-that is too big, cut short or not JSON is a :class:`WireError`; the core then treats the runner as broken (it ran
-plugin code, so a plugin may have written to the descriptor).
+The core's requests are ``marshal`` frames (:func:`encode_request`): only the core writes them, only a runner
+reads them. A runner's answers are JSON (:func:`frame_text`), which the core decodes with the standard library's
+``json`` (:func:`decode`): no object hooks, so nothing in an answer can name code to run; integers exact however
+long (JSON has no size for them; a 64-bit decoder would turn them into floats or refuse them); ``NaN`` and
+``Infinity`` refused; and only frames up to a size the core chose. A frame that is too big, cut short or not JSON
+is a :class:`WireError`: the core then treats the runner as broken (it ran plugin code, so a plugin may have
+written to the descriptor).
 
-The core encodes strictly (only the exact JSON types; a subclass, a dataclass or a datetime is refused). A runner
-encodes with the standard library's ``json`` (:func:`frame_text`), which costs it 2.4 MiB less than orjson; it
-does so inside the call's sandbox, so a result whose encoding runs plugin code (a ``dict`` subclass's ``items``)
-is held to the call's timeout and memory limit.
+A runner encodes its answers inside the call's sandbox, so a result whose encoding runs plugin code (a ``dict``
+subclass's ``items``) is held to the call's timeout and memory limit.
 """
 
 from __future__ import annotations
 
+import json
 import marshal
 import socket
 import struct
@@ -26,17 +28,7 @@ _HEADER = struct.Struct(">I")
 MAX_MESSAGE = 16 * 1024 * 1024
 #: Bytes asked of ``recv`` at a time.
 _CHUNK = 65536
-_orjson: Any = None
-
-
-def _fast() -> Any:
-    """orjson, imported on first use: the core uses it, a runner never loads it."""
-    global _orjson
-    if _orjson is None:
-        import orjson
-
-        _orjson = orjson
-    return _orjson
+_loads = json.loads
 
 
 class WireError(Exception):
@@ -54,24 +46,6 @@ class MessageTooLargeError(WireError):
 
 class PeerClosedError(WireError):
     """The other end closed the connection (or died)."""
-
-
-def _refuse(value: object) -> Any:
-    raise TypeError(f"a {type(value).__name__} is not a JSON value")
-
-
-def encode(message: Any, limit: int = MAX_MESSAGE) -> bytes:
-    """One frame; ``TypeError`` for a value that is not plain JSON, :class:`MessageTooLargeError` past ``limit``.
-
-    Nesting deeper than orjson's limit (254 levels) is a ``TypeError`` too (orjson raises its
-    ``JSONEncodeError``, a ``TypeError``).
-    """
-    fast = _fast()
-    strict = fast.OPT_PASSTHROUGH_DATACLASS | fast.OPT_PASSTHROUGH_DATETIME | fast.OPT_PASSTHROUGH_SUBCLASS
-    body: bytes = fast.dumps(message, default=_refuse, option=strict)
-    if len(body) > limit:
-        raise MessageTooLargeError(len(body), limit)
-    return _HEADER.pack(len(body)) + body
 
 
 def encode_request(message: Any, limit: int = MAX_MESSAGE) -> bytes:
@@ -95,12 +69,15 @@ def frame_text(text: str, limit: int = MAX_MESSAGE) -> bytes:
 
 
 def decode(body: bytes) -> Any:
-    """The value of one frame's body, decoded by orjson (no object hooks); :class:`WireError` if it is not JSON."""
-    fast = _fast()
+    """The value of one frame's body (plain JSON values only); :class:`WireError` if it is not JSON."""
     try:
-        return fast.loads(body)
-    except fast.JSONDecodeError as err:
+        return _loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, an integer past Python's digits
         raise WireError(f"a frame is not JSON ({err})") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def decode_request(body: bytes) -> Any:

@@ -121,6 +121,10 @@ class Tools(Plugin):
         time.sleep(30)
 
     @tool
+    def power(self, exponent: int) -> int:
+        return 10**exponent
+
+    @tool
     def kill_parent_and_return(self) -> str:
         os.kill(os.getppid(), signal.SIGKILL)
         return "answered before the runner died"
