@@ -15,7 +15,7 @@ from flask import Flask
 from plugin_health import api, cli
 from plugin_health.api.cache import ResponseCache
 from plugin_health.config import Settings, load_settings
-from plugin_health.coordination.control import Control, LocalControl, RemoteControl, socket_path
+from plugin_health.coordination.control import Control, RemoteControl, socket_path
 from plugin_health.coordination.control_redis import RedisRemoteControl
 from plugin_health.coordination.locks import Lock, lock_for, lock_is_free
 from plugin_health.errors import ConfigError
@@ -110,7 +110,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             service.heartbeat = Heartbeat(store, lock=hosts)
             service.heartbeat.start()
         service.host.start()
-        service.control = LocalControl(Operations(service.host))
+        service.control = Operations(service.host)
         atexit.register(service.shutdown)
     else:
         logger.info("plugins are hosted by another process; this one reads the store")

@@ -1,13 +1,13 @@
-"""How a worker asks the plugin host to act: operator actions and tool calls over a Unix socket.
+"""How a worker asks the core to act: operator actions and tool calls over a Unix socket.
 
-The workers never run plugin code; the host does. :class:`ControlServer` runs in the host process on a
-Unix socket beside the store (mode 0600), one thread per connection; :class:`RemoteControl` is its client in
-each worker; :class:`LocalControl` does the same in the process that hosts the plugins itself. All three speak
+The workers never run plugin code, nor does the core (its runners do). :class:`ControlServer` runs in the core
+process on a Unix socket beside the store (mode 0600), one thread per connection; :class:`RemoteControl` is its
+client in each worker; an app that runs its core itself uses the core's ``Operations`` directly. All speak
 :class:`Control`. A request and its answer are one line of JSON each; typed errors cross as their class name
 and attributes and are raised again on the worker's side, so the API maps them to statuses in one place.
 
 The token is checked by the worker before it asks; the socket itself is guarded by file permissions. Hosts on
-other machines (a Redis store) use the transport of :mod:`plugin_health.control_redis` instead.
+other machines (a Redis store) use the transport of :mod:`plugin_health.coordination.control_redis` instead.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Control(Protocol):
     """What the API asks of whoever hosts the plugins."""
 
     def restart(self, name: str) -> PluginSnapshot:
-        """Restart a plugin (see :mod:`plugin_health.operations`)."""
+        """Restart a plugin (see :mod:`plugin_health.runtime.operations`)."""
         ...
 
     def disable(self, name: str) -> PluginSnapshot:
@@ -71,32 +71,6 @@ class Control(Protocol):
     def close(self) -> None:
         """Release what it holds (connections)."""
         ...
-
-
-class LocalControl:
-    """The process runs the core itself: act directly."""
-
-    def __init__(self, operations: Control) -> None:
-        self.operations = operations
-
-    def restart(self, name: str) -> PluginSnapshot:
-        """Restart a plugin."""
-        return self.operations.restart(name)
-
-    def disable(self, name: str) -> PluginSnapshot:
-        """Disable a plugin."""
-        return self.operations.disable(name)
-
-    def enable(self, name: str) -> PluginSnapshot:
-        """Enable a plugin."""
-        return self.operations.enable(name)
-
-    def run_tool(self, name: str, tool: str, args: list[Any], kwargs: dict[str, Any]) -> PluginSandboxResult:
-        """Call a plugin's tool."""
-        return self.operations.run_tool(name, tool, args, kwargs)
-
-    def close(self) -> None:
-        """Nothing to release: the host is shut down by its owner."""
 
 
 def socket_path(settings: Settings) -> Path | None:

@@ -25,21 +25,6 @@ from plugin_health.runtime.core import DISABLED_KEY, Core
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.store import PluginSnapshot
 
-#: ``error_type`` of a tool whose result JSON cannot carry.
-UNSERIALIZABLE = "UnserializableResultError"
-
-
-def json_safe(result: PluginSandboxResult) -> PluginSandboxResult:
-    """``result``, or a failed one when its value cannot be sent as JSON (a plugin that lies about its type)."""
-    if not result.ok:
-        return result
-    try:
-        json.dumps(result.result, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        message = f"the tool returned a {type(result.result).__name__} that JSON cannot carry ({err})"
-        return PluginSandboxResult(False, None, message[:2000], UNSERIALIZABLE, result.duration_ms)
-    return result
-
 
 class Operations:
     """Restart, disable, enable and tool calls over one :class:`Core`."""
@@ -74,11 +59,12 @@ class Operations:
 
     def run_tool(self, name: str, tool: str, args: list[Any], kwargs: dict[str, Any],
                  give_up_at: float | None = None) -> PluginSandboxResult:
-        """Call a tool through the sandbox; a result JSON cannot carry is a failed call.
+        """Call a tool in its runner.
 
         ``give_up_at`` (monotonic): when the asking worker stops waiting; a call still queued then never runs.
         """
-        return json_safe(self.host.tools.run(name, tool, *args, give_up_at=give_up_at, **kwargs))
+        # What a runner answered is JSON already (it refuses anything else in the call's sandbox).
+        return self.host.tools.run(name, tool, *args, give_up_at=give_up_at, **kwargs)
 
     def _started(self, name: str) -> PluginSnapshot:
         """The snapshot of a plugin an operator started; :class:`DependencyNotReadyError` if a dependency held it."""
