@@ -654,3 +654,11 @@ def test_an_integer_too_long_for_json_fails_the_call_not_the_runner(harness: Har
     assert_failed(tools.call("power", (5000,)), "UnserializableResultError", "cannot be sent as JSON")
     assert harness.losses == []
     assert tools.call("count").result == 1
+
+
+def test_a_call_with_no_timeout_of_its_own_still_has_a_deadline(make: Callable[..., Harness]) -> None:
+    harness = make(RunnerSettings(longest=0.3))
+    tools = harness.place(timeout=None, memory_limit_mb=None)
+    result, elapsed = timed(lambda: tools.call("disarm_and_spin"))
+    assert_failed(result, "PluginTimeoutError", "timeout of 0.3 s")
+    assert elapsed < 0.3 + 0.25 + SLACK

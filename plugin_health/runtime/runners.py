@@ -64,6 +64,8 @@ class RunnerSettings:
     queue_limit: int = 16
     #: The largest message a runner may send, in bytes.
     max_message: int = wire.MAX_MESSAGE
+    #: Seconds a call that has no timeout of its own may take before its runner is killed (the declared maximum).
+    longest: float = 86_400.0
     #: Seconds a new runner has to boot (an interpreter's start, before any plugin code runs).
     boot_timeout: float = 10.0
     #: The limits of loading a plugin (importing it, before its own declaration is known).
@@ -170,7 +172,9 @@ class RunnerProcess:
             frame = wire.encode_request(message, self.settings.max_message)
         except (ValueError, wire.MessageTooLargeError) as err:
             raise ValueError(f"the request cannot be sent to the runner: {err}") from err
-        deadline = None if timeout is None else time.monotonic() + timeout + self.settings.grace
+        if timeout is None:  # a call with no timeout of its own still has a deadline: the longest a plugin may declare
+            timeout = self.settings.longest
+        deadline = time.monotonic() + timeout + self.settings.grace
         try:
             self._send(frame, deadline)
             answer = self._reader.read(lambda: self._wait_readable(deadline))
