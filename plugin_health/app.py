@@ -15,14 +15,15 @@ from flask import Flask
 from plugin_health import api, cli
 from plugin_health.api.cache import ResponseCache
 from plugin_health.config import Settings, load_settings
-from plugin_health.coordination.control import Control, RemoteControl, socket_path
+from plugin_health.coordination.control import Control, HostUnavailableError, RemoteControl, socket_path
 from plugin_health.coordination.control_redis import RedisRemoteControl
 from plugin_health.coordination.locks import Lock, lock_for, lock_is_free
-from plugin_health.errors import ConfigError
+from plugin_health.errors import ConfigError, UnknownInstanceError
 from plugin_health.runtime.core import Core
 from plugin_health.runtime.hosting import Heartbeat, host_problem, lock_path, read_beat
 from plugin_health.runtime.operations import Operations
 from plugin_health.store import StateStore, open_store
+from plugin_health.store.cluster import ClusterView, LocalCluster
 from plugin_health.store.redis import RedisStore
 
 EXTENSION = "plugin_health"
@@ -41,6 +42,23 @@ class Service:
     control: Control | None = None
     lock: Lock | None = None
     heartbeat: Heartbeat | None = None
+    #: Every instance sharing the store, and their plugins (this instance alone, but for a Redis store).
+    cluster: ClusterView | None = None
+
+    @property
+    def instance(self) -> str:
+        """This instance's id."""
+        return self.settings.instance_id
+
+    def control_for(self, instance: str | None) -> Control:
+        """Who carries out an action on ``instance`` (None: this instance): this instance's core, or, over Redis,
+        another instance's; :class:`UnknownInstanceError` for an id no live instance has, and
+        :class:`HostUnavailableError` when nothing can carry it now."""
+        if instance is None or instance == self.instance:
+            if self.control is None:
+                raise HostUnavailableError("no process hosts the plugins of this instance")
+            return self.control
+        raise UnknownInstanceError(instance)
 
     def host_problem(self) -> str | None:
         """None while a live process hosts the plugins (always, when this one does), else why not."""
@@ -120,6 +138,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             service.control = RedisRemoteControl(store, timeout)
         elif path is not None:
             service.control = RemoteControl(path, timeout)
+    service.cluster = LocalCluster(settings.instance_id, store)
     app.extensions[EXTENSION] = service
     api.init_app(app)
     app.cli.add_command(cli.plugins)

@@ -7,6 +7,8 @@ the service refuses to start rather than fall back silently to a default.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -56,6 +58,13 @@ class Settings:
     host_mode: str = "auto"
     #: The process whose exit ends the host process (gunicorn.conf.py sets the master's pid); 0: none.
     owner_pid: int = 0
+    #: This instance's id among the instances that share a Redis store (letters, digits, ``_.:-``; at most 100).
+    #: Empty: the host name, and under gunicorn the port it listens on (``web-1:8000``), as gunicorn.conf.py sets it.
+    instance: str = ""
+    #: Seconds a singleton's lease lives in Redis without renewal; its owner renews it several times a lease.
+    singleton_lease: float = 3.0
+    #: Seconds a gone instance stays in the cluster view (and its states in Redis) before it is dropped.
+    instance_retention: float = 600.0
     #: Per-plugin configuration handed to ``initialize`` as ``context.config`` (from the config file).
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -63,6 +72,14 @@ class Settings:
     def shared_store(self) -> bool:
         """Whether other processes can see the store (everything but ``memory://``)."""
         return self.store_url != "memory://"
+
+    @property
+    def instance_id(self) -> str:
+        """This instance's id: the setting, else this machine's host name (a valid id)."""
+        if self.instance:
+            return self.instance
+        host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:100]
+        return host or "localhost"
 
     @property
     def plugin_dirs(self) -> list[Path]:
@@ -117,6 +134,13 @@ def _host_mode(variable: str, value: object) -> str:
     return text
 
 
+def _instance(variable: str, value: object) -> str:
+    text = _text(variable, value).strip()
+    if text and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", text):
+        raise ConfigError(variable, value, "1-100 letters, digits, '_', '.', ':' or '-'")
+    return text
+
+
 def _plugins(variable: str, value: object) -> Mapping[str, Mapping[str, Any]]:
     if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
         raise ConfigError(variable, value, "a table of tables, one per plugin")
@@ -145,6 +169,9 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "host_mode": _host_mode,
     "owner_pid": lambda v, x: _int(v, x, 0),
     "plugins": _plugins,
+    "instance": _instance,
+    "singleton_lease": _positive_float,
+    "instance_retention": _positive_float,
 }
 
 

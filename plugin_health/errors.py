@@ -75,6 +75,17 @@ class UnknownPluginError(PluginError, KeyError):
         return str(self.args[0])
 
 
+class UnknownInstanceError(PluginError, KeyError):
+    """No live instance of that id shares this service's store."""
+
+    def __init__(self, instance: str) -> None:
+        super().__init__(f"unknown instance {instance!r}")
+        self.instance = instance
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
 class IllegalTransitionError(PluginError):
     """A lifecycle move that the transition table does not allow; nothing was changed."""
 

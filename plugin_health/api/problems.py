@@ -23,6 +23,7 @@ from plugin_health.errors import (
     PluginError,
     PluginNotRunningError,
     ToolArgumentsError,
+    UnknownInstanceError,
     UnknownPluginError,
     UnknownToolError,
 )
@@ -52,6 +53,7 @@ PROBLEM_TYPES: dict[str, str] = {
                             "RUNNING (`dependency` names it; the plugin stays UNAVAILABLE with `reason`)",
     "body-too-large": "413: a tool call's body is larger than 64 KiB",
     "plugin-busy": "429: too many calls of that plugin wait already (`Retry-After`)",
+    "unknown-instance": "404: no live instance of that id shares this service's store",
     "internal-error": "500: an unexpected error, logged and never detailed",
     "renderer-unavailable": "501: that diagram format cannot be drawn here (`available` lists those that can)",
     "tool-failed": "502: the tool raised, crashed, or returned what JSON cannot carry",
@@ -65,6 +67,7 @@ PROBLEM_TYPES: dict[str, str] = {
 PROBLEM_OF: dict[type[Exception], tuple[int, str]] = {
     UnknownPluginError: (404, "unknown-plugin"),
     UnknownToolError: (404, "unknown-tool"),
+    UnknownInstanceError: (404, "unknown-instance"),
     IllegalTransitionError: (409, "illegal-transition"),
     PluginNotRunningError: (503, "plugin-not-running"),
     PluginBusyError: (429, "plugin-busy"),
