@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
@@ -17,14 +18,15 @@ from plugin_health.api.cache import ResponseCache
 from plugin_health.config import Settings, load_settings
 from plugin_health.coordination.control import Control, HostUnavailableError, RemoteControl, socket_path
 from plugin_health.coordination.control_redis import RedisRemoteControl
-from plugin_health.coordination.locks import Lock, lock_for, lock_is_free
+from plugin_health.coordination.locks import HostLock, Lock, lock_is_free
 from plugin_health.errors import ConfigError, UnknownInstanceError
+from plugin_health.runtime.cluster import ClusterLink
 from plugin_health.runtime.core import Core
-from plugin_health.runtime.hosting import Heartbeat, host_problem, lock_path, read_beat
+from plugin_health.runtime.hosting import Heartbeat, host_problem, lock_path, read_beat, start_link
 from plugin_health.runtime.operations import Operations
-from plugin_health.store import StateStore, open_store
-from plugin_health.store.cluster import ClusterView, LocalCluster
-from plugin_health.store.redis import RedisStore
+from plugin_health.store import SQLiteStore, StateStore, is_shared, open_instance_store
+from plugin_health.store.cluster import ClusterView, InstanceInfo, LocalCluster
+from plugin_health.store.redis import RedisCluster
 
 EXTENSION = "plugin_health"
 
@@ -44,6 +46,9 @@ class Service:
     heartbeat: Heartbeat | None = None
     #: Every instance sharing the store, and their plugins (this instance alone, but for a Redis store).
     cluster: ClusterView | None = None
+    #: This process's core's link to the other instances (a Redis store, a core in this process).
+    link: ClusterLink | None = None
+    _remote: dict[str, RedisRemoteControl] = field(default_factory=dict)
 
     @property
     def instance(self) -> str:
@@ -58,7 +63,23 @@ class Service:
             if self.control is None:
                 raise HostUnavailableError("no process hosts the plugins of this instance")
             return self.control
-        raise UnknownInstanceError(instance)
+        if not isinstance(self.cluster, RedisCluster):
+            raise UnknownInstanceError(instance)
+        known = {i.id: i for i in self.cluster.instances()}
+        if instance not in known:
+            if self.cluster.degraded():
+                raise HostUnavailableError(f"the cluster cannot be reached: {self.cluster.degraded()}")
+            raise UnknownInstanceError(instance)
+        if known[instance].gone(time.time()):
+            raise HostUnavailableError(f"instance {instance} is gone (no heartbeat)")
+        if instance not in self._remote:
+            assert self.settings.store_url is not None
+            self._remote[instance] = RedisRemoteControl(self.settings.store_url, instance, self._timeout())
+        return self._remote[instance]
+
+    def _timeout(self) -> float:
+        """Seconds a worker waits for a core's answer: the longest default call, and room to queue."""
+        return self.settings.default_timeout + 10
 
     def host_problem(self) -> str | None:
         """None while a live process hosts the plugins (always, when this one does), else why not."""
@@ -75,6 +96,14 @@ class Service:
         """Stop the embedded host, if this process runs one, and release connections; safe to call twice."""
         if self.host is not None:
             self.host.shutdown()
+        if self.link is not None:
+            self.link.stop()
+            self.link = None
+        for remote in self._remote.values():
+            remote.close()
+        self._remote.clear()
+        if self.cluster is not None:
+            self.cluster.close()
         if self.heartbeat is not None:
             self.heartbeat.stop()
             self.heartbeat = None
@@ -90,11 +119,25 @@ def _hosts_here(settings: Settings, store: StateStore) -> Lock | bool:
     """Whether this process hosts the plugins: True, False, or the lock it took to do so."""
     if settings.host_mode == "embedded" or not settings.shared_store:
         return True
-    lock = lock_for(store, lock_path(settings))
+    path = lock_path(settings)
+    lock = None if path is None else HostLock(path)
     if settings.host_mode == "external" or lock is None:
         return lock is None
     # A little patience: readers probe a file lock for a moment when they check that the host lives.
     return lock if lock.acquire(timeout=0.2) else False
+
+
+def _cluster(settings: Settings, store: StateStore, service: Service) -> ClusterView:
+    """The cluster this instance sees: every instance on a Redis store, else this one alone."""
+    if settings.store_url is not None and is_shared(settings.store_url) and isinstance(store, SQLiteStore):
+        return RedisCluster(settings.store_url, settings.instance_id, store, settings.instance_retention)
+    started = time.time()
+
+    def here() -> InstanceInfo | None:
+        # A core in this process beats only when other processes need to know it lives (a shared store).
+        return InstanceInfo(settings.instance_id, os.getpid(), started, time.time()) if service.host else None
+
+    return LocalCluster(settings.instance_id, store, here)
 
 
 def _refuse_green_threads(settings: Settings) -> None:
@@ -115,7 +158,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     process that ``gunicorn.conf.py`` starts, or another app): then it only reads the store.
     """
     settings = load_settings(config)
-    store = open_store(settings.store_url, settings.run_dir, settings.history_limit)
+    store = open_instance_store(settings)
     app = Flask("plugin_health")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     service = Service(settings, store, ResponseCache(store))
@@ -125,20 +168,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         service.host = Core(settings, store)
         if not isinstance(hosts, bool):
             service.lock = hosts
-            service.heartbeat = Heartbeat(store, lock=hosts)
+            service.heartbeat = Heartbeat(store, lock=hosts, instance=settings.instance_id)
             service.heartbeat.start()
         service.host.start()
-        service.control = Operations(service.host)
+        operations = Operations(service.host)
+        service.control = operations
+        service.link = start_link(settings, store, operations)
         atexit.register(service.shutdown)
     else:
         logger.info("plugins are hosted by another process; this one reads the store")
-        timeout = settings.default_timeout + 10
         path = socket_path(settings)
-        if isinstance(store, RedisStore):
-            service.control = RedisRemoteControl(store, timeout)
-        elif path is not None:
-            service.control = RemoteControl(path, timeout)
-    service.cluster = LocalCluster(settings.instance_id, store)
+        if path is not None:
+            service.control = RemoteControl(path, service._timeout())
+    service.cluster = _cluster(settings, store, service)
     app.extensions[EXTENSION] = service
     api.init_app(app)
     app.cli.add_command(cli.plugins)

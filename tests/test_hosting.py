@@ -17,7 +17,8 @@ from waiting import wait_for
 from plugin_health import create_app
 from plugin_health.app import EXTENSION, Service
 from plugin_health.coordination.locks import HostLock, lock_is_free
-from plugin_health.runtime.hosting import EXIT_LOCKED, Beat, HostProcess, host_problem, read_beat
+from plugin_health.runtime.hosting import EXIT_LOCKED, HostProcess, host_problem, read_beat
+from plugin_health.store.cluster import InstanceInfo
 from plugin_health.store import open_store
 
 PLUGINS = {
@@ -66,13 +67,13 @@ def apps() -> Iterator[list[Flask]]:
     ("beat", "now", "expected"),
     [
         (None, 100.0, "no plugin host is running"),
-        (Beat(42, 99.0), 100.0, None),
-        (Beat(42, 97.0), 100.0, None),
-        (Beat(42, 96.5), 100.0, "the plugin host (pid 42) last beat 3.5 s ago"),
+        (InstanceInfo('web', 42, 0.0, 99.0), 100.0, None),
+        (InstanceInfo('web', 42, 0.0, 97.0), 100.0, None),
+        (InstanceInfo('web', 42, 0.0, 96.5), 100.0, "the plugin host (pid 42) last beat 3.5 s ago"),
     ],
     ids=["never", "fresh", "at-the-limit", "stale"],
 )
-def test_host_problem(beat: Beat | None, now: float, expected: str | None) -> None:
+def test_host_problem(beat: InstanceInfo | None, now: float, expected: str | None) -> None:
     assert host_problem(beat, now) == expected
 
 

@@ -12,7 +12,6 @@ import pytest
 from plugin_health.errors import ConfigError
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
 from plugin_health.store import MemoryStore, PluginSnapshot, SQLiteStore, StateStore, open_store
-from plugin_health.store.redis import RedisStore
 
 S = PluginLifecycleState
 
@@ -25,15 +24,13 @@ def rec(name: str, source: S | None, dest: S, trigger: str = "start") -> Transit
     return TransitionRecord.now(name, source, dest, trigger, reason="r", error_type="E", error="boom")
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
     made: StateStore
     if request.param == "memory":
         made = MemoryStore(history_limit=3)
-    elif request.param == "sqlite":
-        made = SQLiteStore(tmp_path / "s.db", history_limit=3)
     else:
-        made = RedisStore(request.getfixturevalue("redis_url"), history_limit=3)
+        made = SQLiteStore(tmp_path / "s.db", history_limit=3)
     yield made
     assert made.degraded() is None
     made.close()
@@ -131,6 +128,16 @@ def test_open_store(tmp_path: Path, url: str | None, kind: Callable[..., StateSt
     made = open_store(None if url is None else url.format(tmp=tmp_path), tmp_path)
     assert isinstance(made, kind)  # type: ignore[arg-type]
     made.close()
+
+
+def test_a_redis_url_opens_this_instances_own_sqlite_store(tmp_path: Path) -> None:
+    made = open_store("redis://127.0.0.1:1/0?prefix=svc", tmp_path, instance="web-1:8000")
+    assert isinstance(made, SQLiteStore) and made.shared
+    assert made.path == tmp_path / "instance-web-1:8000.sqlite3"  # two instances in one directory keep apart
+    assert made.degraded() is None  # until its core says its copy to Redis is behind
+    made.close()
+    with pytest.raises(ConfigError, match="PLUGIN_HEALTH_STORE_URL"):
+        open_store("redis://127.0.0.1:1/0?prefix=a%20b", tmp_path)
 
 
 def test_open_store_refuses_unknown_urls(tmp_path: Path) -> None:

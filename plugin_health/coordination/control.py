@@ -6,8 +6,8 @@ client in each worker; an app that runs its core itself uses the core's ``Operat
 :class:`Control`. A request and its answer are one line of JSON each; typed errors cross as their class name
 and attributes and are raised again on the worker's side, so the API maps them to statuses in one place.
 
-The token is checked by the worker before it asks; the socket itself is guarded by file permissions. Hosts on
-other machines (a Redis store) use the transport of :mod:`plugin_health.coordination.control_redis` instead.
+The token is checked by the worker before it asks; the socket itself is guarded by file permissions. Actions on
+other instances (a Redis store) travel over :mod:`plugin_health.coordination.control_redis` instead.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from plugin_health.errors import (
     UnknownToolError,
 )
 from plugin_health.sandbox import PluginSandboxResult
-from plugin_health.store import PluginSnapshot, store_file
+from plugin_health.store import PluginSnapshot, instance_store_file
 
 #: The longest request line the host reads (a tool call's arguments included).
 MAX_REQUEST = 1024 * 1024
@@ -75,7 +75,7 @@ class Control(Protocol):
 
 def socket_path(settings: Settings) -> Path | None:
     """Where the host listens; None for a store no other process sees. Long paths move to the temp dir."""
-    store = store_file(settings.store_url, settings.run_dir)
+    store = instance_store_file(settings)
     if store is None:
         return None
     path = store.resolve().with_name(store.name + ".sock")

@@ -1,14 +1,16 @@
-"""Operator actions and tool calls across machines: the control transport over a Redis store.
+"""Operator actions and tool calls for another instance: the control transport over Redis.
 
-The worker pushes its request (with a list to answer on and a deadline) onto a Redis list; the leading host
-takes requests from it, answers each on a thread, and pushes the answer back. The request and answer lines are
-the same as over the Unix socket of :mod:`plugin_health.control`.
+Each instance's core takes requests from a Redis list of its own (``i:<id>:control``), answers each on a thread,
+and pushes the answer onto the list the request named. The request and answer lines are the same as over the
+Unix socket of :mod:`plugin_health.coordination.control`. A request carries a deadline: one found past it (it
+waited while that core was down) is dropped, not carried out late. The asking side never waits on a Redis that
+does not answer: the push gives up after a fraction of a second, and the wait for the answer is cut into one-second
+slices, each of which fails at once if Redis stopped answering.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 import uuid
@@ -19,20 +21,23 @@ from typing import Any
 import redis
 
 from plugin_health.coordination.control import Asking, HostUnavailableError, unwrap
-from plugin_health.store.redis import RedisStore
+from plugin_health.store.redis import Keys, connect
+
+#: Seconds a push of a request may take before the instance counts as unreachable.
+PUSH_TIMEOUT = 0.25
+#: Seconds of one slice of the wait for an answer.
+SLICE = 1
 
 
 class RedisControlServer:
-    """The host's end over Redis (hosts on other machines): requests from a list, each answered on a thread.
+    """A core's end: requests from its instance's list, each answered on a thread."""
 
-    A request names the list to answer on and a deadline; one found past its deadline (it waited while no host
-    ran) is dropped, not carried out late.
-    """
-
-    def __init__(self, store: RedisStore, answer: Callable[[bytes], dict[str, Any]], workers: int = 8) -> None:
-        self.store = store
+    def __init__(self, client: redis.Redis, keys: Keys, instance: str,
+                 answer: Callable[[bytes], dict[str, Any]], workers: int = 8) -> None:
+        self.keys = keys
+        self.queue = keys.control(instance)
         self._answer = answer
-        self.client = store.blocking_client()
+        self.client = client
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="plugin-health-control")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -53,9 +58,9 @@ class RedisControlServer:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                item = self.client.blpop([self.store.key("control")], timeout=1)
+                item = self.client.blpop([self.queue], timeout=SLICE)
             except redis.RedisError:
-                self._stop.wait(0.5)
+                self._stop.wait(0.25)
                 continue
             if item is not None:
                 payload = item[1]
@@ -76,30 +81,35 @@ class RedisControlServer:
             pipe.expire(reply, 60)
             pipe.execute()
         except redis.RedisError:
-            pass  # the worker times out and says so
+            pass  # the asking worker times out and says so
 
 
 class RedisRemoteControl(Asking):
-    """A worker's end over Redis: push the request, wait for the answer on a list of its own."""
+    """The asking end for one other instance: push the request onto its list, wait for the answer on our own."""
 
-    def __init__(self, store: RedisStore, timeout: float) -> None:
-        self.store = store
+    def __init__(self, url: str, instance: str, timeout: float) -> None:
+        self.instance = instance
         self.timeout = timeout
-        self.client = store.blocking_client(timeout + 1)
+        self.pusher, self.keys = connect(url, PUSH_TIMEOUT)
+        self.waiter, _ = connect(url, SLICE + PUSH_TIMEOUT)
 
     def close(self) -> None:
-        """Close the blocking client's connections."""
-        self.client.close()
+        """Close the connections."""
+        self.pusher.close()
+        self.waiter.close()
 
     def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        reply = self.store.key("control-reply", uuid.uuid4().hex)
+        reply = self.keys.key("control-reply", uuid.uuid4().hex)
+        deadline = time.monotonic() + self.timeout
         envelope = {"reply": reply, "deadline": time.time() + self.timeout,
                     "request": json.dumps(request, separators=(",", ":"))}
         try:
-            self.client.rpush(self.store.key("control"), json.dumps(envelope, separators=(",", ":")))
-            item = self.client.blpop([reply], timeout=max(1, math.ceil(self.timeout)))
+            self.pusher.rpush(self.keys.control(self.instance), json.dumps(envelope, separators=(",", ":")))
+            while True:
+                item = self.waiter.blpop([reply], timeout=SLICE)
+                if item is not None:
+                    return unwrap(json.loads(item[1]))
+                if time.monotonic() >= deadline:
+                    raise HostUnavailableError(f"instance {self.instance} did not answer within {self.timeout:g} s")
         except redis.RedisError as err:
-            raise HostUnavailableError(f"the store cannot carry the request ({type(err).__name__})") from None
-        if item is None:
-            raise HostUnavailableError(f"no answer within {self.timeout:g} s")
-        return unwrap(json.loads(item[1]))
+            raise HostUnavailableError(f"redis cannot carry the request ({type(err).__name__})") from None

@@ -1,37 +1,17 @@
-"""The lock that makes one process the plugin host: a file lock on one machine, a lease in Redis across many.
+"""The lock that makes one process the plugin host of an instance: a file lock beside the instance's store.
 
-A :class:`HostLock` (``flock``) is released by the kernel when its holder dies, however it dies. A
-:class:`RedisLease` is a key set with ``NX`` and a time to live, renewed by the host's heartbeat; a host that
-dies stops renewing, and a standby host takes the lease once it has expired. A host that finds its lease taken
-by another (Redis lost it, say) must stop hosting: :meth:`renew` then answers False.
+A :class:`HostLock` (``flock``) is released by the kernel when its holder dies, however it dies. (Every instance
+hosts its own plugins, with a Redis store too; a singleton's lease across instances is
+:mod:`plugin_health.coordination.leases`.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import math
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import IO, Protocol
-
-import redis
-
-from plugin_health.store import StateStore
-from plugin_health.store.redis import RedisStore
-
-#: Seconds a Redis lease lives without renewal.
-LEASE = 3.0
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('pexpire', KEYS[1], ARGV[2])
-elseif redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return 1
-end
-return 0
-"""
 
 
 class Lock(Protocol):
@@ -107,56 +87,3 @@ def lock_is_free(path: Path) -> bool:
     finally:
         handle.close()
     return True
-
-
-class RedisLease:
-    """A lease in Redis, renewed by the heartbeat; standby hosts wait for it."""
-
-    def __init__(self, store: RedisStore, ttl: float = LEASE) -> None:
-        self.store = store
-        self.key = store.key("host-lease")
-        self.token = uuid.uuid4().hex
-        self.ttl_ms = int(ttl * 1000)
-        self._held = False
-
-    def acquire(self, timeout: float = 0.0, stop: threading.Event | None = None) -> bool:
-        """Take the lease when it is free; with ``math.inf``, wait as a standby until then (or ``stop``)."""
-        deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
-        while True:
-            try:
-                if self.store.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
-                    self._held = True
-                    return True
-            except redis.RedisError:
-                pass  # Redis away: nobody can take it; try again
-            if not _wait(deadline, stop, 0.25):
-                return False
-
-    def renew(self) -> bool:
-        """Extend the lease; False if another host holds it now. While Redis is away, it stays ours."""
-        if not self._held:
-            return False
-        try:
-            kept = bool(self.store.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
-        except redis.RedisError:
-            return True  # nobody else can take it while Redis is away
-        self._held = kept
-        return kept
-
-    def release(self) -> None:
-        """Give the lease back, if it is still ours."""
-        if not self._held:
-            return
-        self._held = False
-        with contextlib.suppress(redis.RedisError):  # else it expires by itself
-            self.store.client.eval(
-                "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
-                1, self.key, self.token,
-            )
-
-
-def lock_for(store: StateStore, path: Path | None) -> Lock | None:
-    """The lock of whoever hosts the plugins of ``store``: a lease for Redis, ``path``'s lock, or None."""
-    if isinstance(store, RedisStore):
-        return RedisLease(store)
-    return None if path is None else HostLock(path)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -25,23 +23,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from plugin_health.config import Settings, load_settings
 from plugin_health.coordination.control import ControlServer, socket_path
-from plugin_health.coordination.control_redis import RedisControlServer
-from plugin_health.coordination.locks import Lock, RedisLease, lock_for
+from plugin_health.coordination.locks import HostLock, Lock
+from plugin_health.runtime.cluster import ClusterLink
 from plugin_health.runtime.core import LOADED_KEY, Core
 from plugin_health.runtime.operations import Operations
-from plugin_health.store import StateStore, open_store, store_file
-from plugin_health.store.redis import RedisStore
+from plugin_health.store import SQLiteStore, StateStore, instance_store_file, is_shared, open_instance_store
+from plugin_health.store.cluster import BEAT_KEY, InstanceInfo, read_instance
 
 logger = logging.getLogger(__name__)
 
-#: Store meta key of the heartbeat.
-HOST_KEY = "host"
 #: Seconds between two heartbeats.
 HEARTBEAT = 0.5
 #: A heartbeat older than this many seconds means no live host.
@@ -51,35 +46,17 @@ EXIT_LOCKED = 3
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-@dataclass(frozen=True, slots=True)
-class Beat:
-    """The last heartbeat of a host: its pid and when it beat (Unix time)."""
-
-    pid: int
-    at: float
-
-    def to_json(self) -> str:
-        """Compact JSON (how the store keeps it)."""
-        return json.dumps({"pid": self.pid, "at": self.at}, separators=(",", ":"))
+def read_beat(store: StateStore) -> InstanceInfo | None:
+    """The last heartbeat of this instance's core, or None (no core ever, or one that stopped cleanly)."""
+    info = read_instance(store)
+    return None if info is None or info.stopped else info
 
 
-def read_beat(store: StateStore) -> Beat | None:
-    """The last heartbeat kept in ``store``, or None (no host ever, or one that stopped cleanly)."""
-    text = store.get_meta(HOST_KEY)
-    if not text:
-        return None
-    try:
-        data = json.loads(text)
-        return Beat(int(data["pid"]), float(data["at"]))
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def host_problem(beat: Beat | None, now: float, stale_after: float = STALE_AFTER) -> str | None:
+def host_problem(beat: InstanceInfo | None, now: float, stale_after: float = STALE_AFTER) -> str | None:
     """None when ``beat`` shows a live host at ``now``, else why not (a pure function)."""
     if beat is None:
         return "no plugin host is running"
-    age = now - beat.at
+    age = now - beat.beat
     if age > stale_after:
         return f"the plugin host (pid {beat.pid}) last beat {age:.1f} s ago"
     return None
@@ -87,7 +64,7 @@ def host_problem(beat: Beat | None, now: float, stale_after: float = STALE_AFTER
 
 def lock_path(settings: Settings) -> Path | None:
     """The file whose lock the hosting process holds (beside the SQLite store); None for any other store."""
-    path = store_file(settings.store_url, settings.run_dir)
+    path = instance_store_file(settings)
     return None if path is None else path.with_name(path.name + ".host-lock")
 
 
@@ -100,8 +77,11 @@ class Heartbeat:
         owner_pid: int = 0,
         on_owner_lost: Callable[[], None] | None = None,
         lock: Lock | None = None,
+        instance: str = "",
     ) -> None:
         self.store = store
+        self.instance = instance
+        self.started = time.time()
         self.owner_pid = owner_pid
         self.on_owner_lost = on_owner_lost
         self.lock = lock
@@ -110,7 +90,7 @@ class Heartbeat:
 
     def beat(self) -> None:
         """Write one heartbeat now."""
-        self.store.set_meta(HOST_KEY, Beat(os.getpid(), time.time()).to_json())
+        self.store.set_meta(BEAT_KEY, InstanceInfo(self.instance, os.getpid(), self.started, time.time()).to_json())
 
     def start(self) -> None:
         """Beat now, then every ``HEARTBEAT`` seconds on a daemon thread."""
@@ -124,7 +104,7 @@ class Heartbeat:
         if self._thread is not None:
             self._thread.join(5.0)
             self._thread = None
-        self.store.set_meta(HOST_KEY, "")
+        self.store.set_meta(BEAT_KEY, "")
 
     def _run(self) -> None:
         while not self._stop.wait(HEARTBEAT):
@@ -147,11 +127,12 @@ class Heartbeat:
 def serve(settings: Settings) -> int:
     """The host process: take the lock, load and supervise every plugin on this (main) thread until told to stop.
 
-    With a Redis store, several service instances each run a host; one holds the lease and the others wait as
-    standbys, taking over when the lease expires.
+    With a Redis store, this instance's core also copies its states to Redis and answers the other instances
+    (:class:`~plugin_health.runtime.cluster.ClusterLink`).
     """
-    store = open_store(settings.store_url, settings.run_dir, settings.history_limit)
-    lock = lock_for(store, lock_path(settings))
+    store = open_instance_store(settings)
+    path = lock_path(settings)
+    lock = None if path is None else HostLock(path)
     if lock is None:
         logger.error("a memory:// store cannot be shared: nothing for a host process to do")
         return 2
@@ -169,10 +150,7 @@ def serve(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    standby = isinstance(lock, RedisLease)
-    if isinstance(lock, RedisLease):
-        logger.info("plugin host %d waits for the lease of %s", os.getpid(), lock.key)
-    if not lock.acquire(timeout=math.inf if standby else 10.0, stop=stopping):
+    if not lock.acquire(timeout=10.0, stop=stopping):
         if stopping.is_set():
             return 0
         logger.error("another process hosts the plugins of this store (%s is locked)", lock_path(settings))
@@ -180,16 +158,20 @@ def serve(settings: Settings) -> int:
     store.set_meta(LOADED_KEY, "")  # before the first beat: what a dead predecessor loaded counts no more
     become_subreaper()  # what plugins fork and orphan becomes ours to reap, not init's
     host = Core(settings, store)
-    heartbeat = Heartbeat(store, settings.owner_pid, stop, lock)
+    heartbeat = Heartbeat(store, settings.owner_pid, stop, lock, settings.instance_id)
     heartbeat.start()
     reaper = threading.Thread(target=_reap_orphans_until, args=(stopping,), name="plugin-health-reaper", daemon=True)
     reaper.start()
-    control: ControlServer | RedisControlServer | None = None
+    control: ControlServer | None = None
+    link: ClusterLink | None = None
     try:
         host.start(background=False)
-        control = _control_server(settings, store, Operations(host))
-        if control is not None:
+        operations = Operations(host)
+        listen = socket_path(settings)
+        if listen is not None:
+            control = ControlServer(listen, operations.answer)
             control.start()
+        link = start_link(settings, store, operations)
         logger.info("plugin host %d serves %d plugins", os.getpid(), len(host.manager))
         if not stopping.is_set():
             host.supervisor.run_forever()
@@ -197,6 +179,8 @@ def serve(settings: Settings) -> int:
         if control is not None:
             control.stop()
         host.shutdown()
+        if link is not None:
+            link.stop()  # after the shutdown: the last transitions are copied too
         reap_orphans()  # the last sweep: nothing a plugin started outlives the service
         heartbeat.stop()
         store.close()
@@ -204,13 +188,13 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-def _control_server(
-    settings: Settings, store: StateStore, operations: Operations
-) -> ControlServer | RedisControlServer | None:
-    if isinstance(store, RedisStore):
-        return RedisControlServer(store, operations.answer)
-    listen = socket_path(settings)
-    return None if listen is None else ControlServer(listen, operations.answer)
+def start_link(settings: Settings, store: StateStore, operations: Operations) -> ClusterLink | None:
+    """Link this instance to the others when the store is shared (Redis), else None."""
+    if not (is_shared(settings.store_url) and isinstance(store, SQLiteStore)):
+        return None
+    link = ClusterLink(settings, store, operations)
+    link.start()
+    return link
 
 
 def orphans(core: int) -> list[int]:
@@ -319,16 +303,14 @@ class HostProcess:
         logger.info("plugin host started as pid %d", self.process.pid)
 
     def _wait_for_beat(self, settings: Settings, wait: float) -> None:
-        """Until our host beats (or, on Redis, any leader does), so workers start on a loaded store."""
+        """Until our host beats, so workers start on a loaded store."""
         assert self.process is not None
-        store = open_store(settings.store_url, settings.run_dir, settings.history_limit)
+        store = open_instance_store(settings)
         try:
             deadline = time.monotonic() + wait
-            shared = isinstance(store, RedisStore)  # ours may stand by while another instance's host leads
             while time.monotonic() < deadline and self.process.poll() is None:
                 beat = read_beat(store)
-                if beat is not None and (beat.pid == self.process.pid or (
-                        shared and beat.at > time.time() - HEARTBEAT * 2)):
+                if beat is not None and beat.pid == self.process.pid:
                     return
                 time.sleep(0.02)
         finally:

@@ -4,35 +4,59 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from plugin_health.config import Settings
 from plugin_health.errors import ConfigError
 from plugin_health.store.base import PluginSnapshot, StateStore
 from plugin_health.store.memory import MemoryStore
 from plugin_health.store.sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "PluginSnapshot", "SQLiteStore", "StateStore", "open_store", "store_file"]
+__all__ = [
+    "MemoryStore", "PluginSnapshot", "SQLiteStore", "StateStore", "instance_store_file", "is_shared",
+    "open_instance_store", "open_store", "store_file",
+]
 
 
-def store_file(url: str | None, run_dir: str | Path) -> Path | None:
+def is_shared(url: str | None) -> bool:
+    """Whether ``url`` names a store several instances share (Redis)."""
+    return url is not None and url.startswith(("redis://", "rediss://", "unix://"))
+
+
+def store_file(url: str | None, run_dir: str | Path, instance: str = "") -> Path | None:
     """The SQLite file a store URL names (None: SQLite in ``run_dir``), or None for a store that is no file.
 
+    With a Redis URL, each instance keeps its own states in SQLite in ``run_dir`` too (a file named after the
+    instance, so that two instances started from one directory keep apart), and its core copies them to Redis.
     The host's lock and control socket live beside it.
     """
     if url is None:
         return Path(run_dir) / "state.sqlite3"
+    if is_shared(url):
+        return Path(run_dir) / f"instance-{instance or 'default'}.sqlite3"
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite://"))
     return None
 
 
-def open_store(url: str | None, run_dir: str | Path, history_limit: int = 100) -> StateStore:
-    """The store a URL names: None (SQLite in ``run_dir``), ``memory://``, ``sqlite:///path``, ``redis://...``."""
+def open_store(url: str | None, run_dir: str | Path, history_limit: int = 100, instance: str = "") -> StateStore:
+    """This instance's store for a URL: None (SQLite in ``run_dir``), ``memory://``, ``sqlite:///path``, or
+    ``redis://...`` (this instance's SQLite in ``run_dir``, copied to Redis by its core)."""
     if url == "memory://":
         return MemoryStore(history_limit)
-    path = store_file(url, run_dir)
+    path = store_file(url, run_dir, instance)
     if path is not None:
-        return SQLiteStore(path, history_limit)
-    if url is not None and url.startswith(("redis://", "rediss://", "unix://")):
-        from plugin_health.store.redis import RedisStore  # only services that use Redis import redis-py
+        if is_shared(url):
+            from plugin_health.store.redis import parse_url  # only services that use Redis import redis-py
 
-        return RedisStore(url, history_limit)
+            parse_url(str(url))  # a bad prefix stops the service at start
+        return SQLiteStore(path, history_limit, shared=is_shared(url))
     raise ConfigError("PLUGIN_HEALTH_STORE_URL", url, "empty, memory://, sqlite:///path or redis://host:port/db")
+
+
+def open_instance_store(settings: Settings) -> StateStore:
+    """The store of this instance, as its settings name it."""
+    return open_store(settings.store_url, settings.run_dir, settings.history_limit, settings.instance_id)
+
+
+def instance_store_file(settings: Settings) -> Path | None:
+    """The SQLite file of this instance's store, or None (``memory://``)."""
+    return store_file(settings.store_url, settings.run_dir, settings.instance_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -97,13 +98,15 @@ class ClusterView(Protocol):
 class LocalCluster:
     """The cluster of a store no other instance shares (memory, SQLite): this instance alone."""
 
-    def __init__(self, instance: str, store: StateStore) -> None:
+    def __init__(self, instance: str, store: StateStore,
+                 here: Callable[[], InstanceInfo | None] = lambda: None) -> None:
         self.instance = instance
         self.store = store
+        self._here = here
 
     def instances(self) -> list[InstanceInfo]:
-        """This instance, once its core beats."""
-        info = read_instance(self.store)
+        """This instance: its core's heartbeat, or ``here()`` for a core that does not beat (in this process)."""
+        info = read_instance(self.store) or self._here()
         return [] if info is None else [InstanceInfo(self.instance, info.pid, info.started, info.beat, info.stopped)]
 
     def grid(self) -> dict[str, list[PluginSnapshot]]:

@@ -1,12 +1,22 @@
-"""A Redis store (``PLUGIN_HEALTH_STORE_URL=redis://...``): one truth for several service instances.
+"""Several instances on one Redis: each publishes its heartbeat and a copy of its states; any instance reads all.
 
-Keys, under a prefix (``?prefix=`` in the URL, default ``plugin-health``): ``snapshots`` (a hash of each
-plugin's snapshot), ``history:<name>`` (a capped list), ``meta`` (a hash), ``version`` (a counter bumped with
-every change, in the same ``MULTI``/``EXEC`` as the change).
+An instance's own truth is its local store (SQLite in its run directory): its core writes there, its workers read
+there, so nothing an instance says of itself waits on Redis. The core's replicator (:meth:`RedisCluster.replicate`)
+copies what the local store recorded to Redis, in order and exactly once: each instance's transitions carry the
+local store's sequence numbers, and Redis keeps the last one copied (the cursor) in the same transaction as the
+copy. While Redis is away the local store simply keeps everything; when it returns, the replicator copies what is
+past the cursor; if Redis came back empty, or the local store is a new one, it copies all it has.
 
-Redis may go away. Every process keeps a local mirror of what it last read or wrote: reads then answer from
-it, writes are applied to it and queued, and :meth:`RedisStore.degraded` says why; a background thread replays
-the queue, in order, as soon as Redis answers again, so no transition recorded meanwhile is lost.
+Keys, under a prefix (``?prefix=`` in the URL, default ``plugin-health``):
+
+* ``instances``: a hash, instance id -> its heartbeat (:class:`InstanceInfo` JSON);
+* ``i:<id>:plugins``: a hash, plugin name -> snapshot JSON; ``i:<id>:history:<name>``: a capped list of records;
+* ``i:<id>:cursor``: ``<local store id>:<sequence>`` of the last record copied;
+* ``version``: moved by every copy (readers' caches); ``i:<id>:control``: requests to that instance's core;
+* ``singleton:<name>`` and ``singleton:<name>:fence``: a singleton's lease and its fencing counter.
+
+Readers never wait long on Redis: commands time out after :data:`READ_TIMEOUT`, and after a failure a circuit
+breaker (pybreaker) answers from the last known view for :data:`BREAK_FOR` seconds before trying again.
 """
 
 from __future__ import annotations
@@ -14,38 +24,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+import pybreaker
 import redis
 
 from plugin_health.errors import ConfigError
 from plugin_health.lifecycle import TransitionRecord
-from plugin_health.store.base import PluginSnapshot, record_from_json, record_to_json
-from plugin_health.store.memory import MemoryStore
+from plugin_health.store.base import PluginSnapshot, record_from_json
+from plugin_health.store.cluster import InstanceInfo
+from plugin_health.store.sqlite import SQLiteStore
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a Redis command may take before the store counts Redis as gone.
-SOCKET_TIMEOUT = 0.5
-#: Seconds between two attempts to replay what was queued while Redis was away.
-RETRY = 0.25
+#: Seconds a reader's Redis command may take before the view counts Redis as gone.
+READ_TIMEOUT = 0.05
+#: Seconds a core's Redis command may take (replication, heartbeat, leases).
+WRITE_TIMEOUT = 0.25
+#: Seconds the circuit stays open after a failed read: reads answer from the last known view meanwhile.
+BREAK_FOR = 1.0
 
-_Op = tuple[str, tuple[Any, ...]]
-
-#: A transition, at most once: a command whose answer timed out may still have run, and is then replayed; the
-#: record's own key (kept a day) tells the replay that it already did.
-_PUT_RECORD = """
-if redis.call('set', KEYS[4], '1', 'NX', 'EX', 86400) then
-    redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
-    redis.call('rpush', KEYS[2], ARGV[3])
-    redis.call('ltrim', KEYS[2], -tonumber(ARGV[4]), -1)
-    redis.call('incr', KEYS[3])
-end
-return 1
-"""
+T = TypeVar("T")
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -63,246 +64,239 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class RedisStore:
-    """Plugin states in Redis, with a local mirror that answers while Redis is away."""
+class Keys:
+    """The names of a service's keys in Redis (see the module's docstring)."""
 
-    def __init__(self, url: str, history_limit: int = 100) -> None:
-        address, self.prefix = parse_url(url)
-        self._address = address
-        self.client: redis.Redis = redis.Redis.from_url(
-            address, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT, decode_responses=False
-        )
-        self._history_limit = history_limit
-        self._mirror = MemoryStore(history_limit)
-        self._pending: list[_Op] = []
-        self._lock = threading.RLock()  # orders writes: the queue is replayed before any new write
-        self._degraded: str | None = None
-        self._last_version = 0
-        self._wrote = False  # this process publishes (the host): it may give a wiped Redis back what it knows
-        self._retry: threading.Thread | None = None
-        self._closed = threading.Event()
-
-    def blocking_client(self, timeout: float | None = None) -> redis.Redis:
-        """A client of its own for blocking commands (``BLPOP``), which outlast the store's socket timeout."""
-        return redis.Redis(connection_pool=redis.ConnectionPool.from_url(
-            self._address, socket_timeout=timeout, socket_connect_timeout=SOCKET_TIMEOUT))
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
 
     def key(self, *parts: str) -> str:
-        """A key under this store's prefix."""
+        """A key under the prefix."""
         return ":".join((self.prefix, *parts))
 
-    # -- health of the store ----------------------------------------------------------------------------
+    def instances(self) -> str:
+        return self.key("instances")
+
+    def version(self) -> str:
+        return self.key("version")
+
+    def plugins(self, instance: str) -> str:
+        return self.key("i", instance, "plugins")
+
+    def history(self, instance: str, name: str) -> str:
+        return self.key("i", instance, "history", name)
+
+    def cursor(self, instance: str) -> str:
+        return self.key("i", instance, "cursor")
+
+    def control(self, instance: str) -> str:
+        return self.key("i", instance, "control")
+
+    def singleton(self, name: str) -> str:
+        return self.key("singleton", name)
+
+
+def connect(url: str, timeout: float) -> tuple[redis.Redis, Keys]:
+    """A client whose commands give up after ``timeout`` seconds, and the key names, for a store URL."""
+    address, prefix = parse_url(url)
+    client = redis.Redis.from_url(address, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                  decode_responses=False)
+    return client, Keys(prefix)
+
+
+class RedisCluster:
+    """Every instance sharing a Redis, seen from this one (a :class:`~plugin_health.store.cluster.ClusterView`).
+
+    ``local`` is this instance's own store: its column of the grid and its history come from there, always
+    current. What other instances said comes from Redis, cached until the ``version`` key moves.
+    """
+
+    def __init__(self, url: str, instance: str, local: SQLiteStore, retention: float = 600.0,
+                 timeout: float = READ_TIMEOUT) -> None:
+        self.instance = instance
+        self.local = local
+        self.retention = retention
+        self.client, self.keys = connect(url, timeout)
+        self._breaker = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=BREAK_FOR, name="redis")
+        self._problem: str | None = None
+        self._lock = threading.Lock()
+        self._instances: list[InstanceInfo] = []
+        self._others: dict[str, list[PluginSnapshot]] = {}
+        self._seen_version: int | None = None
+
+    # -- reads, guarded ---------------------------------------------------------------------------------
+
+    def _guarded(self, read: Callable[[], T], fallback: T) -> T:
+        """``read()``, or ``fallback`` at once while the circuit is open, or after a failed read."""
+        try:
+            value = self._breaker.call(read)
+        except (redis.RedisError, pybreaker.CircuitBreakerError) as err:
+            cause = err.__cause__ if isinstance(err, pybreaker.CircuitBreakerError) and err.__cause__ else err
+            if self._problem is None:
+                logger.warning("redis unreachable (%s); the cluster view shows the last known states",
+                               type(cause).__name__)
+            if not isinstance(err, pybreaker.CircuitBreakerError) or self._problem is None:
+                self._problem = f"redis unreachable ({type(cause).__name__}); showing the last known states"
+            return fallback
+        self._problem = None
+        return value
 
     def degraded(self) -> str | None:
-        """None while Redis answers; else why not, and that answers come from this process's last known states."""
-        return self._degraded
+        """None while Redis answers this process; else why the view is the last known one."""
+        return self._problem or self.local.degraded()
 
-    def pending(self) -> int:
-        """How many writes wait for Redis to come back."""
+    def instances(self) -> list[InstanceInfo]:
+        """Every instance that beat within the retention period, ordered by id."""
+
+        def read() -> list[InstanceInfo]:
+            raw = self.client.hgetall(self.keys.instances())
+            found = (InstanceInfo.from_json(value) for value in raw.values())
+            horizon = time.time() - self.retention
+            return sorted((i for i in found if i is not None and i.beat >= horizon), key=lambda i: i.id)
+
         with self._lock:
-            return len(self._pending)
+            self._instances = self._guarded(read, self._instances)
+            return list(self._instances)
 
-    def _failed(self, err: redis.RedisError) -> None:
-        if self._degraded is None:
-            logger.warning("redis store degraded: %s; answering from the last known states", err)
-        self._degraded = f"redis unreachable ({type(err).__name__}); serving the last known states"
+    def grid(self) -> dict[str, list[PluginSnapshot]]:
+        """Each instance's plugins: this instance's from its local store, the others' from Redis."""
+        ids = [i.id for i in self.instances() if i.id != self.instance]
 
-    def _recovered(self) -> None:
-        if self._degraded is not None and not self._pending:
-            logger.warning("redis store recovered")
-            self._degraded = None
+        def read() -> dict[str, list[PluginSnapshot]]:
+            version = int(self.client.get(self.keys.version()) or 0)
+            if version == self._seen_version and set(ids) == set(self._others):
+                return self._others
+            pipe = self.client.pipeline(transaction=False)
+            for instance in ids:
+                pipe.hgetall(self.keys.plugins(instance))
+            others = {
+                instance: sorted((PluginSnapshot.from_json(v) for v in raw.values()), key=lambda s: s.name)
+                for instance, raw in zip(ids, pipe.execute(), strict=True)
+            }
+            self._seen_version = version
+            return others
 
-    # -- writes ------------------------------------------------------------------------------------------
-
-    def _apply(self, op: str, args: tuple[Any, ...]) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        if op == "put":
-            snapshot, record, op_id = args
-            if record is not None:
-                keys = (self.key("snapshots"), self.key("history", record.plugin), self.key("version"),
-                        self.key("op", op_id))
-                self.client.eval(_PUT_RECORD, 4, *keys, snapshot.name, snapshot.to_json(), record_to_json(record),
-                                 self._history_limit)
-                self._wrote = True
-                return
-            pipe.hset(self.key("snapshots"), snapshot.name, snapshot.to_json())
-        elif op == "put_many":
-            (snapshots,) = args
-            pipe.hset(self.key("snapshots"), mapping={s.name: s.to_json() for s in snapshots})
-        elif op == "begin":
-            (names,) = args
-            ghosts = [n for n in self.client.hkeys(self.key("snapshots")) if _text(n) not in names]
-            if ghosts:
-                pipe.hdel(self.key("snapshots"), *ghosts)
-        elif op == "meta":
-            key, value = args
-            pipe.hset(self.key("meta"), key, value)
-            pipe.exists(self.key("version"))
-            _, exists = pipe.execute()  # meta never moves the version: a heartbeat must not invalidate caches
-            if not exists and self._wrote:
-                self._reseed()  # Redis came back empty (restarted without persistence): give it what we know
-            return
-        pipe.incr(self.key("version"))
-        pipe.execute()
-        self._wrote = True
-
-    def _reseed(self) -> None:
-        """Write this process's whole mirror to Redis, which lost it; the version moves on."""
-        snapshots, histories, meta = self._mirror.everything()
-        pipe = self.client.pipeline(transaction=True)
-        if snapshots:
-            pipe.hset(self.key("snapshots"), mapping={s.name: s.to_json() for s in snapshots})
-        for name, records in histories.items():
-            pipe.delete(self.key("history", name))
-            if records:
-                pipe.rpush(self.key("history", name), *(record_to_json(r) for r in records))
-        if meta:
-            pipe.hset(self.key("meta"), mapping=dict(meta.items()))
-        # A version no reader can have seen before the loss (the counter started again from nothing).
-        pipe.set(self.key("version"), max(self._last_version + 1, int(time.time() * 1000)))
-        pipe.execute()
-        logger.warning("redis store: Redis had lost the states; %d plugins written to it again", len(snapshots))
-
-    def _write(self, op: str, *args: Any) -> None:
         with self._lock:
-            if self._pending:
-                self._queue(op, args)
-                return
-            try:
-                self._apply(op, args)
-            except redis.RedisError as err:
-                self._failed(err)
-                self._queue(op, args)
-                return
-        self._recovered()
+            self._others = self._guarded(read, self._others)
+            grid = {instance: list(snapshots) for instance, snapshots in self._others.items() if instance in ids}
+        grid[self.instance] = self.local.snapshots()
+        return dict(sorted(grid.items()))
 
-    def _queue(self, op: str, args: tuple[Any, ...]) -> None:
-        if op == "meta":  # only the last value of a key matters
-            self._pending = [p for p in self._pending if not (p[0] == "meta" and p[1][0] == args[0])]
-        self._pending.append((op, args))
-        if self._retry is None or not self._retry.is_alive():
-            self._retry = threading.Thread(target=self._replay_loop, name="plugin-health-redis-replay", daemon=True)
-            self._retry.start()
+    def history_of(self, instance: str, name: str) -> list[TransitionRecord]:
+        """A plugin's transitions on an instance (this one's from the local store); [] while Redis is away."""
+        if instance == self.instance:
+            return self.local.history(name)
 
-    def _replay_loop(self) -> None:
-        while not self._closed.wait(RETRY):
-            with self._lock:
-                try:
-                    if self._wrote and not self.client.exists(self.key("version")):
-                        self._reseed()  # Redis came back empty: the mirror holds all, what was queued included
-                        self._pending.clear()
-                    while self._pending:
-                        op, args = self._pending[0]
-                        self._apply(op, args)
-                        self._pending.pop(0)
-                except redis.RedisError as err:
-                    self._failed(err)
-                    continue
-            self._recovered()
-            logger.warning("redis store: every write queued while it was away is replayed")
-            return
+        def read() -> list[TransitionRecord]:
+            return [record_from_json(r) for r in self.client.lrange(self.keys.history(instance, name), 0, -1)]
 
-    def begin(self, names: Iterable[str]) -> None:
-        """Forget the snapshots of plugins not in ``names`` (history stays)."""
-        keep = frozenset(names)
-        self._mirror.begin(keep)
-        self._write("begin", keep)
+        return self._guarded(read, [])
 
-    def put(self, snapshot: PluginSnapshot, record: TransitionRecord | None = None) -> None:
-        """Publish a snapshot and its transition in one transaction (or queue them while Redis is away)."""
-        self._mirror.put(snapshot, record)
-        self._write("put", snapshot, record, uuid.uuid4().hex)
-
-    def put_many(self, snapshots: Iterable[PluginSnapshot]) -> None:
-        """Publish several snapshots in one transaction."""
-        batch = list(snapshots)
-        self._mirror.put_many(batch)
-        self._write("put_many", batch)
-
-    def set_meta(self, key: str, value: str) -> None:
-        """Keep a small value (the version does not move)."""
-        self._mirror.set_meta(key, value)
-        self._write("meta", key, value)
-
-    # -- reads -------------------------------------------------------------------------------------------
-
-    def _read(self, fetch: Callable[[], Any], fallback: Callable[[], Any]) -> Any:
-        if self._pending:  # this process's own writes are newer than what Redis holds
-            return fallback()
-        try:
-            value = fetch()
-        except redis.RedisError as err:
-            self._failed(err)
-            return fallback()
-        self._recovered()
-        return value
-
-    def version(self) -> int:
-        """Redis's version; while it is away, a number of this process's own (negative, so never confused)."""
-
-        def fetch() -> int:
-            raw = self.client.get(self.key("version"))
-            self._last_version = int(raw or 0)
-            return self._last_version
-
-        value: int = self._read(fetch, lambda: -1 - self._mirror.version())
-        return value
-
-    def snapshots(self) -> list[PluginSnapshot]:
-        """Every plugin, by name."""
-
-        def fetch() -> list[PluginSnapshot]:
-            raw = self.client.hgetall(self.key("snapshots"))
-            found = sorted((PluginSnapshot.from_json(v) for v in raw.values()), key=lambda s: s.name)
-            self._mirror.begin(s.name for s in found)
-            self._mirror.put_many(found)
-            return found
-
-        value: list[PluginSnapshot] = self._read(fetch, self._mirror.snapshots)
-        return value
-
-    def snapshot(self, name: str) -> PluginSnapshot | None:
-        """One plugin, or None."""
-
-        def fetch() -> PluginSnapshot | None:
-            raw = self.client.hget(self.key("snapshots"), name)
-            if raw is None:
-                return None
-            found = PluginSnapshot.from_json(raw)
-            self._mirror.put(found)
-            return found
-
-        value: PluginSnapshot | None = self._read(fetch, lambda: self._mirror.snapshot(name))
-        return value
-
-    def history(self, name: str) -> list[TransitionRecord]:
-        """Oldest first."""
-
-        def fetch() -> list[TransitionRecord]:
-            records = [record_from_json(r) for r in self.client.lrange(self.key("history", name), 0, -1)]
-            self._mirror.replace_history(name, records)
-            return records
-
-        value: list[TransitionRecord] = self._read(fetch, lambda: self._mirror.history(name))
-        return value
-
-    def get_meta(self, key: str) -> str | None:
-        """A kept value, or None."""
-
-        def fetch() -> str | None:
-            raw = self.client.hget(self.key("meta"), key)
-            value = None if raw is None else _text(raw)
-            if value is not None:
-                self._mirror.set_meta(key, value)
-            return value
-
-        value: str | None = self._read(fetch, lambda: self._mirror.get_meta(key))
-        return value
+    def holder(self, name: str) -> str | None:
+        """The instance that holds singleton ``name``'s lease now (None: nobody); RedisError when it cannot tell."""
+        raw = self.client.get(self.keys.singleton(name))
+        return None if raw is None else _text(raw).split("\n", 1)[0]
 
     def close(self) -> None:
-        """Give queued writes a last chance (1 s), then close the connections."""
-        deadline = time.monotonic() + 1.0
-        while self.pending() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self._closed.set()
+        """Close the connections."""
         self.client.close()
+
+
+class Replicator:
+    """The core's side: copies its local store and heartbeat to Redis (each call one step; the core loops)."""
+
+    def __init__(self, url: str, instance: str, local: SQLiteStore, history_limit: int = 100,
+                 timeout: float = WRITE_TIMEOUT) -> None:
+        self.instance = instance
+        self.local = local
+        self.history_limit = history_limit
+        self.client, self.keys = connect(url, timeout)
+        self._pushed: dict[str, str] | None = None  # plugin rows as last copied (None: copy them all)
+        self._copied = 0  # the last local sequence number copied
+
+    def replicate(self) -> int:
+        """Copy to Redis what the local store recorded since the cursor; how many transitions were copied.
+
+        One ``WATCH``/``MULTI`` transaction: the cursor is read and moved with the copy, so a copy whose answer was
+        lost (it may have run) is never made twice. RedisError when Redis does not answer (nothing is lost: the
+        next call copies it).
+        """
+        store_id = self.local.store_id()
+        local_seq = self.local.last_seq()
+        rows = self.local.rows()
+        if local_seq == self._copied and rows == self._pushed:
+            return 0
+        cursor_key, version_key = self.keys.cursor(self.instance), self.keys.version()
+        copied = 0
+
+        def copy(pipe: Any) -> None:
+            nonlocal copied
+            raw = pipe.get(cursor_key)
+            mark, _, seq_text = _text(raw).partition(":") if raw else ("", "", "")
+            whole = mark != store_id or not seq_text.isdigit()  # Redis lost it, or this is a new local store
+            since = 0 if whole else int(seq_text)
+            records = self.local.records_since(since)
+            pushed = None if whole else self._pushed
+            changed = {n: d for n, d in rows.items() if pushed is None or pushed.get(n) != d}
+            gone = set(pushed or ()) - set(rows) if pushed is not None else set()
+            if whole:
+                stale = [k for k in pipe.hkeys(self.keys.plugins(self.instance)) if _text(k) not in rows]
+            pipe.multi()
+            if whole:
+                for name in {*rows, *(r[1] for r in records)}:
+                    pipe.delete(self.keys.history(self.instance, name))
+                if stale:
+                    pipe.hdel(self.keys.plugins(self.instance), *stale)
+            if changed:
+                pipe.hset(self.keys.plugins(self.instance), mapping=changed)
+            if gone:
+                pipe.hdel(self.keys.plugins(self.instance), *gone)
+            touched = set()
+            for _, plugin, data in records:
+                pipe.rpush(self.keys.history(self.instance, plugin), data)
+                touched.add(plugin)
+            for plugin in touched:
+                pipe.ltrim(self.keys.history(self.instance, plugin), -self.history_limit, -1)
+            pipe.set(cursor_key, f"{store_id}:{max(local_seq, since)}")
+            pipe.incr(version_key)
+            copied = len(records)
+
+        try:
+            self.client.transaction(copy, cursor_key)
+        except redis.RedisError:
+            self._pushed = None  # the copy may or may not have run: next time, send every row again
+            raise
+        self._pushed, self._copied = rows, local_seq
+        return copied
+
+    def beat(self, info: InstanceInfo) -> None:
+        """Publish this instance's heartbeat; notice a Redis that lost what was copied (restarted empty)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys.instances(), self.instance, info.to_json())
+        pipe.exists(self.keys.cursor(self.instance))
+        _, copied = pipe.execute()
+        if not copied:
+            self._pushed, self._copied = None, -1  # the next replicate() copies everything again
+
+    def prune(self, retention: float, now: float) -> list[str]:
+        """Drop the instances silent for longer than ``retention`` seconds, and their states; their ids."""
+        dropped = []
+        for raw_id, raw in self.client.hgetall(self.keys.instances()).items():
+            info = InstanceInfo.from_json(raw)
+            instance = _text(raw_id)
+            if instance == self.instance or (info is not None and now - info.beat <= retention):
+                continue
+            keys = list(self.client.scan_iter(match=self.keys.key("i", instance, "*"), count=500))
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hdel(self.keys.instances(), instance)
+            if keys:
+                pipe.delete(*keys)
+            pipe.incr(self.keys.version())
+            pipe.execute()
+            dropped.append(instance)
+        return dropped
+
+    def close(self) -> None:
+        """Close the connections."""
+        self.client.close()
+

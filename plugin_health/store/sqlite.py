@@ -31,7 +31,10 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_by_plugin ON history (plugin, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('version', '0');
+INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(8))));
 """
+#: Meta key where the core says why its copy to the shared (Redis) store is behind ("" while it is not).
+SHARED_PROBLEM_KEY = "shared-store-problem"
 _UPSERT = "INSERT INTO plugins (name, data) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET data = excluded.data"
 
 
@@ -41,8 +44,11 @@ class SQLiteStore:
     #: Idle connections kept open per process (more are opened while more calls run at once, then closed).
     KEEP_IDLE = 4
 
-    def __init__(self, path: str | Path, history_limit: int = 100) -> None:
+    def __init__(self, path: str | Path, history_limit: int = 100, shared: bool = False) -> None:
         self.path = Path(path)
+        #: This is an instance's own store, copied to a shared one (Redis) by its core (``degraded`` then says
+        #: when that copy cannot be made).
+        self.shared = shared
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._history_limit = history_limit
         self._lock = threading.Lock()  # guards the two lists below, never held during a statement
@@ -143,8 +149,33 @@ class SQLiteStore:
             conn.executemany(_UPSERT, rows)
 
     def degraded(self) -> str | None:
-        """Always None: this store is as available as the process itself."""
-        return None
+        """None, but for an instance's own store whose copy to the shared store is behind: then why."""
+        if not self.shared:
+            return None  # this store is as available as the process itself
+        return self.get_meta(SHARED_PROBLEM_KEY) or None
+
+    # -- what the core copies to a shared store ---------------------------------------------------------
+
+    def store_id(self) -> str:
+        """A random id this database file got when it was made (a new file: a new id)."""
+        return str(self._read("SELECT value FROM meta WHERE key = 'store_id'")[0][0])
+
+    def last_seq(self) -> int:
+        """The sequence number of the newest transition recorded (0: none)."""
+        rows = self._read("SELECT coalesce(max(seq), 0) FROM history")
+        return int(rows[0][0])
+
+    def records_since(self, seq: int) -> list[tuple[int, str, str]]:
+        """The transitions recorded after ``seq`` (still kept), oldest first: (seq, plugin, record JSON)."""
+        with self._conn() as conn:
+            found: list[tuple[int, str, str]] = conn.execute(
+                "SELECT seq, plugin, data FROM history WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
+        return found
+
+    def rows(self) -> dict[str, str]:
+        """Every plugin's snapshot as the JSON text kept, by name."""
+        with self._conn() as conn:
+            return dict(conn.execute("SELECT name, data FROM plugins").fetchall())
 
     def version(self) -> int:
         """Grows with every write by any process."""
