@@ -1,20 +1,23 @@
-"""The Redis store against a real redis-server: shared by processes, and losing nothing when Redis goes away."""
+"""Instances on one real redis-server: each copies its own store there exactly once; any instance sees them all."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis
 from redis_server import RedisServer
 from waiting import wait_for
 
 from plugin_health.errors import ConfigError
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
-from plugin_health.store import PluginSnapshot, open_store
-from plugin_health.store.redis import RedisStore, parse_url
+from plugin_health.store import PluginSnapshot, SQLiteStore
+from plugin_health.store.cluster import InstanceInfo
+from plugin_health.store.redis import READ_TIMEOUT, RedisCluster, Replicator, parse_url
 
 S = PluginLifecycleState
 
@@ -27,12 +30,26 @@ def rec(name: str, source: S | None, dest: S, trigger: str) -> TransitionRecord:
     return TransitionRecord.now(name, source, dest, trigger, reason=None, error_type=None, error=None)
 
 
+def record(store: SQLiteStore, name: str, *moves: tuple[S | None, S, str]) -> None:
+    for source, dest, trigger in moves:
+        store.put(snap(name, dest), rec(name, source, dest, trigger))
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own, which it may pause, kill and start again."""
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+def local(tmp_path: Path, instance: str, limit: int = 100) -> SQLiteStore:
+    return SQLiteStore(tmp_path / f"{instance}.sqlite3", limit, shared=True)
+
+
+def remote_history(client: redis.Redis, prefix: str, instance: str, name: str) -> list[str]:
+    """The triggers of the transitions Redis keeps of ``name`` on ``instance``."""
+    return [json.loads(raw)["trigger"] for raw in client.lrange(f"{prefix}:i:{instance}:history:{name}", 0, -1)]
 
 
 def test_url_prefix_is_parsed_and_checked() -> None:
@@ -42,83 +59,103 @@ def test_url_prefix_is_parsed_and_checked() -> None:
         parse_url("redis://h:1/0?prefix=a%20b")
 
 
-def test_open_store_picks_redis(redis_url: str, tmp_path: Path) -> None:
-    store = open_store(redis_url, tmp_path)
-    assert isinstance(store, RedisStore)
-    store.close()
-
-
-def test_a_second_client_sees_every_write(redis_url: str) -> None:
-    writer, reader = RedisStore(redis_url), RedisStore(redis_url)
-    writer.put(snap("a", S.LOADED), rec("a", None, S.LOADED, "load"))
-    writer.put(snap("a", S.INITIALIZED), rec("a", S.LOADED, S.INITIALIZED, "initialize"))
-    version = reader.version()
-    assert reader.snapshot("a") == writer.snapshot("a")
-    assert [r.trigger for r in reader.history("a")] == ["load", "initialize"]
-    writer.put_many([snap("b"), snap("c")])
-    assert reader.version() == version + 1
-    assert [s.name for s in reader.snapshots()] == ["a", "b", "c"]
-    writer.begin(["a"])
-    assert [s.name for s in reader.snapshots()] == ["a"]
-    writer.close()
+def test_each_transition_is_copied_once_in_order(redis_url: str, tmp_path: Path) -> None:
+    store = local(tmp_path, "a")
+    replicator = Replicator(redis_url, "a", store)
+    prefix = replicator.keys.prefix
+    record(store, "auth", (None, S.LOADED, "load"), (S.LOADED, S.INITIALIZED, "initialize"))
+    assert replicator.replicate() == 2
+    assert replicator.replicate() == 0  # nothing new
+    record(store, "auth", (S.INITIALIZED, S.RUNNING, "start"))
+    # The answer of a copy is lost (it ran): the next call must not copy it again.
+    replicator._pushed, replicator._copied = None, 0
+    assert replicator.replicate() == 1
+    replicator._pushed, replicator._copied = None, 0
+    assert replicator.replicate() == 0
+    assert remote_history(replicator.client, prefix, "a", "auth") == ["load", "initialize", "start"]
+    replicator.beat(InstanceInfo("a", 1, time.time(), time.time()))
+    reader = RedisCluster(redis_url, "b", local(tmp_path, "b"))
+    assert [(s.name, s.state) for s in reader.grid()["a"]] == [("auth", S.RUNNING)]
+    assert [r.trigger for r in reader.history_of("a", "auth")] == ["load", "initialize", "start"]
+    replicator.close()
     reader.close()
 
 
-def test_redis_away_then_back_loses_no_transition(own_redis: RedisServer) -> None:
-    writer, reader = RedisStore(own_redis.url), RedisStore(own_redis.url)
-    writer.put(snap("auth", S.LOADED), rec("auth", None, S.LOADED, "load"))
-    assert [s.state for s in reader.snapshots()] == [S.LOADED]
-    own_redis.pause()
-    started = time.monotonic()
-    writer.put(snap("auth", S.INITIALIZED), rec("auth", S.LOADED, S.INITIALIZED, "initialize"))
-    writer.put(snap("auth", S.RUNNING), rec("auth", S.INITIALIZED, S.RUNNING, "start"))
-    writer.set_meta("loaded", "1")
-    assert time.monotonic() - started < 3  # a degraded write costs one timeout, then queues at once
-    assert writer.degraded() is not None
-    assert writer.pending() == 3
-    # Each process answers from what it knows: the writer its own news, the reader the last it read.
-    assert writer.snapshot("auth") is not None
-    assert writer.snapshot("auth").state is S.RUNNING  # type: ignore[union-attr]
-    assert [s.state for s in reader.snapshots()] == [S.LOADED]
-    assert reader.degraded() is not None
-    assert writer.version() < 0  # a version of its own, never confused with Redis's
-    own_redis.resume()
-    wait_for(lambda: writer.pending() == 0 and writer.degraded() is None)
-    assert [s.state for s in reader.snapshots()] == [S.RUNNING]
-    assert reader.degraded() is None
-    assert [r.trigger for r in reader.history("auth")] == ["load", "initialize", "start"]
-    assert reader.get_meta("loaded") == "1"
-    writer.close()
-    reader.close()
-
-
-def test_redis_restarted_empty_gets_everything_back(own_redis: RedisServer) -> None:
-    writer = RedisStore(own_redis.url)
-    writer.put(snap("auth", S.LOADED), rec("auth", None, S.LOADED, "load"))
-    writer.put(snap("auth", S.RUNNING), rec("auth", S.LOADED, S.RUNNING, "start"))
-    writer.set_meta("loaded", "1")
-    before = RedisStore(own_redis.url).version()
+def test_a_redis_that_lost_everything_gets_it_all_back(own_redis: RedisServer, tmp_path: Path) -> None:
+    store = local(tmp_path, "a")
+    replicator = Replicator(own_redis.url, "a", store)
+    record(store, "auth", (None, S.LOADED, "load"), (S.LOADED, S.INITIALIZED, "initialize"))
+    replicator.beat(InstanceInfo("a", 1, 0.0, time.time()))
+    replicator.replicate()
     own_redis.stop()
-    writer.put(snap("auth", S.FAILED), rec("auth", S.RUNNING, S.FAILED, "fail"))  # while it is down
+    record(store, "auth", (S.INITIALIZED, S.RUNNING, "start"))  # recorded while Redis is away
+    with pytest.raises(redis.RedisError):
+        replicator.replicate()
     own_redis.start()  # empty: no persistence
-    wait_for(lambda: writer.pending() == 0 and writer.degraded() is None)
-    reader = RedisStore(own_redis.url)
-    assert [s.state for s in reader.snapshots()] == [S.FAILED]
-    assert [r.trigger for r in reader.history("auth")] == ["load", "start", "fail"]
-    assert reader.get_meta("loaded") == "1"
-    assert reader.version() > before  # readers' caches of the lost data can never match again
-    writer.close()
-    reader.close()
+    replicator.beat(InstanceInfo("a", 1, 0.0, time.time()))  # notices the cursor is gone
+    assert replicator.replicate() == 3
+    assert remote_history(replicator.client, "plugin-health", "a", "auth") == ["load", "initialize", "start"]
+    replicator.close()
 
 
-def test_a_restart_between_heartbeats_is_noticed(own_redis: RedisServer) -> None:
-    writer = RedisStore(own_redis.url)
-    writer.put(snap("auth"), rec("auth", None, S.LOADED, "load"))
-    own_redis.stop()
-    own_redis.start()  # quick enough that no write failed
-    writer.set_meta("host", "beat")  # the next heartbeat sees the version gone and writes everything again
-    reader = RedisStore(own_redis.url)
-    assert [s.name for s in reader.snapshots()] == ["auth"]
-    assert len(reader.history("auth")) == 1
-    writer.close()
-    reader.close()
+def test_a_new_local_store_replaces_what_redis_kept_of_the_instance(redis_url: str, tmp_path: Path) -> None:
+    old = local(tmp_path, "old")
+    first = Replicator(redis_url, "a", old)
+    record(old, "auth", (None, S.LOADED, "load"), (S.LOADED, S.INITIALIZED, "initialize"))
+    record(old, "ghost", (None, S.LOADED, "load"))
+    first.replicate()
+    new = local(tmp_path, "new")  # the run directory was wiped: sequence numbers start again
+    record(new, "auth", (None, S.FAILED, "load"))
+    second = Replicator(redis_url, "a", new)
+    assert second.replicate() == 1
+    prefix = second.keys.prefix
+    assert remote_history(second.client, prefix, "a", "auth") == ["load"]
+    assert second.client.hkeys(f"{prefix}:i:a:plugins") == [b"auth"]
+    first.close()
+    second.close()
+
+
+def test_instances_are_listed_and_the_silent_ones_dropped_after_retention(redis_url: str, tmp_path: Path) -> None:
+    a, b = local(tmp_path, "a"), local(tmp_path, "b")
+    now = time.time()
+    ra, rb = Replicator(redis_url, "a", a), Replicator(redis_url, "b", b)
+    record(b, "auth", (None, S.LOADED, "load"))
+    rb.replicate()
+    ra.beat(InstanceInfo("a", 1, now, now))
+    rb.beat(InstanceInfo("b", 2, now - 100, now - 50))  # silent for 50 s
+    view = RedisCluster(redis_url, "a", a, retention=600)
+    listed = view.instances()
+    assert [(i.id, i.gone(now)) for i in listed] == [("a", False), ("b", True)]
+    assert set(view.grid()) == {"a", "b"}
+    assert ra.prune(retention=30, now=now) == ["b"]
+    assert [i.id for i in view.instances()] == ["a"]
+    assert set(view.grid()) == {"a"}
+    assert rb.client.keys(f"{rb.keys.prefix}:i:b:*") == []  # its states went with it
+    for closing in (ra, rb, view):
+        closing.close()
+
+
+def test_reads_never_wait_on_a_frozen_redis(own_redis: RedisServer, tmp_path: Path) -> None:
+    a, b = local(tmp_path, "a"), local(tmp_path, "b")
+    rb = Replicator(own_redis.url, "b", b)
+    record(b, "auth", (None, S.LOADED, "load"))
+    rb.replicate()
+    rb.beat(InstanceInfo("b", 2, time.time(), time.time()))
+    view = RedisCluster(own_redis.url, "a", a)
+    assert "b" in view.grid()
+    own_redis.pause()
+    try:
+        slowest = 0.0
+        for _ in range(50):
+            started = time.monotonic()
+            grid = view.grid()
+            view.instances()
+            slowest = max(slowest, time.monotonic() - started)
+            assert [s.name for s in grid["b"]] == ["auth"]  # the last known view
+        assert slowest < 2 * READ_TIMEOUT + 0.05, slowest
+        assert view.degraded() is not None and "redis unreachable" in view.degraded()  # type: ignore[operator]
+    finally:
+        own_redis.resume()
+    wait_for(lambda: view.grid() is not None and view.degraded() is None, timeout=5)
+    rb.close()
+    view.close()
