@@ -20,7 +20,7 @@ from plugin_health.coordination.control import Control, HostUnavailableError, Re
 from plugin_health.coordination.control_redis import RedisRemoteControl
 from plugin_health.coordination.locks import HostLock, Lock, lock_is_free
 from plugin_health.errors import ConfigError, UnknownInstanceError
-from plugin_health.runtime.cluster import ClusterLink
+from plugin_health.runtime.cluster import ClusterLink, keep_singletons
 from plugin_health.runtime.core import Core
 from plugin_health.runtime.hosting import Heartbeat, host_problem, lock_path, read_beat, start_link
 from plugin_health.runtime.operations import Operations
@@ -166,6 +166,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if hosts is not False:
         _refuse_green_threads(settings)
         service.host = Core(settings, store)
+        singletons = keep_singletons(settings, service.host)
         if not isinstance(hosts, bool):
             service.lock = hosts
             service.heartbeat = Heartbeat(store, lock=hosts, instance=settings.instance_id)
@@ -173,7 +174,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         service.host.start()
         operations = Operations(service.host)
         service.control = operations
-        service.link = start_link(settings, store, operations)
+        service.link = start_link(settings, store, operations, singletons)
         atexit.register(service.shutdown)
     else:
         logger.info("plugins are hosted by another process; this one reads the store")

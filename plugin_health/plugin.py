@@ -34,7 +34,7 @@ def tool_names(cls: type[Plugin]) -> tuple[str, ...]:
 #: The methods the lifecycle calls: none of them can be a tool.
 LIFECYCLE_METHODS = frozenset({"initialize", "start", "stop", "health_check"})
 #: The class attributes a plugin declares (validated by ``PluginSpec`` in the loader).
-DECLARED = ("name", "version", "requires", "critical", "timeout", "memory_limit_mb", "isolation")
+DECLARED = ("name", "version", "requires", "critical", "timeout", "memory_limit_mb", "isolation", "singleton")
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -65,6 +65,9 @@ class PluginContext:
     config: Mapping[str, Any] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("plugin_health.plugins"))
     plugins: Mapping[str, Plugin] = field(default_factory=dict)
+    #: For a singleton: the fencing token of this run (it grows with every new owner, across instances); pass it
+    #: to what the plugin writes to, so that a write from an older run can be told apart and refused. Else None.
+    fencing_token: int | None = None
 
 
 class Plugin:
@@ -84,6 +87,9 @@ class Plugin:
     memory_limit_mb: ClassVar[int | None] = None
     #: "inline" runs in the server process; "process" in a child process of its own.
     isolation: ClassVar[Isolation] = "inline"
+    #: True: runs on exactly one instance of a cluster sharing a Redis store (in a runner of its own), chosen by a
+    #: lease; the other instances hold it on standby and forward its tool calls to the owner.
+    singleton: ClassVar[bool] = False
 
     def initialize(self, context: PluginContext) -> None:
         """Prepare the plugin (LOADED -> INITIALIZED)."""

@@ -125,7 +125,7 @@ def test_load_places_an_instance_in_a_runner_and_returns_its_declaration(harness
     assert placed.declaration is not None
     assert {k: v for k, v in placed.declaration.items() if k != "tools"} == {
         "name": "tools", "version": "1.2.0", "requires": ["geo>=2.0"], "critical": True, "timeout": None,
-        "memory_limit_mb": None, "isolation": "inline",
+        "memory_limit_mb": None, "isolation": "inline", "singleton": False,
     }
     assert {"count", "echo", "segfault", "garble"} <= set(placed.declaration["tools"])
     handle = placed.handle

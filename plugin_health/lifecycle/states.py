@@ -62,6 +62,8 @@ class UnavailableReason(StrEnum):
     DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
     DISABLED = "disabled"
     STOPPED = "stopped"
+    #: A singleton whose lease another instance holds (or nobody can hold now): it runs there, not here.
+    STANDBY = "standby"
 
     def with_detail(self, detail: str) -> str:
         """The recorded reason: the code, then what it names (``dependency_missing: geo``)."""

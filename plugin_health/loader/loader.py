@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from plugin_health.errors import DuplicatePluginError, IllegalTransitionError, PluginError
 from plugin_health.lifecycle import (
@@ -53,6 +53,19 @@ class _PhaseFailed(Exception):
     """Internal: a load phase failed; the plugin has been marked FAILED."""
 
 
+class SingletonGate(Protocol):
+    """Who may run a singleton here: the keeper of its lease (a cluster sharing Redis)."""
+
+    def hold(self, name: str) -> str | None:
+        """None when this instance holds (or has just taken) ``name``'s lease; else the UNAVAILABLE reason
+        (``standby: ...``) that keeps it from starting here."""
+        ...
+
+    def token(self, name: str) -> int | None:
+        """The fencing token of the lease this instance holds for ``name``, or None."""
+        ...
+
+
 class PluginLoader:
     """Loads plugin sources into a registry and moves them through the lifecycle."""
 
@@ -77,6 +90,8 @@ class PluginLoader:
         self.disabled: set[str] = set()
         #: Told of every call into a loaded plugin: ``observer(name, method, isolation, result)`` (metrics).
         self.observers: list[Callable[[str, str, str, PluginSandboxResult], None]] = []
+        #: Decides where singletons run (None: no cluster, every singleton runs here as any plugin).
+        self.singletons: SingletonGate | None = None
         self._cascade: deque[TransitionRecord] = deque()
         self._cycles: dict[str, str] = {}
         self._draining = threading.local()
@@ -149,7 +164,9 @@ class PluginLoader:
             problem = "isolation 'process' needs a placement for plugins (the service's runners)"
             self._phase(source, "declaration", failed("InvalidPluginError", problem, 0.0), key)
         assert self.placement is not None
-        dedicated = declared_attribute(source, "isolation") == "process"
+        # A singleton too: when its lease is in doubt, its runner can be ended without touching any other plugin.
+        dedicated = declared_attribute(source, "isolation") == "process" or declared_attribute(
+            source, "singleton") is True
         placed = self.placement.load(source, dedicated, self._limits(None, None))
         if placed.handle is None:
             outcome = failed(placed.error_type or "PluginLoadError", placed.error or "no detail", 0.0)
@@ -161,7 +178,7 @@ class PluginLoader:
                 source, "declaration", Sandbox().run(PluginSpec.from_mapping, placed.declaration or {}, source.name),
                 key,
             )
-            if spec.isolation == "process" and handle.isolation != "process":
+            if (spec.isolation == "process" or spec.singleton) and handle.isolation != "process":
                 handle.close()  # declared in a way the source scan could not read: move it to a runner of its own
                 placed = self.placement.load(source, True, self._limits(None, None))
                 if placed.handle is None:
@@ -226,6 +243,7 @@ class PluginLoader:
             config=MappingProxyType(config),
             logger=logger_,
             plugins=MappingProxyType(plugins),
+            fencing_token=self.singletons.token(entry.name) if self.singletons and entry.spec.singleton else None,
         )
 
     def bring_up(self, name: str, reason_for: Callable[[str], str] = str) -> PluginLifecycleState:
@@ -236,6 +254,8 @@ class PluginLoader:
         """
         entry = self.registry.get(name)
         problem = self.dependency_problem(name)
+        if problem is None and entry.spec.singleton and self.singletons is not None:
+            problem = self.singletons.hold(name)  # another instance runs it (or may, as far as we can tell)
         if problem is not None:  # checked first on every path up: never started against a dependency it refuses
             self.manager.trigger(name, "make_unavailable", reason=problem)
             return UNAVAILABLE
@@ -268,14 +288,23 @@ class PluginLoader:
                 return UnavailableReason.DEPENDENCY_UNAVAILABLE.with_detail(requirement.name)
         return None
 
-    def take_down(self, name: str, trigger: str, reason: str | None, **error: str | None) -> None:
+    def take_down(self, name: str, trigger: str, reason: str | None, timeout: float | None = None,
+                  **error: str | None) -> None:
         """Stop ``name`` and move it by ``trigger``, its RUNNING dependents first (each UNAVAILABLE, naming the
-        dependency it lost), so that no plugin ever runs without what it requires."""
+        dependency it lost), so that no plugin ever runs without what it requires.
+
+        ``timeout``: seconds for all the stops together, when the caller has less time than the plugins' own.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left(of: str) -> float | None:
+            return None if deadline is None else max(0.001, min(self._timeout_of(of), deadline - time.monotonic()))
+
         for dependent, lost in self._dependents_first(name):
             if self.manager.get_state(dependent) in ACTIVE:
-                self.stop(dependent)
+                self.stop(dependent, timeout=left(dependent))
                 self._try(dependent, "make_unavailable", UnavailableReason.DEPENDENCY_UNAVAILABLE.with_detail(lost))
-        self.stop(name)
+        self.stop(name, timeout=left(name))
         self.manager.trigger(name, trigger, reason=reason, **error)
 
     def _dependents_first(self, name: str) -> list[tuple[str, str]]:

@@ -42,6 +42,7 @@ class PluginSpec:
     memory_limit_mb: int | None = None
     isolation: str = "inline"
     tools: tuple[str, ...] = ()
+    singleton: bool = False
 
     @property
     def declared(self) -> Declared:
@@ -59,6 +60,7 @@ class PluginSpec:
             "memory_limit_mb": self.memory_limit_mb,
             "isolation": self.isolation,
             "tools": list(self.tools),
+            "singleton": self.singleton,
         }
 
     @classmethod
@@ -74,6 +76,7 @@ class PluginSpec:
                 "memory_limit_mb": plugin_class.memory_limit_mb,
                 "isolation": plugin_class.isolation,
                 "tools": tool_names(plugin_class),
+                "singleton": plugin_class.singleton,
             },
             default_name,
         )
@@ -118,6 +121,11 @@ class PluginSpec:
         isolation = data.get("isolation", "inline")
         if isolation not in ISOLATIONS:
             raise InvalidPluginError(name, "isolation", f"{isolation!r} must be 'inline' or 'process'")
+        singleton = data.get("singleton", False)
+        if singleton is None:
+            singleton = False
+        if not isinstance(singleton, bool):
+            raise InvalidPluginError(name, "singleton", f"{singleton!r} must be True or False")
         return cls(
             name=name,
             version=version,
@@ -127,6 +135,7 @@ class PluginSpec:
             memory_limit_mb=memory,
             isolation=isolation,
             tools=tuple(data.get("tools", ())),
+            singleton=singleton,
         )
 
 

@@ -11,6 +11,7 @@ its own plugins; when Redis answers again, what was recorded meanwhile is copied
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -18,9 +19,12 @@ import redis
 
 from plugin_health.config import Settings
 from plugin_health.coordination.control_redis import SLICE, RedisControlServer
+from plugin_health.runtime.core import Core
 from plugin_health.runtime.operations import Operations
+from plugin_health.runtime.singletons import SingletonKeeper
+from plugin_health.store import is_shared
 from plugin_health.store.cluster import InstanceInfo
-from plugin_health.store.redis import Replicator, connect
+from plugin_health.store.redis import WRITE_TIMEOUT, Replicator, connect
 from plugin_health.store.sqlite import SHARED_PROBLEM_KEY, SQLiteStore
 
 logger = logging.getLogger(__name__)
@@ -38,8 +42,10 @@ PRUNE_EVERY = 10.0
 class ClusterLink:
     """Copies one instance's states and heartbeat to Redis, and answers the requests other instances send it."""
 
-    def __init__(self, settings: Settings, store: SQLiteStore, operations: Operations) -> None:
+    def __init__(self, settings: Settings, store: SQLiteStore, operations: Operations,
+                 singletons: SingletonKeeper | None = None) -> None:
         assert settings.store_url is not None
+        self.singletons = singletons
         self.settings = settings
         self.instance = settings.instance_id
         self.store = store
@@ -55,6 +61,8 @@ class ClusterLink:
         """Copy what the local store holds now (or note why not), then keep copying on a daemon thread."""
         self._step(beat=True, prune=False)
         self.control.start()
+        if self.singletons is not None:
+            self.singletons.start()
         self._thread = threading.Thread(target=self._run, name="plugin-health-cluster-link", daemon=True)
         self._thread.start()
 
@@ -64,6 +72,8 @@ class ClusterLink:
         if self._thread is not None:
             self._thread.join(5.0)
         self.control.stop()
+        if self.singletons is not None:
+            self.singletons.stop()  # the core stopped its plugins first: give their leases back
         try:
             self.replicator.replicate()
             self.replicator.beat(self._info(stopped=True))
@@ -73,8 +83,6 @@ class ClusterLink:
         self.replicator.close()
 
     def _info(self, stopped: bool = False) -> InstanceInfo:
-        import os
-
         return InstanceInfo(self.instance, os.getpid(), self.started, time.time(), stopped)
 
     def _run(self) -> None:
@@ -118,3 +126,15 @@ class ClusterLink:
             logger.warning("%s", problem)
         self._problem = problem
         self.store.set_meta(SHARED_PROBLEM_KEY, problem or "")
+
+
+def keep_singletons(settings: Settings, core: Core) -> SingletonKeeper | None:
+    """With a shared (Redis) store, the keeper of this instance's singletons' leases, set as the loader's gate
+    before the plugins load (so a singleton starts only where its lease is held); else None."""
+    if not is_shared(settings.store_url):
+        return None
+    assert settings.store_url is not None
+    client, keys = connect(settings.store_url, WRITE_TIMEOUT)
+    keeper = SingletonKeeper(core, client, keys, settings.instance_id, settings.singleton_lease)
+    core.loader.singletons = keeper
+    return keeper

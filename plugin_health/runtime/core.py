@@ -105,6 +105,8 @@ class Core:
         self._pending: set[str] = set()
         self._flushed = threading.Event()
         self._flusher: threading.Thread | None = None
+        #: Singletons' owners (the instance holding each one's lease), as the singleton keeper last saw them.
+        self.owners: dict[str, str | None] = {}
 
     def start(self, background: bool = True) -> None:
         """Discover and load every plugin (directories, then entry points), then supervise them.
@@ -169,6 +171,8 @@ class Core:
             last_check_ok=watch.last_check_ok,
             allowed=allowed_triggers(state),
             stale_after=stale_after,
+            singleton=False if entry is None else entry.spec.singleton,
+            owner=self.owners.get(name),
         )
 
     def flush(self) -> None:
@@ -190,6 +194,10 @@ class Core:
                 self.flush()
             except Exception:  # a busy or broken store must not end the publisher thread
                 logger.exception("plugin snapshots not published")
+
+    def republish(self, name: str) -> None:
+        """Publish ``name``'s snapshot now (something it shows changed outside the lifecycle: its owner)."""
+        self._publish(name, urgent=True)
 
     def _publish_record(self, record: TransitionRecord) -> None:
         with self._publishing:

@@ -29,9 +29,10 @@ from types import FrameType
 from plugin_health.config import Settings, load_settings
 from plugin_health.coordination.control import ControlServer, socket_path
 from plugin_health.coordination.locks import HostLock, Lock
-from plugin_health.runtime.cluster import ClusterLink
+from plugin_health.runtime.cluster import ClusterLink, keep_singletons
 from plugin_health.runtime.core import LOADED_KEY, Core
 from plugin_health.runtime.operations import Operations
+from plugin_health.runtime.singletons import SingletonKeeper
 from plugin_health.store import SQLiteStore, StateStore, instance_store_file, is_shared, open_instance_store
 from plugin_health.store.cluster import BEAT_KEY, InstanceInfo, read_instance
 
@@ -158,6 +159,7 @@ def serve(settings: Settings) -> int:
     store.set_meta(LOADED_KEY, "")  # before the first beat: what a dead predecessor loaded counts no more
     become_subreaper()  # what plugins fork and orphan becomes ours to reap, not init's
     host = Core(settings, store)
+    singletons = keep_singletons(settings, host)
     heartbeat = Heartbeat(store, settings.owner_pid, stop, lock, settings.instance_id)
     heartbeat.start()
     reaper = threading.Thread(target=_reap_orphans_until, args=(stopping,), name="plugin-health-reaper", daemon=True)
@@ -171,7 +173,7 @@ def serve(settings: Settings) -> int:
         if listen is not None:
             control = ControlServer(listen, operations.answer)
             control.start()
-        link = start_link(settings, store, operations)
+        link = start_link(settings, store, operations, singletons)
         logger.info("plugin host %d serves %d plugins", os.getpid(), len(host.manager))
         if not stopping.is_set():
             host.supervisor.run_forever()
@@ -188,11 +190,12 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-def start_link(settings: Settings, store: StateStore, operations: Operations) -> ClusterLink | None:
+def start_link(settings: Settings, store: StateStore, operations: Operations,
+               singletons: SingletonKeeper | None = None) -> ClusterLink | None:
     """Link this instance to the others when the store is shared (Redis), else None."""
     if not (is_shared(settings.store_url) and isinstance(store, SQLiteStore)):
         return None
-    link = ClusterLink(settings, store, operations)
+    link = ClusterLink(settings, store, operations, singletons)
     link.start()
     return link
 

@@ -257,6 +257,7 @@ class Runner:
             config=MappingProxyType(dict(raw.get("config") or {})),
             logger=logging.getLogger(f"plugin_health.plugins.{loaded.name}"),
             plugins=MappingProxyType(plugins),
+            fencing_token=token if isinstance(token := raw.get("fencing_token"), int) else None,
         )
 
     def _recap(self) -> None:

@@ -480,7 +480,7 @@ class RunnerHandle:
     def _context(self, context: PluginContext) -> dict[str, Any]:
         plugins = {name: handle.slot for name, handle in context.plugins.items()
                    if isinstance(handle, RunnerHandle) and handle.runner is self.runner}
-        return {"config": dict(context.config), "plugins": plugins}
+        return {"config": dict(context.config), "plugins": plugins, "fencing_token": context.fencing_token}
 
     def close(self) -> None:
         """Forget the instance (and stop a runner of its own)."""

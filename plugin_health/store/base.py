@@ -34,6 +34,10 @@ class PluginSnapshot:
     #: When a RUNNING plugin's news turn stale if no newer snapshot replaced this one (UTC): its last completed
     #: health check (or entering RUNNING) plus the health interval, its timeout and a grace. None: never.
     stale_after: datetime | None = None
+    #: Declared ``singleton = True``: it runs on one instance of the cluster at a time.
+    singleton: bool = False
+    #: For a singleton: the instance that holds its lease, as last seen (None: nobody, or not known).
+    owner: str | None = None
 
     @property
     def healthy(self) -> bool:
@@ -70,6 +74,8 @@ class PluginSnapshot:
         data["last_check"] = None if data["last_check"] is None else datetime.fromisoformat(data["last_check"])
         stale_after = data.get("stale_after")  # absent from rows written before it existed
         data["stale_after"] = None if stale_after is None else datetime.fromisoformat(stale_after)
+        data.setdefault("singleton", False)  # absent from rows written before singletons existed
+        data.setdefault("owner", None)
         for key in ("requires", "tools", "allowed"):
             data[key] = tuple(data[key])
         return cls(**data)

@@ -1,0 +1,114 @@
+"""Singletons on a real Redis: one instance runs each, another takes over when the owner goes, never both."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from waiting import wait_for
+
+from plugin_health import create_app
+from plugin_health.app import EXTENSION
+from plugin_health.errors import InvalidPluginError
+from plugin_health.lifecycle import PluginLifecycleState
+from plugin_health.loader.registry import PluginSpec
+
+LEASE = 1.0
+S = PluginLifecycleState
+
+
+@pytest.fixture
+def plugins(tmp_path: Path) -> Path:
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    runs = tmp_path / "runs.log"
+    (directory / "janitor.py").write_text(textwrap.dedent(f"""
+        import os, threading, time
+        from plugin_health import Plugin, tool
+
+        class Janitor(Plugin):
+            singleton = True
+
+            def initialize(self, context):
+                self.token = context.fencing_token
+                self.done = threading.Event()
+
+            def start(self):
+                def tick():
+                    while not self.done.wait(0.02):
+                        with open({str(runs)!r}, "a") as out:
+                            out.write(f"{{self.token}} {{time.time()}}\\n")
+                threading.Thread(target=tick, daemon=True).start()
+
+            def stop(self):
+                self.done.set()
+
+            @tool
+            def where(self):
+                return os.getpid()
+    """))
+    (directory / "plain.py").write_text("from plugin_health import Plugin\n\nclass Plain(Plugin):\n    pass\n")
+    return directory
+
+
+def intervals(runs: Path) -> dict[int, tuple[float, float]]:
+    """Each run's first and last tick, by fencing token."""
+    found: dict[int, tuple[float, float]] = {}
+    for line in runs.read_text().splitlines():
+        token_text, at_text = line.split()
+        token, at = int(token_text), float(at_text)
+        first, last = found.get(token, (at, at))
+        found[token] = (min(first, at), max(last, at))
+    return found
+
+
+@pytest.fixture
+def instances(redis_url: str, plugins: Path, tmp_path: Path) -> Iterator[list[Flask]]:
+    made = []
+
+    def config(n: int) -> dict[str, object]:
+        return {"store_url": redis_url, "plugin_path": str(plugins), "run_dir": str(tmp_path / f"run{n}"),
+                "instance": f"i{n}", "singleton_lease": LEASE, "host_mode": "embedded", "health_interval": 0.2}
+
+    for n in (1, 2):
+        made.append(create_app(config(n)))
+    yield made
+    for app in made:
+        app.extensions[EXTENSION].shutdown()
+
+
+def state(app: Flask, name: str) -> S:
+    return app.extensions[EXTENSION].host.manager.state_of(name)
+
+
+def test_a_singleton_must_be_true_or_false() -> None:
+    with pytest.raises(InvalidPluginError, match="singleton"):
+        PluginSpec.from_mapping({"name": "x", "singleton": "yes"}, "x")
+    assert PluginSpec.from_mapping({"name": "x", "singleton": True}, "x").singleton
+
+
+def test_one_instance_runs_it_and_another_takes_over(instances: list[Flask], tmp_path: Path) -> None:
+    first, second = instances
+    wait_for(lambda: {state(first, "janitor"), state(second, "janitor")} == {S.RUNNING, S.UNAVAILABLE}, timeout=5)
+    owner, standby = (first, second) if state(first, "janitor") is S.RUNNING else (second, first)
+    assert state(owner, "plain") is state(standby, "plain") is S.RUNNING  # everything else runs everywhere
+    waiting = standby.extensions[EXTENSION].host.manager.last("janitor")
+    owner_id = owner.extensions[EXTENSION].instance
+    assert waiting.reason == f"standby: runs on instance {owner_id}"
+    assert standby.extensions[EXTENSION].host.snapshot("janitor").owner == owner_id
+    # It runs in a runner of its own, whatever it declared.
+    assert owner.extensions[EXTENSION].host.snapshot("janitor").isolation == "process"
+    started = time.monotonic()
+    owner.extensions[EXTENSION].shutdown()  # stops it, gives the lease back: the other takes it at its next poll
+    wait_for(lambda: state(standby, "janitor") is S.RUNNING, timeout=LEASE + 2)
+    assert time.monotonic() - started < LEASE + 1
+    history = standby.extensions[EXTENSION].host.manager.history("janitor")
+    assert [r.dest for r in history][-3:] == [S.LOADED, S.INITIALIZED, S.RUNNING]
+    runs = intervals(tmp_path / "runs.log")
+    assert len(runs) == 2
+    (a_first, a_last), (b_first, b_last) = (runs[t] for t in sorted(runs))
+    assert a_last < b_first  # never both
