@@ -94,6 +94,8 @@ class Service:
 
     def shutdown(self) -> None:
         """Stop the embedded host, if this process runs one, and release connections; safe to call twice."""
+        if self.link is not None:
+            self.link.halt()
         if self.host is not None:
             self.host.shutdown()
         if self.link is not None:

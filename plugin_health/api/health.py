@@ -27,9 +27,10 @@ TEXT = "text/plain; charset=utf-8"
 def plugin_status(snapshot: PluginSnapshot, problem: str | None) -> str:
     """pass for a healthy plugin; otherwise fail if it is critical, warn if not.
 
-    ``problem``: why the plugin is not healthy (``freshness.unhealthy``), None when it is.
+    ``problem``: why the plugin is not healthy (``freshness.unhealthy``), None when it is. A singleton on standby
+    here passes: it runs on its owner, whose own status counts it.
     """
-    if problem is None:
+    if problem is None or snapshot.standby:
         return "pass"
     return "fail" if snapshot.critical else "warn"
 
@@ -71,6 +72,8 @@ def aggregate(
         }
         running = snapshot.state is PluginLifecycleState.RUNNING  # else state, reason and error type say why
         output = [part for part in (problem if running else None, snapshot.reason, snapshot.error_type) if part]
+        if snapshot.standby:
+            output.insert(0, f"standby here, runs on instance {snapshot.owner}")
         if visible and snapshot.error:
             output.append(snapshot.error)
         if output:
@@ -162,7 +165,8 @@ def _critical_checks() -> list[tuple[str, str | None]]:
 
     def build() -> Built:
         horizon = Horizon()
-        critical = redact([s for s in store().snapshots() if s.critical], visible=False)  # probes are anyone's
+        # Probes are anyone's (redacted); a critical singleton on standby here is its owner's to judge.
+        critical = redact([s for s in store().snapshots() if s.critical and not s.standby], visible=False)
         checks = [(f"plugin/{s.name}", unhealthy(s, horizon)) for s in critical]
         return dumps(checks), 200, horizon.until
 

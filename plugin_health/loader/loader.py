@@ -339,13 +339,15 @@ class PluginLoader:
         entry.handle = handle
         return True
 
-    def restart(self, name: str, reason_for: Callable[[str], str] = str) -> PluginLifecycleState:
-        """Bring ``name`` back from any state: stop it if active, ``reset``, load its code again if it never
-        loaded, then ``initialize`` and ``start``."""
+    def restart(
+        self, name: str, reason_for: Callable[[str], str] = str, why: str | None = None
+    ) -> PluginLifecycleState:
+        """Bring ``name`` back from any state: stop it if active, ``reset`` (recording ``why``), load its code again
+        if it never loaded, then ``initialize`` and ``start``."""
         state = self.manager.state_of(name)
         if state in ACTIVE:
             self.take_down(name, "make_unavailable", str(UnavailableReason.STOPPED))
-        self.manager.trigger(name, "reset")
+        self.manager.trigger(name, "reset", reason=why)
         if name not in self.registry:
             source = self.sources[name]
             try:

@@ -66,6 +66,11 @@ class ClusterLink:
         self._thread = threading.Thread(target=self._run, name="plugin-health-cluster-link", daemon=True)
         self._thread.start()
 
+    def halt(self) -> None:
+        """Before the core shuts down: take over no singleton from now on."""
+        if self.singletons is not None:
+            self.singletons.halt()
+
     def stop(self) -> None:
         """Stop answering; copy what is left and say goodbye (each tried once: a Redis away then is told later)."""
         self._stop.set()

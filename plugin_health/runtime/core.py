@@ -8,6 +8,7 @@ fool it. It publishes every plugin's snapshot and transitions to the store, whic
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -15,7 +16,7 @@ import threading
 from plugin_health import metrics
 from plugin_health.config import Settings
 from plugin_health.errors import UnknownPluginError
-from plugin_health.lifecycle import PluginLifecycleManager, PluginLifecycleState, TransitionRecord
+from plugin_health.lifecycle import PluginLifecycleManager, PluginLifecycleState, TransitionRecord, UnavailableReason
 from plugin_health.lifecycle.machine import allowed_triggers
 from plugin_health.loader.loader import LoaderSettings, PluginLoader
 from plugin_health.loader.registry import PluginRegistry
@@ -107,6 +108,8 @@ class Core:
         self._flusher: threading.Thread | None = None
         #: Singletons' owners (the instance holding each one's lease), as the singleton keeper last saw them.
         self.owners: dict[str, str | None] = {}
+        #: Singletons on standby here: their snapshot as their owner last published it.
+        self.mirrors: dict[str, PluginSnapshot] = {}
 
     def start(self, background: bool = True) -> None:
         """Discover and load every plugin (directories, then entry points), then supervise them.
@@ -143,7 +146,15 @@ class Core:
         self.flush()
 
     def snapshot(self, name: str) -> PluginSnapshot:
-        """What every worker is told of ``name`` right now."""
+        """What every worker is told of ``name`` right now (a singleton on standby: as its owner runs it)."""
+        mirror = self.mirrors.get(name)
+        if mirror is not None and self.manager.state_of(name) is PluginLifecycleState.UNAVAILABLE and (
+                self.manager.last(name).reason or "").startswith(UnavailableReason.STANDBY.value):
+            return dataclasses.replace(mirror, owner=self.owners.get(name), singleton=True, standby=True,
+                                       allowed=allowed_triggers(PluginLifecycleState.UNAVAILABLE))
+        return self._own_snapshot(name)
+
+    def _own_snapshot(self, name: str) -> PluginSnapshot:
         last = self.manager.last(name)
         state = self.manager.state_of(name)
         entry = self.registry.get(name) if name in self.registry else None

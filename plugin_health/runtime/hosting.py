@@ -180,6 +180,8 @@ def serve(settings: Settings) -> int:
     finally:
         if control is not None:
             control.stop()
+        if link is not None:
+            link.halt()
         host.shutdown()
         if link is not None:
             link.stop()  # after the shutdown: the last transitions are copied too

@@ -25,6 +25,7 @@ from plugin_health.coordination.leases import SingletonLease
 from plugin_health.lifecycle import PluginLifecycleState, UnavailableReason
 from plugin_health.runtime.core import Core
 from plugin_health.runtime.runners import RunnerHandle
+from plugin_health.store import PluginSnapshot
 from plugin_health.store.redis import Keys
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class SingletonKeeper:
         self._leaving: set[str] = set()  # singletons being stopped because their lease is in doubt
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._takeovers: list[threading.Thread] = []
 
     # -- the loader's gate --------------------------------------------------------------------------------
 
@@ -75,11 +77,17 @@ class SingletonKeeper:
         self._thread = threading.Thread(target=self._run, name="plugin-health-singletons", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop keeping; give back every lease held (the plugins were stopped by the core's shutdown first)."""
+    def halt(self) -> None:
+        """Take over nothing more (before the core shuts down: a takeover then would start what is being stopped)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5.0)
+        for takeover in list(self._takeovers):
+            takeover.join(30.0)
+
+    def stop(self) -> None:
+        """Stop keeping; give back every lease held (the plugins were stopped by the core's shutdown first)."""
+        self.halt()
         with self._lock:
             for lease in self._leases.values():
                 lease.release()
@@ -114,11 +122,15 @@ class SingletonKeeper:
             waiting = state is PluginLifecycleState.UNAVAILABLE and (manager.last(name).reason or "").startswith(
                 UnavailableReason.STANDBY.value)
             if waiting and name not in loader.disabled and name not in self._leaving and self._take(name, lease):
-                threading.Thread(target=self._bring_up, args=(name,), name=f"plugin-health-takeover-{name}",
-                                 daemon=True).start()
+                takeover = threading.Thread(target=self._bring_up, args=(name,),
+                                            name=f"plugin-health-takeover-{name}", daemon=True)
+                self._takeovers = [t for t in self._takeovers if t.is_alive()] + [takeover]
+                takeover.start()
                 return
             with contextlib.suppress(redis.RedisError):
-                self._owner(name, lease.holder())
+                holder = lease.holder()
+                self._owner(name, holder)
+                self._mirror(name, holder if waiting else None)
 
     # -- moves ----------------------------------------------------------------------------------------------
 
@@ -137,8 +149,9 @@ class SingletonKeeper:
 
     def _bring_up(self, name: str) -> None:
         """Start a singleton whose lease this instance just took (``reset``, ``initialize``, ``start``)."""
-        if self.core.manager.may(name, "reset"):
-            self.core.supervisor.restart(name, automatic=False)
+        if self.core.manager.may(name, "reset") and not self._stop.is_set():
+            why = f"took its lease on instance {self.instance} (fencing token {self.token(name)})"
+            self.core.supervisor.restart(name, automatic=False, why=why)
 
     def _leave(self, name: str, lease: SingletonLease) -> None:
         """The lease is lost or in doubt: stop the singleton before the lease can end, killing it if need be."""
@@ -184,6 +197,18 @@ class SingletonKeeper:
         if self.core.owners.get(name, "?") == owner:
             return
         self.core.owners[name] = owner
+        self.core.republish(name)
+
+    def _mirror(self, name: str, owner: str | None) -> None:
+        """Show a singleton on standby here as its owner last published it (publishing when that changed)."""
+        raw = None if owner is None or owner == self.instance else self.client.hget(self.keys.plugins(owner), name)
+        mirror = None if raw is None else PluginSnapshot.from_json(raw)
+        if mirror == self.core.mirrors.get(name):
+            return
+        if mirror is None:
+            self.core.mirrors.pop(name, None)
+        else:
+            self.core.mirrors[name] = mirror
         self.core.republish(name)
 
     def _standby_reason(self, name: str, lease: SingletonLease) -> str:

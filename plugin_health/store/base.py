@@ -38,6 +38,9 @@ class PluginSnapshot:
     singleton: bool = False
     #: For a singleton: the instance that holds its lease, as last seen (None: nobody, or not known).
     owner: str | None = None
+    #: A singleton on standby here, shown as its owner last published it (state, checks): it runs there, so this
+    #: instance's readiness and aggregate status do not count it.
+    standby: bool = False
 
     @property
     def healthy(self) -> bool:
@@ -76,6 +79,7 @@ class PluginSnapshot:
         data["stale_after"] = None if stale_after is None else datetime.fromisoformat(stale_after)
         data.setdefault("singleton", False)  # absent from rows written before singletons existed
         data.setdefault("owner", None)
+        data.setdefault("standby", False)
         for key in ("requires", "tools", "allowed"):
             data[key] = tuple(data[key])
         return cls(**data)

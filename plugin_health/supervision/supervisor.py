@@ -200,8 +200,9 @@ class Supervisor:
 
     # -- restarts ------------------------------------------------------------------------------------------
 
-    def restart(self, name: str, *, automatic: bool = True) -> PluginLifecycleState:
-        """``reset``, (re)load if needed, ``initialize``, ``start``; an operator restart clears the limit."""
+    def restart(self, name: str, *, automatic: bool = True, why: str | None = None) -> PluginLifecycleState:
+        """``reset`` (recording ``why``), (re)load if needed, ``initialize``, ``start``; an operator restart clears
+        the limit."""
         with self._lock:
             watch = self._watch(name)
             if automatic:
@@ -211,7 +212,7 @@ class Supervisor:
                 watch.gave_up = False
             watch.restarts += 1
             watch.next_restart_at = None
-        state = self.loader.restart(name, lambda reason: self.failure_reason(name, reason))
+        state = self.loader.restart(name, lambda reason: self.failure_reason(name, reason), why)
         if state is FAILED and self.watch(name).gave_up:
             logger.warning("plugin %s: %s; it stays FAILED until an operator restarts it", name, RESTART_LIMIT_REACHED)
         return state
