@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import resource
 import shutil
+import socket
 import sys
 import warnings
 from collections.abc import Callable
@@ -79,9 +81,22 @@ _host: HostProcess | None = None
 _take_turn: Callable[[], None] | None = None
 
 
+def _instance_id(binds: list[str]) -> str:
+    """This instance's default id: the host name and the port it listens on (``web-1:8000``), or the socket's name."""
+    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:80] or "localhost"
+    address = binds[0] if binds else ""
+    where = address.rsplit("/", 1)[-1] if address.startswith("unix:") else address.rsplit(":", 1)[-1]
+    where = re.sub(r"[^A-Za-z0-9_.-]", "-", where)[:19]
+    return f"{host}:{where}" if where else host
+
+
 def on_starting(server: Any) -> None:
     """Start the plugin host before any worker exists (no threads yet in the master to fork with)."""
     global _host
+    # The core and every worker (forked from here) take the same instance id: by default the host name and port, so
+    # that instances on one machine sharing a Redis store keep apart.
+    if not os.environ.get("PLUGIN_HEALTH_INSTANCE", "").strip():
+        os.environ["PLUGIN_HEALTH_INSTANCE"] = _instance_id(list(server.cfg.bind))
     try:
         settings = load_settings()
     except ConfigError as err:  # a bad PLUGIN_HEALTH_* value stops the master here, naming the variable

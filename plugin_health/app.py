@@ -77,6 +77,13 @@ class Service:
             self._remote[instance] = RedisRemoteControl(self.settings.store_url, instance, self._timeout())
         return self._remote[instance]
 
+    def control_for_plugin(self, name: str) -> Control:
+        """Who serves ``name``'s tool calls: this instance, or, for a singleton another instance runs, its owner."""
+        snapshot = self.store.snapshot(name)
+        if snapshot is not None and snapshot.singleton and snapshot.owner not in (None, self.instance):
+            return self.control_for(snapshot.owner)
+        return self.control_for(None)
+
     def _timeout(self) -> float:
         """Seconds a worker waits for a core's answer: the longest default call, and room to queue."""
         return self.settings.default_timeout + 10
