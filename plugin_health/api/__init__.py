@@ -8,7 +8,7 @@ from flask import Flask, Response, request
 from werkzeug.routing import RequestRedirect
 
 from plugin_health import metrics
-from plugin_health.api import dashboard, health, openapi, operations, plugins, problems
+from plugin_health.api import cluster, dashboard, health, openapi, operations, plugins, problems
 
 
 def relative_redirect() -> Response | None:
@@ -36,5 +36,6 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(plugins.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(cluster.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(dashboard.bp)

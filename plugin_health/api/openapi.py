@@ -17,6 +17,7 @@ from plugin_health import diagrams
 from plugin_health.api.schemas import (
     STATE_NAMES,
     AggregateHealth,
+    ClusterDocument,
     HistoryEntry,
     PluginHealthResponse,
     ProblemDetails,
@@ -38,6 +39,8 @@ NAME = {
     "required": True,
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,100}$"},
 }
+#: ``?instance=``: an instance id, or ``all`` (which is one too, as far as the pattern goes).
+INSTANCE_PATTERN = "^[A-Za-z0-9_.:-]{1,100}$"
 FORMAT = {"name": "format", "in": "query", "schema": {"type": "string", "enum": list(diagrams.FORMATS)}}
 # Probes never refuse a query (as Kubernetes' own): any value of ``verbose`` turns it on.
 PROBE_PARAMS = [
@@ -168,6 +171,7 @@ def document() -> dict[str, Any]:
         ("ToolCall", ToolCall),
         ("ToolResult", ToolResult),
         ("ToolFailure", ToolFailure),
+        ("ClusterDocument", ClusterDocument),
     ):
         spec.components.schema(name, schema=schema)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
@@ -194,6 +198,13 @@ def document() -> dict[str, Any]:
     spec.path("/v1/health", operations=_cached("Aggregate health (IETF health-check draft)", [], {
         "200": _json("pass or warn", "AggregateHealth", "application/health+json"),
         "503": _json("fail", "AggregateHealth", "application/health+json")}))
+    only = {"name": "instance", "in": "query", "schema": {"type": "string", "pattern": INSTANCE_PATTERN},
+            "description": "only this instance (all: every one)"}
+    spec.path("/v1/cluster", operations=_cached(
+        "Every instance sharing the store (heartbeat, status, readiness) and each plugin's state on each", [only], {
+            "200": _json("the cluster as this instance sees it", "ClusterDocument"),
+            "400": _problem("an ?instance= that is neither an instance id nor all"),
+            "404": _problem("no such instance")}))
     for probe, summary in (("livez", "alive"), ("readyz", "ready for traffic"), ("startupz", "loading finished")):
         spec.path(f"/{probe}", operations=_operation(f"Kubernetes-style probe: {summary}", PROBE_PARAMS, {
             "200": _text("ok"), "503": _text("failed checks")}))

@@ -39,6 +39,7 @@ PROBLEM_TYPES: dict[str, str] = {
     "invalid-request": "400: a query parameter or the body is not valid (`errors` says which), not JSON, or "
                        "nested too deep",
     "invalid-plugin-name": "400: a name in the path cannot be a plugin's or a tool's",
+    "invalid-instance": "400: `?instance=` is neither an instance id (1-100 letters, digits, `_.:-`) nor `all`",
     "unknown-format": "400: no such diagram format",
     "unauthorized": "401: no or a wrong bearer token",
     "operator-actions-disabled": "403: no PLUGIN_HEALTH_ADMIN_TOKEN is configured",

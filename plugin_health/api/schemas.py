@@ -112,6 +112,60 @@ class ToolFailure(ProblemDetails):
     duration_ms = fields.Float(required=True, metadata={"description": "0 for a call refused before it ran"})
 
 
+class ClusterPlugin(Schema):
+    """One plugin on one instance, as the cluster view shows it (no error message: only what anyone may see)."""
+
+    state = fields.Enum(PluginLifecycleState, required=True)
+    healthy = fields.Boolean(required=True, metadata={
+        "description": "RUNNING, its last health check passed, and that check is not stale"})
+    stale = fields.Boolean(required=True, metadata={"description": "RUNNING, but its last health check is overdue"})
+    critical = fields.Boolean(required=True)
+    reason = fields.String(allow_none=True, required=True, metadata={
+        "description": "why it is in its state; for a stale plugin, 'stale: last health check N s ago'"})
+    error_type = fields.String(allow_none=True, required=True, metadata={
+        "description": "the exception's class name (PluginDefinedError for a class a plugin defined, unless the "
+                       "caller may see details)"})
+    since = fields.AwareDateTime(required=True, metadata={"description": "time of the last transition (UTC)"})
+    last_check = fields.AwareDateTime(allow_none=True, required=True)
+
+
+class ClusterInstance(Schema):
+    """One instance of the cluster: its heartbeat, its health as it would judge it itself, and its plugins."""
+
+    id = fields.String(required=True, metadata={"description": "the instance's id (PLUGIN_HEALTH_INSTANCE)"})
+    is_self = fields.Boolean(data_key="self", required=True, metadata={
+        "description": "the instance that answered"})
+    pid = fields.Integer(allow_none=True, required=True, metadata={
+        "description": "the process hosting its plugins; null: it never beat"})
+    started = fields.AwareDateTime(allow_none=True, required=True, metadata={
+        "description": "when that process started (UTC); null: it never beat"})
+    heartbeat = fields.AwareDateTime(allow_none=True, required=True, metadata={
+        "description": "its last heartbeat (UTC); null: it never beat"})
+    age = fields.Float(allow_none=True, required=True, metadata={
+        "description": "seconds since its last heartbeat (one decimal); null: it never beat"})
+    gone = fields.Boolean(required=True, metadata={
+        "description": "it stopped, never beat, or has not beaten for 3 s (for the instance answering: no live "
+                       "process hosts its plugins)"})
+    status = fields.String(required=True, validate=validate.OneOf(("pass", "warn", "fail")), metadata={
+        "description": "what its GET /v1/health would say (a gone instance fails)"})
+    ready = fields.Boolean(required=True, metadata={
+        "description": "what its GET /readyz would say: not gone, loaded, every critical plugin healthy"})
+    plugins = fields.Dict(keys=fields.String(), values=fields.Nested(ClusterPlugin), required=True,
+                          metadata={"description": "its plugins, by name"})
+
+
+class ClusterDocument(Schema):
+    """Every instance sharing the store, and each plugin's state on each, as one instance sees them."""
+
+    instance = fields.String(required=True, metadata={"description": "the id of the instance that answered"})
+    degraded = fields.String(allow_none=True, required=True, metadata={
+        "description": "null while the view is live; else why it shows the last known states"})
+    plugins = fields.List(fields.String(), required=True, metadata={
+        "description": "the name of every plugin of any instance shown, sorted"})
+    instances = fields.List(fields.Nested(ClusterInstance), required=True, metadata={
+        "description": "ordered by id"})
+
+
 class ToolCall(Schema):
     """The body of a tool call."""
 
