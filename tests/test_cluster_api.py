@@ -1,4 +1,4 @@
-"""``GET /v1/cluster``: one instance alone, and a cluster of test doubles."""
+"""``GET /v1/cluster`` and operator actions with ``?instance=``: one instance alone, and a cluster of test doubles."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from plugin_health.api import cluster as cluster_api
-from plugin_health.api.schemas import ClusterDocument
+from plugin_health.api.schemas import ClusterDocument, MultiInstanceResult
 from plugin_health.app import EXTENSION, Service
+from plugin_health.coordination.control import HostUnavailableError
+from plugin_health.errors import IllegalTransitionError, PluginError, UnknownInstanceError
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
 from plugin_health.runtime.core import LOADED_KEY
 from plugin_health.store import PluginSnapshot
@@ -286,3 +288,153 @@ def test_a_held_answer_is_304_while_it_lasts(
     assert (again.status_code, again.get_data()) == (304, b"")
     other = client.get("/v1/cluster?instance=c-3", headers={"If-None-Match": etag})
     assert other.status_code == 200
+
+
+# -- operator actions on other instances ---------------------------------------------------------------------------
+
+
+@dataclass
+class FakeControl:
+    """One instance's control: answers each action with the plugin RUNNING, or raises ``error``."""
+
+    instance: str
+    calls: list[tuple[str, str, str]]
+    error: PluginError | None = None
+
+    def _act(self, action: str, name: str) -> PluginSnapshot:
+        self.calls.append((self.instance, action, name))
+        if self.error is not None:
+            raise self.error
+        return snapshot(name, critical=True, error="password=hunter2", error_type="SecretNamedError",
+                        reason=f"{action} on {self.instance}")
+
+    def restart(self, name: str) -> PluginSnapshot:
+        return self._act("restart", name)
+
+    def disable(self, name: str) -> PluginSnapshot:
+        return self._act("disable", name)
+
+    def enable(self, name: str) -> PluginSnapshot:
+        return self._act("enable", name)
+
+
+@dataclass
+class Controls:
+    """``Service.control_for`` of the fake cluster: a-1 and c-3 answer, any other id is unknown."""
+
+    errors: dict[str, PluginError] = field(default_factory=dict)
+    calls: list[tuple[str, str, str]] = field(default_factory=list)
+    asked: list[str | None] = field(default_factory=list)
+
+    def __call__(self, instance: str | None) -> FakeControl:
+        self.asked.append(instance)
+        if instance not in ("a-1", "c-3"):
+            raise UnknownInstanceError(str(instance))
+        return FakeControl(instance, self.calls, self.errors.get(instance))
+
+
+@pytest.fixture
+def controls(app: Flask, fake: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> Controls:
+    double = Controls()
+    monkeypatch.setattr(service_of(app), "control_for", double)
+    return double
+
+
+@pytest.mark.parametrize("action", ["restart", "disable", "enable"])
+def test_all_acts_on_every_live_instance(client: FlaskClient, controls: Controls, action: str) -> None:
+    response = client.post(f"/v1/plugins/core/{action}?instance=all", headers=AUTH)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert MultiInstanceResult().validate(body) == {}
+    assert controls.calls == [("a-1", action, "core"), ("c-3", action, "core")]  # b-2 and d-4 are gone
+    assert [(r["instance"], r["status"], r["plugin"]["name"], r["plugin"]["reason"]) for r in body["results"]] == [
+        ("a-1", 200, "core", f"{action} on a-1"), ("c-3", 200, "core", f"{action} on c-3")]
+    assert all("problem" not in r for r in body["results"])
+    assert body["results"][0]["plugin"]["error"] == "password=hunter2"  # the operator may see details
+
+
+@pytest.mark.parametrize(("error", "status", "slug"), [
+    (IllegalTransitionError("core", "RUNNING", "enable", ("fail", "make_unavailable")), 409, "illegal-transition"),
+    (HostUnavailableError("no answer within 20 s"), 503, "host-unavailable"),
+    (UnknownInstanceError("c-3"), 404, "unknown-instance"),
+], ids=["illegal", "unavailable", "left"])
+def test_all_is_207_when_an_instance_fails_and_gives_its_problem(
+    client: FlaskClient, controls: Controls, error: PluginError, status: int, slug: str
+) -> None:
+    controls.errors["c-3"] = error
+    response = client.post("/v1/plugins/core/enable?instance=all", headers=AUTH)
+    assert response.status_code == 207
+    body = response.get_json()
+    assert MultiInstanceResult().validate(body) == {}
+    ok, failed = body["results"]
+    assert (ok["instance"], ok["status"], ok["plugin"]["state"]) == ("a-1", 200, "RUNNING")
+    assert (failed["instance"], failed["status"]) == ("c-3", status)
+    assert "plugin" not in failed
+    problem = failed["problem"]
+    assert (problem["type"], problem["status"], problem["detail"]) == (
+        f"https://plugin-health.dev/problems/{slug}", status, str(error))
+    if isinstance(error, IllegalTransitionError):
+        assert (problem["state"], problem["attempted"], problem["allowed"]) == (
+            "RUNNING", "enable", ["fail", "make_unavailable"])
+
+
+def test_all_with_no_live_instance_is_503(client: FlaskClient, controls: Controls, fake: FakeCluster) -> None:
+    fake.infos = [InstanceInfo(i.id, i.pid, i.started, i.beat, stopped=True) for i in fake.infos]
+    assert_problem(client.post("/v1/plugins/core/restart?instance=all", headers=AUTH), 503, "no live instance")
+    assert controls.calls == []
+
+
+def test_an_action_on_one_instance_goes_to_it(client: FlaskClient, controls: Controls) -> None:
+    response = client.post("/v1/plugins/core/disable?instance=c-3", headers=AUTH)
+    assert response.status_code == 200
+    plugin = response.get_json()
+    assert (plugin["name"], plugin["reason"]) == ("core", "disable on c-3")
+    assert (controls.asked, controls.calls) == (["c-3"], [("c-3", "disable", "core")])
+
+
+def test_an_action_on_an_unknown_instance_is_404(client: FlaskClient, controls: Controls) -> None:
+    body = assert_problem(client.post("/v1/plugins/core/restart?instance=z-9", headers=AUTH), 404, "'z-9'")
+    assert body["type"].endswith("/unknown-instance")
+    assert controls.calls == []
+
+
+def test_the_service_knows_no_other_instance_over_a_memory_store(client: FlaskClient) -> None:
+    body = assert_problem(client.post("/v1/plugins/core/restart?instance=ghost", headers=AUTH), 404, "'ghost'")
+    assert body["type"].endswith("/unknown-instance")
+
+
+@pytest.mark.parametrize("instance", ["", "a b", "x" * 101, "a/b"])
+def test_an_invalid_instance_changes_nothing(client: FlaskClient, controls: Controls, instance: str) -> None:
+    response = client.post("/v1/plugins/core/restart", query_string={"instance": instance}, headers=AUTH)
+    assert assert_problem(response, 400, "instance id")["type"].endswith("/invalid-instance")
+    assert (controls.asked, controls.calls) == ([], [])
+
+
+@pytest.mark.parametrize("query", ["instance=all", "instance=c-3", "instance=a%20b"])
+def test_the_token_is_checked_before_anything(client: FlaskClient, controls: Controls, query: str) -> None:
+    assert_problem(client.post(f"/v1/plugins/core/restart?{query}"), 401)
+    assert_problem(client.post(f"/v1/plugins/core/restart?{query}", headers={"Authorization": "Bearer nope"}), 401)
+    assert (controls.asked, controls.calls) == ([], [])
+
+
+def test_no_configured_token_refuses_every_instance(tmp_path: Path) -> None:
+    write_plugins(tmp_path, {"core": ""})
+    app = build(tmp_path, admin_token="")
+    try:
+        app.extensions[EXTENSION].cluster = fake_cluster()
+        response = app.test_client().post("/v1/plugins/core/restart?instance=all", headers=AUTH)
+        assert assert_problem(response, 403)["type"].endswith("/operator-actions-disabled")
+    finally:
+        app.extensions[EXTENSION].shutdown()
+
+
+def test_without_instance_this_instance_acts_as_before(
+    client: FlaskClient, controls: Controls, app: Flask
+) -> None:
+    response = client.post("/v1/plugins/sick/disable", headers=AUTH)
+    assert response.status_code == 200
+    assert (response.get_json()["state"], response.get_json()["reason"]) == ("UNAVAILABLE", "disabled")
+    assert (controls.asked, controls.calls) == ([], [])
+    store = service_of(app).store.snapshot("sick")
+    assert store is not None
+    assert store.state is PluginLifecycleState.UNAVAILABLE

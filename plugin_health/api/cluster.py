@@ -71,6 +71,12 @@ def why_gone(info: InstanceInfo | None, now: float) -> str | None:
     return None
 
 
+def live_instances(view: ClusterView, own: Own, now: float) -> list[str]:
+    """The ids of the instances that are not gone, ordered: what ``?instance=all`` acts on."""
+    infos = {info.id: info for info in view.instances()}
+    return [i for i in sorted({*infos, view.instance}) if _gone(view, own, i, infos.get(i), now) is None]
+
+
 def _gone(view: ClusterView, own: Own, instance: str, info: InstanceInfo | None, now: float) -> str | None:
     """Why ``instance`` is gone, or None. This instance goes by its own host check too (as its ``/v1/health``
     does), and a core that beats nowhere (one in this process, over a store no other process reads) is alive."""

@@ -19,6 +19,7 @@ from plugin_health.api.schemas import (
     AggregateHealth,
     ClusterDocument,
     HistoryEntry,
+    MultiInstanceResult,
     PluginHealthResponse,
     ProblemDetails,
     ToolCall,
@@ -130,15 +131,24 @@ def _operator(summary: str, parameters: list[dict[str, Any]], responses: dict[st
 
 def _operations(spec: APISpec) -> None:
     """The operator routes: restart, disable, enable, tool calls."""
-    after = _json("the plugin after the action", "PluginHealthResponse")
+    instance = {"name": "instance", "in": "query", "schema": {"type": "string", "pattern": INSTANCE_PATTERN},
+                "description": "the instance to act on (default: the one answering), or all: every live instance, "
+                               "each answering its own result"}
+    after = _json("the plugin after the action; with ?instance=all, every instance's result (each succeeded)",
+                  {"oneOf": ["PluginHealthResponse", "MultiInstanceResult"]})
     for action, summary in (
         ("restart", "Stop it if it runs, reset, initialize, start; clears the restart limit"),
         ("disable", "Stop it and keep it UNAVAILABLE (disabled), across restarts of the service"),
         ("enable", "Reset a FAILED or UNAVAILABLE plugin and start it"),
     ):
-        spec.path(f"/v1/plugins/{{name}}/{action}", operations=_operator(summary, [NAME], {
-            "200": after, "409": _problem("not a legal move from the plugin's state (state and allowed given)"),
-            "503": _problem("no plugin host can act now")}))
+        spec.path(f"/v1/plugins/{{name}}/{action}", operations=_operator(summary, [NAME, instance], {
+            "200": after,
+            "207": _json("?instance=all: the action failed on some instance (each result says how)",
+                         "MultiInstanceResult"),
+            "400": _problem("invalid name, or an ?instance= that is neither an instance id nor all"),
+            "404": _problem("no such plugin, or no such instance"),
+            "409": _problem("not a legal move from the plugin's state (state and allowed given)"),
+            "503": _problem("no plugin host can act now (with ?instance=all: no live instance)")}))
     body = {"required": False, "content": {"application/json": {"schema": "ToolCall"}}}
     spec.path("/v1/plugins/{name}/tools/{tool}", operations=_operator("Call a RUNNING plugin's tool", [NAME, TOOL], {
         "200": _json("the tool's result", "ToolResult"),
@@ -172,6 +182,7 @@ def document() -> dict[str, Any]:
         ("ToolResult", ToolResult),
         ("ToolFailure", ToolFailure),
         ("ClusterDocument", ClusterDocument),
+        ("MultiInstanceResult", MultiInstanceResult),
     ):
         spec.components.schema(name, schema=schema)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",

@@ -1,21 +1,29 @@
-"""Operator routes: restart, disable and enable a plugin, and call its tools; all need the bearer token."""
+"""Operator routes: restart, disable and enable a plugin, and call its tools; all need the bearer token.
+
+An action acts on this instance, or with ``?instance=<id>`` on that one, or with ``?instance=all`` on every live
+instance (a ``MultiInstanceResult``). Tool calls run on this instance.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from plugin_health.api.auth import details_visible, require_token
+from plugin_health.api.cluster import Own, checked_instance, live_instances
 from plugin_health.api.plugins import JSON, checked_name, dumps, redact, service
 from plugin_health.api.problems import RETRY_AFTER, Problem, problem_response
 from plugin_health.api.schemas import plugin_health_response, tool_call, tool_result
 from plugin_health.coordination.control import Control, HostUnavailableError
-from plugin_health.errors import PluginBusyError
+from plugin_health.errors import PluginBusyError, PluginError
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.store import PluginSnapshot
+from plugin_health.store.cluster import ALL
 
 bp = Blueprint("operations", __name__, url_prefix="/v1/plugins")
 
@@ -44,25 +52,60 @@ def _snapshot(snapshot: PluginSnapshot) -> Response:
     return Response(dumps(plugin_health_response.dump(snapshot)), status=200, mimetype=JSON)
 
 
+def _on_each(action: Callable[[Control], PluginSnapshot]) -> Response:
+    """``action`` on every live instance, one after the other: 200 when it succeeded on each, else 207.
+
+    One instance's problem (gone meanwhile, an illegal move there, no answer) is its result, answered as the app
+    would answer it alone (its error handlers), and the others still act.
+    """
+    current = service()
+    assert current.cluster is not None  # the app sets it
+    targets = live_instances(current.cluster, Own.of(current), time.time())
+    if not targets:
+        raise HostUnavailableError("no live instance shares this service's store")
+    visible = details_visible()
+    results: list[dict[str, Any]] = []
+    for instance in targets:
+        try:
+            snapshot = action(current.control_for(instance))
+        except PluginError as err:
+            answer = current_app.make_response(current_app.handle_user_exception(err))
+            results.append({"instance": instance, "status": answer.status_code, "problem": answer.get_json(force=True)})
+        else:
+            plugin = plugin_health_response.dump(redact([snapshot], visible)[0])
+            results.append({"instance": instance, "status": 200, "plugin": plugin})
+    status = 200 if all(result["status"] == 200 for result in results) else 207
+    return Response(dumps({"results": results}), status=status, mimetype=JSON)  # a MultiInstanceResult
+
+
+def _act(name: str, action: Callable[[Control], PluginSnapshot]) -> Response:
+    """``action`` on ``name`` where ``?instance=`` says: this instance (none given), one instance, or ``all``."""
+    require_token()
+    instance = checked_instance(request.args.get("instance"))
+    if instance is None:
+        return _snapshot(action(control()))
+    checked_name(name)
+    if instance == ALL:
+        return _on_each(action)
+    return _snapshot(action(service().control_for(instance)))
+
+
 @bp.post("/<name>/restart")
 def restart(name: str) -> Response:
     """Stop it if it runs, ``reset``, ``initialize``, ``start``; clears the restart limit."""
-    require_token()
-    return _snapshot(control().restart(checked_name(name)))
+    return _act(name, lambda control: control.restart(checked_name(name)))
 
 
 @bp.post("/<name>/disable")
 def disable(name: str) -> Response:
     """Stop it and keep it UNAVAILABLE ``disabled``, across restarts of the service too."""
-    require_token()
-    return _snapshot(control().disable(checked_name(name)))
+    return _act(name, lambda control: control.disable(checked_name(name)))
 
 
 @bp.post("/<name>/enable")
 def enable(name: str) -> Response:
     """``reset`` a FAILED or UNAVAILABLE plugin and start it."""
-    require_token()
-    return _snapshot(control().enable(checked_name(name)))
+    return _act(name, lambda control: control.enable(checked_name(name)))
 
 
 def nesting(raw: bytes) -> int:

@@ -94,6 +94,8 @@ class ProblemDetails(Schema):
                             metadata={"description": "RendererUnavailableError: the formats that can be drawn here"})
     tool = fields.String(metadata={"description": "a tool call's problem: the tool called"})
     queue_limit = fields.Integer(metadata={"description": "plugin-busy: how many calls of the plugin may wait"})
+    dependency = fields.String(metadata={"description": "dependency-not-ready: the dependency that is not"})
+    reason = fields.String(metadata={"description": "dependency-not-ready: why the plugin stays UNAVAILABLE"})
 
 
 class ToolFailure(ProblemDetails):
@@ -164,6 +166,22 @@ class ClusterDocument(Schema):
         "description": "the name of every plugin of any instance shown, sorted"})
     instances = fields.List(fields.Nested(ClusterInstance), required=True, metadata={
         "description": "ordered by id"})
+
+
+class InstanceResult(Schema):
+    """What an operator action did on one instance: the plugin after it, or the problem it met."""
+
+    instance = fields.String(required=True)
+    status = fields.Integer(required=True, metadata={
+        "description": "200, or the status the problem would have answered alone"})
+    plugin = fields.Nested(PluginHealthResponse, metadata={"description": "status 200: the plugin after the action"})
+    problem = fields.Nested(ProblemDetails, metadata={"description": "any other status: the problem"})
+
+
+class MultiInstanceResult(Schema):
+    """An operator action on every live instance (``?instance=all``): one result each, ordered by instance id."""
+
+    results = fields.List(fields.Nested(InstanceResult), required=True)
 
 
 class ToolCall(Schema):
