@@ -1,8 +1,9 @@
 """``flask --app wsgi plugins ...``: read the service's plugins, draw the lifecycle, check plugins for CI.
 
 The read commands (``list``, ``health``, ``history``, ``diagram``) read the service's store, as the HTTP API
-does; ``check`` loads plugins in a throwaway in-memory host and never touches it. The CLI runs on the server
-with operator rights, so plugin error messages are always shown. Exit status: 0 fine, 1 a plugin is not
+does (``list --cluster`` every instance's, as ``GET /v1/cluster`` does); ``check`` loads plugins in a throwaway
+in-memory host and never touches it. The CLI runs on the server with operator rights, so plugin error messages
+are always shown. Exit status: 0 fine, 1 a plugin is not
 healthy (or not OK), 2 a mistake of the caller (an unknown or invalid name, a missing path, a bad setting).
 """
 
@@ -20,6 +21,7 @@ from flask import current_app, has_app_context
 from flask.cli import AppGroup, ScriptInfo
 
 from plugin_health import diagrams
+from plugin_health.api.cluster import Own, cluster_document
 from plugin_health.api.freshness import Horizon, present
 from plugin_health.api.schemas import (
     STATE_NAMES,
@@ -90,9 +92,9 @@ def _cell(value: object) -> str:
     return " ".join(str(value).split())
 
 
-def format_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """Columns aligned with two spaces between them, under an upper-case header."""
-    lines = [[h.upper() for h in header], *([_cell(v) for v in row] for row in rows)]
+def format_table(header: Sequence[str], rows: Iterable[Sequence[object]], upper: bool = True) -> str:
+    """Columns aligned with two spaces between them, under a header in upper case (as given, if not ``upper``)."""
+    lines = [[h.upper() if upper else h for h in header], *([_cell(v) for v in row] for row in rows)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
@@ -124,9 +126,17 @@ class StateType(_StateParamType):
 
 @plugins.command("list")
 @click.option("--state", "wanted", type=StateType(), help="Only plugins in this state (any case).")
-@click.option("--json", "as_json", is_flag=True, help="The JSON of GET /v1/plugins/ instead of a table.")
-def list_plugins(wanted: PluginLifecycleState | None, as_json: bool) -> None:
-    """List every plugin, ordered by name."""
+@click.option("--json", "as_json", is_flag=True,
+              help="The JSON of GET /v1/plugins/ (with --cluster: of GET /v1/cluster) instead of a table.")
+@click.option("--cluster", "cluster", is_flag=True,
+              help="Every instance sharing the store: one line each, then a grid of plugins x instances.")
+def list_plugins(wanted: PluginLifecycleState | None, as_json: bool, cluster: bool) -> None:
+    """List every plugin, ordered by name (with --cluster: on every instance)."""
+    if cluster:
+        if wanted is not None:
+            raise UsageError("--state and --cluster cannot be combined")
+        list_cluster(as_json)
+        return
     snapshots = [s for s in _store().snapshots() if wanted is None or s.state is wanted]
     horizon = Horizon()
     entries = [present(e, s, horizon) for e, s in zip(plugin_health_list.dump(snapshots), snapshots, strict=True)]
@@ -137,6 +147,34 @@ def list_plugins(wanted: PluginLifecycleState | None, as_json: bool) -> None:
     rows = ((s.name, s.state.value, s.version, e["reason"], s.error_type, s.since, s.restarts)
             for s, e in zip(snapshots, entries, strict=True))
     click.echo(format_table(header, rows))
+
+
+def cluster_cell(plugin: dict[str, Any] | None) -> str:
+    """A plugin's cell of the cluster grid: its state, marked ``stale`` or ``unhealthy`` when RUNNING and not
+    healthy; ``-`` where the instance has no such plugin."""
+    if plugin is None:
+        return "-"
+    if plugin["state"] == PluginLifecycleState.RUNNING.value and not plugin["healthy"]:
+        return f"{plugin['state']} {'stale' if plugin['stale'] else 'unhealthy'}"
+    return str(plugin["state"])
+
+
+def list_cluster(as_json: bool) -> None:
+    """``list --cluster``: the document of GET /v1/cluster, as JSON or as a line per instance and a grid."""
+    service = _service()
+    assert service.cluster is not None  # the app sets it
+    document = cluster_document(service.cluster, Own.of(service), visible=True)
+    if as_json:
+        _echo_json(document)
+        return
+    instances = document["instances"]
+    click.echo(format_table(("instance", "status", "ready", "age", "gone"), (
+        (f"{i['id']} (self)" if i["self"] else i["id"], i["status"], "yes" if i["ready"] else "no",
+         "never beat" if i["age"] is None else f"{i['age']:.1f} s", "gone" if i["gone"] else "no")
+        for i in instances)))
+    click.echo()
+    rows = ((name, *(cluster_cell(i["plugins"].get(name)) for i in instances)) for name in document["plugins"])
+    click.echo(format_table(("PLUGIN", *(i["id"] for i in instances)), rows, upper=False))
 
 
 @plugins.command()

@@ -18,9 +18,11 @@ from click.testing import Result
 from flask import Flask
 
 from plugin_health import create_app, diagrams
+from plugin_health.api.schemas import ClusterDocument
 from plugin_health.app import EXTENSION, Service
 from plugin_health.diagrams import RendererUnavailableError
 from plugin_health.lifecycle import PluginLifecycleState
+from tests.test_cluster_api import fake_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "t0ken-for-tests"
@@ -126,6 +128,70 @@ def test_list_json_is_the_api_list_with_errors_shown(app: Flask) -> None:
     api = app.test_client().get("/v1/plugins/", headers={"Authorization": f"Bearer {TOKEN}"}).get_json()
     assert json.loads(result.stdout) == api
     assert SECRET in result.stdout
+
+
+def test_list_cluster_is_a_line_per_instance_then_the_grid(app: Flask) -> None:
+    result = invoke(app, "list", "--cluster")
+    assert result.exit_code == 0
+    me = app.extensions[EXTENSION].instance
+    instances, grid = result.stdout.split("\n\n")
+    rows = table(instances)
+    assert rows[0] == ["INSTANCE", "STATUS", "READY", "AGE", "GONE"]
+    assert len(rows) == 2
+    assert rows[1][:3] == [f"{me} (self)", "warn", "yes"]  # as GET /v1/health judges it: warn, and ready
+    assert re.fullmatch(r"\d+\.\d s|never beat", rows[1][3]), rows[1][3]
+    assert rows[1][4] == "no"
+    assert table(grid) == [
+        ["PLUGIN", me],  # the id as it is, not upper-cased
+        ["broken", "FAILED"],
+        ["core", "RUNNING"],
+        ["needy", "UNAVAILABLE"],
+        ["sick", "RUNNING unhealthy"],  # RUNNING, but its last health check failed
+        ["user", "RUNNING"],
+    ]
+
+
+def test_list_cluster_shows_every_instance_gone_or_not(app: Flask) -> None:
+    app.extensions[EXTENSION].cluster = fake_cluster()
+    result = invoke(app, "list", "--cluster")
+    assert result.exit_code == 0
+    instances, grid = result.stdout.split("\n\n")
+    rows = [row[:3] + row[4:] for row in table(instances)[1:]]  # the ages are checked below
+    assert rows == [
+        ["a-1 (self)", "warn", "yes", "no"],
+        ["b-2", "fail", "no", "gone"],
+        ["c-3", "fail", "no", "no"],
+        ["d-4", "fail", "no", "gone"],
+    ]
+    ages = [row[3] for row in table(instances)[1:]]
+    assert [re.sub(r"\.\d", ".x", age) for age in ages] == ["0.x s", "60.x s", "0.x s", "never beat"]
+    assert table(grid) == [
+        ["PLUGIN", "a-1", "b-2", "c-3", "d-4"],
+        ["core", "RUNNING", "RUNNING", "FAILED", "RUNNING"],
+        ["extra", "-", "-", "RUNNING", "-"],  # only c-3 has it
+        ["sick", "RUNNING stale", "RUNNING", "-", "-"],
+    ]
+
+
+def test_list_cluster_json_is_the_api_cluster_with_error_types_shown(app: Flask) -> None:
+    app.extensions[EXTENSION].cluster = fake_cluster()
+    result = invoke(app, "list", "--cluster", "--json")
+    assert result.exit_code == 0
+    printed = json.loads(result.stdout)
+    assert ClusterDocument().validate(printed) == {}
+    api = app.test_client().get("/v1/cluster", headers={"Authorization": f"Bearer {TOKEN}"}).get_json()
+    for document in (printed, api):  # heartbeat ages move on between the two
+        for instance in document["instances"]:
+            instance.pop("age")
+    assert printed == api
+    assert printed["instances"][2]["plugins"]["core"]["error_type"] == "SecretNamedError"  # an operator's view
+    assert "hunter2" not in result.stdout
+
+
+def test_list_cluster_takes_no_state(app: Flask) -> None:
+    result = invoke(app, "list", "--cluster", "--state", "FAILED")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert "--state and --cluster cannot be combined" in result.stderr
 
 
 @pytest.mark.parametrize(("name", "status"), [("core", 0), ("user", 0), ("sick", 1), ("broken", 1), ("needy", 1)])
