@@ -2,8 +2,9 @@
 
 The page needs no external network: its assets ship in ``plugin_health/api/static`` and are served from this
 blueprint, so the Content-Security-Policy can stay ``default-src 'self'`` (no inline script or style at all).
-The script polls ``/v1/plugins/`` and ``/v1/health`` with ``If-None-Match`` and draws the answers with DOM
-text nodes only; it performs no operator action.
+The script polls ``/v1/plugins/``, ``/v1/health`` and ``/v1/cluster`` with ``If-None-Match`` and draws the
+answers with DOM text nodes only (the cluster as a grid of plugins x instances, one column when the instance is
+alone); it performs no operator action.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def serve(name: str) -> Response:
 
 @bp.get("/")
 def page() -> Response:
-    """The dashboard page: every plugin's state, the aggregate status and the lifecycle diagram, kept live."""
+    """The dashboard page: every plugin's state, the aggregate status, the cluster grid and the lifecycle diagram,
+    kept live."""
     return serve("dashboard.html")
 
 

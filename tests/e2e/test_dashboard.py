@@ -2,7 +2,8 @@
 
 The page must list every plugin with the state the API reports, turn a plugin's row red within 2 s of the
 API first reporting it FAILED (the page polls every second), show plugin-provided HTML as text, filter by
-state, revalidate with ETags, and load nothing from anywhere but the server. Skipped only where
+state, revalidate with ETags, draw the cluster grid (this instance alone, or several instances as the API
+answers them), and load nothing from anywhere but the server. Skipped only where
 /usr/bin/chromium is missing and ``CI`` is not set; CI installs it (``.ci/run``).
 """
 
@@ -88,12 +89,14 @@ class Browser:
         self.dialogs.append(dialog.message)  # an alert() that injected markup would have run
         dialog.dismiss()
 
-    def open(self, path: str = "") -> Page:
-        """A new tab on the dashboard, its rows drawn."""
+    def open(self, path: str = "", before: Callable[[Page], None] | None = None) -> Page:
+        """A new tab on the dashboard, its rows drawn; ``before`` is called with it before it loads."""
         page = self.context.new_page()
         page.on("console", self._console)
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         page.on("dialog", self._dialog)
+        if before is not None:
+            before(page)
         page.goto(self.origin + "/" + path)
         page.wait_for_function(f"() => document.querySelectorAll('#plugin-rows tr').length === {len(PLUGINS)}")
         return page
@@ -150,6 +153,113 @@ def test_every_plugin_shows_with_its_state_and_colour(server: Server, page: Page
     )
 
 
+GRID = """() => ({
+    instances: [...document.querySelectorAll('#cluster-head th.instance')].map(head => ({
+        id: head.dataset.instance, status: head.dataset.status, gone: head.dataset.gone,
+        parts: [...head.children].map(part => [part.className, part.textContent, getComputedStyle(part).opacity]),
+        visible: head.checkVisibility()})),
+    rows: Object.fromEntries([...document.querySelectorAll('#cluster-rows tr')].map(row => [
+        row.dataset.plugin,
+        [...row.cells].slice(1).map(cell => ({
+            instance: cell.dataset.instance, state: cell.dataset.state, text: cell.textContent,
+            classes: [...cell.classList].sort(), title: cell.getAttribute('title'),
+            background: getComputedStyle(cell).backgroundColor}))]))})"""
+
+
+def grid(page: Page) -> dict[str, Any]:
+    found: dict[str, Any] = page.evaluate(GRID)
+    return found
+
+
+def test_the_cluster_grid_is_one_column_for_this_instance_alone(server: Server, page: Page) -> None:
+    """One instance (a SQLite store): its column, headed by its id and status, its cells the API's states."""
+    cluster = json.loads(server.get("/v1/cluster").body)
+    [me] = cluster["instances"]
+    page.wait_for_function(f"() => document.querySelectorAll('#cluster-rows tr').length === {len(PLUGINS)}")
+    shown = grid(page)
+    [head] = shown["instances"]
+    assert (head["id"], head["status"], head["gone"], head["visible"]) == (me["id"], me["status"], "false", True)
+    texts = [text for _, text, _ in head["parts"]]
+    assert texts[:4] == [me["id"], "this one", me["status"], "ready"]
+    assert texts[4] == "no heartbeat" or texts[4].startswith("heartbeat "), texts
+    assert "gone" not in texts
+    assert list(shown["rows"]) == sorted(EXPECTED) == cluster["plugins"]
+    for name, state in EXPECTED.items():
+        [cell] = shown["rows"][name]
+        assert (cell["instance"], cell["state"], cell["text"]) == (me["id"], state, state), name
+        assert f"state-{state.lower()}" in cell["classes"]
+        assert cell["background"] == BACKGROUNDS[state], name
+    assert shown["rows"]["broken"][0]["title"] == "initialize failed: RuntimeError"
+    assert page.locator("#cluster-head img, #cluster-rows img, #cluster-rows script, #cluster-rows b").count() == 0
+
+
+def cluster_of_three(age: float) -> dict[str, Any]:
+    """What GET /v1/cluster answers for three instances: a-1 (this one), b-2 (gone), c-3 (a critical plugin
+    FAILED), with plugins only some of them have."""
+    since = "2026-01-01T00:00:00+00:00"
+
+    def plugin(state: str, healthy: bool, stale: bool = False, reason: str | None = None) -> dict[str, Any]:
+        return {"state": state, "healthy": healthy, "stale": stale, "critical": False, "reason": reason,
+                "error_type": None, "since": since, "last_check": since}
+
+    def instance(id_: str, status: str, gone: bool, plugins: dict[str, Any], age: float = 0.2) -> dict[str, Any]:
+        return {"id": id_, "self": id_ == "a-1", "pid": 1, "started": since, "heartbeat": since, "age": age,
+                "gone": gone, "status": status, "ready": status != "fail", "plugins": plugins}
+
+    return {"instance": "a-1", "degraded": None, "plugins": ["constructor", "core", "sick"], "instances": [
+        instance("a-1", "warn", False, {
+            "core": plugin("RUNNING", True),
+            "sick": plugin("RUNNING", False, stale=True, reason="stale: last health check 40 s ago")}),
+        instance("b-2", "fail", True, {"core": plugin("RUNNING", True), "sick": plugin("RUNNING", False)}, age),
+        instance("c-3", "fail", False, {
+            "constructor": plugin("UNAVAILABLE", False, reason=HTML),
+            "core": plugin("FAILED", False, reason="start failed")}),
+    ]}
+
+
+def test_the_cluster_grid_draws_every_instance_as_the_api_answers(browser: Browser) -> None:
+    """Several instances (the API answer played by the test): gone shown plainly, stale and unhealthy marked,
+    absent plugins as a dash, plugin-provided text as text."""
+    document = cluster_of_three(age=42.04)
+
+    def serve(page: Page) -> None:
+        page.route("**/v1/cluster", lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(document), headers={"ETag": '"three"'}))
+
+    page = browser.open(before=serve)
+    try:
+        page.wait_for_function("() => document.querySelectorAll('#cluster-head th.instance').length === 3")
+        shown = grid(page)
+        assert page.text_content("#cluster-count") == "3 (1 gone)"
+    finally:
+        page.close()
+    heads = {head["id"]: head for head in shown["instances"]}
+    assert list(heads) == ["a-1", "b-2", "c-3"]
+    assert [(h["status"], h["gone"]) for h in heads.values()] == [
+        ("warn", "false"), ("fail", "true"), ("fail", "false")]
+    gone = {name: (text, opacity) for name, text, opacity in heads["b-2"]["parts"]}
+    assert gone == {"instance-id": ("b-2", "0.55"), "instance-status": ("fail", "0.55"),  # dimmed, but not its
+                    "instance-ready": ("not ready", "0.55"), "instance-age": ("heartbeat 42.0 s ago", "0.55"),
+                    "instance-gone": ("gone", "1")}  # label: shown plainly
+    assert "instance-gone" not in {part for part, _, _ in heads["c-3"]["parts"]}
+    assert [part for part, _, _ in heads["a-1"]["parts"]][:2] == ["instance-id", "instance-self"]
+    rows = shown["rows"]
+    assert list(rows) == ["constructor", "core", "sick"]
+    assert [(c["instance"], c["state"], c["text"]) for c in rows["core"]] == [
+        ("a-1", "RUNNING", "RUNNING"), ("b-2", "RUNNING", "RUNNING"), ("c-3", "FAILED", "FAILED")]
+    assert "gone" in rows["core"][1]["classes"]
+    assert rows["core"][2]["background"] == BACKGROUNDS["FAILED"]
+    stale, unhealthy, absent = rows["sick"]
+    assert (stale["text"], stale["title"]) == ("RUNNINGstale", "stale: last health check 40 s ago")
+    assert {"stale", "unhealthy", "state-running"} <= set(stale["classes"])
+    assert unhealthy["text"] == "RUNNINGunhealthy"
+    assert "stale" not in unhealthy["classes"]
+    assert (absent["state"], absent["text"], absent["classes"]) == ("", "\u2014", ["absent"])
+    # "constructor" is only c-3's (not every object's), and its reason, plugin-provided HTML, stays text.
+    assert [c["text"] for c in rows["constructor"]] == ["\u2014", "\u2014", "UNAVAILABLE"]
+    assert rows["constructor"][2]["title"] == HTML
+
+
 def test_plugin_provided_html_shows_as_text(page: Page, browser: Browser) -> None:
     xss = rows(page)["xss"]
     assert xss["cells"][3] == HTML
@@ -182,6 +292,9 @@ def test_a_failing_plugin_turns_red_within_2_s_of_the_api_reporting_it(
     page.wait_for_function(
         "() => document.getElementById('diagram').dataset.counts.startsWith('RUNNING:1,FAILED:3,')", timeout=3000
     )
+    page.wait_for_function(  # the cluster grid too
+        "() => document.querySelector('#cluster-rows tr[data-plugin=flappy] td').dataset.state === 'FAILED'"
+        " && document.querySelector('#cluster-head th.instance').dataset.status === 'fail'", timeout=3000)
     page.wait_for_function("() => document.getElementById('diagram').complete && !document.querySelector('.changed')")
     page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
     print(f"screenshot: {tmp_path / 'dashboard.png'} ({page_failed - api_failed:.2f} s after the API)")

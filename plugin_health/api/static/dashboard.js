@@ -156,6 +156,96 @@
     $("notes").hidden = notes.length === 0;
   }
 
+  // The cluster grid: a row per plugin, a column per instance (GET /v1/cluster), drawn anew on every 200.
+  function instanceHeader(instance) {
+    const head = document.createElement("th");
+    head.scope = "col";
+    const status = STATUSES.includes(instance.status) ? instance.status : "unknown";
+    head.className = "instance";
+    head.classList.toggle("gone", instance.gone === true);
+    head.classList.toggle("self", instance.self === true);
+    head.dataset.instance = String(instance.id);
+    head.dataset.status = status;
+    head.dataset.gone = String(instance.gone === true);
+    const part = (className, text) => {
+      const span = document.createElement("span");
+      span.className = className;
+      setText(span, text);
+      head.appendChild(span);
+    };
+    part("instance-id", instance.id);
+    if (instance.self === true) part("instance-self", "this one");
+    part("instance-status", status);
+    part("instance-ready", instance.ready === true ? "ready" : "not ready");
+    const age = Number.isFinite(instance.age) ? `heartbeat ${instance.age.toFixed(1)} s ago` : "no heartbeat";
+    part("instance-age", age);
+    if (instance.gone === true) part("instance-gone", "gone");
+    return head;
+  }
+
+  function gridCell(instance, plugin) {
+    const cell = document.createElement("td");
+    cell.dataset.instance = String(instance.id);
+    cell.classList.toggle("gone", instance.gone === true);
+    if (!plugin) {
+      cell.classList.add("absent");
+      cell.dataset.state = "";
+      setText(cell, "\u2014");
+      return cell;
+    }
+    const state = STATES.includes(plugin.state) ? plugin.state : "UNKNOWN";
+    cell.dataset.state = state;
+    cell.classList.add(`state-${state.toLowerCase()}`);
+    const unhealthy = state === "RUNNING" && plugin.healthy === false;
+    cell.classList.toggle("unhealthy", unhealthy);
+    cell.classList.toggle("stale", plugin.stale === true);
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    setText(badge, plugin.state);
+    cell.appendChild(badge);
+    if (unhealthy) {
+      const flag = document.createElement("span");
+      flag.className = "flag";
+      setText(flag, plugin.stale === true ? "stale" : "unhealthy");
+      cell.appendChild(flag);
+    }
+    const why = [plugin.reason, plugin.error_type].filter(Boolean).join(": ");
+    if (why) cell.title = why;
+    return cell;
+  }
+
+  function renderCluster(cluster) {
+    const instances = Array.isArray(cluster.instances) ? cluster.instances : [];
+    const names = Array.isArray(cluster.plugins) ? cluster.plugins.map(String) : [];
+    const head = document.createElement("tr");
+    const corner = document.createElement("td");
+    corner.className = "corner";
+    setText(corner, "plugin");
+    head.appendChild(corner);
+    for (const instance of instances) head.appendChild(instanceHeader(instance));
+    $("cluster-head").replaceChildren(head);
+    $("cluster-rows").replaceChildren(...names.map((name) => {
+      const row = document.createElement("tr");
+      row.dataset.plugin = name;
+      const label = document.createElement("th");
+      label.scope = "row";
+      setText(label, name);
+      row.appendChild(label);
+      for (const instance of instances) {
+        const plugins = instance.plugins ?? {};
+        // Own properties only: a plugin may be called "constructor" or "__proto__".
+        row.appendChild(gridCell(instance, Object.hasOwn(plugins, name) ? plugins[name] : null));
+      }
+      return row;
+    }));
+    const gone = instances.filter((instance) => instance.gone === true).length;
+    setText($("cluster-count"), gone ? `${instances.length} (${gone} gone)` : `${instances.length}`);
+    $("cluster").dataset.instances = String(instances.length);
+    const degraded = typeof cluster.degraded === "string" ? cluster.degraded : "";
+    setText($("cluster-degraded"), degraded ? `the last known states: ${degraded}` : "");
+    $("cluster-degraded").hidden = !degraded;
+  }
+
   function setConnection(error) {
     const connection = $("connection");
     connection.dataset.connection = error ? "lost" : "live";
@@ -166,12 +256,14 @@
 
   async function tick() {
     try {
-      const [plugins, health] = await Promise.all([
+      const [plugins, health, cluster] = await Promise.all([
         poll("v1/plugins/", [200]),
         poll("v1/health", [200, 503]), // 503 is the answer for an aggregate "fail", with the same document
+        poll("v1/cluster", [200]),
       ]);
       if (plugins !== null) renderPlugins(plugins);
       if (health !== null) renderHealth(health);
+      if (cluster !== null) renderCluster(cluster);
       setConnection(null);
     } catch (error) {
       setConnection(error);
