@@ -27,6 +27,7 @@ PLUGINS = {
 FIELDS = {
     "name", "version", "state", "healthy", "reason", "error_type", "error", "since", "requires", "critical",
     "isolation", "tools", "consecutive_failures", "restarts", "last_check", "allowed", "stale",
+    "singleton", "owner", "standby",
 }
 
 

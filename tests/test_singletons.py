@@ -26,12 +26,17 @@ def plugins(tmp_path: Path) -> Path:
     directory = tmp_path / "plugins"
     directory.mkdir()
     runs = tmp_path / "runs.log"
+    sick = tmp_path / "sick.flag"
     (directory / "janitor.py").write_text(textwrap.dedent(f"""
         import os, threading, time
         from plugin_health import Plugin, tool
 
         class Janitor(Plugin):
             singleton = True
+            critical = True
+
+            def health_check(self):
+                return not os.path.exists({str(sick)!r})
 
             def initialize(self, context):
                 self.token = context.fencing_token
@@ -72,7 +77,8 @@ def instances(redis_url: str, plugins: Path, tmp_path: Path) -> Iterator[list[Fl
 
     def config(n: int) -> dict[str, object]:
         return {"store_url": redis_url, "plugin_path": str(plugins), "run_dir": str(tmp_path / f"run{n}"),
-                "instance": f"i{n}", "singleton_lease": LEASE, "host_mode": "embedded", "health_interval": 0.2}
+                "instance": f"i{n}", "singleton_lease": LEASE, "host_mode": "embedded", "health_interval": 0.2,
+                "failure_threshold": 1, "max_restarts": 0}
 
     for n in (1, 2):
         made.append(create_app(config(n)))
@@ -108,7 +114,30 @@ def test_one_instance_runs_it_and_another_takes_over(instances: list[Flask], tmp
     assert time.monotonic() - started < LEASE + 1
     history = standby.extensions[EXTENSION].host.manager.history("janitor")
     assert [r.dest for r in history][-3:] == [S.LOADED, S.INITIALIZED, S.RUNNING]
+    wait_for(lambda: len(intervals(tmp_path / "runs.log")) == 2, timeout=2)  # the new run's first tick
     runs = intervals(tmp_path / "runs.log")
-    assert len(runs) == 2
     (a_first, a_last), (b_first, b_last) = (runs[t] for t in sorted(runs))
     assert a_last < b_first  # never both
+
+
+def test_elsewhere_it_shows_as_its_owner_runs_it_and_only_the_owner_answers_for_it(
+    instances: list[Flask], tmp_path: Path
+) -> None:
+    first, second = instances
+    wait_for(lambda: {state(first, "janitor"), state(second, "janitor")} == {S.RUNNING, S.UNAVAILABLE}, timeout=5)
+    owner, standby = (first, second) if state(first, "janitor") is S.RUNNING else (second, first)
+    owner_id = owner.extensions[EXTENSION].instance
+    shown = standby.test_client().get("/v1/plugins/janitor/health")
+    wait_for(lambda: standby.test_client().get("/v1/plugins/janitor/health").get_json()["state"] == "RUNNING",
+             timeout=3)
+    shown = standby.test_client().get("/v1/plugins/janitor/health").get_json()
+    assert (shown["state"], shown["owner"], shown["standby"], shown["singleton"]) == ("RUNNING", owner_id, True, True)
+    assert state(standby, "janitor") is S.UNAVAILABLE  # its own lifecycle says standby all along
+    (tmp_path / "sick.flag").touch()  # the critical singleton fails on its owner
+    wait_for(lambda: owner.test_client().get("/readyz").status_code == 503, timeout=3)
+    wait_for(lambda: standby.test_client().get("/v1/plugins/janitor/health").get_json()["state"] == "FAILED",
+             timeout=3)
+    ready = standby.test_client().get("/readyz?verbose")
+    assert ready.status_code == 200, ready.get_data(as_text=True)  # the owner answers for it, not every instance
+    check = standby.test_client().get("/v1/health").get_json()["checks"]["plugin:janitor"][0]
+    assert check["status"] == "pass" and check["output"].startswith(f"standby here, runs on instance {owner_id}")

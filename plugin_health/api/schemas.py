@@ -36,6 +36,13 @@ class PluginHealthResponse(Schema):
     restarts = fields.Integer(required=True)
     last_check = fields.AwareDateTime(allow_none=True)
     allowed = fields.List(fields.String(), required=True, metadata={"description": "triggers legal now"})
+    singleton = fields.Boolean(required=True, metadata={
+        "description": "declared singleton = True: it runs on one instance of the cluster at a time"})
+    owner = fields.String(allow_none=True, metadata={
+        "description": "for a singleton: the instance that holds its lease (runs it), as last seen; else null"})
+    standby = fields.Boolean(required=True, metadata={
+        "description": "a singleton on standby here, shown as its owner runs it (state, checks); this instance's "
+                       "readiness and aggregate status do not count it"})
 
 
 class HistoryEntry(Schema):
