@@ -139,7 +139,11 @@ def _hosts_here(settings: Settings, store: StateStore) -> Lock | bool:
 def _cluster(settings: Settings, store: StateStore, service: Service) -> ClusterView:
     """The cluster this instance sees: every instance on a Redis store, else this one alone."""
     if settings.store_url is not None and is_shared(settings.store_url) and isinstance(store, SQLiteStore):
-        return RedisCluster(settings.store_url, settings.instance_id, store, settings.instance_retention)
+        view = RedisCluster(settings.store_url, settings.instance_id, store, settings.instance_retention)
+        # Connect now (at most one short timeout if Redis is away): a worker's first connection costs up to a few
+        # hundred milliseconds under gevent (its resolver's threads start), which no read should wait for.
+        view.instances()
+        return view
     started = time.time()
 
     def here() -> InstanceInfo | None:

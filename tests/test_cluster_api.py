@@ -28,7 +28,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 RUNNING, FAILED = PluginLifecycleState.RUNNING, PluginLifecycleState.FAILED
 CLUSTER_FIELDS = {"instance", "degraded", "plugins", "instances"}
 INSTANCE_FIELDS = {"id", "self", "pid", "started", "heartbeat", "age", "gone", "status", "ready", "plugins"}
-PLUGIN_FIELDS = {"state", "healthy", "stale", "critical", "reason", "error_type", "since", "last_check"}
+PLUGIN_FIELDS = {"state", "healthy", "stale", "critical", "reason", "error_type", "since", "last_check",
+                 "owner", "standby"}
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from plugin_health import create_app
 from plugin_health.app import EXTENSION, Service
 from plugin_health.coordination.locks import HostLock, lock_is_free
 from plugin_health.runtime.hosting import EXIT_LOCKED, HostProcess, host_problem, read_beat
-from plugin_health.store.cluster import InstanceInfo
 from plugin_health.store import open_store
+from plugin_health.store.cluster import InstanceInfo
 
 PLUGINS = {
     "core": "critical = True\n",

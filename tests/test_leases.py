@@ -363,3 +363,24 @@ def test_partition_the_cut_owner_stops_before_another_takes_over(
         proxy.restore()
         wait_for(lambda: not a.renew() and a.token is None, timeout=1.0)
         assert b.renew() is True
+
+
+def test_fencing_tokens_still_grow_after_redis_lost_everything(tmp_path: Path, connect: Connect) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        first = SingletonLease(connect(server.url), "svc:singleton:x", "i1", 1.0)
+        second = SingletonLease(connect(server.url), "svc:singleton:x", "i2", 1.0)
+        earlier = first.try_acquire()
+        first.release()
+        later = second.try_acquire()
+        assert earlier is not None
+        assert later is not None
+        assert later > earlier
+        second.release()
+        server.stop()
+        server.start()  # empty: the counter is gone too
+        again = first.try_acquire()
+        assert again is not None
+        assert again > later
+    finally:
+        server.stop()

@@ -132,7 +132,8 @@ def test_open_store(tmp_path: Path, url: str | None, kind: Callable[..., StateSt
 
 def test_a_redis_url_opens_this_instances_own_sqlite_store(tmp_path: Path) -> None:
     made = open_store("redis://127.0.0.1:1/0?prefix=svc", tmp_path, instance="web-1:8000")
-    assert isinstance(made, SQLiteStore) and made.shared
+    assert isinstance(made, SQLiteStore)
+    assert made.shared
     assert made.path == tmp_path / "instance-web-1:8000.sqlite3"  # two instances in one directory keep apart
     assert made.degraded() is None  # until its core says its copy to Redis is behind
     made.close()

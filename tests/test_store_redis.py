@@ -128,11 +128,46 @@ def test_instances_are_listed_and_the_silent_ones_dropped_after_retention(redis_
     assert [(i.id, i.gone(now)) for i in listed] == [("a", False), ("b", True)]
     assert set(view.grid()) == {"a", "b"}
     assert ra.prune(retention=30, now=now) == ["b"]
-    assert [i.id for i in view.instances()] == ["a"]
-    assert set(view.grid()) == {"a"}
+    fresh = RedisCluster(redis_url, "a", a, retention=30)
+    assert [i.id for i in fresh.instances()] == ["a"]
+    assert set(fresh.grid()) == {"a"}
     assert rb.client.keys(f"{rb.keys.prefix}:i:b:*") == []  # its states went with it
-    for closing in (ra, rb, view):
+    for closing in (ra, rb, view, fresh):
         closing.close()
+
+
+def test_an_instance_missing_after_redis_lost_everything_is_still_known_until_it_beats(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    a, b = local(tmp_path, "a"), local(tmp_path, "b")
+    rb = Replicator(own_redis.url, "b", b)
+    rb.beat(InstanceInfo("b", 2, time.time(), time.time()))
+    view = RedisCluster(own_redis.url, "a", a)
+    assert [i.id for i in view.instances()] == ["b"]
+    rb.client.flushall()  # as a Redis restarted without persistence: b says so again at its next beat
+    assert [(i.id, i.gone(time.time())) for i in view.instances()] == [("b", False)]  # not an unknown instance
+    rb.close()
+    view.close()
+
+
+def test_a_transition_recorded_during_a_copy_is_copied_once(redis_url: str, tmp_path: Path) -> None:
+    store = local(tmp_path, "a")
+    replicator = Replicator(redis_url, "a", store)
+    record(store, "auth", (None, S.LOADED, "load"))
+    replicator.replicate()
+    record(store, "auth", (S.LOADED, S.INITIALIZED, "initialize"))
+    read = store.records_since
+
+    def racing(seq: int) -> list[tuple[int, str, str]]:  # a transition lands between the copy's reads
+        record(store, "auth", (S.INITIALIZED, S.RUNNING, "start"))
+        store.records_since = read  # type: ignore[method-assign]
+        return read(seq)
+
+    store.records_since = racing  # type: ignore[method-assign]
+    replicator.replicate()
+    replicator.replicate()
+    assert remote_history(replicator.client, replicator.keys.prefix, "a", "auth") == ["load", "initialize", "start"]
+    replicator.close()
 
 
 def test_reads_never_wait_on_a_frozen_redis(own_redis: RedisServer, tmp_path: Path) -> None:
@@ -153,7 +188,8 @@ def test_reads_never_wait_on_a_frozen_redis(own_redis: RedisServer, tmp_path: Pa
             slowest = max(slowest, time.monotonic() - started)
             assert [s.name for s in grid["b"]] == ["auth"]  # the last known view
         assert slowest < 2 * READ_TIMEOUT + 0.05, slowest
-        assert view.degraded() is not None and "redis unreachable" in view.degraded()  # type: ignore[operator]
+        assert view.degraded() is not None
+        assert "redis unreachable" in view.degraded()
     finally:
         own_redis.resume()
     wait_for(lambda: view.grid() is not None and view.degraded() is None, timeout=5)

@@ -99,12 +99,21 @@ def ready(health: dict[str, Any], loaded: bool) -> bool:
 
 
 def _plugin(snapshot: PluginSnapshot, horizon: Horizon) -> dict[str, Any]:
-    """One ``ClusterPlugin``, as true at ``horizon``."""
+    """One ``ClusterPlugin``, as true at ``horizon``.
+
+    A singleton on standby on an instance is shown there as what it is on that instance (UNAVAILABLE, on standby,
+    naming its owner), not as the owner's copy the instance shows in its own answers: the grid says where it runs.
+    """
+    if snapshot.standby:
+        return {"state": "UNAVAILABLE", "healthy": False, "stale": False, "critical": snapshot.critical,
+                "reason": f"standby: runs on instance {snapshot.owner}", "error_type": None,
+                "since": snapshot.since.isoformat(), "last_check": None, "owner": snapshot.owner, "standby": True}
     stale = horizon.stale(snapshot)
     return {"state": snapshot.state.value, "healthy": unhealthy(snapshot, horizon) is None,
             "stale": stale is not None, "critical": snapshot.critical,
             "reason": snapshot.reason if stale is None else stale, "error_type": snapshot.error_type,
-            "since": snapshot.since.isoformat(), "last_check": _iso(snapshot.last_check)}
+            "since": snapshot.since.isoformat(), "last_check": _iso(snapshot.last_check),
+            "owner": snapshot.owner, "standby": False}
 
 
 def _iso(moment: datetime | None) -> str | None:

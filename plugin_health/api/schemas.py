@@ -136,6 +136,10 @@ class ClusterPlugin(Schema):
                        "caller may see details)"})
     since = fields.AwareDateTime(required=True, metadata={"description": "time of the last transition (UTC)"})
     last_check = fields.AwareDateTime(allow_none=True, required=True)
+    owner = fields.String(allow_none=True, required=True, metadata={
+        "description": "for a singleton: the instance that runs it (holds its lease), as last seen; else null"})
+    standby = fields.Boolean(required=True, metadata={
+        "description": "a singleton on standby on this instance (UNAVAILABLE here: it runs on its owner)"})
 
 
 class ClusterInstance(Schema):

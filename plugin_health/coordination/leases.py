@@ -9,8 +9,8 @@ counts the time to live from when the command runs, which is later. An owner tha
 long as the two clocks run at about the same rate).
 
 Each acquisition increments ``<key>:fence``; the result, the fencing token, grows with every new owner, across
-restarts of an owner (not across a restart of a Redis that keeps nothing), so an external system that remembers
-the largest token it has seen can refuse a stale one.
+restarts of an owner and of a Redis that keeps nothing (a counter that is not there starts from Redis's clock in
+microseconds), so an external system that remembers the largest token it has seen can refuse a stale one.
 
 A call waits for Redis ``socket_timeout`` seconds per attempt, and redis-py 8 retries a timed-out command 10
 times by default: with ``socket_timeout=0.2``, a renewal against a frozen Redis returns after 5 to 6 s. Give the
@@ -108,7 +108,7 @@ class SingletonLease:
         try:
             if not self._lock.acquire(blocking=False, token=f"{self.owner}\n{uuid.uuid4().hex}"):
                 return None
-            token = int(self._client.incr(self._fence))
+            token = self._next_token()
         except redis.RedisError as err:
             # The SET may have run although its answer was lost: the key then expires by itself.
             logger.warning("lease %s: not acquired by %s: %s", self.key, self.owner, err)
@@ -124,6 +124,14 @@ class SingletonLease:
         self._valid_until = valid_until
         logger.info("lease %s acquired by %s (token %d)", self.key, self.owner, token)
         return token
+
+    def _next_token(self) -> int:
+        """The next fencing token: the counter's next value. A counter Redis does not have (never made, or lost when
+        Redis restarted empty) starts from Redis's clock in microseconds, so tokens still only grow: an owner
+        before the loss took its token from a smaller clock reading (plus one per acquisition since)."""
+        seconds, micros = self._client.time()
+        self._client.set(self._fence, int(seconds) * 1_000_000 + int(micros), nx=True)
+        return int(self._client.incr(self._fence))
 
     def _renew(self) -> bool:
         if self.token is None:

@@ -127,23 +127,51 @@ class RedisCluster:
         self._instances: list[InstanceInfo] = []
         self._others: dict[str, list[PluginSnapshot]] = {}
         self._seen_version: int | None = None
+        self._prober: threading.Thread | None = None
+        self._closed = threading.Event()
 
     # -- reads, guarded ---------------------------------------------------------------------------------
 
     def _guarded(self, read: Callable[[], T], fallback: T) -> T:
-        """``read()``, or ``fallback`` at once while the circuit is open, or after a failed read."""
+        """``read()``; or ``fallback``, at once while the circuit is open, or after a failed read.
+
+        A reader never probes a Redis that failed: a thread of this view does (every :data:`BREAK_FOR` seconds),
+        and closes the circuit when Redis answers again.
+        """
+        if self._breaker.current_state == pybreaker.STATE_OPEN:
+            self._probe_later()
+            return fallback
         try:
             value = self._breaker.call(read)
         except (redis.RedisError, pybreaker.CircuitBreakerError) as err:
-            cause = err.__cause__ if isinstance(err, pybreaker.CircuitBreakerError) and err.__cause__ else err
-            if self._problem is None:
-                logger.warning("redis unreachable (%s); the cluster view shows the last known states",
-                               type(cause).__name__)
-            if not isinstance(err, pybreaker.CircuitBreakerError) or self._problem is None:
-                self._problem = f"redis unreachable ({type(cause).__name__}); showing the last known states"
+            self._failed(err)
             return fallback
         self._problem = None
         return value
+
+    def _failed(self, err: Exception) -> None:
+        cause = err.__cause__ if isinstance(err, pybreaker.CircuitBreakerError) and err.__cause__ else err
+        if self._problem is None:
+            logger.warning("redis unreachable (%s); the cluster view shows the last known states", type(cause).__name__)
+            self._problem = f"redis unreachable ({type(cause).__name__}); showing the last known states"
+        self._probe_later()
+
+    def _probe_later(self) -> None:
+        with self._lock:
+            if self._prober is not None and self._prober.is_alive():
+                return
+            self._prober = threading.Thread(target=self._probe, name="plugin-health-redis-probe", daemon=True)
+            self._prober.start()
+
+    def _probe(self) -> None:
+        """Until Redis answers: wait for the circuit's timeout, then try once (the circuit closes on an answer)."""
+        while not self._closed.wait(BREAK_FOR):
+            try:
+                self._breaker.call(self.client.ping)
+            except (redis.RedisError, pybreaker.CircuitBreakerError):
+                continue
+            self._problem = None
+            return
 
     def degraded(self) -> str | None:
         """None while Redis answers this process; else why the view is the last known one."""
@@ -158,8 +186,14 @@ class RedisCluster:
             horizon = time.time() - self.retention
             return sorted((i for i in found if i is not None and i.beat >= horizon), key=lambda i: i.id)
 
+        found = self._guarded(read, self._instances)
         with self._lock:
-            self._instances = self._guarded(read, self._instances)
+            # An instance seen before and missing now (Redis restarted empty: each says so again at its next beat)
+            # is kept with its last heartbeat: gone once that is old, dropped after the retention.
+            horizon = time.time() - self.retention
+            ids = {info.id for info in found}
+            kept = [info for info in self._instances if info.id not in ids and info.beat >= horizon]
+            self._instances = sorted([*found, *kept], key=lambda i: i.id)
             return list(self._instances)
 
     def grid(self) -> dict[str, list[PluginSnapshot]]:
@@ -180,9 +214,10 @@ class RedisCluster:
             self._seen_version = version
             return others
 
+        others = self._guarded(read, self._others)
         with self._lock:
-            self._others = self._guarded(read, self._others)
-            grid = {instance: list(snapshots) for instance, snapshots in self._others.items() if instance in ids}
+            self._others = others
+            grid = {instance: list(snapshots) for instance, snapshots in others.items() if instance in ids}
         grid[self.instance] = self.local.snapshots()
         return dict(sorted(grid.items()))
 
@@ -202,7 +237,8 @@ class RedisCluster:
         return None if raw is None else _text(raw).split("\n", 1)[0]
 
     def close(self) -> None:
-        """Close the connections."""
+        """Stop probing; close the connections."""
+        self._closed.set()
         self.client.close()
 
 
@@ -231,10 +267,10 @@ class Replicator:
         if local_seq == self._copied and rows == self._pushed:
             return 0
         cursor_key, version_key = self.keys.cursor(self.instance), self.keys.version()
-        copied = 0
+        copied = reached = 0
 
         def copy(pipe: Any) -> None:
-            nonlocal copied
+            nonlocal copied, reached
             raw = pipe.get(cursor_key)
             mark, _, seq_text = _text(raw).partition(":") if raw else ("", "", "")
             whole = mark != store_id or not seq_text.isdigit()  # Redis lost it, or this is a new local store
@@ -261,16 +297,19 @@ class Replicator:
                 touched.add(plugin)
             for plugin in touched:
                 pipe.ltrim(self.keys.history(self.instance, plugin), -self.history_limit, -1)
-            pipe.set(cursor_key, f"{store_id}:{max(local_seq, since)}")
+            # The last sequence copied, not the last read before: one recorded since then is copied next time.
+            last = max((seq for seq, _, _ in records), default=since)
+            pipe.set(cursor_key, f"{store_id}:{last}")
             pipe.incr(version_key)
             copied = len(records)
+            reached = last
 
         try:
             self.client.transaction(copy, cursor_key)
         except redis.RedisError:
             self._pushed = None  # the copy may or may not have run: next time, send every row again
             raise
-        self._pushed, self._copied = rows, local_seq
+        self._pushed, self._copied = rows, reached
         return copied
 
     def beat(self, info: InstanceInfo) -> None:
