@@ -23,9 +23,9 @@ from flask.cli import AppGroup, ScriptInfo
 from plugin_health import diagrams
 from plugin_health.api.cluster import Own, cluster_document
 from plugin_health.api.freshness import Horizon, present
+from plugin_health.api.plugins import history_document
 from plugin_health.api.schemas import (
     STATE_NAMES,
-    history_entries,
     parse_state,
     plugin_health_list,
     plugin_health_response,
@@ -196,14 +196,13 @@ def health(name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The JSON of GET /v1/plugins/NAME/history instead of a table.")
 def history(name: str, as_json: bool) -> None:
     """Show one plugin's recorded transitions, oldest first."""
-    _snapshot(name)
-    records = _store().history(name)
+    entries, _ = history_document(_service(), _snapshot(name), visible=True)
     if as_json:
-        _echo_json(history_entries.dump(records))
+        _echo_json(entries)
         return
-    header = ("from", "to", "trigger", "reason", "error_type", "at")
-    rows = ((None if r.source is None else r.source.value, r.dest.value, r.trigger, r.reason, r.error_type, r.at)
-            for r in records)
+    header = ("instance", "from", "to", "trigger", "reason", "error_type", "at")
+    rows = ((e["instance"], e["from"], e["to"], e["trigger"], e["reason"], e["error_type"],
+             datetime.fromisoformat(e["at"])) for e in entries)
     click.echo(format_table(header, rows))
 
 

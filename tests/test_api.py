@@ -169,7 +169,9 @@ def test_history_oldest_first(client: FlaskClient) -> None:
     history = response.get_json()
     assert [(e["from"], e["to"], e["trigger"]) for e in history] == [
         (None, "LOADED", "load"), ("LOADED", "FAILED", "fail")]
-    assert set(history[0]) == {"plugin", "from", "to", "trigger", "reason", "error_type", "error", "at"}
+    assert set(history[0]) == {"plugin", "from", "to", "trigger", "reason", "error_type", "error", "at",
+                               "instance"}
+    assert history[0]["instance"] == client.application.extensions["plugin_health"].instance
 
 
 def test_aggregate_fails_on_a_critical_plugin(tmp_path: Path) -> None:

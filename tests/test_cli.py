@@ -228,10 +228,11 @@ def test_history_table_oldest_first(app: Flask) -> None:
     result = invoke(app, "history", "broken")
     assert result.exit_code == 0
     rows = table(result.stdout)
-    assert rows[0] == ["FROM", "TO", "TRIGGER", "REASON", "ERROR_TYPE", "AT"]
-    assert [row[:5] for row in rows[1:]] == [
-        ["-", "LOADED", "load", "-", "-"],
-        ["LOADED", "FAILED", "fail", "initialize failed", "RuntimeError"],
+    assert rows[0] == ["INSTANCE", "FROM", "TO", "TRIGGER", "REASON", "ERROR_TYPE", "AT"]
+    here = app.extensions["plugin_health"].instance
+    assert [row[:6] for row in rows[1:]] == [
+        [here, "-", "LOADED", "load", "-", "-"],
+        [here, "LOADED", "FAILED", "fail", "initialize failed", "RuntimeError"],
     ]
 
 

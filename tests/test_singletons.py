@@ -101,6 +101,7 @@ def test_one_instance_runs_it_and_another_takes_over(instances: list[Flask], tmp
     first, second = instances
     wait_for(lambda: {state(first, "janitor"), state(second, "janitor")} == {S.RUNNING, S.UNAVAILABLE}, timeout=5)
     owner, standby = (first, second) if state(first, "janitor") is S.RUNNING else (second, first)
+    owner_id = owner.extensions[EXTENSION].instance
     assert state(owner, "plain") is state(standby, "plain") is S.RUNNING  # everything else runs everywhere
     waiting = standby.extensions[EXTENSION].host.manager.last("janitor")
     owner_id = owner.extensions[EXTENSION].instance
@@ -114,6 +115,14 @@ def test_one_instance_runs_it_and_another_takes_over(instances: list[Flask], tmp
     assert time.monotonic() - started < LEASE + 1
     history = standby.extensions[EXTENSION].host.manager.history("janitor")
     assert [r.dest for r in history][-3:] == [S.LOADED, S.INITIALIZED, S.RUNNING]
+    # Its history, read on any instance, says where it ran and when it moved.
+    moves = standby.test_client().get("/v1/plugins/janitor/history").get_json()
+    where = [(m["instance"], m["to"]) for m in moves if m["to"] in ("RUNNING", "UNAVAILABLE")]
+    standby_id = standby.extensions[EXTENSION].instance
+    assert where[-2:] == [(owner_id, "UNAVAILABLE"), (standby_id, "RUNNING")]  # it stopped there, then ran here
+    assert (owner_id, "RUNNING") in where[:-2]
+    assert (standby_id, "UNAVAILABLE") in where[:-2]
+    assert moves[-3]["reason"].startswith(f"took its lease on instance {standby_id} (fencing token ")
     wait_for(lambda: len(intervals(tmp_path / "runs.log")) == 2, timeout=2)  # the new run's first tick
     runs = intervals(tmp_path / "runs.log")
     (_, a_last), (b_first, _) = (runs[t] for t in sorted(runs))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 bp = Blueprint("plugins", __name__, url_prefix="/v1/plugins")
 
 JSON = "application/json"
+#: Seconds a singleton's history (merged from every instance) is kept before it is read again.
+CLUSTER_HISTORY_LIFETIME = 0.5
 
 
 def service() -> Service:
@@ -127,19 +130,40 @@ def plugin_health(name: str) -> Response:
     return respond(cache().get(("health", name, visible), build), JSON)
 
 
+def history_document(
+    current_service: Service, snapshot: PluginSnapshot, visible: bool
+) -> tuple[list[dict[str, Any]], bool]:
+    """A plugin's history entries, oldest first, each naming its instance; and whether other instances' are in it
+    (a singleton's history holds every instance's, so that it says where it ran and when it moved)."""
+    here, view = current_service.instance, current_service.cluster
+    found = [(here, record) for record in current_service.store.history(snapshot.name)]
+    merged = snapshot.singleton and view is not None
+    if merged:
+        assert view is not None
+        for info in view.instances():
+            if info.id != here:
+                found += [(info.id, record) for record in view.history_of(info.id, snapshot.name)]
+        found.sort(key=lambda entry: entry[1].at)  # stable: one instance's records keep their order
+    records = [record for _, record in found]
+    if not visible:
+        records = [dataclasses.replace(r, error=None, error_type=public_error_type(r.error_type)) for r in records]
+    entries: list[dict[str, Any]] = history_entries.dump(records)
+    for entry, (instance, _) in zip(entries, found, strict=True):
+        entry["instance"] = instance
+    return entries, merged
+
+
 @bp.get("/<name>/history")
 def plugin_history(name: str) -> Response:
-    """The recorded transitions of one plugin, oldest first."""
+    """The recorded transitions of one plugin on this instance, oldest first, each naming the instance; for a
+    singleton, its transitions on every instance of the cluster (where it ran, and when it moved)."""
     checked_name(name)
     visible = details_visible()
 
-    def build() -> tuple[bytes, int]:
-        current(name)
-        records = store().history(name)
-        if not visible:
-            records = [dataclasses.replace(r, error=None, error_type=public_error_type(r.error_type))
-                       for r in records]
-        return dumps(history_entries.dump(records)), 200
+    def build() -> Built:
+        entries, merged = history_document(service(), current(name), visible)
+        # Other instances' records move no version here: a merged history is read again after a moment.
+        return dumps(entries), 200, time.time() + CLUSTER_HISTORY_LIFETIME if merged else None
 
     return respond(cache().get(("history", name, visible), build), JSON)
 

@@ -56,6 +56,8 @@ class HistoryEntry(Schema):
     error_type = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
     at = fields.AwareDateTime(required=True)
+    instance = fields.String(dump_only=True, metadata={
+        "description": "the instance it happened on (a singleton's history holds every instance's)"})
 
 
 class HealthCheck(Schema):
