@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
+from singleton_runs import assert_disjoint, intervals, janitor_source
 from waiting import wait_for
 
 from plugin_health import create_app
@@ -27,48 +27,9 @@ def plugins(tmp_path: Path) -> Path:
     directory.mkdir()
     runs = tmp_path / "runs.log"
     sick = tmp_path / "sick.flag"
-    (directory / "janitor.py").write_text(textwrap.dedent(f"""
-        import os, threading, time
-        from plugin_health import Plugin, tool
-
-        class Janitor(Plugin):
-            singleton = True
-            critical = True
-
-            def health_check(self):
-                return not os.path.exists({str(sick)!r})
-
-            def initialize(self, context):
-                self.token = context.fencing_token
-                self.done = threading.Event()
-
-            def start(self):
-                def tick():
-                    while not self.done.wait(0.02):
-                        with open({str(runs)!r}, "a") as out:
-                            out.write(f"{{self.token}} {{time.time()}}\\n")
-                threading.Thread(target=tick, daemon=True).start()
-
-            def stop(self):
-                self.done.set()
-
-            @tool
-            def where(self):
-                return os.getpid()
-    """))
+    (directory / "janitor.py").write_text(janitor_source(runs, sick))
     (directory / "plain.py").write_text("from plugin_health import Plugin\n\nclass Plain(Plugin):\n    pass\n")
     return directory
-
-
-def intervals(runs: Path) -> dict[int, tuple[float, float]]:
-    """Each run's first and last tick, by fencing token."""
-    found: dict[int, tuple[float, float]] = {}
-    for line in runs.read_text().splitlines():
-        token_text, at_text = line.split()
-        token, at = int(token_text), float(at_text)
-        first, last = found.get(token, (at, at))
-        found[token] = (min(first, at), max(last, at))
-    return found
 
 
 @pytest.fixture
@@ -124,9 +85,7 @@ def test_one_instance_runs_it_and_another_takes_over(instances: list[Flask], tmp
     assert (standby_id, "UNAVAILABLE") in where[:-2]
     assert moves[-3]["reason"].startswith(f"took its lease on instance {standby_id} (fencing token ")
     wait_for(lambda: len(intervals(tmp_path / "runs.log")) == 2, timeout=2)  # the new run's first tick
-    runs = intervals(tmp_path / "runs.log")
-    (_, a_last), (b_first, _) = (runs[t] for t in sorted(runs))
-    assert a_last < b_first  # never both
+    assert len(assert_disjoint(tmp_path / "runs.log")) == 2  # never both
 
 
 def test_elsewhere_it_shows_as_its_owner_runs_it_and_only_the_owner_answers_for_it(
