@@ -106,7 +106,8 @@ def _plugin(snapshot: PluginSnapshot, horizon: Horizon) -> dict[str, Any]:
     """
     if snapshot.standby:
         return {"state": "UNAVAILABLE", "healthy": False, "stale": False, "critical": snapshot.critical,
-                "reason": f"standby: runs on instance {snapshot.owner}", "error_type": None,
+                "reason": snapshot.reason if snapshot.owner is None else f"standby: runs on instance {snapshot.owner}",
+                "error_type": None,
                 "since": snapshot.since.isoformat(), "last_check": None, "owner": snapshot.owner, "standby": True}
     stale = horizon.stale(snapshot)
     return {"state": snapshot.state.value, "healthy": unhealthy(snapshot, horizon) is None,

@@ -146,13 +146,15 @@ class Core:
         self.flush()
 
     def snapshot(self, name: str) -> PluginSnapshot:
-        """What every worker is told of ``name`` right now (a singleton on standby: as its owner runs it)."""
-        mirror = self.mirrors.get(name)
-        if mirror is not None and self.manager.state_of(name) is PluginLifecycleState.UNAVAILABLE and (
-                self.manager.last(name).reason or "").startswith(UnavailableReason.STANDBY.value):
+        """What every worker is told of ``name`` right now (a singleton on standby: as its owner runs it, when the
+        keeper has seen that)."""
+        standby = self.manager.state_of(name) is PluginLifecycleState.UNAVAILABLE and (
+            self.manager.last(name).reason or "").startswith(UnavailableReason.STANDBY.value)
+        mirror = self.mirrors.get(name) if standby else None
+        if mirror is not None:
             return dataclasses.replace(mirror, owner=self.owners.get(name), singleton=True, standby=True,
                                        allowed=allowed_triggers(PluginLifecycleState.UNAVAILABLE))
-        return self._own_snapshot(name)
+        return dataclasses.replace(self._own_snapshot(name), standby=standby)
 
     def _own_snapshot(self, name: str) -> PluginSnapshot:
         last = self.manager.last(name)

@@ -38,8 +38,9 @@ class PluginSnapshot:
     singleton: bool = False
     #: For a singleton: the instance that holds its lease, as last seen (None: nobody, or not known).
     owner: str | None = None
-    #: A singleton on standby here, shown as its owner last published it (state, checks): it runs there, so this
-    #: instance's readiness and aggregate status do not count it.
+    #: A singleton on standby here (UNAVAILABLE ``standby: ...`` in this instance's lifecycle), shown as its owner
+    #: last published it (state, checks) once known: it runs there, so this instance's readiness and aggregate
+    #: status do not count it.
     standby: bool = False
 
     @property
