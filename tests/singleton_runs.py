@@ -10,10 +10,20 @@ import itertools
 import textwrap
 from pathlib import Path
 
+#: A ``stop`` that never ends: it swallows the sandbox's alarm and sleeps again (its runner must be killed).
+STUBBORN_STOP = """
+    while True:
+        try:
+            time.sleep(10)
+        except BaseException:
+            pass
+"""
 
-def janitor_source(runs: Path, sick: Path, where: str = "os.getpid()") -> str:
+
+def janitor_source(runs: Path, sick: Path, where: str = "os.getpid()", stop: str = "self.done.set()") -> str:
     """The plugin: a critical singleton whose health check fails while ``sick`` exists, ticking into ``runs``;
-    its tool ``where`` answers ``where`` (a Python expression)."""
+    its tool ``where`` answers ``where`` (a Python expression); ``stop`` is the body of its ``stop``."""
+    body = textwrap.indent(textwrap.dedent(stop).strip("\n"), " " * 16)
     return textwrap.dedent(f"""
         import os, threading, time
         from plugin_health import Plugin, tool
@@ -37,7 +47,7 @@ def janitor_source(runs: Path, sick: Path, where: str = "os.getpid()") -> str:
                 threading.Thread(target=tick, daemon=True).start()
 
             def stop(self):
-                self.done.set()
+{body}
 
             @tool
             def where(self):

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from singleton_runs import assert_disjoint, intervals, janitor_source
+from redis_server import RedisServer
+from singleton_runs import STUBBORN_STOP, assert_disjoint, intervals, janitor_source
+from tcp_proxy import TcpProxy
 from waiting import wait_for
 
 from plugin_health import create_app
@@ -110,3 +112,38 @@ def test_elsewhere_it_shows_as_its_owner_runs_it_and_only_the_owner_answers_for_
     check = standby.test_client().get("/v1/health").get_json()["checks"]["plugin:janitor"][0]
     assert check["status"] == "pass"
     assert check["output"].startswith(f"standby here, runs on instance {owner_id}")
+
+
+def test_an_owner_cut_off_from_redis_kills_a_singleton_that_will_not_stop_before_its_lease_ends(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The owner loses Redis (a partition) while its singleton's ``stop`` swallows the alarm and spins: its runner
+    is killed before the lease can pass, so the other instance's run never overlaps it."""
+    runs, lease = tmp_path / "runs.log", 2.0
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    source = janitor_source(runs, tmp_path / "never", stop=STUBBORN_STOP)
+    (directory / "janitor.py").write_text(source)
+    prefix = f"?prefix=stubborn-{tmp_path.name}"
+    proxy = TcpProxy(redis_server.port).start()
+    made: list[Flask] = []
+    try:
+        for n, port in ((1, proxy.port), (2, redis_server.port)):  # the first, behind the proxy, owns it
+            made.append(create_app({
+                "store_url": f"redis://127.0.0.1:{port}/0{prefix}", "plugin_path": str(directory),
+                "run_dir": str(tmp_path / f"run{n}"), "instance": f"i{n}", "singleton_lease": lease,
+                "host_mode": "embedded", "health_interval": 0.2, "default_timeout": 3}))  # more than the lease leaves
+        first, second = made
+        wait_for(lambda: state(first, "janitor") is S.RUNNING and len(intervals(runs)) == 1, timeout=5)
+        proxy.cut()
+        cut = time.monotonic()
+        wait_for(lambda: state(second, "janitor") is S.RUNNING, timeout=lease + 3)
+        assert time.monotonic() - cut < lease + 1.0
+        wait_for(lambda: len(intervals(runs)) == 2, timeout=2)
+        time.sleep(0.3)
+        assert len(assert_disjoint(runs)) == 2
+        assert state(first, "janitor") is not S.RUNNING
+    finally:
+        proxy.close()
+        for app in made:
+            app.extensions[EXTENSION].shutdown()

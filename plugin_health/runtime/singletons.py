@@ -22,6 +22,7 @@ import threading
 import redis
 
 from plugin_health.coordination.leases import SingletonLease
+from plugin_health.errors import IllegalTransitionError
 from plugin_health.lifecycle import PluginLifecycleState, UnavailableReason
 from plugin_health.runtime.core import Core
 from plugin_health.runtime.runners import RunnerHandle
@@ -30,7 +31,8 @@ from plugin_health.store.redis import Keys
 
 logger = logging.getLogger(__name__)
 
-#: Seconds before the lease ends by which a singleton that could not be stopped has had its runner killed.
+#: Seconds before the lease ends by which a singleton that could not be stopped has had its runner killed (at most
+#: a sixth of the lease, for short leases).
 MARGIN = 0.5
 #: Polls (renewals, takeovers) per lease period.
 POLLS_PER_LEASE = 6
@@ -159,7 +161,7 @@ class SingletonKeeper:
         why = "its lease passed to another instance" if lease.token is None else (
             "its lease could not be renewed (redis unreachable)")
         logger.warning("singleton %s: %s; stopping it with %.2f s of the lease left", name, why, remaining)
-        budget = max(0.0, remaining - MARGIN)
+        budget = max(0.0, remaining - min(MARGIN, self.ttl / POLLS_PER_LEASE))
         done = threading.Event()
 
         def stop() -> None:
@@ -169,6 +171,8 @@ class SingletonKeeper:
                     reason = UnavailableReason.STANDBY.with_detail(f"{why}; stopped here before it could run twice")
                     grace = self.core.settings.runner_grace
                     self.core.loader.take_down(name, "make_unavailable", reason, timeout=max(0.01, budget - grace))
+            except IllegalTransitionError:  # it moved meanwhile: FAILED, its runner killed for a stop that hung
+                logger.warning("singleton %s: %s while it was being stopped", name, self.core.manager.state_of(name))
             except Exception:
                 logger.exception("singleton %s: not stopped in order", name)
             finally:
