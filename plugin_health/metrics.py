@@ -82,6 +82,9 @@ class StoreCollector(Collector):
         counts = dict.fromkeys(PluginLifecycleState, 0)
         healthy, now = 0, datetime.now(UTC)
         for snapshot in self.service.store.snapshots():
+            if snapshot.standby:  # a singleton another instance runs: UNAVAILABLE here (its owner counts its run)
+                counts[PluginLifecycleState.UNAVAILABLE] += 1
+                continue
             counts[snapshot.state] += 1
             healthy += is_healthy(snapshot, now)
         plugins = GaugeMetricFamily("plugin_health_plugins", "Plugins in each lifecycle state", labels=["state"])

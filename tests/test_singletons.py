@@ -35,13 +35,16 @@ def plugins(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def instances(redis_url: str, plugins: Path, tmp_path: Path) -> Iterator[list[Flask]]:
+def instances(request: pytest.FixtureRequest, redis_url: str, plugins: Path, tmp_path: Path) -> Iterator[list[Flask]]:
+    """Two instances hosting the plugins; ``@pytest.mark.settings(...)`` overrides settings of both."""
+    marker = request.node.get_closest_marker("settings")
     made = []
 
     def config(n: int) -> dict[str, object]:
         return {"store_url": redis_url, "plugin_path": str(plugins), "run_dir": str(tmp_path / f"run{n}"),
                 "instance": f"i{n}", "singleton_lease": LEASE, "host_mode": "embedded", "health_interval": 0.2,
-                "failure_threshold": 1, "max_restarts": 0}
+                "failure_threshold": 1, "max_restarts": 100, "backoff_base": 0.2, "backoff_max": 0.2,
+                **(marker.kwargs if marker else {})}
 
     for n in (1, 2):
         made.append(create_app(config(n)))
@@ -147,3 +150,22 @@ def test_an_owner_cut_off_from_redis_kills_a_singleton_that_will_not_stop_before
         proxy.close()
         for app in made:
             app.extensions[EXTENSION].shutdown()
+
+
+@pytest.mark.settings(max_restarts=0)
+def test_an_owner_that_gave_up_on_its_singleton_lets_another_instance_run_it(
+    instances: list[Flask], tmp_path: Path
+) -> None:
+    first, second = instances
+    wait_for(lambda: {state(first, "janitor"), state(second, "janitor")} == {S.RUNNING, S.UNAVAILABLE}, timeout=5)
+    owner, standby = (first, second) if state(first, "janitor") is S.RUNNING else (second, first)
+    (tmp_path / "sick.flag").touch()  # it fails its check; no restarts allowed (max_restarts 0): it gives up
+    wait_for(lambda: state(owner, "janitor") is S.FAILED, timeout=3)
+
+    def taken_over() -> bool:
+        history = standby.extensions[EXTENSION].host.manager.history("janitor")
+        return any((r.reason or "").startswith("took its lease") for r in history)
+
+    wait_for(taken_over, timeout=LEASE + 2)  # the lease was given back, not held by a plugin that will not run
+    scrape = owner.test_client().get("/metrics").get_data(as_text=True)
+    assert 'plugin_health_plugins{state="FAILED"} 1.0' in scrape

@@ -111,8 +111,9 @@ class SingletonKeeper:
         with self._lock:
             lease = self._lease(name)
             if lease.token is not None:
-                if name in loader.disabled and state not in ACTIVE:
-                    lease.release()  # disabled here: another instance may run it
+                gave_up = state is PluginLifecycleState.FAILED and not self.core.supervisor.restarts_by_itself(name)
+                if (name in loader.disabled and state not in ACTIVE) or gave_up:
+                    lease.release()  # disabled here, or failed past its restart limit: another instance may run it
                     self._owner(name, None)
                     return
                 if not lease.renew() and name not in self._leaving and (

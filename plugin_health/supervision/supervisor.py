@@ -164,6 +164,10 @@ class Supervisor:
             return False  # moved by another thread meanwhile
         return True
 
+    def restarts_by_itself(self, name: str) -> bool:
+        """Whether a FAILED ``name`` is restarted automatically (False: restarts are off, or its limit is reached)."""
+        return self.settings.max_restarts > 0 and not self.watch(name).gave_up
+
     def failure_reason(self, name: str, reason: str) -> str:
         """``reason``, or ``restart limit reached`` when no automatic restart is left for ``name``."""
         with self._lock:
