@@ -7,7 +7,9 @@ is imported, so every process (workers and host) writes its counts to files ther
 counted at all: it is read from the store when scraped, so it is the same from every worker.
 
 Per-plugin failures, timeouts and crashes are ``plugin_health_sandbox_calls_total`` by its ``outcome`` label
-(``ok``, ``error``, ``timeout``, ``memory``, ``crash``).
+(``ok``, ``error``, ``timeout``, ``memory``, ``crash``). Which plugins are unwell, and why, is
+``plugin_health_plugin_unhealthy``: read from the store like the states, one series per unhealthy plugin and none
+for a healthy one, so its series are bounded by the plugins (``deploy/prometheus`` alerts on it).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
+from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord, UnavailableReason
 from plugin_health.sandbox import PluginSandboxResult
-from plugin_health.store.base import is_healthy
+from plugin_health.sandbox.results import CRASHED, MEMORY, TIMEOUT
+from plugin_health.store.base import PluginSnapshot, is_healthy, is_stale
 
 if TYPE_CHECKING:
     from plugin_health.app import Service
@@ -46,6 +49,10 @@ REQUEST_SECONDS = Histogram(
     "plugin_health_http_request_duration_seconds", "Time to answer an HTTP request", ["route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
 )
+RUNNERS_LOST = Counter(
+    "plugin_health_runners_lost", "Runner processes lost: killed past a deadline or over memory, or died", ["cause"]
+)
+HOST_STARTS = Counter("plugin_health_host_starts", "Core processes that took the host lock and began hosting plugins")
 
 #: The ``outcome`` label of a sandbox result's ``error_type``; any other error is ``error``.
 OUTCOMES = {None: "ok", "PluginTimeoutError": "timeout", "PluginMemoryError": "memory", "PluginCrashedError": "crash"}
@@ -53,6 +60,15 @@ LIFECYCLE_CALLS = frozenset({"initialize", "start", "stop", "health_check"})
 #: The ``method`` label of an HTTP request; any other method (clients send what they like) is ``other``, so that
 #: they cannot make a series each.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+#: The ``cause`` label of a lost runner, by the error type it was lost with.
+LOSS_CAUSES = {CRASHED: "crash", TIMEOUT: "timeout", MEMORY: "memory"}
+for _cause in LOSS_CAUSES.values():
+    RUNNERS_LOST.labels(_cause)  # every cause has a series from the start: a first loss is an increase() too
+#: A FAILED plugin's reason once no automatic restart is left (``supervision.RESTART_LIMIT_REACHED``, a layer
+#: above this one; tests/test_metrics.py checks that they agree).
+RESTART_LIMIT_REACHED = "restart limit reached"
+#: The UNAVAILABLE reason codes that are their own ``problem`` label; any other is ``unavailable``.
+UNAVAILABLE_PROBLEMS = frozenset(reason.value for reason in UnavailableReason)
 
 bp = Blueprint("metrics", __name__)
 
@@ -71,8 +87,41 @@ def observe_call(plugin: str, method: str, isolation: str, result: PluginSandbox
     CALL_SECONDS.labels(isolation, call).observe(result.duration_ms / 1000.0)
 
 
+def observe_runner_lost(error_type: str) -> None:
+    """Count one runner process lost with ``error_type`` (the call it was serving, if any, failed with it)."""
+    RUNNERS_LOST.labels(LOSS_CAUSES.get(error_type, "crash")).inc()
+
+
+def observe_host_start() -> None:
+    """Count one core process that began hosting the plugins."""
+    HOST_STARTS.inc()
+
+
+def problem(snapshot: PluginSnapshot, now: datetime) -> str | None:
+    """What is wrong with a plugin at ``now`` (UTC), as a short code of a bounded set; None when it is healthy.
+
+    ``stale`` or ``check_failed`` (RUNNING), ``restart_limit_reached`` or ``failed``, the UNAVAILABLE reason's
+    code (``dependency_missing``, ``disabled``, ``stopped``, ...; ``unavailable`` for another), ``starting``
+    (LOADED, INITIALIZED). A singleton on standby here is None: it runs on its owner, which reports it.
+    """
+    state = snapshot.state
+    if snapshot.standby:
+        return None
+    if state is PluginLifecycleState.RUNNING:
+        if is_stale(snapshot, now):
+            return "stale"
+        return "check_failed" if snapshot.last_check_ok is False else None
+    if state is PluginLifecycleState.FAILED:
+        return "restart_limit_reached" if snapshot.reason == RESTART_LIMIT_REACHED else "failed"
+    if state is PluginLifecycleState.UNAVAILABLE:
+        code = (snapshot.reason or "").split(":", 1)[0]
+        return code if code in UNAVAILABLE_PROBLEMS else "unavailable"
+    return "starting"
+
+
 class StoreCollector(Collector):
-    """What every worker reads from the store when scraped: plugins per state, and whether a host lives."""
+    """What every worker reads from the store when scraped: plugins per state, the unhealthy ones, whether a host
+    lives."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -81,17 +130,26 @@ class StoreCollector(Collector):
         """The gauges, fresh."""
         counts = dict.fromkeys(PluginLifecycleState, 0)
         healthy, now = 0, datetime.now(UTC)
+        unhealthy = GaugeMetricFamily(
+            "plugin_health_plugin_unhealthy", "1 for each plugin that is not healthy (none for a healthy one), by why",
+            labels=["plugin", "state", "critical", "problem"],
+        )
         for snapshot in self.service.store.snapshots():
             if snapshot.standby:  # a singleton another instance runs: UNAVAILABLE here (its owner counts its run)
                 counts[PluginLifecycleState.UNAVAILABLE] += 1
                 continue
             counts[snapshot.state] += 1
             healthy += is_healthy(snapshot, now)
+            why = problem(snapshot, now)
+            if why is not None:
+                critical = "true" if snapshot.critical else "false"
+                unhealthy.add_metric([snapshot.name, snapshot.state.value, critical, why], 1)
         plugins = GaugeMetricFamily("plugin_health_plugins", "Plugins in each lifecycle state", labels=["state"])
         for state, count in counts.items():
             plugins.add_metric([state.value], count)
         yield plugins
         yield GaugeMetricFamily("plugin_health_plugins_healthy", "Plugins RUNNING and passing", value=healthy)
+        yield unhealthy
         host_up = 1 if self.service.host_problem() is None else 0
         yield GaugeMetricFamily("plugin_health_host_up", "1 while a live process hosts the plugins", value=host_up)
 

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import textwrap
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from waiting import wait_for
 
-from plugin_health import create_app
+from plugin_health import create_app, metrics
 from plugin_health.app import EXTENSION
+from plugin_health.lifecycle import PluginLifecycleState
+from plugin_health.runtime.hosting import HostProcess
+from plugin_health.store import PluginSnapshot
+from plugin_health.supervision import RESTART_LIMIT_REACHED
 
 TOKEN = "metrics-token"
 
@@ -24,13 +34,18 @@ def app(tmp_path: Path) -> Iterator[Flask]:
         "beta": "requires = ('gone',)\n",
         "gamma": "def start(self):\n    raise OSError('port taken')\n",
     }
-    for name, body in plugins.items():
-        (tmp_path / f"{name}.py").write_text(
-            "from plugin_health import Plugin, tool\n\nclass P(Plugin):\n" + textwrap.indent(body, "    "))
+    write_plugins(tmp_path, plugins)
     app = create_app({"plugin_path": str(tmp_path), "store_url": "memory://", "health_interval": 3600,
                       "max_restarts": 0, "admin_token": TOKEN})
     yield app
     app.extensions[EXTENSION].shutdown()
+
+
+def write_plugins(directory: Path, plugins: dict[str, str]) -> None:
+    """One plugin module per entry: the body of its class."""
+    for name, body in plugins.items():
+        (directory / f"{name}.py").write_text(
+            "from plugin_health import Plugin, tool\n\nclass P(Plugin):\n" + textwrap.indent(body, "    "))
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -97,3 +112,133 @@ def test_http_requests_are_counted_by_route_and_status(client: FlaskClient) -> N
     assert delta(before, after, requests, method="GET", route="/v1/plugins/<name>/health", status="200") == 1
     assert delta(before, after, requests, method="GET", route="/v1/plugins/<name>/health", status="503") == 1
     assert delta(before, after, requests, method="GET", route="<unmatched>", status="404") == 1
+
+
+def series(text: str, name: str, **labels: str) -> list[dict[str, str]]:
+    """The label sets of every sample of ``name`` whose labels include ``labels``."""
+    found = []
+    for line in text.splitlines():
+        match = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
+        if match is not None and match.group(1) == name:
+            sample_labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+            if labels.items() <= sample_labels.items():
+                found.append(sample_labels)
+    return found
+
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+
+
+def snapshot(state: str, **fields: object) -> PluginSnapshot:
+    return PluginSnapshot("p", PluginLifecycleState(state), NOW - 60 * SECOND, **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("plugin", "expected"),
+    [
+        (snapshot("RUNNING"), None),
+        (snapshot("RUNNING", last_check_ok=True, stale_after=NOW + SECOND), None),
+        (snapshot("RUNNING", last_check_ok=True, stale_after=NOW), "stale"),
+        (snapshot("RUNNING", last_check_ok=False, stale_after=NOW + SECOND), "check_failed"),
+        (snapshot("RUNNING", last_check_ok=False, stale_after=NOW - SECOND), "stale"),
+        (snapshot("FAILED", reason="start failed", error_type="OSError"), "failed"),
+        (snapshot("FAILED", reason="restart limit reached", error_type="OSError"), "restart_limit_reached"),
+        (snapshot("UNAVAILABLE", reason="dependency_missing: geo is not installed"), "dependency_missing"),
+        (snapshot("UNAVAILABLE", reason="dependency_unavailable: geo"), "dependency_unavailable"),
+        (snapshot("UNAVAILABLE", reason="disabled"), "disabled"),
+        (snapshot("UNAVAILABLE", reason="stopped"), "stopped"),
+        (snapshot("UNAVAILABLE", reason="gone fishing: all day"), "unavailable"),
+        (snapshot("UNAVAILABLE"), "unavailable"),
+        (snapshot("LOADED"), "starting"),
+        (snapshot("INITIALIZED"), "starting"),
+        (snapshot("UNAVAILABLE", reason="standby: runs on instance i2", standby=True), None),
+        (snapshot("RUNNING", standby=True, owner="i2", stale_after=NOW - SECOND), None),
+    ],
+    ids=["running", "running-checked", "stale", "check-failed", "stale-and-failed", "failed", "gave-up",
+         "dependency-missing", "dependency-unavailable", "disabled", "stopped", "other-reason", "no-reason",
+         "loaded", "initialized", "standby", "standby-owner-stale"],
+)
+def test_what_is_wrong_with_a_plugin_is_a_short_code(plugin: PluginSnapshot, expected: str | None) -> None:
+    assert metrics.problem(plugin, NOW) == expected
+
+
+def test_the_reason_of_a_plugin_that_gave_up_is_the_supervisors() -> None:
+    assert metrics.RESTART_LIMIT_REACHED == RESTART_LIMIT_REACHED
+
+
+def test_each_unhealthy_plugin_has_one_series_naming_its_problem(client: FlaskClient) -> None:
+    text = scrape(client)
+    unhealthy = "plugin_health_plugin_unhealthy"
+    assert series(text, unhealthy) == [
+        {"plugin": "beta", "state": "UNAVAILABLE", "critical": "false", "problem": "dependency_missing"},
+        {"plugin": "gamma", "state": "FAILED", "critical": "false", "problem": "failed"},
+    ]
+    assert sample(text, unhealthy, plugin="gamma", state="FAILED", critical="false", problem="failed") == 1
+
+
+@pytest.mark.slow
+def test_a_plugin_that_gave_up_shows_the_restart_limit(tmp_path: Path) -> None:
+    write_plugins(tmp_path, {"stubborn": "critical = True\ndef start(self):\n    raise OSError('port taken')\n"})
+    app = create_app({"plugin_path": str(tmp_path), "store_url": "memory://", "health_interval": 3600,
+                      "max_restarts": 1, "backoff_base": 0.05, "backoff_max": 0.05})
+    try:
+        client = app.test_client()
+        wait_for(lambda: series(scrape(client), "plugin_health_plugin_unhealthy", plugin="stubborn") == [
+            {"plugin": "stubborn", "state": "FAILED", "critical": "true", "problem": "restart_limit_reached"}],
+            timeout=10)
+    finally:
+        app.extensions[EXTENSION].shutdown()
+
+
+@pytest.mark.slow
+def test_runners_lost_are_counted_by_cause(tmp_path: Path) -> None:
+    write_plugins(tmp_path, {
+        "crashy": "isolation = 'process'\n@tool\ndef crash(self):\n    import os\n    os._exit(9)\n",
+        "stuck": "isolation = 'process'\ntimeout = 0.3\n@tool\ndef spin(self):\n    import signal\n"
+                 "    signal.setitimer(signal.ITIMER_REAL, 0)\n    while True:\n        pass\n",
+    })
+    app = create_app({"plugin_path": str(tmp_path), "store_url": "memory://", "health_interval": 3600,
+                      "max_restarts": 0, "admin_token": TOKEN})
+    try:
+        client = app.test_client()
+        before, lost = scrape(client), "plugin_health_runners_lost_total"
+        # Every cause has its series before the first loss, so that Prometheus sees the first one as an increase.
+        assert {s["cause"] for s in series(before, lost)} == {"crash", "timeout", "memory"}
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert client.post("/v1/plugins/crashy/tools/crash", headers=auth).status_code == 502
+        assert client.post("/v1/plugins/stuck/tools/spin", headers=auth).status_code == 504
+        after = scrape(client)
+        assert delta(before, after, lost, cause="crash") == 1
+        assert delta(before, after, lost, cause="timeout") == 1
+        assert delta(before, after, lost, cause="memory") == 0
+    finally:
+        app.extensions[EXTENSION].shutdown()
+
+
+def host_starts(directory: Path) -> float:
+    """``plugin_health_host_starts_total`` summed over the processes that counted into ``directory``."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return registry.get_sample_value("plugin_health_host_starts_total") or 0.0
+
+
+@pytest.mark.slow
+def test_every_start_of_a_core_process_is_counted(tmp_path: Path) -> None:
+    plugins, counts = tmp_path / "plugins", tmp_path / "metrics"
+    plugins.mkdir()
+    counts.mkdir()
+    write_plugins(plugins, {"alpha": "pass\n"})
+    env = {**os.environ, "PLUGIN_HEALTH_PLUGIN_PATH": str(plugins), "PLUGIN_HEALTH_RUN_DIR": str(tmp_path / "run"),
+           "PLUGIN_HEALTH_HEALTH_INTERVAL": "3600", "PROMETHEUS_MULTIPROC_DIR": str(counts)}
+    host = HostProcess(env)
+    host.start()
+    try:
+        first = host.pid
+        assert first is not None
+        wait_for(lambda: host_starts(counts) == 1)
+        os.kill(first, signal.SIGKILL)  # the master starts another: a restart, counted across both processes
+        wait_for(lambda: host.pid != first and host_starts(counts) == 2)
+    finally:
+        host.stop()
+    assert host_starts(counts) == 2

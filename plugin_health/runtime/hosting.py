@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 
+from plugin_health import metrics
 from plugin_health.config import Settings, load_settings
 from plugin_health.coordination.control import ControlServer, socket_path
 from plugin_health.coordination.locks import HostLock, Lock
@@ -157,6 +158,7 @@ def serve(settings: Settings) -> int:
         logger.error("another process hosts the plugins of this store (%s is locked)", lock_path(settings))
         return EXIT_LOCKED
     store.set_meta(LOADED_KEY, "")  # before the first beat: what a dead predecessor loaded counts no more
+    metrics.observe_host_start()
     become_subreaper()  # what plugins fork and orphan becomes ours to reap, not init's
     host = Core(settings, store)
     singletons = keep_singletons(settings, host)

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from plugin_health import metrics
 from plugin_health.errors import PluginBusyError, PluginNotRunningError
 from plugin_health.loader.handles import Placed
 from plugin_health.loader.sources import PluginSource
@@ -575,6 +576,7 @@ class RunnerPool:
         runner.handles.clear()
         self._forget(runner)
         logger.warning("runner %s (pid %d) lost: %s", runner.label, runner.pid, runner.dead)
+        metrics.observe_runner_lost(error_type)
         return RunnerLoss(culprit.name if culprit is not None else None, tuple(sorted(victims)), cause, error_type,
                           error)
 
