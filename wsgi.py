@@ -1,9 +1,8 @@
-"""The WSGI entry point: ``gunicorn wsgi:app`` (or ``flask --app wsgi ...``)."""
+"""The WSGI entry point of a clone: ``gunicorn wsgi:app`` (or ``flask --app wsgi ...``).
 
-from plugin_health import create_app
-from plugin_health.errors import ConfigError
+It lives in the package, :mod:`plugin_health.serving.wsgi`, so that an installed service has it too.
+"""
 
-try:
-    app = create_app()
-except ConfigError as err:  # a bad setting stops the service with one line naming the variable, no traceback
-    raise SystemExit(f"plugin-health: {err}") from None
+from plugin_health.serving.wsgi import app
+
+__all__ = ["app"]

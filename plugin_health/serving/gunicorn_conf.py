@@ -1,0 +1,225 @@
+"""gunicorn settings for plugin-health: ``gunicorn -c python:plugin_health.serving.gunicorn_conf``.
+
+``plugin-health serve`` runs gunicorn with them; from a clone, ``gunicorn wsgi:app`` reads ``./gunicorn.conf.py``,
+which re-exports them (``__all__``). The master starts one plugin host process before it forks any worker: the
+host owns every plugin and publishes their states to the shared store; the workers only read the store, so any
+worker answers the same, and a worker that dies or is recycled takes nothing with it. Command-line flags (``-w``,
+``-b``, ...) and ``GUNICORN_CMD_ARGS`` override what is set here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import resource
+import shutil
+import socket
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Metrics of every worker and of the plugin host are summed through files (prometheus_client's multiprocess
+# mode), which must be chosen before prometheus_client is first imported: so before any module of plugin_health
+# that imports it (the package root and ``plugin_health.serving`` import nothing heavy: lint-imports keeps them so).
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    _metrics = Path(os.environ.get("PLUGIN_HEALTH_RUN_DIR", "run"), "metrics").resolve()
+    shutil.rmtree(_metrics, ignore_errors=True)  # counts of a previous run are not this run's
+    _metrics.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics)
+
+from plugin_health.config import load_settings  # after the metrics directory is chosen
+from plugin_health.errors import ConfigError
+from plugin_health.runtime.hosting import HostProcess
+
+#: What gunicorn reads from this module (and what ``./gunicorn.conf.py`` re-exports): its settings and hooks.
+__all__ = [
+    "bind",
+    "child_exit",
+    "control_socket_disable",
+    "graceful_timeout",
+    "keepalive",
+    "limit_request_fields",
+    "limit_request_line",
+    "max_requests",
+    "max_requests_jitter",
+    "on_exit",
+    "on_starting",
+    "post_fork",
+    "post_worker_init",
+    "pre_request",
+    "threads",
+    "timeout",
+    "worker_class",
+    "worker_connections",
+    "workers",
+]
+
+bind = os.environ.get("PLUGIN_HEALTH_BIND", "127.0.0.1:8000")
+# Health reads are short and CPU-bound: a few workers per core; WEB_CONCURRENCY overrides.
+workers = int(os.environ.get("WEB_CONCURRENCY", min(2 * (os.cpu_count() or 1) + 1, 8)))
+
+
+def _workers_host_plugins() -> bool:
+    """Whether each worker runs a core of its own (host mode ``embedded``, or a store no other process sees)."""
+    try:
+        settings = load_settings()
+    except ConfigError:
+        return False  # on_starting stops the master, naming the variable
+    return settings.host_mode == "embedded" or not settings.shared_store
+
+
+# Each worker serves its connections on one gevent event loop: a client that sends slowly or sits idle holds a
+# greenlet and a socket, never a thread (gthread reads each request on a pool thread: a few clients dribbling their
+# headers took every thread and blocked the probes for 10 s). Safe because workers never run plugin code: what a
+# request waits for (a tool call, an operator action) is a socket round trip to the core process, cooperative once
+# gevent has patched the standard library (post_fork below). Workers that run a core of their own keep threads:
+# the core needs real threads and its own watch over its runner processes, which gevent's patches take over
+# (post_worker_init refuses that mix). `-k gthread` brings the threads back.
+worker_class = "gthread" if _workers_host_plugins() else "gevent"
+# Connections one worker serves at once; past it the worker stops accepting until one closes (the other workers
+# take new ones), and past workers x this, new connections wait in the listen backlog.
+worker_connections = 1000
+threads = int(os.environ.get("PLUGIN_HEALTH_THREADS", 4))  # per worker, with -k gthread only
+# Workers never run plugin code (the host does), so their timeout needs no room for plugin timeouts.
+timeout = 30
+graceful_timeout = 30
+# Seconds an idle keep-alive connection stays open. Under gevent it also bounds the reading of every request line
+# and headers: a connection that has not sent them whole within 5 s is closed.
+keepalive = 5
+# Recycle workers now and then (leaks in anything they import). The jitter is half the period, so that workers
+# under the same load do not all recycle at once (measured: 1000 +- 100 at 1,800 requests/s recycled all five
+# within a second, every few seconds).
+max_requests = 10000
+max_requests_jitter = 5000
+# Request line and header limits kept small: health routes need neither long URLs nor big headers.
+limit_request_line = 4094
+limit_request_fields = 50
+# gunicorn's control socket has one fixed default path per user: two services on one host would fight over it.
+control_socket_disable = True
+
+_host: HostProcess | None = None
+#: In a gevent worker: wait until the write end of a pipe that nothing is written to is ready, which it always is:
+#: one pass through the event loop (pre_request).
+_take_turn: Callable[[], None] | None = None
+
+
+def _instance_id(binds: list[str]) -> str:
+    """This instance's default id: the host name and the port it listens on (``web-1:8000``), or the socket's name."""
+    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:80] or "localhost"
+    address = binds[0] if binds else ""
+    where = address.rsplit("/", 1)[-1] if address.startswith("unix:") else address.rsplit(":", 1)[-1]
+    where = re.sub(r"[^A-Za-z0-9_.-]", "-", where)[:19]
+    return f"{host}:{where}" if where else host
+
+
+def on_starting(server: Any) -> None:
+    """Start the plugin host before any worker exists (no threads yet in the master to fork with)."""
+    global _host
+    # The core and every worker (forked from here) take the same instance id: by default the host name and port, so
+    # that instances on one machine sharing a Redis store keep apart.
+    if not os.environ.get("PLUGIN_HEALTH_INSTANCE", "").strip():
+        os.environ["PLUGIN_HEALTH_INSTANCE"] = _instance_id(list(server.cfg.bind))
+    try:
+        settings = load_settings()
+    except ConfigError as err:  # a bad PLUGIN_HEALTH_* value stops the master here, naming the variable
+        raise SystemExit(f"plugin-health: {err}") from None
+    if _workers_host_plugins():
+        server.log.info("plugin-health: each worker hosts its own plugins (host mode %s)", settings.host_mode)
+        return
+    _host = HostProcess()
+    _host.start()
+    os.environ["PLUGIN_HEALTH_HOST_MODE"] = "external"  # the workers, forked from here, only read
+    server.log.info("plugin-health: plugin host running as pid %s", _host.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Stop the plugins and the host process with the master."""
+    if _host is not None:
+        code = _host.stop()
+        server.log.info("plugin-health: plugin host stopped (exit status %s)", code)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Forget a dead worker's live gauges (its counters stay counted)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+#: The one MonkeyPatchWarning a gevent worker may see, and why it is harmless: the master imported redis-py
+#: (for the core process's lock and the Redis store) before any worker could patch, and ``redis.asyncio.connection``
+#: took ``from ssl import SSLContext`` then. It is pointed at gevent's SSLContext right after the patch (below);
+#: a warning naming any other module still shows.
+_REDIS_ASYNCIO_SSL_ONLY = (
+    r"Monkey-patching ssl after ssl has already been imported\b.* Modules that had direct imports \(NOT patched\): "
+    r"\[('redis\.asyncio\.[\w.]+ \([^']*\)'(, )?)+\]\. \Z"
+)
+#: Names the master's imports took from modules gevent patches (``from time import sleep``): (module, name) ->
+#: (patched module, name). redis-py's retry backoff would otherwise stall every greenlet of the worker with the
+#: blocking ``time.sleep`` while Redis is away.
+_DIRECT_IMPORTS = {
+    ("redis.retry", "sleep"): ("time", "sleep"),
+    ("redis.asyncio.connection", "SSLContext"): ("ssl", "SSLContext"),
+}
+
+
+def _is_gevent(worker: Any) -> bool:
+    ggevent = sys.modules.get("gunicorn.workers.ggevent")  # imported by gunicorn only for a gevent worker class
+    return ggevent is not None and isinstance(worker, ggevent.GeventWorker)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """In a gevent worker, patch the standard library first thing, and give it the descriptors its connections
+    need (gunicorn's own patch, in the worker's init_process, then finds it done)."""
+    if not _is_gevent(worker):
+        return
+    from gevent import monkey
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _REDIS_ASYNCIO_SSL_ONLY, monkey.MonkeyPatchWarning)
+        monkey.patch_all()
+    for (module, name), (patched, attribute) in _DIRECT_IMPORTS.items():
+        if module in sys.modules and hasattr(sys.modules[module], name):
+            setattr(sys.modules[module], name, getattr(sys.modules[patched], attribute))
+    from gevent.socket import wait_write
+
+    global _take_turn
+    _take_turn = functools.partial(wait_write, os.pipe()[1])  # the read end stays open too, never read
+    # One descriptor per connection, and some for the worker itself (listener, store, metrics files, logs).
+    needed = server.cfg.worker_connections + 128
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        if raised < needed:
+            server.log.warning("plugin-health: worker %s may open %d files, fewer than %d worker_connections need",
+                               worker.pid, raised, needed)
+
+
+def pre_request(worker: Any, req: Any) -> None:
+    """Under gevent, give every other connection with a request waiting its turn before serving this one.
+
+    A greenlet that finds its client's next request already there (a keep-alive client answers within
+    microseconds) would otherwise serve it at once, again and again, while requests that arrived earlier on other
+    connections wait: measured with 16 busy keep-alive connections on one worker, p99 70-110 ms, against 17-21 ms
+    with this pass through the event loop first (21-34 ms with gthread), which costs a few microseconds a request.
+    """
+    worker.log.debug("%s %s", req.method, req.path)  # what gunicorn's default pre_request does
+    if _take_turn is not None:
+        _take_turn()
+
+
+def post_worker_init(worker: Any) -> None:
+    """Refuse a gevent worker whose app runs a core of its own (``-k gevent`` with host mode ``embedded`` or a
+    ``memory://`` store): the master stops, saying so, instead of plugins failing as their runners get lost."""
+    service: Any = getattr(worker.wsgi, "extensions", {}).get("plugin_health")
+    if _is_gevent(worker) and getattr(service, "host", None) is not None:
+        worker.log.error("plugin-health: workers that host their own plugins (host mode %s) need -k gthread, "
+                         "not gevent", service.settings.host_mode)
+        service.shutdown()
+        from gunicorn.arbiter import Arbiter
+
+        sys.exit(Arbiter.WORKER_BOOT_ERROR)  # the master stops ("Worker failed to boot")
