@@ -185,6 +185,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             service.heartbeat = Heartbeat(store, lock=hosts, instance=settings.instance_id)
             service.heartbeat.start()
         service.host.start()
+        service.host.warn_if_empty()
         operations = Operations(service.host)
         service.control = operations
         service.link = start_link(settings, store, operations, singletons)

@@ -20,7 +20,9 @@ from plugin_health.errors import ConfigError
 PREFIX = "PLUGIN_HEALTH_"
 SHOW_DETAILS = ("never", "when-authorized", "always")
 HOST_MODES = ("auto", "embedded", "external")
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "plugins"
+#: The bundled example plugins, the default plugin path: package data, so that an installed service has them too
+#: (a clone's ``examples/plugins`` is a link to them).
+EXAMPLES = Path(__file__).resolve().parent / "examples" / "plugins"
 
 
 def _default_plugin_path() -> str:

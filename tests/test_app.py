@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,27 @@ def test_examples_are_served(client: FlaskClient) -> None:
         "database": ("RUNNING", None, None),
         "weather": ("UNAVAILABLE", "dependency_missing: geo is not installed", None),
     }
+
+
+@pytest.mark.parametrize("group", ["plugin_health.plugins", ""], ids=["with-entry-points", "directories-only"])
+def test_a_plugin_path_without_plugins_says_so_naming_the_variable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, group: str
+) -> None:
+    caplog.set_level(logging.WARNING)
+    app = create_app({"plugin_path": str(tmp_path), "entry_point_group": group, "store_url": "memory://"})
+    app.extensions[EXTENSION].shutdown()
+    entry_points = f" and no package has a {group!r} entry point" if group else ""
+    assert [(r.levelname, r.name, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "plugin_health.runtime.core",
+         f"no plugins found: PLUGIN_HEALTH_PLUGIN_PATH={str(tmp_path)!r} holds none{entry_points}; "
+         "this service hosts 0 plugins"),
+    ]
+
+
+def test_plugins_found_raise_no_warning(app: Flask, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    app.extensions[EXTENSION].host.warn_if_empty()
+    assert caplog.records == []
 
 
 def test_bad_setting_stops_the_app() -> None:

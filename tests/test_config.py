@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
 
+import plugin_health
 from plugin_health.config import EXAMPLES, Settings, load_settings
 from plugin_health.errors import ConfigError
 
@@ -25,6 +28,19 @@ def test_defaults_need_no_configuration() -> None:
     assert settings.health_interval == 30.0
     assert settings.show_details == "when-authorized"
     assert settings.admin_token is None
+
+
+def test_the_default_plugin_path_is_the_examples_the_package_ships() -> None:
+    package = Path(plugin_health.__file__).parent
+    assert load_settings(environ={}).plugin_dirs == [package / "examples" / "plugins"] == [EXAMPLES]
+    shipped = sorted(path.relative_to(package).as_posix() for path in EXAMPLES.rglob("*.py"))
+    assert [Path(name).stem for name in shipped] == ["billing", "cache", "clock", "database", "weather"]
+    # Each is package data, so a wheel carries it (tests/e2e/test_install.py serves from one).
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["plugin_health"]
+    assert [name for name in shipped if not any(fnmatch.fnmatch(name, pattern) for pattern in patterns)] == []
+    # A clone keeps its examples/plugins.
+    assert (package.parent / "examples" / "plugins").resolve() == EXAMPLES
 
 
 def test_environment_variables(tmp_path: Path) -> None:

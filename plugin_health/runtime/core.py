@@ -132,6 +132,15 @@ class Core:
         if background:
             self.supervisor.start()
 
+    def warn_if_empty(self) -> None:
+        """Say so, naming ``PLUGIN_HEALTH_PLUGIN_PATH``, when nothing at all was found to host (the service calls
+        it once loaded): a service pointed at the wrong place would otherwise serve 0 plugins, ready and silent."""
+        if len(self.manager):
+            return
+        group = self.settings.entry_point_group
+        logger.warning("no plugins found: PLUGIN_HEALTH_PLUGIN_PATH=%r holds none%s; this service hosts 0 plugins",
+                       self.settings.plugin_path, f" and no package has a {group!r} entry point" if group else "")
+
     def shutdown(self) -> None:
         """Stop every plugin and reap child processes; safe to call twice."""
         with self._shutdown:

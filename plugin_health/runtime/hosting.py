@@ -170,6 +170,7 @@ def serve(settings: Settings) -> int:
     link: ClusterLink | None = None
     try:
         host.start(background=False)
+        host.warn_if_empty()
         operations = Operations(host)
         listen = socket_path(settings)
         if listen is not None:

@@ -28,7 +28,7 @@ class Database(Plugin):
 
     def health_check(self) -> bool:
         with self._lock:
-            return self._conn.execute("SELECT 1").fetchone() == (1,)
+            return bool(self._conn.execute("SELECT 1").fetchone() == (1,))
 
     @tool
     def add_note(self, text: str) -> int:
