@@ -11,7 +11,7 @@ import pytest
 
 from plugin_health.errors import ConfigError
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
-from plugin_health.store import MemoryStore, PluginSnapshot, SQLiteStore, StateStore, open_store
+from plugin_health.store import MemoryStore, PluginSnapshot, SQLiteStore, StateStore, check_url, open_store
 
 S = PluginLifecycleState
 
@@ -144,6 +144,22 @@ def test_a_redis_url_opens_this_instances_own_sqlite_store(tmp_path: Path) -> No
 def test_open_store_refuses_unknown_urls(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="PLUGIN_HEALTH_STORE_URL"):
         open_store("postgres://x", tmp_path)
+
+
+@pytest.mark.parametrize("url", [None, "memory://", "sqlite:////nowhere/yet.db", "redis://127.0.0.1:1/0?prefix=svc"])
+def test_check_url_takes_what_open_store_opens(url: str | None) -> None:
+    check_url(url)  # and opens nothing: no file, no connection
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("postgres://x", "expected empty, memory://, sqlite:///path or redis://host:port/db"),
+    ("sqlite://relative.db", "expected empty, memory://, sqlite:///path or redis://host:port/db"),
+    ("redis://127.0.0.1:1/0?prefix=a%20b", "expected a prefix without spaces"),
+])
+def test_check_url_names_the_variable(url: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_url(url)
+    assert str(caught.value) == f"PLUGIN_HEALTH_STORE_URL={url!r} is invalid: {expected}"
 
 
 def test_put_many_is_one_version_step(store: StateStore) -> None:

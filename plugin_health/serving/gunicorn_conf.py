@@ -33,6 +33,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 from plugin_health.config import load_settings  # after the metrics directory is chosen
 from plugin_health.errors import ConfigError
 from plugin_health.runtime.hosting import HostProcess
+from plugin_health.store import check_url
 
 #: What gunicorn reads from this module (and what ``./gunicorn.conf.py`` re-exports): its settings and hooks.
 __all__ = [
@@ -124,6 +125,7 @@ def on_starting(server: Any) -> None:
         os.environ["PLUGIN_HEALTH_INSTANCE"] = _instance_id(list(server.cfg.bind))
     try:
         settings = load_settings()
+        check_url(settings.store_url)
     except ConfigError as err:  # a bad PLUGIN_HEALTH_* value stops the master here, naming the variable
         raise SystemExit(f"plugin-health: {err}") from None
     if _workers_host_plugins():

@@ -11,7 +11,7 @@ from plugin_health.store.memory import MemoryStore
 from plugin_health.store.sqlite import SQLiteStore
 
 __all__ = [
-    "MemoryStore", "PluginSnapshot", "SQLiteStore", "StateStore", "instance_store_file", "is_shared",
+    "MemoryStore", "PluginSnapshot", "SQLiteStore", "StateStore", "check_url", "instance_store_file", "is_shared",
     "open_instance_store", "open_store", "store_file",
 ]
 
@@ -37,19 +37,27 @@ def store_file(url: str | None, run_dir: str | Path, instance: str = "") -> Path
     return None
 
 
+def check_url(url: str | None) -> None:
+    """Refuse a store URL that names no store, naming ``PLUGIN_HEALTH_STORE_URL``, without opening anything (so that
+    a bad one stops the service at start, before any process is started)."""
+    if url is None or url == "memory://" or url.startswith("sqlite:///"):
+        return
+    if not is_shared(url):
+        raise ConfigError("PLUGIN_HEALTH_STORE_URL", url, "empty, memory://, sqlite:///path or redis://host:port/db")
+    from plugin_health.store.redis import parse_url  # only services that use Redis import redis-py
+
+    parse_url(url)  # a bad prefix
+
+
 def open_store(url: str | None, run_dir: str | Path, history_limit: int = 100, instance: str = "") -> StateStore:
     """This instance's store for a URL: None (SQLite in ``run_dir``), ``memory://``, ``sqlite:///path``, or
     ``redis://...`` (this instance's SQLite in ``run_dir``, copied to Redis by its core)."""
+    check_url(url)
     if url == "memory://":
         return MemoryStore(history_limit)
     path = store_file(url, run_dir, instance)
-    if path is not None:
-        if is_shared(url):
-            from plugin_health.store.redis import parse_url  # only services that use Redis import redis-py
-
-            parse_url(str(url))  # a bad prefix stops the service at start
-        return SQLiteStore(path, history_limit, shared=is_shared(url))
-    raise ConfigError("PLUGIN_HEALTH_STORE_URL", url, "empty, memory://, sqlite:///path or redis://host:port/db")
+    assert path is not None  # every URL check_url takes but memory:// names a file
+    return SQLiteStore(path, history_limit, shared=is_shared(url))
 
 
 def open_instance_store(settings: Settings) -> StateStore:

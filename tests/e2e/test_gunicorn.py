@@ -225,10 +225,16 @@ def test_shutdown_stops_every_process(server: Server) -> None:
 
 
 @pytest.mark.parametrize("command", [["gunicorn", "wsgi:app"], ["flask", "--app", "wsgi", "plugins", "list"]])
-def test_a_bad_setting_stops_the_service_with_one_clear_line(tmp_path: Path, command: list[str]) -> None:
-    env = {**os.environ, "PLUGIN_HEALTH_DEFAULT_TIMEOUT": "soon", "PLUGIN_HEALTH_RUN_DIR": str(tmp_path)}
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("PLUGIN_HEALTH_DEFAULT_TIMEOUT", "soon", "a positive number"),
+    ("PLUGIN_HEALTH_STORE_URL", "postgres://db", "empty, memory://, sqlite:///path or redis://host:port/db"),
+], ids=["timeout", "store"])
+def test_a_bad_setting_stops_the_service_with_one_clear_line(
+    tmp_path: Path, command: list[str], variable: str, value: str, expected: str
+) -> None:
+    env = {**os.environ, variable: value, "PLUGIN_HEALTH_RUN_DIR": str(tmp_path)}
     run = subprocess.run([sys.executable, "-m", *command, *(["-b", "127.0.0.1:0"] if command[0] == "gunicorn" else [])],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode != 0
-    assert "plugin-health: PLUGIN_HEALTH_DEFAULT_TIMEOUT='soon' is invalid: expected a positive number" in run.stderr
+    assert f"plugin-health: {variable}={value!r} is invalid: expected {expected}" in run.stderr
     assert "Traceback" not in run.stderr
