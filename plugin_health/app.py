@@ -168,7 +168,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the service: settings from ``config`` and the environment, plugins loaded, routes mounted.
 
     The app hosts the plugins itself unless another process already does for the same store (the host
-    process that ``gunicorn.conf.py`` starts, or another app): then it only reads the store.
+    process that the gunicorn configuration starts, or another app): then it only reads the store.
     """
     settings = load_settings(config)
     store = open_instance_store(settings)

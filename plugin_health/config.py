@@ -55,13 +55,14 @@ class Settings:
     #: The largest message a runner may send the core (a result included), in bytes.
     max_message_bytes: int = 16 * 1024 * 1024
     #: Who hosts the plugins: "embedded" (this process), "external" (a host process beside the workers, as
-    #: gunicorn.conf.py runs it; the app only reads the store), "auto" (embedded, unless another process
+    #: the gunicorn configuration runs it; the app only reads the store), "auto" (embedded, unless another process
     #: already hosts the plugins of this store: then external).
     host_mode: str = "auto"
-    #: The process whose exit ends the host process (gunicorn.conf.py sets the master's pid); 0: none.
+    #: The process whose exit ends the host process (the gunicorn configuration sets the master's pid); 0: none.
     owner_pid: int = 0
     #: This instance's id among the instances that share a Redis store (letters, digits, ``_.:-``; at most 100).
-    #: Empty: the host name, and under gunicorn the port it listens on (``web-1:8000``), as gunicorn.conf.py sets it.
+    #: Empty: the host name, and under gunicorn the port it listens on (``web-1:8000``), as the gunicorn
+    #: configuration sets it.
     instance: str = ""
     #: Seconds a singleton's lease lives in Redis without renewal; its owner renews it several times a lease.
     singleton_lease: float = 3.0

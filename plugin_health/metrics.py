@@ -1,8 +1,9 @@
 """Prometheus metrics: ``GET /metrics``, right under several gunicorn workers and the plugin host.
 
 Counted where they happen: transitions and sandbox calls in the process that hosts the plugins, HTTP
-requests in each worker. Under gunicorn, ``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` before anything
-is imported, so every process (workers and host) writes its counts to files there, and any worker's
+requests in each worker. Under gunicorn, its configuration (``serving/gunicorn_conf.py``) sets
+``PROMETHEUS_MULTIPROC_DIR`` before anything is imported, so every process (workers and host) writes its counts to
+files there, and any worker's
 ``/metrics`` sums them all (prometheus_client's multiprocess mode). How many plugins are in each state is not
 counted at all: it is read from the store when scraped, so it is the same from every worker.
 

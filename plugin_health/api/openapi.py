@@ -67,7 +67,7 @@ def _server(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
 
 
-#: What gunicorn answers itself, before the app sees a request, on any route (limits set in gunicorn.conf.py).
+#: What gunicorn answers itself, before the app sees a request, on any route (limits set in serving/gunicorn_conf.py).
 SERVER_LIMITS = {
     "414": _server("URI too long: the request line is longer than gunicorn's limit_request_line (4094 bytes); "
                    "answered by gunicorn itself, before the app sees the request, not as a problem"),

@@ -1,7 +1,7 @@
 """``python -m plugin_health.runtime.core_main``: the core process, with settings from the environment.
 
-gunicorn.conf.py starts it; run it by hand (or under systemd) beside workers started with
-``PLUGIN_HEALTH_HOST_MODE=external``.
+The gunicorn configuration (:mod:`plugin_health.serving.gunicorn_conf`) starts it; run it by hand (or under
+systemd) beside workers started with ``PLUGIN_HEALTH_HOST_MODE=external``.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ Exactly one core serves the plugins of a store: it holds an exclusive ``flock`` 
 (each gunicorn worker) only reads the store, so every worker answers the same states, and a worker that dies
 or is recycled takes nothing with it.
 
-Under gunicorn, ``gunicorn.conf.py`` starts the core as a process of its own (:class:`HostProcess`,
-``python -m plugin_health.runtime.core_main``) from the master, before any worker is forked, restarts it if it
-dies, and stops it when the master exits. The core runs no plugin code (its runners do); it is the child subreaper
-of what plugins fork, and exits by itself when its owner (the master) is gone.
+Under gunicorn, its configuration (:mod:`plugin_health.serving.gunicorn_conf`) starts the core as a process of
+its own (:class:`HostProcess`, ``python -m plugin_health.runtime.core_main``) from the master, before any worker is
+forked, restarts it if it dies, and stops it when the master exits. The core runs no plugin code (its runners do);
+it is the child subreaper of what plugins fork, and exits by itself when its owner (the master) is gone.
 """
 
 from __future__ import annotations
