@@ -268,11 +268,11 @@ def test_the_pod_has_time_to_stop_its_plugins() -> None:
     pod = kubernetes()["Deployment"]["spec"]["template"]["spec"]
     sleep = container()["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep[0] == "sleep"
-    config = ast.parse((ROOT / "gunicorn.conf.py").read_text())
+    config = ast.parse((ROOT / "plugin_health" / "serving" / "gunicorn_conf.py").read_text())
     [graceful] = [node.value.value for node in config.body if isinstance(node, ast.Assign)
                   and any(getattr(t, "id", None) == "graceful_timeout" for t in node.targets)
                   and isinstance(node.value, ast.Constant)]
-    core_stop = inspect.signature(HostProcess.stop).parameters["timeout"].default  # gunicorn.conf.py's on_exit
+    core_stop = inspect.signature(HostProcess.stop).parameters["timeout"].default  # the gunicorn config's on_exit
     assert pod["terminationGracePeriodSeconds"] > int(sleep[1]) + graceful + core_stop
 
 
