@@ -27,11 +27,17 @@ class _Tracked:
         self.history = history
 
 
-def _as_state(plugin: str, current: str | None, value: PluginLifecycleState | str) -> PluginLifecycleState:
+#: What an untracked plugin is allowed: entering.
+_ENTER_ALLOWED = ("set_state(LOADED)",)
+
+
+def _as_state(
+    plugin: str, current: str | None, value: PluginLifecycleState | str, allowed: tuple[str, ...]
+) -> PluginLifecycleState:
     try:
         return PluginLifecycleState(value)
     except ValueError:
-        raise IllegalTransitionError(plugin, current, f"moving to unknown state {value!r}") from None
+        raise IllegalTransitionError(plugin, current, f"moving to unknown state {value!r}", allowed) from None
 
 
 class PluginLifecycleManager:
@@ -66,7 +72,7 @@ class PluginLifecycleManager:
             return self._enter(name, state, reason, error_type, error)
         with tracked.model.lock:
             current = tracked.model.state
-            target = _as_state(name, current.value, state)
+            target = _as_state(name, current.value, state, machine.allowed_triggers(current))
             trigger = next((t for (s, t), d in LEGAL_MOVES.items() if s is current and d is target), None)
             if trigger is None:
                 raise IllegalTransitionError(
@@ -163,9 +169,9 @@ class PluginLifecycleManager:
         error_type: str | None,
         error: str | None,
     ) -> TransitionRecord:
-        target = _as_state(name, None, state)
+        target = _as_state(name, None, state, _ENTER_ALLOWED)
         if target not in FIRST_STATES:
-            raise IllegalTransitionError(name, None, f"entering in {target.value}", ("set_state(LOADED)",))
+            raise IllegalTransitionError(name, None, f"entering in {target.value}", _ENTER_ALLOWED)
         entered: TransitionRecord | None = None
         with self._enter_lock:
             if name not in self._plugins:
