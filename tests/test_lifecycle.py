@@ -1,12 +1,19 @@
-"""The lifecycle contract of DESIGN.md section 3: the whole table, and nothing around it."""
+"""The lifecycle contract of DESIGN.md section 3: the whole table, and nothing around it.
+
+The table is ``plugin_health.testing.oracle``, written out by hand from the README (checked below), not the code's
+own; every single move is tried here, and random sequences of them by the Hypothesis state machine at the end.
+"""
 
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from plugin_health import (
     IllegalTransitionError,
@@ -15,39 +22,38 @@ from plugin_health import (
     UnknownPluginError,
 )
 from plugin_health.errors import MAX_ERROR_LENGTH
-from plugin_health.lifecycle import TRIGGERS, TransitionRecord
+from plugin_health.lifecycle import LEGAL_MOVES, TRIGGERS, TransitionRecord
 from plugin_health.lifecycle.machine import _MACHINE
+from plugin_health.testing import (
+    LifecycleStateMachine,
+    assert_illegal,
+    drive_to,
+    lifecycle_state_machine,
+    oracle,
+)
 
 S = PluginLifecycleState
-LEGAL: dict[tuple[S, str], S] = {
-    (S.LOADED, "initialize"): S.INITIALIZED,
-    (S.INITIALIZED, "start"): S.RUNNING,
-    (S.LOADED, "fail"): S.FAILED,
-    (S.INITIALIZED, "fail"): S.FAILED,
-    (S.RUNNING, "fail"): S.FAILED,
-    (S.LOADED, "make_unavailable"): S.UNAVAILABLE,
-    (S.INITIALIZED, "make_unavailable"): S.UNAVAILABLE,
-    (S.RUNNING, "make_unavailable"): S.UNAVAILABLE,
-    (S.FAILED, "reset"): S.LOADED,
-    (S.UNAVAILABLE, "reset"): S.LOADED,
-}
-PATH_TO: dict[S, tuple[str, ...]] = {
-    S.LOADED: (),
-    S.INITIALIZED: ("initialize",),
-    S.RUNNING: ("initialize", "start"),
-    S.FAILED: ("fail",),
-    S.UNAVAILABLE: ("make_unavailable",),
-}
+LEGAL = oracle.LEGAL
 ALL_TRIGGERS = (*TRIGGERS, "to_RUNNING", "to_LOADED", "bogus", "")
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def manager_with(state: S, name: str = "p") -> PluginLifecycleManager:
     manager = PluginLifecycleManager()
-    manager.set_state(name, S.LOADED)
-    for trigger in PATH_TO[state]:
-        manager.trigger(name, trigger)
+    drive_to(manager, name, "LOADED")
+    drive_to(manager, name, state)
     assert manager.get_state(name) is state
     return manager
+
+
+def test_the_oracle_is_the_readme_table_and_the_codes() -> None:
+    lifecycle = README.read_text().split("\n## Lifecycle\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` +\| ([A-Z, ]+?) +\| ([A-Z]+) +\|$", lifecycle, re.MULTILINE)
+    table = {(source.strip(), trigger): dest for trigger, sources, dest in rows for source in sources.split(",")}
+    assert table == dict(oracle.LEGAL)
+    assert LEGAL_MOVES == oracle.LEGAL
+    assert TRIGGERS == oracle.TRIGGERS
+    assert tuple(S) == oracle.STATES
 
 
 def test_states_have_capital_string_values() -> None:
@@ -70,7 +76,7 @@ def test_every_trigger_from_every_state(state: S, trigger: str) -> None:
     before = manager.history("p")
     if (state, trigger) in LEGAL:
         record = manager.trigger("p", trigger, reason="why")
-        assert manager.get_state("p") is LEGAL[(state, trigger)]
+        assert manager.get_state("p") == LEGAL[(state, trigger)]
         assert (record.source, record.dest, record.trigger, record.reason) == (
             state,
             LEGAL[(state, trigger)],
@@ -79,13 +85,11 @@ def test_every_trigger_from_every_state(state: S, trigger: str) -> None:
         )
         assert manager.history("p") == [*before, record]
     else:
-        with pytest.raises(IllegalTransitionError) as caught:
-            manager.trigger("p", trigger)
-        assert (caught.value.plugin, caught.value.state, caught.value.attempted) == ("p", state.value, trigger)
-        assert repr("p") in str(caught.value)
-        assert state.value in str(caught.value)
-        assert manager.get_state("p") is state
-        assert manager.history("p") == before
+        error = assert_illegal(manager, "p", trigger)  # raised, and nothing changed
+        assert (error.plugin, error.state, error.attempted) == ("p", state.value, trigger)
+        assert error.allowed == oracle.allowed(state)
+        assert str(error) == (f"plugin 'p' in state {state.value}: {trigger} is not allowed "
+                              f"(allowed: {', '.join(oracle.allowed(state))})")
 
 
 @pytest.mark.parametrize(
@@ -94,18 +98,16 @@ def test_every_trigger_from_every_state(state: S, trigger: str) -> None:
 def test_set_state_follows_only_a_legal_trigger(state: S, target: S) -> None:
     manager = manager_with(state)
     before = manager.history("p")
-    legal = {dest: trigger for (source, trigger), dest in LEGAL.items() if source is state}
-    if target in legal:
+    trigger = oracle.trigger_between(state, target)
+    if trigger is not None:
         record = manager.set_state("p", target)
         assert manager.get_state("p") is target
-        assert record.trigger == legal[target]
+        assert record.trigger == trigger
+        assert manager.history("p") == [*before, record]
     else:
-        with pytest.raises(IllegalTransitionError) as caught:
-            manager.set_state("p", target)
-        assert caught.value.state == state.value
-        assert target.value in caught.value.attempted
-        assert manager.get_state("p") is state
-        assert manager.history("p") == before
+        error = assert_illegal(manager, "p", to=target)
+        assert (error.state, error.attempted, error.allowed) == (
+            state.value, f"moving to {target.value}", oracle.allowed(state))
 
 
 @pytest.mark.parametrize("first", list(S), ids=lambda s: s.value)
@@ -126,11 +128,9 @@ def test_first_state_is_loaded_or_failed(first: S) -> None:
 @pytest.mark.parametrize("bad", ["BOGUS", "running", "", "to_RUNNING"])
 def test_unknown_state_is_illegal(bad: str) -> None:
     manager = manager_with(S.LOADED)
-    with pytest.raises(IllegalTransitionError):
-        manager.set_state("p", bad)
-    with pytest.raises(IllegalTransitionError):
-        PluginLifecycleManager().set_state("new", bad)
-    assert manager.get_state("p") is S.LOADED
+    error = assert_illegal(manager, "p", to=bad)
+    assert (error.attempted, error.allowed) == (f"moving to unknown state {bad!r}", oracle.allowed("LOADED"))
+    assert assert_illegal(manager, "new", to=bad).allowed == ("set_state(LOADED)",)
 
 
 def test_string_states_are_accepted() -> None:
@@ -286,3 +286,10 @@ def test_concurrent_first_entry_tracks_once() -> None:
         thread.join()
     assert len(manager.history("p")) == 1
     assert len(errors) == 7  # LOADED -> LOADED is no legal move
+
+
+# Random sequences of moves (legal and not, unknown triggers and states, forgetting and entering again) at two
+# plugins, each judged by the table; the second keeps only three records, so the bounded history is judged too.
+TestLifecycleStateMachine = LifecycleStateMachine.TestCase
+TestBoundedHistoryStateMachine = lifecycle_state_machine(history_limit=3).TestCase
+TestBoundedHistoryStateMachine.settings = settings(max_examples=30)
