@@ -1,4 +1,6 @@
-"""Fixtures shared by the test modules: a real Redis server."""
+"""Fixtures shared by the test modules: a real Redis server, and plugin-health's own pytest plugin (``plugin_host``,
+``lifecycle_manager``), named here as well as by its entry point so that a checkout whose installed metadata
+predates the entry point has it too."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 from redis_server import RedisServer
+
+pytest_plugins = ["plugin_health.testing.pytest_plugin"]
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import pytest
 from plugin_health import PluginLifecycleState
 from plugin_health.loader.loader import LoaderSettings, PluginLoader
 from plugin_health.loader.sources import discover, scan_directory
+from plugin_health.testing import PluginHostFactory, assert_history
 
 S = PluginLifecycleState
 FAULTS = Path(__file__).parent / "plugins" / "faults"
@@ -50,6 +51,16 @@ def faults() -> PluginLoader:
     loader = PluginLoader(settings=LoaderSettings(default_timeout=5.0))
     loader.load(discover([FAULTS], group=None))
     return loader
+
+
+def test_the_fault_directory_in_runners_lists_the_same_states(plugin_host: PluginHostFactory) -> None:
+    """As the service loads it (every plugin in a runner, never in this process), not only as a bare loader does."""
+    host = plugin_host(FAULTS, default_timeout=5.0)
+    listed = {name: (state, host.health(name).reason, host.health(name).error_type)
+              for name, state in host.states.items()}
+    assert listed == EXPECTED
+    assert_history(host, "init_raises", [(None, "LOADED"), ("LOADED", "FAILED", "initialize failed")])
+    assert_history(host, "syntax_error", [(None, "FAILED", "import failed")])
 
 
 def test_discovery_skips_private_hidden_and_non_python() -> None:

@@ -15,6 +15,13 @@ from waiting import wait_for
 from plugin_health import create_app
 from plugin_health.app import EXTENSION
 from plugin_health.errors import PluginBusyError
+from plugin_health.testing import (
+    PluginHostFactory,
+    assert_history,
+    assert_illegal,
+    assert_states,
+    run_host_state_machine,
+)
 
 TOKEN = "s3cret-operator-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -174,6 +181,26 @@ def test_illegal_moves_are_409_with_the_state_and_what_is_allowed(client: FlaskC
     client.post("/v1/plugins/core/disable", headers=AUTH)
     body = problem(client.post("/v1/plugins/core/disable", headers=AUTH), 409)
     assert (body["state"], body["allowed"]) == ("UNAVAILABLE", ["reset"])
+
+
+def test_actions_move_each_plugin_by_the_table(plugin_host: PluginHostFactory, tmp_path: Path) -> None:
+    """The actions without HTTP: every plugin's exact moves, and refusals that change nothing, on any plugin."""
+    write_plugins(tmp_path)
+    host = plugin_host(tmp_path)
+    host.disable("core")
+    assert_history(host, "core", [("RUNNING", "UNAVAILABLE", "disabled")], tail=True)
+    assert_history(host, "user", [("RUNNING", "UNAVAILABLE", "dependency_unavailable: core")], tail=True)
+    for name, action in [("core", "disable"), ("user", "disable"), ("broken", "disable"), ("crashy", "enable")]:
+        assert_illegal(host, name, action)
+    host.enable("core")
+    assert_states(host, {"core": "RUNNING", "user": "RUNNING", "broken": "FAILED", "crashy": "RUNNING"})
+    assert_history(host, "user", [("UNAVAILABLE", "LOADED"), ("LOADED", "INITIALIZED"), ("INITIALIZED", "RUNNING")],
+                   tail=True)
+
+
+def test_random_actions_follow_the_table(plugin_host: PluginHostFactory, tmp_path: Path) -> None:
+    write_plugins(tmp_path)
+    run_host_state_machine(plugin_host(tmp_path))
 
 
 def test_disabled_stays_disabled_across_restarts_of_the_service(tmp_path: Path) -> None:
