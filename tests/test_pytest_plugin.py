@@ -3,6 +3,7 @@ plugin's message, the ``pytest11`` entry point of pyproject.toml, and what impor
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -116,7 +117,8 @@ AUTHOR_TEST = """
 def test_the_entry_point_of_pyproject_loads_the_plugin(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The ``pytest11`` entry point exactly as pyproject.toml declares it, installed as metadata of its own."""
+    """The ``pytest11`` entry point exactly as pyproject.toml declares it, installed as metadata of its own (the
+    checkout's installed metadata may predate it; after ``pip install -e .`` both declare it, and pytest loads one)."""
     entry_points = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["pytest11"]
     assert entry_points == {PLUGIN: PLUGIN}
     site = pytester.mkdir("site")
@@ -125,6 +127,9 @@ def test_the_entry_point_of_pyproject_loads_the_plugin(
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-health-probe\nVersion: 0\n")
     (dist / "entry_points.txt").write_text(
         "[pytest11]\n" + "".join(f"{name} = {value}\n" for name, value in entry_points.items()))
+    # As ``pip install -e .`` records it (CI's install): pytest then marks the whole package for assertion rewriting,
+    # which warns (an error here) if anything imported it before.
+    (dist / "direct_url.json").write_text(json.dumps({"url": ROOT.as_uri(), "dir_info": {"editable": True}}))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
     pytester.makepyfile(test_author=textwrap.dedent(AUTHOR_TEST))
     run(pytester).assert_outcomes(passed=2)
