@@ -118,6 +118,11 @@ def _text(variable: str, value: object) -> str:
     return value
 
 
+def _path(variable: str, value: object) -> str:
+    """A path given as text or as a path object (``app.config`` values are Python values)."""
+    return _text(variable, os.fspath(value) if isinstance(value, os.PathLike) else value)
+
+
 def _optional_text(variable: str, value: object) -> str | None:
     text = _text(variable, value).strip()
     return text or None
@@ -151,11 +156,11 @@ def _plugins(variable: str, value: object) -> Mapping[str, Mapping[str, Any]]:
 
 
 _PARSERS: dict[str, Callable[[str, object], Any]] = {
-    "plugin_path": _text,
+    "plugin_path": _path,
     "admin_token": _optional_text,
     "show_details": _show_details,
     "store_url": _optional_text,
-    "run_dir": _text,
+    "run_dir": _path,
     "default_timeout": _positive_float,
     "default_memory_limit_mb": lambda v, x: _int(v, x, 1),
     "failure_threshold": lambda v, x: _int(v, x, 1),
@@ -203,17 +208,23 @@ def _check_plugin_dirs(settings: Settings) -> None:
         raise ConfigError(PREFIX + "PLUGIN_PATH", settings.plugin_path, expected)
 
 
+def setting_key(key: str) -> str:
+    """The variable name of a setting given by its field name or its variable name, in any case."""
+    return PREFIX + key.upper().removeprefix(PREFIX)
+
+
 def load_settings(
     overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
     """Settings from defaults, then ``PLUGIN_HEALTH_CONFIG_FILE``, then the environment, then ``overrides``.
 
-    ``overrides`` uses the field names (``{"plugin_path": ...}``) or the variable names; it is how tests
-    and ``create_app(config)`` pass configuration.
+    ``overrides`` uses the field names (``{"plugin_path": ...}``) or the variable names; it is how tests,
+    ``create_app(config)`` and the extension (the app's ``PLUGIN_HEALTH_*`` config) pass configuration.
     """
     env = os.environ if environ is None else environ
+    given = {key.lower().removeprefix(PREFIX.lower()): (key, value) for key, value in (overrides or {}).items()}
     raw: dict[str, tuple[str, object]] = {}
-    config_file = (overrides or {}).get("config_file") or env.get(PREFIX + "CONFIG_FILE")
+    config_file = given.pop("config_file", ("", None))[1] or env.get(PREFIX + "CONFIG_FILE")
     if config_file:
         for key, value in _from_file(str(config_file)).items():
             raw[key.lower()] = (f"{config_file}: {key}", value)
@@ -221,10 +232,7 @@ def load_settings(
         variable = PREFIX + name.upper()
         if variable in env and name != "plugins":
             raw[name] = (variable, env[variable])
-    for key, value in (overrides or {}).items():
-        name = key.lower().removeprefix(PREFIX.lower())
-        if name != "config_file":
-            raw[name] = (key, value)
+    raw.update(given)
     unknown = sorted(set(raw) - set(_PARSERS))
     if unknown:
         variable = raw[unknown[0]][0]
