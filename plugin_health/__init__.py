@@ -2,8 +2,8 @@
 
 Importing the package gives a plugin author what a plugin needs (``Plugin``, ``tool``, ``PluginContext``, the
 lifecycle states and the errors) and nothing heavier: a runner that imports plugins never loads Flask, Redis,
-apispec or prometheus_client. The service's names (``create_app``, ``PluginLifecycleManager``, the sandbox, the
-loader) load on first use.
+apispec or prometheus_client. The service's names (``create_app``, the Flask extension ``PluginHealth``,
+``PluginLifecycleManager``, the sandbox, the loader) load on first use.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from plugin_health.plugin import Plugin, PluginContext, tool
 if TYPE_CHECKING:
     from plugin_health.api.schemas import PluginHealthResponse
     from plugin_health.app import create_app
+    from plugin_health.extension import PluginHealth
     from plugin_health.lifecycle.manager import PluginLifecycleManager
     from plugin_health.lifecycle.records import TransitionRecord
     from plugin_health.loader.loader import PluginLoader
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "PluginHealthResponse": "plugin_health.api.schemas",
     "create_app": "plugin_health.app",
+    "PluginHealth": "plugin_health.extension",
     "PluginLifecycleManager": "plugin_health.lifecycle.manager",
     "TransitionRecord": "plugin_health.lifecycle.records",
     "PluginLoader": "plugin_health.loader.loader",
@@ -61,6 +63,7 @@ __all__ = [
     "Plugin",
     "PluginContext",
     "PluginError",
+    "PluginHealth",
     "PluginHealthResponse",
     "PluginLifecycleManager",
     "PluginLifecycleState",

@@ -39,7 +39,7 @@ from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.store import MemoryStore, PluginSnapshot, StateStore
 
 if TYPE_CHECKING:
-    from plugin_health.app import Service
+    from plugin_health.service import Service
 
 #: Exit status of a command whose plugin is not healthy, or of a check that found a problem.
 EXIT_UNHEALTHY = 1

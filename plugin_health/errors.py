@@ -64,6 +64,17 @@ class ConfigError(PluginError, ValueError):
         self.expected = expected
 
 
+class AlreadyInitializedError(PluginError, RuntimeError):
+    """The extension's ``init_app`` ran a second time on the same Flask app (one app carries one service)."""
+
+    def __init__(self, app_name: str) -> None:
+        super().__init__(
+            f"plugin-health is already initialized on the Flask app {app_name!r} (app.extensions['plugin_health']):"
+            " call PluginHealth(app) or init_app(app) once per app"
+        )
+        self.app_name = app_name
+
+
 class UnknownPluginError(PluginError, KeyError):
     """No plugin of that name is known."""
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -33,7 +33,7 @@ from plugin_health.sandbox.results import CRASHED, MEMORY, TIMEOUT
 from plugin_health.store.base import PluginSnapshot, is_healthy, is_stale
 
 if TYPE_CHECKING:
-    from plugin_health.app import Service
+    from plugin_health.service import Service
 
 TRANSITIONS = Counter(
     "plugin_health_transitions", "Lifecycle transitions of every plugin", ["from_state", "to_state", "trigger"]
@@ -170,23 +170,18 @@ def metrics() -> Response:
     return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0], content_type=CONTENT_TYPE_LATEST)
 
 
-def _started() -> None:
+def started() -> None:
+    """Note when the request began (a ``before_request`` hook for the requests of ours)."""
     g.plugin_health_started = time.perf_counter()
 
 
-def _answered(response: Response) -> Response:
+def answered(response: Response) -> Response:
+    """Count the request and its duration by method, route and status (an ``after_request`` hook)."""
     rule = request.url_rule
     route = rule.rule if rule is not None else "<unmatched>"
     method = request.method if request.method in HTTP_METHODS else "other"
     REQUESTS.labels(method, route, str(response.status_code)).inc()
-    started = g.get("plugin_health_started")
-    if started is not None:
-        REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+    began = g.get("plugin_health_started")
+    if began is not None:
+        REQUEST_SECONDS.labels(route).observe(time.perf_counter() - began)
     return response
-
-
-def init_app(app: Flask) -> None:
-    """Serve ``/metrics`` and count every request of ``app``."""
-    app.register_blueprint(bp)
-    app.before_request(_started)
-    app.after_request(_answered)

@@ -26,7 +26,7 @@ from plugin_health.store import PluginSnapshot
 from plugin_health.store.cluster import ALL, INSTANCE_ID, ClusterView, InstanceInfo
 
 if TYPE_CHECKING:
-    from plugin_health.app import Service
+    from plugin_health.service import Service
 
 bp = Blueprint("cluster", __name__)
 

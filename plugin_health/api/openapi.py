@@ -14,6 +14,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, request
 
 from plugin_health import diagrams
+from plugin_health.api.plugins import service
 from plugin_health.api.schemas import (
     STATE_NAMES,
     AggregateHealth,
@@ -238,7 +239,8 @@ class Served:
 
 @lru_cache(maxsize=8)
 def served(prefix: str) -> Served:
-    """The document whose server is ``prefix`` (where the app is mounted; ``/`` at the root), as JSON bytes."""
+    """The document whose server is ``prefix`` (where the routes are mounted: the app's ``SCRIPT_NAME`` and the
+    extension's ``url_prefix``; ``/`` at the root), as JSON bytes."""
     data = {**document(), "servers": [{**document()["servers"][0], "url": prefix or "/"}]}
     body = json.dumps(data, separators=(",", ":")).encode()
     return Served(body, hashlib.blake2b(body, digest_size=12).hexdigest())
@@ -247,7 +249,7 @@ def served(prefix: str) -> Served:
 @bp.get("/openapi.json")
 def openapi_json() -> Response:
     """The OpenAPI document, with its ETag (304 when ``If-None-Match`` holds it)."""
-    found = served(request.script_root)
+    found = served(request.script_root + service().url_prefix)
     response = Response(found.body, mimetype="application/json")
     response.set_etag(found.etag)
     response.headers["Cache-Control"] = "no-cache"

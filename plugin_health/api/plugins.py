@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, current_app, json, request
+from flask import Blueprint, Response, current_app, request
 
 from plugin_health import diagrams
 from plugin_health.api.auth import details_visible
@@ -26,7 +27,7 @@ from plugin_health.loader.registry import valid_name
 from plugin_health.store import PluginSnapshot, StateStore
 
 if TYPE_CHECKING:
-    from plugin_health.app import Service
+    from plugin_health.service import Service
 
 bp = Blueprint("plugins", __name__, url_prefix="/v1/plugins")
 
@@ -97,7 +98,8 @@ def dump_list(snapshots: list[PluginSnapshot], horizon: Horizon | None = None) -
 
 
 def dumps(data: Any) -> bytes:
-    """Compact JSON bytes."""
+    """Compact JSON bytes, the same whatever JSON provider the app has (a host app's may sort keys, or refuse
+    ``separators``)."""
     return json.dumps(data, separators=(",", ":")).encode()
 
 

@@ -6,13 +6,14 @@ with a generic 500.
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, Response, json
+from flask import Blueprint, Response
 from marshmallow import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, default_exceptions
 
 from plugin_health.coordination.control import HostUnavailableError
 from plugin_health.diagrams import RendererUnavailableError, UnknownFormatError
@@ -177,10 +178,17 @@ def _unexpected(error: Exception) -> Response:
     return problem_response(500, "the server failed to answer; the error is logged")
 
 
-def init_app(app: Flask) -> None:
-    """Answer every error of ``app`` as problem+json."""
-    app.register_error_handler(Problem, _from_problem)
-    app.register_error_handler(HTTPException, problem_for_http)
-    app.register_error_handler(PluginError, _from_plugin_error)
-    app.register_error_handler(ValidationError, _from_validation)
-    app.register_error_handler(Exception, _unexpected)
+def init_blueprint(bp: Blueprint) -> None:
+    """Answer every error raised under ``bp`` (and the blueprints nested in it) as problem+json.
+
+    Blueprint-scoped, so the app's own errors and handlers are left alone. Flask looks a handler up by status code
+    before it looks by class, the app's after the blueprint's at each step: ours are registered for every status
+    too, so that an app's own ``errorhandler(404)`` does not answer our 404s.
+    """
+    bp.register_error_handler(Problem, _from_problem)
+    bp.register_error_handler(HTTPException, problem_for_http)
+    for code in default_exceptions:
+        bp.register_error_handler(code, problem_for_http)
+    bp.register_error_handler(PluginError, _from_plugin_error)
+    bp.register_error_handler(ValidationError, _from_validation)
+    bp.register_error_handler(Exception, _unexpected)
