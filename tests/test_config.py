@@ -169,3 +169,18 @@ def test_existing_plugin_directories_and_empty_entries_are_fine(tmp_path: Path) 
     settings = load_settings(environ={"PLUGIN_HEALTH_PLUGIN_PATH": f"{tmp_path}{os.pathsep}{os.pathsep}"})
     assert settings.plugin_dirs == [tmp_path]
     assert load_settings(environ={"PLUGIN_HEALTH_PLUGIN_PATH": ""}).plugin_dirs == []
+
+
+def test_overrides_name_a_config_file_as_the_environment_does(tmp_path: Path) -> None:
+    # An app's config holds it as PLUGIN_HEALTH_CONFIG_FILE (create_app and the extension pass app.config).
+    path = tmp_path / "plugin-health.toml"
+    path.write_text("default_timeout = 3\n")
+    for key in ("config_file", "PLUGIN_HEALTH_CONFIG_FILE"):
+        assert load_settings({key: path}, environ={}).default_timeout == 3.0, key
+
+
+def test_paths_may_be_path_objects(tmp_path: Path) -> None:
+    settings = load_settings({"PLUGIN_HEALTH_PLUGIN_PATH": tmp_path, "run_dir": tmp_path / "run"}, environ={})
+    assert (settings.plugin_path, settings.run_dir) == (str(tmp_path), str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"^PLUGIN_HEALTH_RUN_DIR=3 is invalid: expected a string$"):
+        load_settings({"PLUGIN_HEALTH_RUN_DIR": 3}, environ={})
