@@ -42,8 +42,8 @@ class PluginHealth:
     def init_app(self, app: Flask, url_prefix: str | None = None) -> Service:
         """Load the settings, mount the routes and start hosting (or reading) the plugins for ``app``.
 
-        ``url_prefix`` overrides the one given to the constructor. A bad setting raises ``ConfigError`` naming it,
-        before anything is mounted or started; a second call on the same app raises ``AlreadyInitializedError``.
+        ``url_prefix`` overrides the one given to the constructor. A bad setting raises ``ConfigError`` naming it
+        before anything is mounted; a second call on the same app raises ``AlreadyInitializedError``.
         """
         if EXTENSION in app.extensions:
             raise AlreadyInitializedError(app.name)
