@@ -1,9 +1,9 @@
 """plugin-health: host plugins with error isolation and serve their health over HTTP.
 
-Importing the package gives a plugin author what a plugin needs (``Plugin``, ``tool``, ``PluginContext``, the
-lifecycle states and the errors) and nothing heavier: a runner that imports plugins never loads Flask, Redis,
-apispec or prometheus_client. The service's names (``create_app``, the Flask extension ``PluginHealth``,
-``PluginLifecycleManager``, the sandbox, the loader) load on first use.
+Importing the package gives a plugin author what a plugin needs (``Plugin``, ``tool``, ``PluginContext``,
+``HealthResult``, the lifecycle states and the errors) and nothing heavier: a runner that imports plugins never
+loads Flask, Redis, apispec or prometheus_client. The service's names (``create_app``, the Flask extension
+``PluginHealth``, ``PluginLifecycleManager``, the sandbox, the loader) load on first use.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 from plugin_health.errors import (
     DuplicatePluginError,
     IllegalTransitionError,
+    InvalidHealthResultError,
     PluginError,
     UnknownPluginError,
 )
+from plugin_health.health import HealthResult
 from plugin_health.lifecycle.states import PluginLifecycleState
 from plugin_health.plugin import Plugin, PluginContext, tool
 
@@ -59,7 +61,9 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DuplicatePluginError",
+    "HealthResult",
     "IllegalTransitionError",
+    "InvalidHealthResultError",
     "Plugin",
     "PluginContext",
     "PluginError",

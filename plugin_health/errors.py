@@ -218,6 +218,16 @@ class DependencyNotReadyError(PluginError):
         self.reason = reason
 
 
+class InvalidHealthResultError(PluginError, ValueError):
+    """A ``HealthResult`` with a field that cannot be used (raised where it is made, in the runner that encodes it,
+    and in the core that decodes it: a health check that returns one fails, naming the field)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"invalid HealthResult: {field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
 class ToolArgumentsError(PluginError, TypeError):
     """A tool call's arguments do not bind to the tool's signature: the caller's mistake, refused before the call
     and counted nowhere (HTTP 422)."""

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
+from plugin_health.health import HealthResult
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 _TOOL_MARK = "__plugin_health_tool__"
@@ -100,6 +102,7 @@ class Plugin:
     def stop(self) -> None:
         """Release what ``start`` took; called on shutdown, disable and restart."""
 
-    def health_check(self) -> bool:
-        """Report whether the plugin works; False, an exception or a timeout means failing."""
+    def health_check(self) -> bool | HealthResult | None:
+        """Report whether the plugin works: True or None pass, False fails, and a ``HealthResult`` says ``pass``,
+        ``warn`` or ``fail`` with an observed value, its unit and an output; an exception or a timeout fails."""
         return True
