@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plugin_health.errors import InvalidHealthResultError
+from plugin_health.health import HealthResult
 from plugin_health.loader.importing import find_plugin_class, import_source
 from plugin_health.loader.sources import PluginSource
 from plugin_health.plugin import LIFECYCLE_METHODS, Plugin, PluginContext, raw_declaration
@@ -49,6 +51,7 @@ UNENCODABLE = "UnserializableResultError"
 ARGUMENTS = "ToolArgumentsError"
 #: ``error_type`` of a result larger than a message may be.
 TOO_LARGE = "ResultTooLargeError"
+HEALTH_RESULT = wire.HEALTH_RESULT
 _PR_SET_PDEATHSIG = 1
 _MIB = 1024 * 1024
 #: What the loader's declaration checks allow (``plugin_health.loader.registry``), mirrored to stay light here.
@@ -244,6 +247,8 @@ class Runner:
                 return {**failed(MEMORY, problem, result.duration_ms).to_dict(), "kept": True}
         if result.ok:
             answer["result_json"] = result.result[1]
+            if len(result.result) > 2:
+                answer[HEALTH_RESULT] = True
         return answer
 
     def _context(self, loaded: _Loaded, raw: dict[str, Any]) -> PluginContext:
@@ -285,10 +290,12 @@ class _Stop(Exception):
 
 
 def _bound(instance: Plugin, method: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """Run the method and encode its result, all inside the call's sandbox: ``(True, json)`` or ``(False, type, text)``.
+    """Run the method and encode its result, all inside the call's sandbox: ``(True, json)`` or ``(False, type, text)``;
+    ``(True, json, HEALTH_RESULT)`` for a health check that returned a ``HealthResult`` (its wire form).
 
     The plugin's exception is described here, under the call's timer, so an ``__str__`` that never returns is stopped
-    like the call itself; a timeout and a ``MemoryError`` go on to the sandbox, which reports them as its own.
+    like the call itself; a timeout and a ``MemoryError`` go on to the sandbox, which reports them as its own. So is a
+    ``HealthResult``'s encoding: a subclass's fields can be plugin code.
     """
     try:
         if method.startswith("_"):
@@ -305,7 +312,11 @@ def _bound(instance: Plugin, method: str, args: list[Any], kwargs: dict[str, Any
     except BaseException as exc:  # noqa: BLE001 - reported as the call's outcome, like the sandbox does
         return (False, type(exc).__name__, describe(exc))
     try:
+        if method == "health_check" and isinstance(value, HealthResult):
+            return (True, _dumps(value.to_wire()), HEALTH_RESULT)
         return (True, _dumps(value))
+    except InvalidHealthResultError as exc:  # changed after it was made: its fields are checked again here
+        return (False, type(exc).__name__, describe(exc))
     except (TypeError, ValueError, RecursionError) as exc:
         return (False, UNENCODABLE, f"the result of {method!r} cannot be sent as JSON: {describe(exc)}")
 

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plugin_health import metrics
-from plugin_health.errors import PluginBusyError, PluginNotRunningError
+from plugin_health.errors import InvalidHealthResultError, PluginBusyError, PluginNotRunningError
+from plugin_health.health import HealthResult
 from plugin_health.loader.handles import Placed
 from plugin_health.loader.sources import PluginSource
 from plugin_health.plugin import LIFECYCLE_METHODS, PluginContext
@@ -467,6 +468,8 @@ class RunnerHandle:
             self.runner.last = (self, time.monotonic())
         result = PluginSandboxResult(bool(answer.get("ok")), answer.get("result"), _text(answer.get("error")),
                                      _text(answer.get("error_type")), _since(started), answer.get("refused") is True)
+        if result.ok and method == "health_check" and answer.get(wire.HEALTH_RESULT) is True:
+            result = _health_result(result)
         if answer.get("kept") and result.error_type == MEMORY:
             # The runner holds what the plugin leaked: only a new runner gives it back.
             self.runner.kill(result.error or "memory kept past its limit")
@@ -490,6 +493,15 @@ class RunnerHandle:
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _health_result(result: PluginSandboxResult) -> PluginSandboxResult:
+    """A health check's answer whose result is a ``HealthResult``'s wire form, decoded and checked again (the core
+    trusts no runner): the ``HealthResult``, or a failed call naming what is wrong with it."""
+    try:
+        return PluginSandboxResult(True, HealthResult.from_wire(result.result), duration_ms=result.duration_ms)
+    except InvalidHealthResultError as err:
+        return failed(type(err).__name__, str(err), result.duration_ms)
 
 
 def _since(started: float) -> float:

@@ -29,6 +29,10 @@ MAX_MESSAGE = 16 * 1024 * 1024
 #: Bytes asked of ``recv`` at a time.
 _CHUNK = 65536
 _loads = json.loads
+#: Member of a call's answer that marks its ``result`` as a ``HealthResult``'s wire form (``HealthResult.to_wire``):
+#: set by a runner for a health check only, so that the core tells it from a plain dict the check returned (which
+#: fails, naming its type). The core decodes it again (``HealthResult.from_wire``).
+HEALTH_RESULT = "health_result"
 
 
 class WireError(Exception):
