@@ -37,6 +37,7 @@ from plugin_health.loader.registry import valid_name
 from plugin_health.runtime.core import Core
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.store import MemoryStore, PluginSnapshot, StateStore
+from plugin_health.supervision.policy import HEALTH_CHECK_FAILED, check_outcome
 
 if TYPE_CHECKING:
     from plugin_health.service import Service
@@ -293,8 +294,10 @@ def problem(snapshot: PluginSnapshot, check: PluginSandboxResult | None) -> str 
     reason, error_type, error = snapshot.reason, snapshot.error_type, snapshot.error
     if snapshot.state is PluginLifecycleState.RUNNING:
         reason = "health check failed"
-        if check is not None:
-            error_type, error = (None, "health_check() returned False") if check.ok else (check.error_type, check.error)
+        if check is not None:  # as the supervisor judged it: False, a fail result, a value that means nothing
+            outcome = check_outcome(check)[1]
+            error_type = None if outcome.error_type == HEALTH_CHECK_FAILED else outcome.error_type  # said above
+            error = outcome.error
     line = f"{snapshot.name}: {snapshot.state.value}"
     if reason:
         line += f" ({reason})"

@@ -298,7 +298,7 @@ def test_check_reports_every_problem(app: Flask, tmp_path: Path) -> None:
     assert result.stdout.splitlines() == [
         f"broken: FAILED (initialize failed) RuntimeError: {SECRET}",
         "needy: UNAVAILABLE (dependency_missing: missing is not installed)",
-        "sick: RUNNING (health check failed) health_check() returned False",
+        "sick: RUNNING (health check failed) health check returned False",
         "3 of 5 plugins failed the check",
     ]
 

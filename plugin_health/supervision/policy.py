@@ -7,9 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
-from plugin_health.sandbox.results import CRASHED
+from plugin_health.errors import InvalidHealthResultError, bounded
+from plugin_health.health import HealthResult
+from plugin_health.sandbox.results import CRASHED, PluginSandboxResult, failed
 
 RESTART_LIMIT_REACHED = "restart limit reached"
+#: ``error_type`` of a health check that said it fails: it returned False, a ``HealthResult`` whose status is
+#: ``fail``, or a value that means nothing (neither True, False, None nor a ``HealthResult``).
+HEALTH_CHECK_FAILED = "HealthCheckFailed"
+#: What a health check that returned True or None amounts to.
+PASSED = HealthResult("pass")
 #: Seconds a RUNNING plugin's last health check may be late, beyond its interval and timeout, before it is stale
 #: (the host publishes the time of a passing check within about a second).
 STALE_GRACE = 1.0
@@ -77,3 +84,32 @@ def stale_deadline(
     """
     start = since if last_check is None or last_check < since else last_check
     return start + timedelta(seconds=interval + timeout + grace)
+
+
+def check_outcome(result: PluginSandboxResult) -> tuple[HealthResult, PluginSandboxResult]:
+    """What one health check's call says: the ``HealthResult`` it amounts to, and the outcome that counts (``judge``).
+
+    True, None and a ``pass`` or ``warn`` result are a success (``warn``: healthy but degraded, no failure counted);
+    False, a ``fail`` result, any other value (named by its type), a ``HealthResult`` whose fields are wrong, an
+    exception, a timeout or a crash are a failure, whose ``HealthResult`` is ``fail`` with the error as its output.
+    """
+    if not result.ok:
+        return HealthResult("fail", output=bounded(result.error or result.error_type or "the check failed")), result
+    value = result.result
+    if value is True or value is None:
+        return PASSED, result
+    if isinstance(value, HealthResult):
+        try:  # checked again: an instance can be changed after it was made (an inline plugin hands over its own)
+            value = HealthResult(**value.to_wire())
+        except InvalidHealthResultError as err:
+            refused = failed(type(err).__name__, str(err), result.duration_ms)
+            return HealthResult("fail", output=refused.error), refused
+        if value.status != "fail":
+            return value, PluginSandboxResult(True, value, duration_ms=result.duration_ms)
+        problem = value.output or "health check returned status 'fail'"
+    elif value is False:
+        problem = "health check returned False"
+    else:
+        problem = f"health_check returned a {type(value).__name__}, not True, False, None or a HealthResult"
+    outcome = PluginSandboxResult(False, value, bounded(problem), HEALTH_CHECK_FAILED, result.duration_ms)
+    return (value if isinstance(value, HealthResult) else HealthResult("fail", output=outcome.error)), outcome

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from plugin_health.errors import IllegalTransitionError, PluginError, UnknownPluginError
+from plugin_health.health import HealthResult
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord, UnavailableReason
 from plugin_health.loader.loader import ACTIVE, PluginLoader
 from plugin_health.sandbox import PluginSandboxResult
@@ -31,6 +32,7 @@ from plugin_health.supervision.policy import (
     RESTART_LIMIT_REACHED,
     Verdict,
     backoff_delay,
+    check_outcome,
     judge,
     may_restart,
     restarts_in_window,
@@ -83,7 +85,10 @@ class PluginWatch:
     next_restart_at: float | None = None
     next_check_at: float | None = None
     last_check: datetime | None = None
+    #: Its last health check did not fail (it passed or warned); None before the first one.
     last_check_ok: bool | None = None
+    #: What its last health check found (a failed call: ``fail``, with the error as its output); None before any.
+    last_result: HealthResult | None = None
     gave_up: bool = False
     recover_cause: str | None = None
 
@@ -181,26 +186,30 @@ class Supervisor:
     # -- health checks -----------------------------------------------------------------------------------
 
     def check(self, name: str) -> bool:
-        """Run ``name``'s health check now; False, an exception or a timeout counts as a failure."""
+        """Run ``name``'s health check now; whether it did not fail (``pass`` or ``warn``).
+
+        ``warn`` counts no failure; False, a ``fail`` result, any value that means nothing, an exception or a
+        timeout counts as one (``policy.check_outcome``).
+        """
         if self.manager.state_of(name) is not RUNNING:
             return False
         try:
             result = self.loader.call(name, "health_check")
         except PluginError:  # its instance is gone with its runner and comes back shortly: nothing was checked
             return False
-        passed = result.ok and (result.result is True or result.result is None)
-        if result.ok and not passed:
-            value = result.result
-            problem = ("health check returned False" if value is False
-                       else f"health_check returned a {type(value).__name__}, not True, False or None")
-            result = PluginSandboxResult(False, value, problem, "HealthCheckFailed", result.duration_ms)
+        found, outcome = check_outcome(result)
         with self._lock:
             watch = self._watch(name)
+            before = watch.last_result
             watch.last_check = datetime.now(UTC)
-            watch.last_check_ok = passed
-        if self.record_outcome(name, result, "health check") is Verdict.HEALTHY:
-            self._changed(name, urgent=False)  # only the time of the last check moved on
-        return passed
+            watch.last_check_ok = outcome.ok
+            watch.last_result = found
+        if self.record_outcome(name, outcome, "health check") is Verdict.HEALTHY:
+            # Only the time of the last check (and what it measured) moved on, unless its status changed: a plugin
+            # that starts or stops warning changes the aggregate status at once.
+            moved = found.status != ("pass" if before is None else before.status)
+            self._changed(name, urgent=moved)
+        return outcome.ok
 
     # -- restarts ------------------------------------------------------------------------------------------
 
