@@ -170,6 +170,7 @@ class Core:
         state = self.manager.state_of(name)
         entry = self.registry.get(name) if name in self.registry else None
         watch = self.supervisor.watch(name)
+        found = watch.last_result
         stale_after = None  # a RUNNING plugin is stale once its checks are late (stale_deadline)
         if state is PluginLifecycleState.RUNNING:
             limit = None if entry is None or entry.handle is None else entry.handle.limits.timeout
@@ -195,6 +196,10 @@ class Core:
             stale_after=stale_after,
             singleton=False if entry is None else entry.spec.singleton,
             owner=self.owners.get(name),
+            check_status=None if found is None else found.status,
+            observed_value=None if found is None else found.observed_value,
+            observed_unit=None if found is None else found.observed_unit,
+            check_output=None if found is None else found.output,
         )
 
     def flush(self) -> None:

@@ -29,6 +29,7 @@ class PluginSnapshot:
     consecutive_failures: int = 0
     restarts: int = 0
     last_check: datetime | None = None
+    #: Its last health check did not fail (``pass`` or ``warn``); None before the first one.
     last_check_ok: bool | None = None
     allowed: tuple[str, ...] = field(default=())
     #: When a RUNNING plugin's news turn stale if no newer snapshot replaced this one (UTC): its last completed
@@ -42,6 +43,14 @@ class PluginSnapshot:
     #: last published it (state, checks) once known: it runs there, so this instance's readiness and aggregate
     #: status do not count it.
     standby: bool = False
+    #: What its last health check said: ``pass``, ``warn`` or ``fail`` (a check that raised, timed out or returned
+    #: something that means nothing: ``fail``); None before the first one.
+    check_status: str | None = None
+    #: The value that check observed, and its unit (``HealthResult``); None when it reported none.
+    observed_value: str | int | float | bool | None = None
+    observed_unit: str | None = None
+    #: That check's output (a failed call: its error message), bounded; may carry secrets, as ``error`` may.
+    check_output: str | None = None
 
     @property
     def healthy(self) -> bool:
@@ -49,6 +58,11 @@ class PluginSnapshot:
         return self.state is PluginLifecycleState.RUNNING and self.last_check_ok is not False and (
             self.stale_after is None or datetime.now(UTC) < self.stale_after
         )
+
+    @property
+    def degraded(self) -> bool:
+        """Healthy, but its last health check said ``warn``."""
+        return self.healthy and self.check_status == "warn"
 
     @property
     def stale(self) -> bool:
@@ -60,8 +74,8 @@ class PluginSnapshot:
     def to_json(self) -> str:
         """A compact JSON text (how the stores keep it)."""
         # Not dataclasses.asdict: it deep-copies every value (40 us a snapshot, not 8 us; 13% of the time the host
-        # took to load 10,000 plugins). The values are flat (str, int, bool, None, datetimes, tuples of str), so a
-        # shallow read gives the same JSON.
+        # took to load 10,000 plugins). The values are flat (JSON scalars, datetimes, tuples of str), so a shallow
+        # read gives the same JSON.
         data = {name: getattr(self, name) for name in _SNAPSHOT_FIELDS}
         data["state"] = self.state.value
         data["since"] = self.since.isoformat()
@@ -81,6 +95,9 @@ class PluginSnapshot:
         data.setdefault("singleton", False)  # absent from rows written before singletons existed
         data.setdefault("owner", None)
         data.setdefault("standby", False)
+        if "check_status" not in data:  # rows written before health results: what last_check_ok said
+            ok = data.get("last_check_ok")
+            data["check_status"] = None if ok is None else "pass" if ok else "fail"
         for key in ("requires", "tools", "allowed"):
             data[key] = tuple(data[key])
         return cls(**data)
