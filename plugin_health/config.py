@@ -68,6 +68,9 @@ class Settings:
     singleton_lease: float = 3.0
     #: Seconds a gone instance stays in the cluster view (and its states in Redis) before it is dropped.
     instance_retention: float = 600.0
+    #: The release this deployment runs (a build number, an image tag, a commit), the aggregate health's
+    #: ``releaseId``; empty: the version of plugin-health.
+    release_id: str = ""
     #: Per-plugin configuration handed to ``initialize`` as ``context.config`` (from the config file).
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -149,6 +152,13 @@ def _instance(variable: str, value: object) -> str:
     return text
 
 
+def _release_id(variable: str, value: object) -> str:
+    text = _text(variable, value).strip()
+    if len(text) > 100 or not text.isprintable():
+        raise ConfigError(variable, value, "at most 100 printable characters")
+    return text
+
+
 def _plugins(variable: str, value: object) -> Mapping[str, Mapping[str, Any]]:
     if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
         raise ConfigError(variable, value, "a table of tables, one per plugin")
@@ -180,6 +190,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "instance": _instance,
     "singleton_lease": _positive_float,
     "instance_retention": _positive_float,
+    "release_id": _release_id,
 }
 
 

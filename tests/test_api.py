@@ -23,11 +23,13 @@ PLUGINS = {
     "broken": "def initialize(self, context):\n    raise RuntimeError('password=hunter2 at /etc/secret')\n",
     "needy": "requires = ('missing>=1',)\n",
     "user": "requires = ('core>=1.5',)\n",
+    "disk": "def health_check(self):\n    from plugin_health import HealthResult\n"
+            "    return HealthResult('warn', 0.93, 'ratio', 'disk 93% full (password=hunter2)')\n",
 }
 FIELDS = {
     "name", "version", "state", "healthy", "reason", "error_type", "error", "since", "requires", "critical",
     "isolation", "tools", "consecutive_failures", "restarts", "last_check", "allowed", "stale",
-    "singleton", "owner", "standby",
+    "singleton", "owner", "standby", "check_status", "observed_value", "observed_unit", "check_output", "degraded",
 }
 
 
@@ -74,20 +76,24 @@ def test_list_is_ordered_with_every_field(client: FlaskClient) -> None:
     assert response.status_code == 200
     assert response.mimetype == "application/json"
     items = response.get_json()
-    assert [i["name"] for i in items] == ["broken", "core", "needy", "sick", "user"]
+    assert [i["name"] for i in items] == ["broken", "core", "disk", "needy", "sick", "user"]
     assert all(set(i) == FIELDS for i in items)
-    states = {i["name"]: (i["state"], i["healthy"]) for i in items}
-    assert states == {"broken": ("FAILED", False), "core": ("RUNNING", True), "needy": ("UNAVAILABLE", False),
-                      "sick": ("RUNNING", False), "user": ("RUNNING", True)}
+    states = {i["name"]: (i["state"], i["healthy"], i["degraded"], i["check_status"]) for i in items}
+    assert states == {"broken": ("FAILED", False, False, None), "core": ("RUNNING", True, False, "pass"),
+                      "disk": ("RUNNING", True, True, "warn"), "needy": ("UNAVAILABLE", False, False, None),
+                      "sick": ("RUNNING", False, False, "fail"), "user": ("RUNNING", True, False, "pass")}
+    disk = items[2]
+    assert (disk["observed_value"], disk["observed_unit"], disk["check_output"]) == (0.93, "ratio", None)
     core = items[1]
     assert (core["version"], core["critical"], core["tools"], core["allowed"]) == (
         "2.0", True, ["ping"], ["fail", "make_unavailable"])
     assert core["since"].endswith("+00:00")
     assert core["last_check"] is not None
-    assert items[4]["requires"] == ["core>=1.5"]
+    assert (core["observed_value"], core["observed_unit"], core["check_output"]) == (None, None, None)
+    assert items[5]["requires"] == ["core>=1.5"]
 
 
-@pytest.mark.parametrize(("state", "names"), [("FAILED", ["broken"]), ("RUNNING", ["core", "sick", "user"]),
+@pytest.mark.parametrize(("state", "names"), [("FAILED", ["broken"]), ("RUNNING", ["core", "disk", "sick", "user"]),
                                               ("LOADED", [])])
 def test_list_filters_by_state(client: FlaskClient, state: str, names: list[str]) -> None:
     response = client.get(f"/v1/plugins/?state={state}")
@@ -184,9 +190,10 @@ def test_aggregate_fails_on_a_critical_plugin(tmp_path: Path) -> None:
         assert response.mimetype == "application/health+json"
         body = response.get_json()
         assert body["status"] == "fail"
-        assert body["checks"]["plugin:core"][0]["status"] == "fail"
-        assert body["checks"]["plugin:core"][0]["output"] == "start failed: OSError"
-        assert body["checks"]["plugin:other"][0]["status"] == "pass"
+        assert body["checks"]["core:health"][0]["status"] == "fail"
+        assert body["checks"]["core:health"][0]["output"] == "FAILED: start failed: OSError"
+        assert body["checks"]["other:health"][0]["status"] == "pass"
+        assert "output" not in body["checks"]["other:health"][0]
     finally:
         app.extensions[EXTENSION].shutdown()
 
@@ -197,9 +204,12 @@ def test_aggregate_warns_on_non_critical_plugins(client: FlaskClient) -> None:
     body = response.get_json()
     assert body["status"] == "warn"
     assert {k: v[0]["status"] for k, v in body["checks"].items()} == {
-        "plugin:broken": "warn", "plugin:core": "pass", "plugin:needy": "warn", "plugin:sick": "warn",
-        "plugin:user": "pass"}
-    assert body["checks"]["plugin:core"][0]["observedValue"] == "RUNNING"
+        "broken:health": "warn", "core:health": "pass", "disk:health": "warn", "needy:health": "warn",
+        "sick:health": "warn", "user:health": "pass"}
+    assert (body["checks"]["core:health"][0]["observedValue"], body["checks"]["core:health"][0]["observedUnit"]) == (
+        None, None)
+    disk = body["checks"]["disk:health"][0]
+    assert (disk["observedValue"], disk["observedUnit"], disk["output"]) == (0.93, "ratio", "last health check warned")
 
 
 def test_aggregate_passes_when_all_healthy(tmp_path: Path) -> None:

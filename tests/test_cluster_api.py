@@ -58,11 +58,12 @@ def test_one_instance_alone_is_this_one_with_its_plugins(app: Flask, client: Fla
     assert ClusterDocument().validate(document) == {}
     me = service_of(app).instance
     assert (document["instance"], document["degraded"], document["plugins"]) == (
-        me, None, ["broken", "core", "needy", "sick", "user"])
+        me, None, ["broken", "core", "disk", "needy", "sick", "user"])
     [instance] = document["instances"]
     assert set(instance) == INSTANCE_FIELDS
     assert (instance["id"], instance["self"], instance["gone"]) == (me, True, False)
-    # Judged as this instance judges itself: /v1/health (warn: sick, broken and needy are not critical), /readyz.
+    # Judged as this instance judges itself: /v1/health (warn: sick, broken and needy are not critical, disk is
+    # degraded), /readyz.
     assert client.get("/v1/health").get_json()["status"] == instance["status"] == "warn"
     assert client.get("/readyz").status_code == 200
     assert instance["ready"] is True

@@ -178,7 +178,8 @@ def test_the_redirect_is_never_protocol_relative(client: FlaskClient) -> None:
 # -- /readyz and /v1/health judge a critical plugin the same way ------------------------------------------------
 
 
-def critical(state: PluginLifecycleState, *, ok: bool | None = True, stale: bool = False) -> PluginSnapshot:
+def critical(state: PluginLifecycleState, *, ok: bool | None = True, stale: bool = False,
+             warned: bool = False) -> PluginSnapshot:
     now = datetime.now(UTC)
     running = state is PluginLifecycleState.RUNNING
     return PluginSnapshot(
@@ -186,16 +187,20 @@ def critical(state: PluginLifecycleState, *, ok: bool | None = True, stale: bool
         reason=None if running else "start failed", error_type=None if running else "OSError",
         last_check=now - timedelta(seconds=5) if ok is not None else None, last_check_ok=ok,
         stale_after=(now - timedelta(seconds=1) if stale else now + timedelta(hours=1)) if running else None,
+        check_status=None if ok is None else "warn" if warned else "pass" if ok else "fail",
     )
 
 
 CASES = {
     "running": (critical(PluginLifecycleState.RUNNING), True),
     "never-checked": (critical(PluginLifecycleState.RUNNING, ok=None), True),
+    "warned": (critical(PluginLifecycleState.RUNNING, warned=True), True),
     "check-failed": (critical(PluginLifecycleState.RUNNING, ok=False), False),
     "stale": (critical(PluginLifecycleState.RUNNING, stale=True), False),
+    "stale-and-warned": (critical(PluginLifecycleState.RUNNING, stale=True, warned=True), False),
     "stale-and-failed": (critical(PluginLifecycleState.RUNNING, ok=False, stale=True), False),
     "failed": (critical(PluginLifecycleState.FAILED), False),
+    "failed-after-a-warning": (critical(PluginLifecycleState.FAILED, warned=True), False),
     "unavailable": (critical(PluginLifecycleState.UNAVAILABLE), False),
     "loaded": (critical(PluginLifecycleState.LOADED), False),
 }
@@ -205,6 +210,7 @@ CASES = {
 def test_readyz_and_the_aggregate_agree_on_a_critical_plugin(
     app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch, snapshot: PluginSnapshot, healthy: bool
 ) -> None:
+    """A critical plugin that warns is healthy but degraded: ready, and the aggregate says warn (200)."""
     store = app.extensions[EXTENSION].store
     monkeypatch.setattr(store, "snapshots", lambda: [snapshot])
     monkeypatch.setattr(store, "version", lambda: 10_000 + list(CASES).index(next(
@@ -214,8 +220,11 @@ def test_readyz_and_the_aggregate_agree_on_a_critical_plugin(
     one = client.get("/v1/plugins/").get_json()[0]
     assert (ready.status_code, aggregate.status_code) == ((200, 200) if healthy else (503, 503)), (
         ready.get_data(as_text=True), aggregate.get_json())
-    assert aggregate.get_json()["checks"]["plugin:db"][0]["status"] == ("pass" if healthy else "fail")
-    assert one["healthy"] is healthy
+    warned = healthy and snapshot.check_status == "warn"
+    assert aggregate.get_json()["checks"]["db:health"][0]["status"] == (
+        ("warn" if warned else "pass") if healthy else "fail")
+    assert aggregate.get_json()["status"] == (("warn" if warned else "pass") if healthy else "fail")
+    assert (one["healthy"], one["degraded"]) == (healthy, warned)
     line = next(line for line in ready.get_data(as_text=True).splitlines() if "plugin/db" in line)
     assert line.startswith("[+]" if healthy else "[-]")
 

@@ -112,7 +112,7 @@ def test_elsewhere_it_shows_as_its_owner_runs_it_and_only_the_owner_answers_for_
              timeout=3)
     ready = standby.test_client().get("/readyz?verbose")
     assert ready.status_code == 200, ready.get_data(as_text=True)  # the owner answers for it, not every instance
-    check = standby.test_client().get("/v1/health").get_json()["checks"]["plugin:janitor"][0]
+    check = standby.test_client().get("/v1/health").get_json()["checks"]["janitor:health"][0]
     assert check["status"] == "pass"
     assert check["output"].startswith(f"standby here, runs on instance {owner_id}")
 

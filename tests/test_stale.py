@@ -233,8 +233,8 @@ def test_the_stated_age_moves_on(app: Flask, client: FlaskClient) -> None:
 
 
 def test_a_critical_stale_plugin_fails_the_aggregate_and_readyz(app: Flask, client: FlaskClient) -> None:
-    deadline = soon()
-    put(app, running("db", deadline, critical=True, last_check=datetime.now(UTC) - timedelta(seconds=3)),
+    deadline, checked = soon(), datetime.now(UTC) - timedelta(seconds=3)
+    put(app, running("db", deadline, critical=True, last_check=checked),
         running("cache", deadline + timedelta(hours=1)))
     health = client.get("/v1/health")
     assert (health.status_code, health.get_json()["status"]) == (200, "pass")
@@ -244,10 +244,10 @@ def test_a_critical_stale_plugin_fails_the_aggregate_and_readyz(app: Flask, clie
     later = client.get("/v1/health", headers={"If-None-Match": etag})
     assert (later.status_code, later.get_json()["status"]) == (503, "fail")
     assert later.headers["ETag"] != etag
-    check = later.get_json()["checks"]["plugin:db"][0]
-    assert (check["status"], check["observedValue"]) == ("fail", "RUNNING")
+    check = later.get_json()["checks"]["db:health"][0]
+    assert (check["status"], check["observedValue"], check["time"]) == ("fail", None, checked.isoformat())
     assert check["output"].startswith("stale: last health check ")
-    assert later.get_json()["checks"]["plugin:cache"][0]["status"] == "pass"
+    assert later.get_json()["checks"]["cache:health"][0]["status"] == "pass"
     ready = client.get("/readyz?verbose")
     assert ready.status_code == 503
     assert "[-]plugin/db failed: stale: last health check " in ready.get_data(as_text=True)
@@ -261,7 +261,7 @@ def test_a_non_critical_stale_plugin_warns_and_leaves_readyz_alone(app: Flask, c
     wait_past(deadline)
     health = client.get("/v1/health")
     assert (health.status_code, health.get_json()["status"]) == (200, "warn")
-    assert health.get_json()["checks"]["plugin:extra"][0]["status"] == "warn"
+    assert health.get_json()["checks"]["extra:health"][0]["status"] == "warn"
     assert client.get("/readyz").status_code == 200
 
 

@@ -18,6 +18,8 @@ from plugin_health.store import PluginSnapshot
 RUNNING = PluginLifecycleState.RUNNING
 NEVER_CHECKED = "stale: no health check completed since it started"
 CHECK_FAILED = "last health check failed"
+#: Why a healthy plugin is degraded (its ``/v1/health`` check's output).
+CHECK_WARNED = "last health check warned"
 
 
 class Horizon:
@@ -70,17 +72,24 @@ def unhealthy(snapshot: PluginSnapshot, horizon: Horizon) -> str | None:
     return CHECK_FAILED if snapshot.last_check_ok is False else None
 
 
+def degraded(snapshot: PluginSnapshot, problem: str | None) -> bool:
+    """Healthy (``problem``, from :func:`unhealthy`, is None) but its last health check said ``warn``: it counts as
+    healthy for readiness, and makes the aggregate status ``warn``."""
+    return problem is None and snapshot.check_status == "warn"
+
+
 def present(entry: dict[str, Any], snapshot: PluginSnapshot, horizon: Horizon) -> dict[str, Any]:
     """A ``PluginHealthResponse`` entry of ``snapshot`` as true at ``horizon``'s clock reading.
 
     ``entry`` may have been dumped at another time (entries are reused while their snapshot is unchanged), so
-    ``healthy``, ``stale`` and, for a stale plugin, ``reason`` are set here: the entry is copied only when they
-    differ from what it holds.
+    ``healthy``, ``degraded``, ``stale`` and, for a stale plugin, ``reason`` are set here: the entry is copied only
+    when they differ from what it holds.
     """
     why = horizon.stale(snapshot)
-    healthy = unhealthy(snapshot, horizon) is None
+    problem = unhealthy(snapshot, horizon)
+    healthy, warned = problem is None, degraded(snapshot, problem)
     if why is None:
-        if not entry["stale"] and entry["healthy"] is healthy:
+        if not entry["stale"] and entry["healthy"] is healthy and entry["degraded"] is warned:
             return entry
-        return {**entry, "stale": False, "healthy": healthy, "reason": snapshot.reason}
-    return {**entry, "stale": True, "healthy": False, "reason": why}
+        return {**entry, "stale": False, "healthy": healthy, "degraded": warned, "reason": snapshot.reason}
+    return {**entry, "stale": True, "healthy": False, "degraded": False, "reason": why}

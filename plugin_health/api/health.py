@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from importlib import metadata
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -11,7 +12,7 @@ from flask import Blueprint, Response, request
 from plugin_health import diagrams
 from plugin_health.api.auth import details_visible
 from plugin_health.api.cache import Built
-from plugin_health.api.freshness import Horizon, unhealthy
+from plugin_health.api.freshness import CHECK_FAILED, CHECK_WARNED, Horizon, degraded, unhealthy
 from plugin_health.api.plugins import cache, dumps, redact, service, store
 from plugin_health.api.schemas import diagram_query
 from plugin_health.lifecycle import PluginLifecycleState
@@ -22,17 +23,67 @@ bp = Blueprint("health", __name__)
 
 HEALTH_JSON = "application/health+json"
 TEXT = "text/plain; charset=utf-8"
+#: The measurement of every plugin's check in the aggregate (``weather:health``): never one of the host's or the
+#: store's (``host:heartbeat``, ``store:degraded``), so no plugin's name makes a key that clashes with theirs.
+MEASUREMENT = "health"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("plugin-health")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+#: The version of plugin-health (the aggregate's ``version``).
+VERSION = _version()
 
 
 def plugin_status(snapshot: PluginSnapshot, problem: str | None) -> str:
-    """pass for a healthy plugin; otherwise fail if it is critical, warn if not.
+    """pass for a healthy plugin whose last check passed; warn for a healthy one whose last check warned
+    (degraded); otherwise fail if it is critical, warn if not.
 
     ``problem``: why the plugin is not healthy (``freshness.unhealthy``), None when it is. A singleton on standby
     here passes: it runs on its owner, whose own status counts it.
     """
-    if problem is None or snapshot.standby:
+    if snapshot.standby:
         return "pass"
+    if problem is None:
+        return "warn" if degraded(snapshot, problem) else "pass"
     return "fail" if snapshot.critical else "warn"
+
+
+def plugin_check(snapshot: PluginSnapshot, status: str, problem: str | None, visible: bool) -> dict[str, Any]:
+    """The ``<name>:health`` check of one plugin: its last health check's reading, and why it is not pass.
+
+    ``output`` (left out for a plain pass, as the draft asks) gives the plugin's state, reason and error type when
+    it is not RUNNING, else why it is unhealthy (stale, its last check failed) or degraded; a caller who may see
+    details also gets its error message and its last check's output.
+    """
+    check: dict[str, Any] = {
+        "componentId": snapshot.name,
+        "componentType": "component",
+        "status": status,
+        "observedValue": snapshot.observed_value,
+        "observedUnit": snapshot.observed_unit,
+        "time": (snapshot.since if snapshot.last_check is None else snapshot.last_check).isoformat(),
+    }
+    output: list[str] = []
+    if snapshot.standby:
+        output.append(f"standby here, runs on instance {snapshot.owner}")
+    if snapshot.state is PluginLifecycleState.RUNNING:
+        why = problem if problem is not None else CHECK_WARNED if degraded(snapshot, problem) else None
+        if why is not None:
+            output.append(why)
+        if visible and snapshot.check_output and why in (CHECK_FAILED, CHECK_WARNED):
+            output.append(snapshot.check_output)
+    else:  # its state, reason and error type say why
+        output.extend(part for part in (snapshot.state.value, snapshot.reason, snapshot.error_type) if part)
+    if visible and snapshot.error:
+        output.append(snapshot.error)
+    if output:
+        check["output"] = ": ".join(output)
+    return check
 
 
 def aggregate(
@@ -42,13 +93,15 @@ def aggregate(
     host: str | None = None,
     store_problem: str | None = None,
     horizon: Horizon | None = None,
+    release: str | None = None,
 ) -> dict[str, Any]:
     """The IETF health-check document of the service (a pure function of the plugins' snapshots and the time).
 
     ``host`` is why no live process hosts the plugins (None: one does); then the states are stale and the
     service fails. ``store_problem`` is why the store is degraded: the answers are this process's last known
     states, a warning. ``horizon`` is the clock reading that judges stale plugins (now, if None); it notes until
-    when the document holds.
+    when the document holds. ``release`` is the ``releaseId`` (None: the version). Checks are keyed
+    ``component:measurement``: ``<plugin>:health``, ``host:heartbeat``, ``store:degraded``.
     """
     horizon = Horizon() if horizon is None else horizon
     problems = [unhealthy(s, horizon) for s in snapshots]
@@ -63,29 +116,14 @@ def aggregate(
     if store_problem is not None:
         checks["store:degraded"] = [{"componentType": "datastore", "status": "warn", "output": store_problem}]
     for snapshot, check_status, problem in zip(snapshots, statuses, problems, strict=True):
-        check: dict[str, Any] = {
-            "componentId": snapshot.name,
-            "componentType": "plugin",
-            "status": check_status,
-            "observedValue": snapshot.state.value,
-            "time": snapshot.since.isoformat(),
-        }
-        running = snapshot.state is PluginLifecycleState.RUNNING  # else state, reason and error type say why
-        output = [part for part in (problem if running else None, snapshot.reason, snapshot.error_type) if part]
-        if snapshot.standby:
-            output.insert(0, f"standby here, runs on instance {snapshot.owner}")
-        if visible and snapshot.error:
-            output.append(snapshot.error)
-        if output:
-            check["output"] = ": ".join(output)
-        checks[f"plugin:{snapshot.name}"] = [check]
+        checks[f"{snapshot.name}:{MEASUREMENT}"] = [plugin_check(snapshot, check_status, problem, visible)]
     notes = [] if loaded else ["plugins are still loading"]
     if store_problem is not None:
         notes.append("the store is degraded: these are this process's last known states")
     if host is not None:
         notes.append("no live plugin host: the states shown are the last ones it published")
-    return {"status": status, "serviceId": "plugin-health", "description": "health of every hosted plugin",
-            "notes": notes, "checks": checks}
+    return {"status": status, "version": VERSION, "releaseId": release or VERSION, "serviceId": "plugin-health",
+            "description": "health of every hosted plugin", "notes": notes, "checks": checks}
 
 
 @bp.get("/v1/health")
@@ -98,7 +136,8 @@ def service_health() -> Response:
     def build() -> Built:
         loaded = bool(store().get_meta(LOADED_KEY))
         horizon = Horizon()
-        document = aggregate(redact(store().snapshots(), visible), loaded, visible, host, store().degraded(), horizon)
+        document = aggregate(redact(store().snapshots(), visible), loaded, visible, host, store().degraded(), horizon,
+                             release=service().settings.release_id)
         return dumps(document), 503 if document["status"] == "fail" else 200, horizon.until
 
     key = ("aggregate", visible, host is None, store_problem is None)

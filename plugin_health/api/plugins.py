@@ -70,12 +70,14 @@ def current(name: str) -> PluginSnapshot:
 
 
 def redact(snapshots: Iterable[PluginSnapshot], visible: bool) -> list[PluginSnapshot]:
-    """Hide error messages from callers who may not see them, and the names of exception classes plugins defined
-    (``PluginDefinedError``); state, reason and Python's or plugin-health's own error types stay."""
+    """Hide error messages and health checks' outputs from callers who may not see them, and the names of exception
+    classes plugins defined (``PluginDefinedError``); state, reason, Python's or plugin-health's own error types,
+    and what checks observed (status, value, unit) stay."""
     if visible:
         return list(snapshots)
-    return [s if s.error is None and public_error_type(s.error_type) == s.error_type
-            else dataclasses.replace(s, error=None, error_type=public_error_type(s.error_type)) for s in snapshots]
+    return [s if s.error is None and s.check_output is None and public_error_type(s.error_type) == s.error_type
+            else dataclasses.replace(s, error=None, check_output=None, error_type=public_error_type(s.error_type))
+            for s in snapshots]
 
 
 #: The entries of the last list this worker built, by snapshot. After a change most plugins are as they were,

@@ -7,7 +7,13 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate
 
 from plugin_health.diagrams import FORMATS
+from plugin_health.health import STATUSES
 from plugin_health.lifecycle import PluginLifecycleState
+
+#: What an observed value may be, in OpenAPI 3.0 terms: a JSON scalar (each branch nullable, as 3.0.3 reads
+#: ``nullable`` only beside a ``type``).
+OBSERVED_VALUE: dict[str, Any] = {
+    "anyOf": [{"type": kind, "nullable": True} for kind in ("string", "number", "boolean")]}
 
 
 class PluginHealthResponse(Schema):
@@ -43,6 +49,20 @@ class PluginHealthResponse(Schema):
     standby = fields.Boolean(required=True, metadata={
         "description": "a singleton on standby here, shown as its owner runs it (state, checks); this instance's "
                        "readiness and aggregate status do not count it"})
+    check_status = fields.String(required=True, allow_none=True, validate=validate.OneOf(STATUSES), metadata={
+        "description": "what its last health check said: pass, warn or fail (a check that raised, timed out or "
+                       "returned a value that means nothing: fail); null before the first one"})
+    observed_value = fields.Raw(required=True, allow_none=True, metadata={
+        "description": "the value its last health check observed (a HealthResult's observed_value: a string, "
+                       "number or boolean); null when it reported none", **OBSERVED_VALUE})
+    observed_unit = fields.String(required=True, allow_none=True, metadata={
+        "description": "the unit of observed_value (ms, ratio, ...); null when it reported none"})
+    check_output = fields.String(required=True, allow_none=True, metadata={
+        "description": "its last health check's output (a failed call: its error message), at most 2,000 "
+                       "characters; shown per PLUGIN_HEALTH_SHOW_DETAILS, as error is"})
+    degraded = fields.Boolean(required=True, metadata={
+        "description": "healthy, but its last health check said warn: it still counts as healthy for readiness, "
+                       "and makes the aggregate status warn"})
 
 
 class HistoryEntry(Schema):
@@ -61,23 +81,37 @@ class HistoryEntry(Schema):
 
 
 class HealthCheck(Schema):
-    """One check in the aggregate (IETF health-check draft): a plugin, or the plugin host.
-
-    ``host:heartbeat`` (only while no live process hosts the plugins) has no componentId, observedValue or time.
-    """
+    """One check in the aggregate (IETF health-check draft), keyed ``component:measurement``: a plugin
+    (``<name>:health``), the plugin host (``host:heartbeat``, only while no live process hosts the plugins) or the
+    store (``store:degraded``, only while it is)."""
 
     componentId = fields.String(metadata={"description": "the plugin's name (every plugin check)"})
-    componentType = fields.String(required=True, metadata={"description": "plugin, or system for the host"})
-    status = fields.String(required=True, validate=validate.OneOf(("pass", "warn", "fail")))
-    observedValue = fields.String(metadata={"description": "the plugin's state (every plugin check)"})
-    time = fields.String(metadata={"description": "the plugin's last transition, ISO-8601 (every plugin check)"})
-    output = fields.String()
+    componentType = fields.String(required=True, metadata={
+        "description": "component for a plugin, system for the host, datastore for the store"})
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES), metadata={
+        "description": "a plugin's: pass when it is healthy and its last check passed; warn when it is healthy but "
+                       "its last check warned, or when it is not healthy and not critical; fail when a critical "
+                       "plugin is not healthy"})
+    observedValue = fields.Raw(allow_none=True, metadata={
+        "description": "the value the plugin's last health check observed; null when it reported none (every "
+                       "plugin check)", **OBSERVED_VALUE})
+    observedUnit = fields.String(allow_none=True, metadata={
+        "description": "the unit of observedValue; null when it reported none (every plugin check)"})
+    time = fields.String(metadata={
+        "description": "ISO-8601 (UTC): when the plugin's last health check observed this; before its first check, "
+                       "its last transition (every plugin check)"})
+    output = fields.String(metadata={
+        "description": "why the check is not pass: the plugin's state, reason and error type, whether it is stale, "
+                       "and, to a caller who may see details, its error and its last check's output"})
 
 
 class AggregateHealth(Schema):
     """The aggregate health of the service, ``application/health+json``."""
 
-    status = fields.String(required=True, validate=validate.OneOf(("pass", "warn", "fail")))
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    version = fields.String(required=True, metadata={"description": "the version of plugin-health"})
+    releaseId = fields.String(required=True, metadata={
+        "description": "PLUGIN_HEALTH_RELEASE_ID, or else the version of plugin-health"})
     serviceId = fields.String(required=True)
     description = fields.String(required=True)
     notes = fields.List(fields.String())
@@ -161,7 +195,7 @@ class ClusterInstance(Schema):
     gone = fields.Boolean(required=True, metadata={
         "description": "it stopped, never beat, or has not beaten for 3 s (for the instance answering: no live "
                        "process hosts its plugins)"})
-    status = fields.String(required=True, validate=validate.OneOf(("pass", "warn", "fail")), metadata={
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES), metadata={
         "description": "what its GET /v1/health would say (a gone instance fails)"})
     ready = fields.Boolean(required=True, metadata={
         "description": "what its GET /readyz would say: not gone, loaded, every critical plugin healthy"})
