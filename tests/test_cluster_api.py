@@ -29,7 +29,7 @@ RUNNING, FAILED = PluginLifecycleState.RUNNING, PluginLifecycleState.FAILED
 CLUSTER_FIELDS = {"instance", "degraded", "plugins", "instances"}
 INSTANCE_FIELDS = {"id", "self", "pid", "started", "heartbeat", "age", "gone", "status", "ready", "plugins"}
 PLUGIN_FIELDS = {"state", "healthy", "stale", "critical", "reason", "error_type", "since", "last_check",
-                 "owner", "standby"}
+                 "owner", "standby", "check_status", "degraded"}
 
 
 @pytest.fixture

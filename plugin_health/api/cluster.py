@@ -16,7 +16,7 @@ from flask import Blueprint, Response, request
 
 from plugin_health.api.auth import details_visible
 from plugin_health.api.cache import Built
-from plugin_health.api.freshness import Horizon, unhealthy
+from plugin_health.api.freshness import Horizon, degraded, unhealthy
 from plugin_health.api.health import aggregate
 from plugin_health.api.plugins import JSON, cache, dumps, redact, service
 from plugin_health.api.problems import Problem
@@ -107,12 +107,14 @@ def _plugin(snapshot: PluginSnapshot, horizon: Horizon) -> dict[str, Any]:
     if snapshot.standby:
         return {"state": "UNAVAILABLE", "healthy": False, "stale": False, "critical": snapshot.critical,
                 "reason": snapshot.reason if snapshot.owner is None else f"standby: runs on instance {snapshot.owner}",
-                "error_type": None,
+                "error_type": None, "check_status": None, "degraded": False,
                 "since": snapshot.since.isoformat(), "last_check": None, "owner": snapshot.owner, "standby": True}
     stale = horizon.stale(snapshot)
-    return {"state": snapshot.state.value, "healthy": unhealthy(snapshot, horizon) is None,
+    problem = unhealthy(snapshot, horizon)
+    return {"state": snapshot.state.value, "healthy": problem is None,
             "stale": stale is not None, "critical": snapshot.critical,
             "reason": snapshot.reason if stale is None else stale, "error_type": snapshot.error_type,
+            "check_status": snapshot.check_status, "degraded": degraded(snapshot, problem),
             "since": snapshot.since.isoformat(), "last_check": _iso(snapshot.last_check),
             "owner": snapshot.owner, "standby": False}
 

@@ -172,6 +172,9 @@ class ClusterPlugin(Schema):
                        "caller may see details)"})
     since = fields.AwareDateTime(required=True, metadata={"description": "time of the last transition (UTC)"})
     last_check = fields.AwareDateTime(allow_none=True, required=True)
+    check_status = fields.String(allow_none=True, required=True, metadata={
+        "description": "what its last health check said: pass, warn or fail (null before any check)"})
+    degraded = fields.Boolean(required=True, metadata={"description": "healthy, but its last check said warn"})
     owner = fields.String(allow_none=True, required=True, metadata={
         "description": "for a singleton: the instance that runs it (holds its lease), as last seen; else null"})
     standby = fields.Boolean(required=True, metadata={

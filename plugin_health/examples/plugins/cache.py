@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from plugin_health import Plugin, PluginContext, tool
+from plugin_health import HealthResult, Plugin, PluginContext, tool
 
 
 class Cache(Plugin):
@@ -16,6 +16,12 @@ class Cache(Plugin):
         self._size = int(context.config.get("size", 128))
         self._items: OrderedDict[str, Any] = OrderedDict()
         self._database = context.plugins["database"]
+
+    def health_check(self) -> HealthResult:
+        """How full it is: a warning past 90% (it still works, but evicts), with the fill as the observed value."""
+        fill = len(self._items) / self._size
+        return HealthResult(status="warn" if fill > 0.9 else "pass", observed_value=round(fill, 3),
+                            observed_unit="ratio", output=f"{len(self._items)} of {self._size} entries")
 
     @tool
     def put(self, key: str, value: Any) -> int:
