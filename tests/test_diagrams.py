@@ -1,4 +1,5 @@
-"""Lifecycle diagrams: every format, the highlighted state, counts, hostile titles and missing renderers."""
+"""Lifecycle diagrams: every format, the palette's colours, the highlighted state, counts of plugins and of
+transitions, the title on top, hostile titles and missing renderers."""
 
 from __future__ import annotations
 
@@ -29,9 +30,14 @@ from plugin_health.diagrams import (
 )
 from plugin_health.errors import PluginError
 from plugin_health.lifecycle.states import LEGAL_MOVES, TRIGGERS, PluginLifecycleState
+from plugin_health.palette import INK, MUTED, PAPER, STATE_COLOURS
 
 S = PluginLifecycleState
-ACTIVE = cast(dict[str, str], GraphMachine.style_attributes["node"]["active"])  # type: ignore[index]
+#: transitions' own highlight (red on salmon), which a diagram here never uses.
+TRANSITIONS_ACTIVE = cast(dict[str, str], GraphMachine.style_attributes["node"]["active"])  # type: ignore[index]
+#: The dashboard's colours (dashboard.css, written from plugin_health.palette): strong, light.
+GREEN, RED, AMBER, BLUE = ("#1a7f37", "#dafbe1"), ("#cf222e", "#ffebe9"), ("#9a6700", "#fff8c5"), ("#0969da", "#ddf4ff")
+COLOURS = {S.RUNNING: GREEN, S.FAILED: RED, S.UNAVAILABLE: AMBER, S.LOADED: BLUE, S.INITIALIZED: BLUE}
 SVG_NS = "{http://www.w3.org/2000/svg}"
 HOSTILE_TITLES = [
     pytest.param('say "hi"', 'say "hi"', id="double-quotes"),
@@ -87,12 +93,30 @@ def svg_nodes(svg: bytes) -> dict[str, ET.Element]:
     return nodes
 
 
+def svg_shapes(node: ET.Element) -> list[ET.Element]:
+    """The outlines of a node (two for a state drawn with peripheries=2), the filled one first."""
+    return node.findall(f"{SVG_NS}path") or node.findall(f"{SVG_NS}polygon")
+
+
 def svg_fill(node: ET.Element) -> str | None:
-    shape = node.find(f"{SVG_NS}path")
-    if shape is None:
-        shape = node.find(f"{SVG_NS}polygon")
-    assert shape is not None
-    return shape.get("fill")
+    return svg_shapes(node)[0].get("fill")
+
+
+def svg_stroke(node: ET.Element) -> str | None:
+    return svg_shapes(node)[0].get("stroke")
+
+
+def svg_edges(svg: bytes) -> dict[tuple[str, str], ET.Element]:
+    """The edge groups of a Graphviz SVG, by (from, to)."""
+    edges = {}
+    for group in ET.fromstring(svg).iter(f"{SVG_NS}g"):
+        if group.get("class") == "edge":
+            title = group.find(f"{SVG_NS}title")
+            assert title is not None
+            assert title.text is not None
+            source, _, dest = title.text.partition("->")  # Graphviz writes "LOADED&#45;&gt;INITIALIZED"
+            edges[(source, dest)] = group
+    return edges
 
 
 def svg_texts(svg: bytes) -> list[str]:
@@ -175,20 +199,37 @@ def test_dot_has_every_state_and_trigger() -> None:
 
 @needs_graphviz
 @pytest.mark.parametrize("state", list(S), ids=str)
-def test_dot_highlights_current_state(state: S) -> None:
+def test_dot_highlights_current_state_in_its_own_colour(state: S) -> None:
     graph = dot_graph(text("dot", current=state))
     for node in graph.nodes():
-        highlighted = node == state.value
-        assert (node.attr["fillcolor"] == ACTIVE["fillcolor"]) is highlighted
-        assert (node.attr["color"] == ACTIVE["color"]) is highlighted
-        assert (node.attr["peripheries"] == ACTIVE["peripheries"]) is highlighted
+        strong, light = COLOURS[S(str(node))]
+        attrs = (node.attr["fillcolor"], node.attr["color"], node.attr["fontcolor"], node.attr["peripheries"],
+                 node.attr["penwidth"])
+        if node == state.value:  # filled with its colour, a bold double outline, white bold text
+            assert attrs == (strong, strong, PAPER, "2", "3")
+            assert node.attr["fontname"] == "Helvetica-Bold"
+        else:
+            assert attrs == (light, strong, INK, "1", "1.5")
+    source = text("dot", current=state)
+    assert TRANSITIONS_ACTIVE["fillcolor"] not in source
+    assert TRANSITIONS_ACTIVE["color"] not in source
 
 
 @needs_graphviz
-def test_dot_without_current_highlights_nothing() -> None:
-    source = text("dot")
-    assert ACTIVE["fillcolor"] not in source
+def test_dot_without_current_colours_every_state_lightly() -> None:
+    graph = dot_graph(text("dot"))
+    assert {str(n): (n.attr["fillcolor"], n.attr["color"]) for n in graph.nodes()} == {
+        s.value: (COLOURS[s][1], COLOURS[s][0]) for s in S}
     assert render("dot", current=S.LOADED) != render("dot")
+
+
+@needs_graphviz
+def test_dot_title_on_top_and_legible_fonts() -> None:
+    graph = dot_graph(text("dot", title="weather"))
+    assert (graph.graph_attr["labelloc"], graph.graph_attr["fontname"], graph.graph_attr["fontsize"]) == (
+        "t", "Helvetica-Bold", "18")
+    assert (graph.node_attr["fontname"], graph.node_attr["fontsize"]) == ("Helvetica", "14")
+    assert (graph.edge_attr["fontname"], graph.edge_attr["fontsize"]) == ("Helvetica", "12")
 
 
 @needs_graphviz
@@ -202,6 +243,56 @@ def test_dot_counts_in_labels() -> None:
         "FAILED": "FAILED (1)\\l",
         "UNAVAILABLE": "UNAVAILABLE (0)\\l",
     }
+
+
+@needs_graphviz
+def test_dot_transition_counts_on_arrows() -> None:
+    moves = {(S.LOADED, S.INITIALIZED): 4, (S.INITIALIZED, S.RUNNING): 3, (S.RUNNING, S.FAILED): 12,
+             (S.LOADED, S.FAILED): 150}
+    graph = dot_graph(text("dot", moves=moves))
+    edges = {(str(u), str(v)): graph.get_edge(u, v).attr for u, v in graph.edges()}
+    assert {pair: attr["label"] for pair, attr in edges.items()} == {
+        (str(src), str(dst)): f"{trigger} ({moves.get((src, dst), 0)})" for (src, trigger), dst in LEGAL_MOVES.items()}
+    # An arrow never taken is dashed and muted; the others heavier the more often they were taken.
+    weights = {pair: (attr["style"], attr["penwidth"], attr["color"]) for pair, attr in edges.items()}
+    assert weights[("LOADED", "INITIALIZED")] == ("solid", "1.6", INK)
+    assert weights[("RUNNING", "FAILED")] == ("solid", "2.4", INK)
+    assert weights[("LOADED", "FAILED")] == ("solid", "3.2", INK)
+    assert weights[("FAILED", "LOADED")] == ("dashed", "1", MUTED)
+
+
+@needs_graphviz
+def test_dot_without_transition_counts_labels_triggers_only() -> None:
+    graph = dot_graph(text("dot"))
+    assert {graph.get_edge(u, v).attr["label"] for u, v in graph.edges()} == set(TRIGGERS)
+
+
+def test_count_moves_from_a_history() -> None:
+    totals = {(None, "LOADED"): 3, ("LOADED", "INITIALIZED"): 2, (S.RUNNING, S.FAILED): 5, ("RUNNING", "LOADED"): 9}
+    counted = diagrams.count_moves(totals)
+    assert set(counted) == set(diagrams.MOVES)  # every arrow, none invented: a first state and a non-move count nowhere
+    assert counted[(S.LOADED, S.INITIALIZED)] == 2
+    assert counted[(S.RUNNING, S.FAILED)] == 5
+    assert sum(counted.values()) == 7
+
+
+@pytest.mark.parametrize(
+    ("moves", "message"),
+    [
+        pytest.param({(S.RUNNING, S.LOADED): 1}, "diagram moves (<PluginLifecycleState.RUNNING: 'RUNNING'>, "
+                     "<PluginLifecycleState.LOADED: 'LOADED'>) is invalid: not a (from, to) move of the lifecycle "
+                     "table", id="not-a-move"),
+        pytest.param({("RUNNING", "FAILED"): -2}, "diagram moves -2 is invalid: RUNNING -> FAILED: not a "
+                     "non-negative integer", id="negative"),
+        pytest.param({"RUNNING": 2}, "diagram moves 'RUNNING' is invalid: not a (from, to) move of the lifecycle "
+                     "table", id="not-a-pair"),
+    ],
+)
+def test_bad_moves(moves: dict[Any, Any], message: str) -> None:
+    with pytest.raises(DiagramInputError) as info:
+        render("mermaid", moves=moves)
+    assert info.value.field == "moves"
+    assert str(info.value) == message
 
 
 @needs_graphviz
@@ -233,14 +324,63 @@ def test_svg_is_well_formed_with_every_state_and_trigger() -> None:
 
 @needs_graphviz
 @pytest.mark.parametrize("state", list(S), ids=str)
-def test_svg_highlights_current_state(state: S) -> None:
+def test_svg_highlights_current_state_in_its_own_colour(state: S) -> None:
     nodes = svg_nodes(render("svg", current=state))
     fills = {name: svg_fill(node) for name, node in nodes.items()}
-    assert fills == {s.value: ACTIVE["fillcolor"] if s is state else "white" for s in S}
+    assert fills == {s.value: COLOURS[s][0] if s is state else COLOURS[s][1] for s in S}
+    assert {name: svg_stroke(node) for name, node in nodes.items()} == {s.value: COLOURS[s][0] for s in S}
     # peripheries=2: the active state is drawn with a second outline
-    outlines = {name: len(node.findall(f"{SVG_NS}path")) for name, node in nodes.items()}
+    outlines = {name: len(svg_shapes(node)) for name, node in nodes.items()}
     assert outlines[state.value] == 2
     assert all(count == 1 for name, count in outlines.items() if name != state.value)
+
+
+@needs_graphviz
+def test_svg_running_highlighted_is_green_not_red() -> None:
+    """The bug this replaces: transitions painted a RUNNING plugin's state red (its "active" style)."""
+    running = svg_nodes(render("svg", current=S.RUNNING, title="core"))["RUNNING"]
+    assert svg_fill(running) == GREEN[0] == STATE_COLOURS[S.RUNNING].strong
+    assert {shape.get("stroke") for shape in svg_shapes(running)} == {GREEN[0]}
+    assert svg_shapes(running)[0].get("stroke-width") == "3"
+    assert [t.get("fill") for t in running.iter(f"{SVG_NS}text")] == [PAPER]
+    assert [t.get("font-weight") for t in running.iter(f"{SVG_NS}text")] == ["bold"]
+    svg = render("svg", current=S.RUNNING)
+    painted = {value for e in ET.fromstring(svg).iter() for value in (e.get("fill"), e.get("stroke"))}
+    assert not painted & {"red", "darksalmon"}  # transitions' "active" style
+    # The only red is FAILED's own: a light fill with a red outline.
+    reds = {name for name, node in svg_nodes(svg).items() for shape in svg_shapes(node)
+            if RED[0] in (shape.get("fill"), shape.get("stroke"))}
+    assert reds == {"FAILED"}
+
+
+@needs_graphviz
+@pytest.mark.parametrize("state", list(S), ids=str)
+def test_svg_colours_of_each_state(state: S) -> None:
+    """Each state in the dashboard's colours: RUNNING green, FAILED red, UNAVAILABLE amber, LOADED and
+    INITIALIZED blue."""
+    node = svg_nodes(render("svg", counts={state: 1}))[state.value]
+    assert (svg_fill(node), svg_stroke(node)) == (COLOURS[state][1], COLOURS[state][0])
+    assert (STATE_COLOURS[state].strong, STATE_COLOURS[state].light) == COLOURS[state]
+
+
+@needs_graphviz
+def test_svg_title_is_on_top() -> None:
+    svg = render("svg", title="weather")
+    root = ET.fromstring(svg)
+    [title] = [t for t in root.iter(f"{SVG_NS}text") if t.text == "weather"]
+    node_ys = [float(str(t.get("y"))) for node in svg_nodes(svg).values() for t in node.iter(f"{SVG_NS}text")]
+    assert float(str(title.get("y"))) < min(node_ys)  # SVG's y grows downwards
+    assert (title.get("font-size"), title.get("font-weight")) == ("18.00", "bold")
+
+
+@needs_graphviz
+def test_svg_transition_counts_on_arrows() -> None:
+    edges = svg_edges(render("svg", moves={(S.RUNNING, S.FAILED): 7}))
+    labels = {pair: [t.text for t in edge.iter(f"{SVG_NS}text")] for pair, edge in edges.items()}
+    assert labels[("RUNNING", "FAILED")] == ["fail (7)"]
+    assert labels[("FAILED", "LOADED")] == ["reset (0)"]
+    assert edges[("RUNNING", "FAILED")].find(f"{SVG_NS}path").get("stroke-dasharray") is None  # type: ignore[union-attr]
+    assert edges[("FAILED", "LOADED")].find(f"{SVG_NS}path").get("stroke-dasharray") is not None  # type: ignore[union-attr]
 
 
 @needs_graphviz
@@ -283,12 +423,23 @@ def test_mermaid_header_and_every_transition() -> None:
 def test_mermaid_highlights_current_state(state: S) -> None:
     source = text("mermaid", current=state)
     classes = mermaid_classes(source)
-    assert classes == {s.value: "s_active" if s is state else "s_default" for s in S}
-    assert f"classDef s_active color:{ACTIVE['color']},fill:{ACTIVE['fillcolor']}" in source
+    assert classes == {s.value: f"s_{s.value.lower()}_current" if s is state else f"s_{s.value.lower()}" for s in S}
+    strong, light = COLOURS[state]
+    lines = [line.strip() for line in source.splitlines()]
+    assert (f"classDef s_{state.value.lower()}_current fill:{strong},stroke:{strong},color:{PAPER},"
+            "stroke-width:3px,font-weight:bold") in lines
+    assert f"classDef s_{state.value.lower()} fill:{light},stroke:{strong},color:{INK},stroke-width:1.5px" in lines
+    assert TRANSITIONS_ACTIVE["fillcolor"] not in source
 
 
-def test_mermaid_without_current_highlights_nothing() -> None:
-    assert set(mermaid_classes(text("mermaid")).values()) == {"s_default"}
+def test_mermaid_without_current_colours_every_state() -> None:
+    assert mermaid_classes(text("mermaid")) == {s.value: f"s_{s.value.lower()}" for s in S}
+
+
+def test_mermaid_transition_counts_on_arrows() -> None:
+    body = [line.strip() for line in text("mermaid", moves={("INITIALIZED", "RUNNING"): 2}).splitlines()]
+    assert "INITIALIZED --> RUNNING: start (2)" in body
+    assert "LOADED --> INITIALIZED: initialize (0)" in body
 
 
 def test_mermaid_counts_in_labels() -> None:
@@ -389,7 +540,7 @@ def test_graphviz_package_fallback(without_modules: Any) -> None:
         assert trigger in source
     assert "RUNNING (2)" in source
     assert "<script>" not in source
-    assert ACTIVE["fillcolor"] in source
+    assert GREEN[0] in source
     if has_dot:
         ET.fromstring(render("svg", title="<script>"))
     else:
