@@ -12,6 +12,8 @@ import pytest
 from plugin_health.errors import ConfigError
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
 from plugin_health.store import MemoryStore, PluginSnapshot, SQLiteStore, StateStore, check_url, open_store
+from plugin_health.store.base import record_from_json
+from plugin_health.store.feed import Feed
 
 S = PluginLifecycleState
 
@@ -169,3 +171,53 @@ def test_put_many_is_one_version_step(store: StateStore) -> None:
     assert store.version() == before + 1
     assert [(s.name, s.state) for s in store.snapshots()] == [("a", S.FAILED), ("b", S.RUNNING), ("c", S.RUNNING)]
     assert store.history("a") == []  # snapshots only: no transition recorded
+
+
+def test_records_since_lists_what_is_kept_in_order(store: StateStore) -> None:
+    """What /v1/events and ``plugins watch`` follow: every kept transition after a sequence number, oldest first."""
+    assert (store.last_seq(), store.records_since(0)) == (0, [])
+    records = [rec("p", None, S.LOADED, "load"), rec("q", None, S.LOADED, "load"),
+               rec("p", S.LOADED, S.INITIALIZED, "initialize"), rec("q", S.LOADED, S.FAILED, "fail"),
+               rec("p", S.INITIALIZED, S.RUNNING, "start")]
+    for record in records:
+        store.put(snap(record.plugin, record.dest), record)
+    store.put(snap("p"))  # a snapshot without a transition moves no sequence number
+    last = store.last_seq()
+    found = store.records_since(0)
+    assert [(plugin, record_from_json(data)) for _, plugin, data in found] == [(r.plugin, r) for r in records]
+    seqs = [seq for seq, _, _ in found]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+    assert seqs[-1] == last
+    assert store.records_since(seqs[2]) == found[3:]
+    assert store.records_since(0, limit=2) == found[:2]
+    assert store.records_since(last) == []
+    # Past the history limit (3 a plugin), a plugin's oldest records are no longer kept, nor listed.
+    store.put(snap("p"), rec("p", S.RUNNING, S.FAILED, "fail"))
+    assert store.last_seq() > last
+    assert [(plugin, record_from_json(data).trigger) for _, plugin, data in store.records_since(0)] == [
+        ("q", "load"), ("p", "initialize"), ("q", "fail"), ("p", "start"), ("p", "fail")]
+
+
+def test_transition_counts_count_the_kept_histories(store: StateStore) -> None:
+    for record in (rec("p", None, S.LOADED, "load"), rec("p", S.LOADED, S.FAILED, "fail"),
+                   rec("p", S.FAILED, S.LOADED, "reset"), rec("p", S.LOADED, S.FAILED, "fail"),
+                   rec("q", None, S.LOADED, "load")):
+        store.put(snap(record.plugin, record.dest), record)
+    # p keeps its last three: fail, reset, fail.
+    assert store.transition_counts() == {("LOADED", "FAILED"): 2, ("FAILED", "LOADED"): 1, (None, "LOADED"): 1}
+
+
+def test_a_feed_reads_what_comes_after_its_position(store: StateStore) -> None:
+    store.put(snap("p"), rec("p", None, S.LOADED, "load"))
+    now = Feed(store)
+    assert now.read() == []  # a feed without a position starts with the next transition
+    everything = Feed(store, after=0)
+    ahead = Feed(store, after=store.last_seq() + 50)  # a position this store never gave: a new store since
+    store.put(snap("p"), rec("p", S.LOADED, S.INITIALIZED, "initialize"))
+    assert [r.trigger for _, r in now.read()] == ["initialize"]
+    assert now.read() == []
+    assert [r.trigger for _, r in everything.read(limit=1)] == ["load"]
+    assert [r.trigger for _, r in everything.read()] == ["initialize"]
+    assert everything.position == store.last_seq()
+    assert [r.trigger for _, r in ahead.read()] == ["load", "initialize"]

@@ -175,6 +175,21 @@ class StateStore(Protocol):
         """The plugin's recorded transitions, oldest first (bounded)."""
         ...
 
+    def last_seq(self) -> int:
+        """The sequence number of the newest transition recorded (0: none); it only grows. Cheap: followers of
+        the store (``/v1/events``, ``plugins watch``) ask it several times a second."""
+        ...
+
+    def records_since(self, seq: int, limit: int | None = None) -> list[tuple[int, str, str]]:
+        """The transitions recorded after ``seq`` that are still kept, oldest first (at most ``limit``): each as
+        (seq, plugin, record JSON)."""
+        ...
+
+    def transition_counts(self) -> dict[tuple[str | None, str], int]:
+        """How many of the transitions kept in every plugin's history went from each state to each other one
+        (by name; None: a first state)."""
+        ...
+
     def set_meta(self, key: str, value: str) -> None:
         """Keep a small service-wide value (liveness of the host, loading finished, disabled plugins)."""
         ...

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 
 from plugin_health.lifecycle import TransitionRecord
-from plugin_health.store.base import PluginSnapshot
+from plugin_health.store.base import PluginSnapshot, record_to_json
 
 
 class MemoryStore:
@@ -18,6 +20,9 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._snapshots: dict[str, PluginSnapshot] = {}
         self._history: dict[str, deque[TransitionRecord]] = {}
+        #: The sequence number of each kept record, beside it (the same length as its plugin's history).
+        self._seqs: dict[str, deque[int]] = {}
+        self._seq = 0
         self._meta: dict[str, str] = {}
         self._version = 0
 
@@ -34,8 +39,9 @@ class MemoryStore:
         with self._lock:
             self._snapshots[snapshot.name] = snapshot
             if record is not None:
-                history = self._history.setdefault(record.plugin, deque(maxlen=self._history_limit))
-                history.append(record)
+                self._seq += 1
+                self._history.setdefault(record.plugin, deque(maxlen=self._history_limit)).append(record)
+                self._seqs.setdefault(record.plugin, deque(maxlen=self._history_limit)).append(self._seq)
             self._version += 1
 
     def put_many(self, snapshots: Iterable[PluginSnapshot]) -> None:
@@ -67,10 +73,31 @@ class MemoryStore:
         with self._lock:
             return list(self._history.get(name, ()))
 
+    def last_seq(self) -> int:
+        """The sequence number of the newest transition recorded (0: none)."""
+        return self._seq
+
+    def records_since(self, seq: int, limit: int | None = None) -> list[tuple[int, str, str]]:
+        """The kept transitions recorded after ``seq``, oldest first, at most ``limit``: (seq, plugin, JSON)."""
+        with self._lock:
+            # Each plugin's records are in order already: merge the tails newer than ``seq``.
+            tails = [[(n, name, record) for n, record in zip(self._seqs[name], history, strict=True) if n > seq]
+                     for name, history in self._history.items() if self._seqs[name] and self._seqs[name][-1] > seq]
+        merged = itertools.islice(heapq.merge(*tails, key=lambda entry: entry[0]), limit)
+        return [(n, name, record_to_json(record)) for n, name, record in merged]
+
+    def transition_counts(self) -> dict[tuple[str | None, str], int]:
+        """How many kept transitions went from each state to each other one (None: a first state)."""
+        with self._lock:
+            return dict(Counter((None if r.source is None else r.source.value, r.dest.value)
+                                for history in self._history.values() for r in history))
+
     def replace_history(self, name: str, records: Iterable[TransitionRecord]) -> None:
-        """Make ``records`` the history of ``name`` (a mirror of what another store holds)."""
+        """Make ``records`` the history of ``name`` (a mirror of what another store holds; not recorded here, so
+        never among ``records_since``)."""
         with self._lock:
             self._history[name] = deque(records, maxlen=self._history_limit)
+            self._seqs[name] = deque((0 for _ in self._history[name]), maxlen=self._history_limit)
 
     def everything(self) -> tuple[list[PluginSnapshot], dict[str, list[TransitionRecord]], dict[str, str]]:
         """Every snapshot, every plugin's history and every meta value (to seed another store with)."""

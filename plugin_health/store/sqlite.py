@@ -165,12 +165,22 @@ class SQLiteStore:
         rows = self._read("SELECT coalesce(max(seq), 0) FROM history")
         return int(rows[0][0])
 
-    def records_since(self, seq: int) -> list[tuple[int, str, str]]:
-        """The transitions recorded after ``seq`` (still kept), oldest first: (seq, plugin, record JSON)."""
+    def records_since(self, seq: int, limit: int | None = None) -> list[tuple[int, str, str]]:
+        """The transitions recorded after ``seq`` (still kept), oldest first, at most ``limit``: (seq, plugin,
+        record JSON)."""
         with self._conn() as conn:
             found: list[tuple[int, str, str]] = conn.execute(
-                "SELECT seq, plugin, data FROM history WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
+                "SELECT seq, plugin, data FROM history WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, -1 if limit is None else limit)).fetchall()
         return found
+
+    def transition_counts(self) -> dict[tuple[str | None, str], int]:
+        """How many kept transitions went from each state to each other one (None: a first state)."""
+        with self._conn() as conn:
+            rows: list[tuple[str | None, str, int]] = conn.execute(
+                "SELECT json_extract(data, '$.from'), json_extract(data, '$.to'), count(*) FROM history "
+                "GROUP BY 1, 2").fetchall()
+        return {(source, dest): count for source, dest, count in rows}
 
     def rows(self) -> dict[str, str]:
         """Every plugin's snapshot as the JSON text kept, by name."""
