@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from flask.testing import FlaskClient
 from plugin_health import create_app, diagrams
 from plugin_health.app import EXTENSION, Service
 from plugin_health.diagrams import RendererUnavailableError
+from plugin_health.lifecycle.states import LEGAL_MOVES
 
 TOKEN = "t0ken-for-tests"
 
@@ -271,6 +274,39 @@ def test_diagram_defaults_to_svg_and_highlights_the_plugin(client: FlaskClient) 
     failed = client.get("/v1/plugins/broken/diagram?format=dot").get_data(as_text=True)
     assert running != failed
     assert "broken" in failed
+
+
+def history_moves(client: FlaskClient, *names: str) -> Counter[tuple[str, str]]:
+    """How often each move (from, to) appears in the histories of ``names``."""
+    return Counter((e["from"], e["to"]) for name in names for e in client.get(f"/v1/plugins/{name}/history").json
+                   if e["from"] is not None)
+
+
+def arrows(mermaid: str) -> dict[tuple[str, str], str]:
+    """The label of each arrow of a Mermaid diagram (``A --> B: label``)."""
+    found = (re.fullmatch(r"(\w+) --> (\w+): (.*)", line.strip()) for line in mermaid.splitlines())
+    return {(m[1], m[2]): m[3] for m in found if m}
+
+
+def test_lifecycle_diagram_counts_plugins_and_transitions(client: FlaskClient) -> None:
+    """States: plugins in each now; arrows: the moves every plugin's history holds."""
+    names = [plugin["name"] for plugin in client.get("/v1/plugins/").json]
+    moves = history_moves(client, *names)
+    assert moves[("LOADED", "INITIALIZED")] == 3  # core, sick and user: broken failed it, needy never tried
+    text = client.get("/v1/lifecycle/diagram?format=mermaid").get_data(as_text=True)
+    assert arrows(text) == {(str(src), str(dst)): f"{trigger} ({moves[(str(src), str(dst))]})"
+                            for (src, trigger), dst in LEGAL_MOVES.items()}
+    assert 'state "RUNNING (3)" as RUNNING' in text
+
+
+def test_plugin_diagram_counts_its_own_transitions(client: FlaskClient) -> None:
+    text = client.get("/v1/plugins/broken/diagram?format=mermaid").get_data(as_text=True)
+    labels = arrows(text)
+    assert labels[("LOADED", "FAILED")] == "fail (1)"
+    assert labels[("LOADED", "INITIALIZED")] == "initialize (0)"
+    assert sum(int(label.rsplit("(", 1)[1][:-1]) for label in labels.values()) == sum(
+        history_moves(client, "broken").values())
+    assert "Class FAILED s_failed_current" in text
 
 
 def test_diagram_refuses_unknown_formats(client: FlaskClient) -> None:

@@ -236,14 +236,16 @@ def startupz() -> Response:
 
 @bp.get("/v1/lifecycle/diagram")
 def lifecycle_diagram() -> Response:
-    """The lifecycle state diagram, with the number of plugins in each state."""
+    """The lifecycle state diagram, with the number of plugins in each state and of transitions on each arrow."""
     fmt = diagram_query.load(request.args, unknown="exclude")["format"]
 
     def build() -> tuple[bytes, int]:
         counts = dict.fromkeys(PluginLifecycleState, 0)
         for snapshot in store().snapshots():
             counts[snapshot.state] += 1
-        return diagrams.render(fmt, counts=counts), 200
+        # The arrows count the moves in every plugin's kept history (the store's, so every worker agrees).
+        moves = diagrams.count_moves(store().transition_counts())
+        return diagrams.render(fmt, counts=counts, moves=moves), 200
 
     return cache().respond(("diagram", fmt), build, diagrams.MEDIA_TYPES[fmt], shortcut=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from plugin_health.api.schemas import (
     plugin_health_response,
 )
 from plugin_health.errors import UnknownPluginError, public_error_type
+from plugin_health.lifecycle import TransitionRecord
 from plugin_health.loader.registry import valid_name
 from plugin_health.store import PluginSnapshot, StateStore
 
@@ -148,13 +150,20 @@ def history_document(
             if info.id != here:
                 found += [(info.id, record) for record in view.history_of(info.id, snapshot.name)]
         found.sort(key=lambda entry: entry[1].at)  # stable: one instance's records keep their order
-    records = [record for _, record in found]
+    return transition_entries(found, visible), merged
+
+
+def transition_entries(found: Iterable[tuple[str, TransitionRecord]], visible: bool) -> list[dict[str, Any]]:
+    """History entries of (instance, record) pairs, each naming its instance; the error message only for a caller
+    who may see it, and an exception class a plugin defined as ``PluginDefinedError`` for one who may not."""
+    pairs = list(found)
+    records = [record for _, record in pairs]
     if not visible:
         records = [dataclasses.replace(r, error=None, error_type=public_error_type(r.error_type)) for r in records]
     entries: list[dict[str, Any]] = history_entries.dump(records)
-    for entry, (instance, _) in zip(entries, found, strict=True):
+    for entry, (instance, _) in zip(entries, pairs, strict=True):
         entry["instance"] = instance
-    return entries, merged
+    return entries
 
 
 @bp.get("/<name>/history")
@@ -179,6 +188,9 @@ def plugin_diagram(name: str) -> Response:
     fmt = diagram_query.load(request.args, unknown="exclude")["format"]
 
     def build() -> tuple[bytes, int]:
-        return diagrams.render(fmt, current=current(name).state, title=name), 200
+        snapshot = current(name)
+        # Its arrows count the moves its kept history holds (on this instance).
+        moves = diagrams.count_moves(Counter((r.source, r.dest) for r in store().history(name)))
+        return diagrams.render(fmt, current=snapshot.state, title=name, moves=moves), 200
 
     return respond(cache().get(("diagram", name, fmt), build), diagrams.MEDIA_TYPES[fmt])
