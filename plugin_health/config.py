@@ -71,6 +71,11 @@ class Settings:
     #: The release this deployment runs (a build number, an image tag, a commit), the aggregate health's
     #: ``releaseId``; empty: the version of plugin-health.
     release_id: str = ""
+    #: Seconds between two heartbeat comments of an idle ``/v1/events`` stream (proxies and clients see it lives).
+    events_heartbeat: float = 15.0
+    #: Seconds one ``/v1/events`` stream lasts before it ends (the client reconnects, resuming with
+    #: ``Last-Event-ID``): no connection holds a worker for ever.
+    events_lifetime: float = 300.0
     #: Per-plugin configuration handed to ``initialize`` as ``context.config`` (from the config file).
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -191,6 +196,8 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "singleton_lease": _positive_float,
     "instance_retention": _positive_float,
     "release_id": _release_id,
+    "events_heartbeat": _positive_float,
+    "events_lifetime": _positive_float,
 }
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from plugin_health.api.cache import ResponseCache
@@ -46,7 +47,15 @@ class Service:
     link: ClusterLink | None = None
     #: Where the app mounts the routes: "" at its root, else a path prefix such as "/plugins".
     url_prefix: str = ""
+    #: Whether the server process serving this app still serves (the gunicorn configuration points it at its
+    #: worker's ``alive``): event streams end once it does not.
+    serving: Callable[[], bool] | None = None
     _remote: dict[str, RedisRemoteControl] = field(default_factory=dict)
+    _closed: bool = False
+
+    def stopping(self) -> bool:
+        """Whether this process is stopping: its worker is, or the service was shut down."""
+        return self._closed or (self.serving is not None and not self.serving())
 
     @property
     def instance(self) -> str:
@@ -99,6 +108,7 @@ class Service:
 
     def shutdown(self) -> None:
         """Stop the embedded host, if this process runs one, and release connections; safe to call twice."""
+        self._closed = True
         if self.link is not None:
             self.link.halt()
         if self.host is not None:

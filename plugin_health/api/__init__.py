@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
 from plugin_health import metrics
-from plugin_health.api import cluster, dashboard, health, openapi, operations, plugins, problems
+from plugin_health.api import cluster, dashboard, events, health, openapi, operations, plugins, problems
 
 #: The name of the blueprint that holds every route of ours (their endpoints are ``plugin_health.<bp>.<view>``).
 NAME = "plugin_health"
@@ -52,7 +52,8 @@ def blueprint() -> Blueprint:
     """Every route of ours on one new blueprint, whose errors are all answered as problem+json."""
     bp = Blueprint(NAME, __name__)
     problems.init_blueprint(bp)
-    for child in (plugins.bp, operations.bp, health.bp, cluster.bp, openapi.bp, metrics.bp, dashboard.bp):
+    for child in (plugins.bp, operations.bp, health.bp, cluster.bp, events.bp, openapi.bp, metrics.bp,
+                  dashboard.bp):
         bp.register_blueprint(child)
     return bp
 

@@ -60,6 +60,16 @@ IF_NONE_MATCH = {
 ETAG = {"ETag": {"description": "strong validator of this answer", "required": True, "schema": {"type": "string"}}}
 
 
+#: One event of ``/v1/events`` (before OpenAPI 3.2, a text/event-stream's schema describes each event).
+SSE_EVENT = {"type": "object", "required": ["event", "id", "data"], "properties": {
+    "event": {"type": "string", "enum": ["transition"]},
+    "id": {"type": "string", "pattern": "^[0-9]{1,19}$",
+           "description": "the transition's sequence number in this instance's store (send it back as "
+                          "Last-Event-ID to resume)"},
+    "data": {"type": "string", "description": "its history entry as JSON (HistoryEntry), naming its instance"},
+    "retry": {"type": "integer", "description": "milliseconds to wait before reconnecting"}}}
+
+
 def _problem(description: str, schema: str = "ProblemDetails") -> dict[str, Any]:
     return {"description": description, "content": {"application/problem+json": {"schema": schema}}}
 
@@ -217,6 +227,18 @@ def document() -> dict[str, Any]:
             "200": _json("the cluster as this instance sees it", "ClusterDocument"),
             "400": _problem("an ?instance= that is neither an instance id nor all"),
             "404": _problem("no such instance")}))
+    spec.path("/v1/events", operations=_operation(
+        "This instance's transitions as they happen (server-sent events), resumable with Last-Event-ID", [{
+            "name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^[0-9]{0,18}$"},
+            "description": "the id of the last event seen: the stream starts with every transition since that the "
+                           "store still keeps (none: with the next one)"}], {
+            "200": {"description": "a text/event-stream: an event per transition; heartbeat comments while idle; "
+                                   "it ends after its lifetime (PLUGIN_HEALTH_EVENTS_LIFETIME) and the client "
+                                   "reconnects",
+                    "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+            "400": _problem("a Last-Event-ID that is no event id"),
+            "503": {**_problem("this process serves as many streams as it can (too-many-streams)"),
+                    "headers": RETRY_AFTER}}))
     for probe, summary in (("livez", "alive"), ("readyz", "ready for traffic"), ("startupz", "loading finished")):
         spec.path(f"/{probe}", operations=_operation(f"Kubernetes-style probe: {summary}", PROBE_PARAMS, {
             "200": _text("ok"), "503": _text("failed checks")}))

@@ -61,6 +61,8 @@ PROBLEM_TYPES: dict[str, str] = {
     "tool-failed": "502: the tool raised, crashed, or returned what JSON cannot carry",
     "plugin-not-running": "503: the plugin is not RUNNING",
     "host-unavailable": "503: no plugin host can act now",
+    "too-many-streams": "503: this process serves as many `/v1/events` streams as it can (`Retry-After`; poll "
+                        "meanwhile)",
     "tool-timeout": "504: the tool passed its timeout",
     "http-error": "any other HTTP error (its status says which)",
 }

@@ -216,8 +216,11 @@ def pre_request(worker: Any, req: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """Refuse a gevent worker whose app runs a core of its own (``-k gevent`` with host mode ``embedded`` or a
-    ``memory://`` store): the master stops, saying so, instead of plugins failing as their runners get lost."""
+    ``memory://`` store): the master stops, saying so, instead of plugins failing as their runners get lost.
+    Otherwise tell the app when its worker stops (recycled or shut down), so that its event streams end then."""
     service: Any = getattr(worker.wsgi, "extensions", {}).get("plugin_health")
+    if service is not None:
+        service.serving = lambda: worker.alive
     if _is_gevent(worker) and getattr(service, "host", None) is not None:
         worker.log.error("plugin-health: workers that host their own plugins (host mode %s) need -k gthread, "
                          "not gevent", service.settings.host_mode)
