@@ -1,6 +1,6 @@
 """``flask --app wsgi plugins ...``: read the service's plugins, draw the lifecycle, check plugins for CI.
 
-The read commands (``list``, ``health``, ``history``, ``diagram``) read the service's store, as the HTTP API
+The read commands (``list``, ``health``, ``history``, ``watch``, ``diagram``) read the service's store, as the HTTP API
 does (``list --cluster`` every instance's, as ``GET /v1/cluster`` does); ``check`` loads plugins in a throwaway
 in-memory host and never touches it. The CLI runs on the server with operator rights, so plugin error messages
 are always shown. Exit status: 0 fine, 1 a plugin is not
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +25,7 @@ from flask.cli import AppGroup, ScriptInfo
 from plugin_health import diagrams
 from plugin_health.api.cluster import Own, cluster_document
 from plugin_health.api.freshness import Horizon, present
-from plugin_health.api.plugins import history_document
+from plugin_health.api.plugins import history_document, transition_entries
 from plugin_health.api.schemas import (
     STATE_NAMES,
     parse_state,
@@ -37,6 +39,7 @@ from plugin_health.loader.registry import valid_name
 from plugin_health.runtime.core import Core
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.store import MemoryStore, PluginSnapshot, StateStore
+from plugin_health.store.feed import BATCH, Feed
 from plugin_health.supervision.policy import HEALTH_CHECK_FAILED, check_outcome
 
 if TYPE_CHECKING:
@@ -48,6 +51,8 @@ EXIT_UNHEALTHY = 1
 EXIT_USAGE = 2
 
 STATES = STATE_NAMES
+#: Seconds between two looks of ``watch`` at the store.
+WATCH_POLL = 0.2
 
 plugins = AppGroup("plugins", help="Inspect the service's plugins, draw their lifecycle, check plugins for CI.")
 
@@ -207,6 +212,48 @@ def history(name: str, as_json: bool) -> None:
     click.echo(format_table(header, rows))
 
 
+def transition_line(entry: dict[str, Any]) -> str:
+    """One transition on one line, its parts two spaces apart: time (ISO 8601, UTC), instance, plugin, the move,
+    its trigger, then why (reason, error type, message)."""
+    why = ": ".join(str(part) for part in (entry["reason"], entry["error_type"], entry["error"]) if part)
+    parts = [datetime.fromisoformat(entry["at"]), entry["instance"], entry["plugin"],
+             f"{entry['from'] or '(new)'} -> {entry['to']}", entry["trigger"], *([why] if why else [])]
+    return "  ".join(_cell(part) for part in parts)
+
+
+@plugins.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="Each transition as one line of JSON, as GET /v1/events sends it (JSON Lines).")
+@click.option("--since", type=click.IntRange(min=0), metavar="SEQ",
+              help="Start after this sequence number (an event id of GET /v1/events), not with the next transition.")
+@click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N transitions.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop after this many seconds.")
+def watch(as_json: bool, since: int | None, count: int | None, timeout: float | None) -> None:
+    """Print this instance's transitions as they happen, until interrupted (Ctrl-C).
+
+    The same source as GET /v1/events: the transitions the service's store records, read as they come. Error
+    messages are shown (the CLI runs with operator rights).
+    """
+    service = _service()
+    feed = Feed(service.store, since)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen = 0
+    try:
+        while True:
+            batch = feed.read()
+            entries = transition_entries(((service.instance, record) for _, record in batch), visible=True)
+            for entry in entries[:None if count is None else count - seen]:
+                click.echo(json.dumps(entry, separators=(",", ":")) if as_json else transition_line(entry))
+                seen += 1
+            if (count is not None and seen >= count) or (deadline is not None and time.monotonic() >= deadline):
+                return
+            if len(batch) < BATCH:
+                time.sleep(WATCH_POLL if deadline is None else min(WATCH_POLL, max(0, deadline - time.monotonic())))
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how this command is meant to end: no traceback, status 0
+
+
 @plugins.command()
 @click.option("--format", "fmt", type=click.Choice(diagrams.FORMATS, case_sensitive=False), default="svg",
               show_default=True, help="Output format.")
@@ -215,16 +262,18 @@ def history(name: str, as_json: bool) -> None:
 def diagram(fmt: str, output: Path | None, name: str | None) -> None:
     """Draw the lifecycle state diagram.
 
-    Each state is labelled with its number of plugins; with --plugin, that plugin's state is highlighted.
+    Each state is labelled with its number of plugins and each arrow with the transitions the histories hold; with
+    --plugin, that plugin's state is highlighted and the arrows count its own transitions.
     """
     try:
         if name is not None:
-            data = diagrams.render(fmt, current=_snapshot(name).state, title=name)
+            moves = diagrams.count_moves(Counter((r.source, r.dest) for r in _store().history(name)))
+            data = diagrams.render(fmt, current=_snapshot(name).state, title=name, moves=moves)
         else:
             counts = dict.fromkeys(PluginLifecycleState, 0)
             for snapshot in _store().snapshots():
                 counts[snapshot.state] += 1
-            data = diagrams.render(fmt, counts=counts)
+            data = diagrams.render(fmt, counts=counts, moves=diagrams.count_moves(_store().transition_counts()))
     except diagrams.DiagramError as err:  # a renderer missing here: not the caller's mistake
         raise click.ClickException(str(err)) from err
     if output is None:

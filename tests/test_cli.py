@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,20 +245,92 @@ def test_history_json_is_the_api_history(app: Flask) -> None:
     assert json.loads(result.stdout)[-1]["error"] == SECRET
 
 
+def stream_data(app: Flask, count: int, **headers: str) -> list[dict[str, Any]]:
+    """The data of the first ``count`` events of GET /v1/events sent with ``headers``."""
+    response = app.test_client().get("/v1/events", headers=headers, buffered=False)
+    found: list[dict[str, Any]] = []
+    try:
+        for chunk in response.response:
+            text = chunk.decode() if isinstance(chunk, bytes) else chunk
+            found += [json.loads(line.removeprefix("data: ")) for line in text.splitlines() if line.startswith("data:")]
+            if len(found) >= count:
+                return found[:count]
+    finally:
+        response.close()
+    raise AssertionError(f"the stream ended after {found}")
+
+
+def test_watch_since_prints_what_get_v1_events_sends(app: Flask) -> None:
+    """Same source, same entries: the store's transitions after a sequence number (here: all of them)."""
+    result = invoke(app, "watch", "--since", "0", "--count", "4", "--json")
+    assert result.exit_code == 0
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines == stream_data(app, 4, **{"Last-Event-ID": "0", "Authorization": f"Bearer {TOKEN}"})
+    assert (lines[0]["plugin"], lines[0]["from"], lines[0]["to"]) == ("broken", None, "LOADED")
+
+
+def test_watch_prints_a_transition_as_it_happens(app: Flask) -> None:
+    def disable_soon() -> None:
+        time.sleep(0.3)
+        app.test_client().post("/v1/plugins/sick/disable", headers={"Authorization": f"Bearer {TOKEN}"})
+
+    worker = threading.Thread(target=disable_soon)
+    started = time.monotonic()
+    worker.start()
+    try:
+        result = invoke(app, "watch", "--count", "1", "--timeout", "20")
+    finally:
+        worker.join()
+    assert result.exit_code == 0
+    assert time.monotonic() - started < 5
+    [line] = result.stdout.splitlines()
+    at, instance, plugin, move, trigger, why = re.split(r"\s{2,}", line)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", at)  # ISO 8601, UTC
+    assert (instance, plugin, move, trigger, why) == (
+        app.extensions[EXTENSION].instance, "sick", "RUNNING -> UNAVAILABLE", "make_unavailable", "disabled")
+
+
+def test_watch_ends_after_its_timeout_with_nothing_to_say(app: Flask) -> None:
+    started = time.monotonic()
+    result = invoke(app, "watch", "--timeout", "0.4", "--json")
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert 0.4 <= time.monotonic() - started < 3
+
+
+def test_watch_line_of_a_failure_and_of_a_first_state(app: Flask) -> None:
+    result = invoke(app, "watch", "--since", "0", "--timeout", "0.2")
+    broken = [re.split(r"\s{2,}", line)[2:] for line in result.stdout.splitlines() if "  broken  " in line]
+    # Its error message too: the CLI runs with operator rights.
+    assert broken == [["broken", "(new) -> LOADED", "load"],
+                      ["broken", "LOADED -> FAILED", "fail", f"initialize failed: RuntimeError: {SECRET}"]]
+
+
+@pytest.mark.parametrize("args", [("--count", "0"), ("--timeout", "0"), ("--since", "-1"), ("--count", "x")])
+def test_watch_mistakes_are_2(app: Flask, args: tuple[str, ...]) -> None:
+    result = invoke(app, "watch", *args)
+    assert result.exit_code == 2
+    assert "Error: Invalid value" in result.output
+
+
 def test_diagram_counts_plugins_per_state(app: Flask) -> None:
     result = invoke(app, "diagram", "--format", "mermaid")
     assert result.exit_code == 0
     for label in ('"LOADED (0)"', '"RUNNING (3)"', '"FAILED (1)"', '"UNAVAILABLE (1)"'):
         assert label in result.stdout
-    assert re.findall(r"Class \w+ (\w+)", result.stdout) == ["s_default"] * 5  # nothing highlighted
+    # Nothing highlighted: each state in its own colour.
+    assert re.findall(r"Class \w+ (\w+)", result.stdout) == [f"s_{s.value.lower()}" for s in PluginLifecycleState]
+    # The arrows count the transitions in the histories: GET /v1/lifecycle/diagram's picture.
+    assert "LOADED --> INITIALIZED: initialize (3)" in result.stdout
+    assert result.stdout == app.test_client().get("/v1/lifecycle/diagram?format=mermaid").get_data(as_text=True)
 
 
 def test_diagram_highlights_a_plugin(app: Flask) -> None:
     result = invoke(app, "diagram", "--format", "MERMAID", "--plugin", "broken")
     assert result.exit_code == 0
     assert result.stdout.startswith('---\ntitle: "broken"\n---\n')
-    assert "Class FAILED s_active" in result.stdout
-    assert result.stdout.encode() == diagrams.render("mermaid", current=PluginLifecycleState.FAILED, title="broken")
+    assert "Class FAILED s_failed_current" in result.stdout
+    assert "LOADED --> FAILED: fail (1)" in result.stdout  # its own history
+    assert result.stdout == app.test_client().get("/v1/plugins/broken/diagram?format=mermaid").get_data(as_text=True)
 
 
 @pytest.mark.skipif("svg" not in diagrams.available_formats(), reason="no SVG renderer here")
@@ -265,7 +338,7 @@ def test_diagram_to_a_file(app: Flask, tmp_path: Path) -> None:
     out = tmp_path / "lifecycle.svg"
     result = invoke(app, "diagram", "--plugin", "core", "--output", str(out))
     assert (result.exit_code, result.stdout) == (0, "")
-    assert out.read_bytes() == diagrams.render("svg", current=PluginLifecycleState.RUNNING, title="core")
+    assert out.read_bytes() == app.test_client().get("/v1/plugins/core/diagram").get_data()
     assert b"<svg" in out.read_bytes()
 
 
