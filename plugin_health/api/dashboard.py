@@ -1,21 +1,28 @@
-"""The live dashboard: one read-only HTML page, its script and its style sheet, all served by the app itself.
+"""The live dashboard: one read-only HTML page, its script and its style sheets, all served by the app itself.
 
 The page needs no external network: its assets ship in ``plugin_health/api/static`` and are served from this
 blueprint, so the Content-Security-Policy can stay ``default-src 'self'`` (no inline script or style at all).
-The script polls ``/v1/plugins/``, ``/v1/health`` and ``/v1/cluster`` with ``If-None-Match`` and draws the
-answers with DOM text nodes only (the cluster as a grid of plugins x instances, one column when the instance is
-alone); it performs no operator action.
+``palette.css`` is written from ``plugin_health.palette``, the colours the lifecycle diagrams draw with.
+The script polls ``/v1/plugins/``, ``/v1/health``, ``/v1/cluster`` and the lifecycle diagram with
+``If-None-Match``, listens to ``/v1/events`` to poll at once after a transition, reads the history of the plugins
+in view for their timelines, and draws the answers with DOM text nodes only (the cluster as a grid of plugins x
+instances, one column when the instance is alone; the diagram's SVG copied element by element); it performs no
+operator action. An operator token typed in goes with its requests (``Authorization: Bearer``) and is kept in
+the tab's ``sessionStorage`` only.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Final
 
 from flask import Blueprint, Response, request
+
+from plugin_health import palette
 
 bp = Blueprint("dashboard", __name__)
 
@@ -27,7 +34,10 @@ ASSETS: Final[dict[str, str]] = {
     "dashboard.html": "text/html; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
+    "palette.css": "text/css; charset=utf-8",
 }
+#: Assets written by the app rather than read from ``static``.
+GENERATED: Final[dict[str, Callable[[], str]]] = {"palette.css": palette.style_sheet}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +52,10 @@ class Asset:
 @functools.cache
 def asset(name: str) -> Asset:
     """The asset ``name`` (one of ``ASSETS``), read from the package the first time it is asked for."""
-    body = resources.files("plugin_health.api").joinpath("static", name).read_bytes()
+    if name in GENERATED:
+        body = GENERATED[name]().encode()
+    else:
+        body = resources.files("plugin_health.api").joinpath("static", name).read_bytes()
     return Asset(body, ASSETS[name], hashlib.blake2b(body, digest_size=12).hexdigest())
 
 
@@ -68,7 +81,7 @@ def page() -> Response:
 
 @bp.get("/dashboard.js")
 def script() -> Response:
-    """The page's script: polling with ETags and drawing with text nodes."""
+    """The page's script: polling with ETags, following the event stream, drawing with text nodes."""
     return serve("dashboard.js")
 
 
@@ -76,3 +89,9 @@ def script() -> Response:
 def style() -> Response:
     """The page's style sheet."""
     return serve("dashboard.css")
+
+
+@bp.get("/palette.css")
+def colours() -> Response:
+    """The state colours as CSS custom properties, written from ``plugin_health.palette``."""
+    return serve("palette.css")

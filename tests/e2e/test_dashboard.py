@@ -1,19 +1,28 @@
 """End to end: the dashboard page in headless Debian Chromium, against real gunicorn over a loopback port.
 
-The page must list every plugin with the state the API reports, turn a plugin's row red within 2 s of the
-API first reporting it FAILED (the page polls every second), show plugin-provided HTML as text, filter by
-state, revalidate with ETags, draw the cluster grid (this instance alone, or several instances as the API
-answers them), and load nothing from anywhere but the server. Skipped only where
-/usr/bin/chromium is missing and ``CI`` is not set; CI installs it (``.ci/run``).
+The page must list every plugin with the state the API reports, mark the critical one, print times as ISO 8601
+UTC, draw each visible plugin's recent transitions as a timeline, turn a plugin's row red within 2 s of the API
+first reporting it FAILED, and at once (well before a poll) when the event stream says so, show error details once
+the operator token is entered (and only in that tab), show the richer health fields when the API has them, draw
+the lifecycle diagram inline in the same colours as the table (RUNNING green, and green too when it is the
+highlighted state), show plugin-provided HTML as text, filter by state, revalidate with ETags, draw the cluster
+grid (this instance alone, or several instances as the API answers them), and load nothing from anywhere but the
+server. Skipped only where /usr/bin/chromium is missing and ``CI`` is not set; CI installs it (``.ci/run``).
+
+Screenshots go to each test's tmp directory; with ``PLUGIN_HEALTH_SCREENSHOTS=<dir>`` the dashboard's is copied
+there too (``docs/screenshots/dashboard.png`` was made that way).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +39,8 @@ pytestmark = pytest.mark.skipif(
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
+TOKEN = "dashboard-operator-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HTML = "<img src=x onerror=alert(1)>"
 MESSAGE = "<script>alert(2)</script><b>not bold</b>"
 PLUGINS = {
@@ -41,14 +52,33 @@ PLUGINS = {
     "needy": "requires = ('missing>=1',)\n",
 }
 EXPECTED = {"broken": "FAILED", "core": "RUNNING", "flappy": "RUNNING", "needy": "UNAVAILABLE", "xss": "FAILED"}
-#: Computed row background colours (dashboard.css): RUNNING green, FAILED red, UNAVAILABLE amber.
+#: Computed row background colours (palette.css): RUNNING green, FAILED red, UNAVAILABLE amber.
 BACKGROUNDS = {"RUNNING": "rgb(218, 251, 225)", "FAILED": "rgb(255, 235, 233)", "UNAVAILABLE": "rgb(255, 248, 197)"}
+#: The strong colours (badges, the diagram's highlighted state, outlines).
+STRONG = {"RUNNING": "rgb(26, 127, 55)", "FAILED": "rgb(207, 34, 46)", "UNAVAILABLE": "rgb(154, 103, 0)",
+          "LOADED": "rgb(9, 105, 218)", "INITIALIZED": "rgb(9, 105, 218)"}
+COLUMNS = ["name", "state", "reason", "error_type", "check", "since", "timeline", "restarts"]
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 ROWS = """() => Object.fromEntries([...document.querySelectorAll('#plugin-rows tr')].map(row => [
     row.dataset.plugin,
     {state: row.dataset.state, id: row.id, className: row.className, hidden: row.hidden,
-     background: getComputedStyle(row).backgroundColor,
-     cells: [...row.cells].map(cell => cell.textContent), title: row.cells[3].getAttribute('title')}]))"""
+     background: getComputedStyle(row).backgroundColor, critical: row.dataset.critical,
+     cells: [...row.cells].map(cell => cell.textContent), title: row.cells[3].getAttribute('title'),
+     name: row.querySelector('.plugin-name').textContent,
+     marker: (m => ({visible: m.checkVisibility(), label: m.getAttribute('aria-label'), role: m.getAttribute('role'),
+                     text: m.textContent}))(row.querySelector('.critical')),
+     error: (d => d.checkVisibility() ? d.textContent : null)(row.querySelector('.error-detail')),
+     since: (t => ({text: t.textContent, datetime: t.dateTime, title: t.title}))(row.querySelector('time')),
+     timeline: [...row.querySelectorAll('.timeline .step')].map(step => ({
+         state: step.dataset.state, title: step.title, background: getComputedStyle(step).backgroundColor}))}]))"""
+#: The inline diagram's nodes: each state's shape as drawn (its fill and outline, attributes and computed).
+DIAGRAM = """() => Object.fromEntries([...document.querySelectorAll('#diagram svg g.node')].map(node => {
+    const shapes = [...node.querySelectorAll('path, polygon')];
+    return [node.querySelector('title').textContent, {
+        fill: getComputedStyle(shapes[0]).fill, stroke: getComputedStyle(shapes[0]).stroke, outlines: shapes.length,
+        text: [...node.querySelectorAll('text')].map(t => t.textContent).join(' ')}];
+}))"""
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +92,9 @@ def server(tmp_module: Path, gunicorn_factory: Callable[..., Server]) -> Server:
             + textwrap.indent(body, "    ")
         )
     env = {"PLUGIN_HEALTH_HEALTH_INTERVAL": "0.2", "PLUGIN_HEALTH_FAILURE_THRESHOLD": "1",
-           "PLUGIN_HEALTH_MAX_RESTARTS": "0", "PLUGIN_HEALTH_SHOW_DETAILS": "always"}
+           "PLUGIN_HEALTH_MAX_RESTARTS": "0", "PLUGIN_HEALTH_SHOW_DETAILS": "when-authorized",
+           "PLUGIN_HEALTH_ADMIN_TOKEN": TOKEN, "PLUGIN_HEALTH_EVENTS_HEARTBEAT": "1",
+           "PLUGIN_HEALTH_EVENTS_LIFETIME": "20"}
     return gunicorn_factory(plugins, env, workers=2)
 
 
@@ -101,6 +133,13 @@ class Browser:
         page.wait_for_function(f"() => document.querySelectorAll('#plugin-rows tr').length === {len(PLUGINS)}")
         return page
 
+    @staticmethod
+    def enter_token(page: Page, token: str = TOKEN) -> None:
+        """Type the operator token into the page, as an operator does."""
+        page.fill("#token", token)
+        page.click("#token-use")
+        page.wait_for_function("() => document.getElementById('token-form').dataset.token === 'set'")
+
 
 @pytest.fixture(scope="module")
 def browser(server: Server, tmp_module: Path) -> Iterator[Browser]:
@@ -133,6 +172,12 @@ def rows(page: Page) -> dict[str, dict[str, Any]]:
     return found
 
 
+def api_plugins(server: Server, **headers: str) -> dict[str, dict[str, Any]]:
+    answer = server.get("/v1/plugins/", headers=headers)
+    assert answer.status == 200
+    return {plugin["name"]: plugin for plugin in json.loads(answer.body)}
+
+
 def test_every_plugin_shows_with_its_state_and_colour(server: Server, page: Page) -> None:
     assert api_states(server) == EXPECTED
     shown = rows(page)
@@ -141,16 +186,86 @@ def test_every_plugin_shows_with_its_state_and_colour(server: Server, page: Page
         row = shown[name]
         assert (row["state"], row["id"], row["background"]) == (state, f"plugin-{name}", BACKGROUNDS[state]), name
         assert f"state-{state.lower()}" in row["className"].split()
-        assert row["cells"][:2] == [name, state]
+        assert (row["name"], row["cells"][1]) == (name, state)
     assert shown["needy"]["cells"][2].startswith("dependency_missing: missing")
     assert shown["broken"]["cells"][2:4] == ["initialize failed", "RuntimeError"]
-    assert shown["core"]["cells"][5] == "0"
+    assert shown["core"]["cells"][COLUMNS.index("restarts")] == "0"
     page.wait_for_function("() => document.getElementById('aggregate').dataset.status === 'warn'")
-    page.wait_for_function("() => document.getElementById('diagram').complete")
-    assert page.evaluate("() => document.getElementById('diagram').naturalWidth") > 0
+    page.wait_for_function("() => document.querySelector('#diagram svg g.node') !== null")
     assert page.evaluate("() => document.getElementById('diagram').dataset.counts") == (
         "RUNNING:2,FAILED:2,UNAVAILABLE:1,INITIALIZED:0,LOADED:0"
     )
+
+
+def test_the_critical_plugin_is_marked(page: Page) -> None:
+    """A visible marker with an accessible name on flappy's row (critical = True), and on no other."""
+    shown = rows(page)
+    assert {name for name, row in shown.items() if row["marker"]["visible"]} == {"flappy"}
+    assert shown["flappy"]["critical"] == "true"
+    assert shown["flappy"]["marker"] == {"visible": True, "label": "critical plugin", "role": "img",
+                                         "text": "critical"}
+    assert "critical-plugin" in shown["flappy"]["className"].split()
+    marker = page.locator("#plugin-rows").get_by_role("img", name="critical plugin")
+    assert marker.count() == 1
+    assert marker.is_visible()
+
+
+def test_times_are_iso_8601_utc_with_how_long_ago_on_hover(server: Server, page: Page) -> None:
+    api = api_plugins(server)
+    for name, row in rows(page).items():
+        since = datetime.fromisoformat(api[name]["since"])
+        assert ISO_UTC.fullmatch(row["since"]["text"]), row["since"]
+        assert row["since"]["text"] == since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert datetime.fromisoformat(row["since"]["datetime"].replace("Z", "+00:00")) == since.replace(
+            microsecond=since.microsecond // 1000 * 1000)
+        assert row["since"]["title"].startswith(api[name]["since"])
+        assert row["since"]["title"].endswith(" ago)")
+    assert ISO_UTC.search(page.text_content("#updated") or "")
+
+
+def test_each_plugin_shows_its_recent_transitions(server: Server, page: Page) -> None:
+    """The timeline of every row in view: its history's last transitions, oldest first, each in its state's colour,
+    its time (ISO 8601 UTC) and trigger on hover."""
+    page.wait_for_function("() => [...document.querySelectorAll('#plugin-rows .timeline')].every("
+                           "t => t.children.length > 0)")
+    shown = rows(page)
+    for name in EXPECTED:
+        history = json.loads(server.get(f"/v1/plugins/{name}/history").body)[-8:]
+        timeline = shown[name]["timeline"]
+        assert [step["state"] for step in timeline] == [entry["to"] for entry in history], name
+        for step, entry in zip(timeline, history, strict=True):
+            assert step["background"] == STRONG[entry["to"]] or entry["to"] == "INITIALIZED"
+            at = datetime.fromisoformat(entry["at"]).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            assert step["title"].startswith(at)
+            assert f"({entry['trigger']})" in step["title"]
+    assert [step["state"] for step in shown["broken"]["timeline"]] == ["LOADED", "FAILED"]
+    assert shown["broken"]["timeline"][-1]["title"].endswith(
+        ": LOADED \u2192 FAILED (fail), initialize failed: RuntimeError")
+    assert [step["state"] for step in shown["core"]["timeline"]] == ["LOADED", "INITIALIZED", "RUNNING"]
+
+
+def test_the_diagram_is_drawn_in_the_tables_colours(page: Page) -> None:
+    """The inline SVG's RUNNING node is filled with the RUNNING row's green, FAILED with its red, and so on; a
+    plugin's own diagram fills its state with the strong colour: RUNNING green, not red."""
+    page.wait_for_function("() => document.querySelector('#diagram svg g.node') !== null")
+    nodes = page.evaluate(DIAGRAM)
+    assert set(nodes) == {"LOADED", "INITIALIZED", "RUNNING", "FAILED", "UNAVAILABLE"}
+    for state, background in BACKGROUNDS.items():
+        assert (nodes[state]["fill"], nodes[state]["stroke"], nodes[state]["outlines"]) == (
+            background, STRONG[state], 1), state
+    assert nodes["RUNNING"]["text"] == "RUNNING (2)"
+    assert rows(page)["core"]["background"] == nodes["RUNNING"]["fill"]
+    page.click("#plugin-core .plugin-name")  # its own diagram
+    try:
+        page.wait_for_function("() => document.getElementById('diagram').dataset.plugin === 'core'"
+                               " && document.querySelector('#diagram svg text').textContent === 'core'")
+        own = page.evaluate(DIAGRAM)
+        assert (own["RUNNING"]["fill"], own["RUNNING"]["outlines"]) == (STRONG["RUNNING"], 2)
+        assert own["FAILED"]["fill"] == BACKGROUNDS["FAILED"]
+        assert page.text_content("#diagram-of") == "of core"
+    finally:
+        page.click("#diagram-all")
+    page.wait_for_function("() => document.getElementById('diagram').dataset.plugin === ''")
 
 
 GRID = """() => ({
@@ -262,11 +377,82 @@ def test_the_cluster_grid_draws_every_instance_as_the_api_answers(browser: Brows
 
 def test_plugin_provided_html_shows_as_text(page: Page, browser: Browser) -> None:
     xss = rows(page)["xss"]
-    assert xss["cells"][3] == HTML
-    assert xss["title"] == MESSAGE  # the error message (shown: PLUGIN_HEALTH_SHOW_DETAILS=always) as a tooltip
-    assert page.locator("#plugin-rows img, #plugin-rows script, #plugin-rows b").count() == 0
-    assert page.get_by_text(HTML, exact=True).is_visible()
+    assert xss["cells"][3] == "PluginDefinedError"  # no token: a class the plugin named is not shown
+    tab = browser.open()
+    try:
+        browser.enter_token(tab)
+        tab.wait_for_function("() => document.querySelector('#plugin-xss .error-detail').checkVisibility()")
+        xss = rows(tab)["xss"]
+        assert xss["cells"][3] == HTML
+        assert (xss["title"], xss["error"]) == (MESSAGE, MESSAGE)  # the error message, with the token, as text
+        assert tab.locator("#plugin-rows img, #plugin-rows script, #plugin-rows b").count() == 0
+        assert tab.get_by_text(HTML, exact=True).is_visible()
+    finally:
+        tab.close()
     assert browser.dialogs == []
+
+
+def test_the_token_shows_error_details_in_its_tab_only(browser: Browser) -> None:
+    tab = browser.open()
+    try:
+        assert rows(tab)["broken"]["error"] is None  # PLUGIN_HEALTH_SHOW_DETAILS=when-authorized
+        assert rows(tab)["broken"]["title"] is None
+        browser.enter_token(tab)
+        tab.wait_for_function("() => document.querySelector('#plugin-broken .error-detail').checkVisibility()")
+        broken = rows(tab)["broken"]
+        assert (broken["error"], broken["title"]) == ("no database", "no database")
+        assert tab.evaluate("() => sessionStorage.getItem('plugin-health-token')") == TOKEN
+        assert tab.input_value("#token") == ""  # not left in the page
+        assert tab.text_content("#token-state") == "token in use (this tab only)"
+        other = browser.open()  # another tab: its own session storage, no token
+        try:
+            assert other.evaluate("() => sessionStorage.getItem('plugin-health-token')") is None
+            assert rows(other)["broken"]["error"] is None
+        finally:
+            other.close()
+        tab.click("#token-forget")
+        tab.wait_for_function("() => !document.querySelector('#plugin-broken .error-detail').checkVisibility()")
+        assert tab.evaluate("() => sessionStorage.getItem('plugin-health-token')") is None
+    finally:
+        tab.close()
+
+
+def test_the_richer_health_fields_show_when_the_api_has_them(server: Server, browser: Browser) -> None:
+    """check_status, observed_value and observed_unit, check_output, degraded: shown when present (the API answer
+    played by the test); the column stays hidden while no plugin has them."""
+    answer = [dict(p) for p in json.loads(server.get("/v1/plugins/").body)]
+    for plugin in answer:
+        if plugin["name"] == "core":
+            plugin.update(check_status="warn", observed_value=812, observed_unit="ms", check_output=HTML,
+                          degraded=True)
+        elif plugin["name"] == "flappy":
+            plugin.update(check_status="pass", observed_value=None, observed_unit=None, check_output=None,
+                          degraded=False)
+
+    def serve(page: Page) -> None:
+        page.route("**/v1/plugins/", lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(answer), headers={"ETag": '"richer"'}))
+
+    tab = browser.open()  # as the API answers today: no such fields
+    try:
+        plain = rows(tab)
+        assert not tab.locator("#plugins th.check").is_visible()
+    finally:
+        tab.close()
+    tab = browser.open(before=serve)
+    try:
+        check = COLUMNS.index("check")
+        cells = {name: row["cells"][check] for name, row in rows(tab).items()}
+        assert cells["core"] == f"warn812 ms{HTML}"
+        assert cells["flappy"] == "pass"
+        assert tab.locator("#plugin-core .check-status").get_attribute("data-status") == "warn"
+        assert tab.locator("#plugin-core .degraded-flag").is_visible()
+        assert not tab.locator("#plugin-flappy .degraded-flag").is_visible()
+        assert tab.locator("#plugins th.check").is_visible()
+        assert tab.locator("#plugin-rows img").count() == 0
+    finally:
+        tab.close()
+    assert {row["cells"][COLUMNS.index("check")] for row in plain.values()} == {""}
 
 
 def test_a_failing_plugin_turns_red_within_2_s_of_the_api_reporting_it(
@@ -295,9 +481,61 @@ def test_a_failing_plugin_turns_red_within_2_s_of_the_api_reporting_it(
     page.wait_for_function(  # the cluster grid too
         "() => document.querySelector('#cluster-rows tr[data-plugin=flappy] td').dataset.state === 'FAILED'"
         " && document.querySelector('#cluster-head th.instance').dataset.status === 'fail'", timeout=3000)
-    page.wait_for_function("() => document.getElementById('diagram').complete && !document.querySelector('.changed')")
-    page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
-    print(f"screenshot: {tmp_path / 'dashboard.png'} ({page_failed - api_failed:.2f} s after the API)")
+    page.wait_for_function("() => [...document.querySelectorAll('#diagram svg text')].some("
+                           "t => t.textContent === 'FAILED (3)')", timeout=3000)
+    print(f"flappy shown FAILED {page_failed - api_failed:.2f} s after the API")
+
+
+def test_a_transition_shows_at_once_through_the_event_stream(server: Server, browser: Browser) -> None:
+    """A page that polls every 30 s shows an operator's disable, and the enable after it, within a second or so of
+    the API: the event stream made it poll at once."""
+    tab = browser.open("?interval=30")
+    try:
+        tab.wait_for_function("() => document.getElementById('connection').dataset.stream === 'open'")
+        assert tab.text_content("#connection") == "live: events, and polling every 30 s"
+        for action, state in (("disable", "UNAVAILABLE"), ("enable", "RUNNING")):
+            acted = time.monotonic()
+            assert server.get(f"/v1/plugins/core/{action}", method="POST", headers=AUTH).status == 200
+            tab.wait_for_function(f"() => document.getElementById('plugin-core').dataset.state === '{state}'",
+                                  timeout=5000)
+            assert time.monotonic() - acted < 2.5, f"{action}: {time.monotonic() - acted:.2f} s"
+        tab.wait_for_function("() => [...document.querySelectorAll('#plugin-core .timeline .step')].map("
+                              "s => s.dataset.state).join() === "
+                              "'LOADED,INITIALIZED,RUNNING,UNAVAILABLE,LOADED,INITIALIZED,RUNNING'", timeout=5000)
+        assert int(tab.evaluate("() => document.getElementById('connection').dataset.lastEvent")) > 0
+    finally:
+        tab.close()
+
+
+def test_the_screenshot_shows_the_colours_and_the_critical_marker(
+    server: Server, browser: Browser, tmp_path: Path
+) -> None:
+    """The record of how the dashboard looks: checked first (diagram colours, the critical marker), then saved."""
+    tab = browser.open()
+    try:
+        browser.enter_token(tab)
+        tab.wait_for_function("() => document.querySelector('#plugin-broken .error-detail').checkVisibility()"
+                              " && [...document.querySelectorAll('#plugin-rows .timeline')].every("
+                              "t => t.children.length > 0) && document.querySelector('#diagram svg g.node')")
+        nodes = tab.evaluate(DIAGRAM)
+        for state in ("RUNNING", "FAILED", "UNAVAILABLE"):
+            assert (nodes[state]["fill"], nodes[state]["stroke"]) == (BACKGROUNDS[state], STRONG[state]), state
+        marker = tab.locator("#plugin-flappy .critical")
+        assert marker.is_visible()
+        assert marker.get_attribute("aria-label") == "critical plugin"
+        tab.wait_for_function("() => !document.querySelector('.changed')")
+        path = tmp_path / "dashboard.png"
+        tab.screenshot(path=path, full_page=True)
+        assert path.stat().st_size > 10_000
+        diagram = tmp_path / "diagram.png"
+        tab.locator("#diagram").screenshot(path=diagram)
+    finally:
+        tab.close()
+    keep = os.environ.get("PLUGIN_HEALTH_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(keep) / "dashboard.png")
+    print(f"screenshots: {path}, {diagram}")
 
 
 def visible(page: Page) -> set[str]:

@@ -1,21 +1,50 @@
-// plugin-health dashboard: polls the read API with ETags and draws what it answers. Read-only.
+// plugin-health dashboard: polls the read API with ETags, listens to GET /v1/events to refresh at once on a
+// transition, and draws what it answers. Read-only: it performs no operator action.
 //
-// Every plugin-provided string (names, reasons, error types, messages) reaches the page as a text node or an
-// attribute value set through the DOM, never as markup. URLs are relative, so the page also works mounted
-// under a path prefix.
+// Every plugin-provided string (names, reasons, error types, messages, check output) reaches the page as a text
+// node or an attribute value set through the DOM, never as markup. The one piece of markup it takes is the
+// lifecycle diagram, an SVG this server draws, which is parsed as XML and copied over element by element, keeping
+// only drawing elements and attributes. URLs are resolved against the page's own (document.baseURI), so the page
+// also works mounted under a path prefix. The operator token, if given, lives in sessionStorage (this tab only)
+// and goes with every request as `Authorization: Bearer`: the API then shows error messages.
 "use strict";
 
 (() => {
   const STATES = ["RUNNING", "FAILED", "UNAVAILABLE", "INITIALIZED", "LOADED"];
   const STATUSES = ["pass", "warn", "fail"];
+  const TOKEN_KEY = "plugin-health-token";
+  const TIMELINE_LENGTH = 8; // transitions shown per plugin
+  const HISTORY_FETCHES = 3; // history requests in flight at once
+  const STREAM_RETRY_MS = 30000; // after the server refused the event stream
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  // What of the server's SVG is copied into the page: drawing elements and attributes, nothing that runs or links.
+  const SVG_ELEMENTS = new Set(["svg", "g", "title", "path", "polygon", "polyline", "ellipse", "circle", "rect",
+    "line", "text", "tspan"]);
+  const SVG_ATTRIBUTES = new Set(["id", "class", "viewBox", "width", "height", "transform", "d", "points", "cx",
+    "cy", "rx", "ry", "r", "x", "y", "x1", "y1", "x2", "y2", "fill", "stroke", "stroke-width", "stroke-dasharray",
+    "font-family", "font-size", "font-weight", "text-anchor", "preserveAspectRatio"]);
+
   const params = new URLSearchParams(window.location.search);
   const intervalMs = 1000 * clamp(Number.parseFloat(params.get("interval") ?? ""), 0.2, 60, 1);
   const etags = new Map(); // URL -> the ETag of the last answer drawn
-  const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium" });
+  const timelines = new Map(); // plugin name -> {since: the `since` its timeline was drawn for, loading}
+  const historyQueue = [];
+  let historyFetches = 0;
   let filter = STATES.includes(params.get("state")) ? params.get("state") : "";
+  let selected = null; // the plugin whose own diagram is drawn (null: every plugin's)
   let diagramKey = null;
+  let diagramText = null;
+  const svgs = new Map(); // diagram path -> the last SVG it answered (a 304 means: that one)
+  let plugins = new Map(); // name -> the plugin as last drawn
+  let stream = null;
+  let streamLive = false;
+  let timer = null;
+  let ticking = false;
+  let tickAgain = false;
+  let lastError = null;
 
   const $ = (id) => document.getElementById(id);
+  const api = (path) => new URL(path, document.baseURI);
 
   function clamp(value, low, high, fallback) {
     return Number.isFinite(value) ? Math.min(high, Math.max(low, value)) : fallback;
@@ -26,9 +55,90 @@
     if (node.textContent !== value) node.textContent = value;
   }
 
-  // The answer's JSON, or null when the server says nothing changed (304) since the last one drawn.
-  async function poll(url, okStatuses) {
-    const headers = { Accept: "application/json" };
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) setText(node, text);
+    return node;
+  }
+
+  // --- time: ISO 8601 in UTC on the page, how long ago on hover ------------------------------------------------
+
+  function parseTime(value) {
+    const date = typeof value === "string" ? new Date(value) : null;
+    return date && !Number.isNaN(date.getTime()) ? date : null;
+  }
+
+  function isoUtc(date) {
+    return date.toISOString().replace(/\.\d{3}Z$/, "Z"); // 2026-01-12T10:00:03Z
+  }
+
+  function ago(date) {
+    const seconds = Math.max(0, Math.round((Date.now() - date.getTime()) / 1000));
+    if (seconds < 90) return `${seconds} s ago`;
+    if (seconds < 90 * 60) return `${Math.round(seconds / 60)} min ago`;
+    if (seconds < 36 * 3600) return `${Math.round(seconds / 3600)} h ago`;
+    return `${Math.round(seconds / 86400)} days ago`;
+  }
+
+  function setTime(node, value) {
+    const date = parseTime(value);
+    node.dateTime = date ? date.toISOString() : "";
+    setText(node, date ? isoUtc(date) : (value ?? ""));
+    if (date) node.title = `${value} (${ago(date)})`; else node.removeAttribute("title");
+  }
+
+  // --- the token ----------------------------------------------------------------------------------------------
+
+  function token() {
+    try {
+      return window.sessionStorage.getItem(TOKEN_KEY) ?? "";
+    } catch {
+      return ""; // storage refused (a sandboxed frame): no token
+    }
+  }
+
+  function authorization() {
+    const value = token();
+    return value ? { Authorization: `Bearer ${value}` } : {};
+  }
+
+  function showToken() {
+    const held = token() !== "";
+    $("token-forget").hidden = !held;
+    $("token-form").dataset.token = held ? "set" : "none";
+    setText($("token-state"), held ? "token in use (this tab only)" : "");
+  }
+
+  function useToken(value) {
+    try {
+      if (value) window.sessionStorage.setItem(TOKEN_KEY, value); else window.sessionStorage.removeItem(TOKEN_KEY);
+    } catch {
+      setText($("token-state"), "this browser keeps no token here");
+      return;
+    }
+    // Answers differ with the token (error messages): draw everything again from fresh answers.
+    etags.clear();
+    timelines.clear();
+    diagramKey = null;
+    showToken();
+    refreshNow();
+  }
+
+  function submitToken(event) {
+    event.preventDefault(); // nothing is posted anywhere: the token stays in this tab
+    const input = $("token");
+    const value = input.value.trim();
+    input.value = "";
+    if (value) useToken(value);
+  }
+
+  // --- reading the API ----------------------------------------------------------------------------------------
+
+  // The answer's JSON (or text), or null when the server says nothing changed (304) since the last one drawn.
+  async function poll(path, okStatuses, asText = false) {
+    const url = api(path).href;
+    const headers = { Accept: asText ? "image/svg+xml" : "application/json", ...authorization() };
     const etag = etags.get(url);
     if (etag) headers["If-None-Match"] = etag;
     const response = await fetch(url, {
@@ -38,16 +148,13 @@
       signal: AbortSignal.timeout(Math.max(5000, 3 * intervalMs)),
     });
     if (response.status === 304) return null;
-    if (!okStatuses.includes(response.status)) throw new Error(`${url} answered HTTP ${response.status}`);
-    const body = await response.json();
+    if (!okStatuses.includes(response.status)) throw new Error(`${path} answered HTTP ${response.status}`);
+    const body = asText ? await response.text() : await response.json();
     etags.set(url, response.headers.get("ETag"));
     return body;
   }
 
-  function cell(row, index, tag = "td") {
-    while (row.cells.length <= index) row.appendChild(document.createElement(tag));
-    return row.cells[index];
-  }
+  // --- the plugin table ---------------------------------------------------------------------------------------
 
   function newRow(name) {
     const row = document.createElement("tr");
@@ -55,13 +162,31 @@
     row.dataset.plugin = name;
     const head = document.createElement("th");
     head.scope = "row";
+    const button = element("button", "plugin-name", name);
+    button.type = "button";
+    button.dataset.plugin = name;
+    button.setAttribute("aria-pressed", "false");
+    button.title = `draw ${name}'s own lifecycle`;
+    const critical = element("span", "critical", "critical");
+    critical.setAttribute("role", "img");
+    critical.setAttribute("aria-label", "critical plugin");
+    critical.title = "critical: when it is not healthy, the service fails (/readyz, /v1/health)";
+    critical.hidden = true;
+    head.append(button, critical);
     row.appendChild(head);
-    for (let i = 1; i < 6; i += 1) row.appendChild(document.createElement("td"));
-    const badge = document.createElement("span");
-    badge.className = "badge";
-    row.cells[1].appendChild(badge);
-    row.cells[4].appendChild(document.createElement("time"));
-    row.cells[5].className = "number";
+    const state = element("td", "state");
+    state.append(element("span", "badge"), element("span", "flag degraded-flag"));
+    const reason = element("td", "reason");
+    reason.append(element("span", "reason-text"), element("div", "error-detail"));
+    const check = element("td", "check");
+    check.append(element("span", "check-status"), element("span", "observed"), element("div", "check-output"));
+    const since = element("td", "since");
+    since.appendChild(document.createElement("time"));
+    const timeline = element("td", "timeline-cell");
+    const list = element("ol", "timeline");
+    list.setAttribute("aria-label", `recent transitions of ${name}, oldest first`);
+    timeline.appendChild(list);
+    row.append(state, reason, element("td", "error-type"), check, since, timeline, element("td", "number"));
     return row;
   }
 
@@ -75,39 +200,87 @@
     row.dataset.state = state;
     for (const known of [...STATES, "UNKNOWN"]) row.classList.toggle(`state-${known.toLowerCase()}`, known === state);
     row.classList.toggle("unhealthy", state === "RUNNING" && plugin.healthy === false);
-    setText(cell(row, 0, "th"), plugin.name);
-    setText(row.cells[1].firstChild, plugin.state);
-    setText(cell(row, 2), plugin.reason);
-    const errorType = cell(row, 3);
+    const critical = plugin.critical === true;
+    row.classList.toggle("critical-plugin", critical);
+    row.dataset.critical = String(critical);
+    row.querySelector(".critical").hidden = !critical;
+    const [head, stateCell, reasonCell, errorType, check, since, , restarts] = row.cells;
+    setText(head.querySelector(".plugin-name"), plugin.name);
+    setText(stateCell.querySelector(".badge"), plugin.state);
+    const degraded = plugin.degraded === true;
+    row.classList.toggle("degraded", degraded);
+    const flag = stateCell.querySelector(".degraded-flag");
+    setText(flag, degraded ? "degraded" : "");
+    flag.hidden = !degraded;
+    setText(reasonCell.querySelector(".reason-text"), plugin.reason);
+    const detail = reasonCell.querySelector(".error-detail");
+    const message = typeof plugin.error === "string" ? plugin.error : "";
+    setText(detail, message);
+    detail.hidden = !message;
     setText(errorType, plugin.error_type);
-    if (plugin.error) errorType.title = plugin.error; else errorType.removeAttribute("title");
-    const since = row.cells[4].firstChild;
-    since.dateTime = plugin.since ?? "";
-    since.title = plugin.since ?? "";
-    const date = plugin.since ? new Date(plugin.since) : null;
-    setText(since, date && !Number.isNaN(date.getTime()) ? dateFormat.format(date) : plugin.since);
-    setText(cell(row, 5), String(plugin.restarts ?? ""));
+    if (message) errorType.title = message; else errorType.removeAttribute("title");
+    fillCheck(check, plugin);
+    setTime(since.firstChild, plugin.since);
+    setText(restarts, String(plugin.restarts ?? ""));
   }
 
-  function renderPlugins(plugins) {
+  // The richer health fields, where the API gives them: the last check's status, what it observed, its output.
+  function hasCheck(plugin) {
+    return ["check_status", "observed_value", "check_output"].some((key) => plugin[key] !== undefined && plugin[key] !== null);
+  }
+
+  function fillCheck(cell, plugin) {
+    const status = STATUSES.includes(plugin.check_status) ? plugin.check_status : "";
+    const pill = cell.querySelector(".check-status");
+    pill.dataset.status = status;
+    setText(pill, status);
+    pill.hidden = !status;
+    const observed = plugin.observed_value;
+    const shown = observed === undefined || observed === null ? ""
+      : `${typeof observed === "object" ? JSON.stringify(observed) : String(observed)}${
+        plugin.observed_unit ? ` ${String(plugin.observed_unit)}` : ""}`;
+    const value = cell.querySelector(".observed");
+    setText(value, shown);
+    value.hidden = !shown;
+    const output = cell.querySelector(".check-output");
+    const text = plugin.check_output === undefined || plugin.check_output === null ? "" : String(plugin.check_output);
+    setText(output, text);
+    output.hidden = !text;
+    if (text) output.title = text; else output.removeAttribute("title");
+  }
+
+  function renderPlugins(list) {
     const body = $("plugin-rows");
     const previous = new Map([...body.rows].map((row) => [row.dataset.plugin, row]));
     const counts = Object.fromEntries(STATES.map((state) => [state, 0]));
-    const current = new Set(plugins.map((plugin) => plugin.name));
-    for (const [name, gone] of previous) if (!current.has(name)) gone.remove();
-    plugins.forEach((plugin, index) => {
-      const row = previous.get(plugin.name) ?? newRow(plugin.name);
+    plugins = new Map(list.map((plugin) => [plugin.name, plugin]));
+    for (const [name, gone] of previous) {
+      if (!plugins.has(name)) {
+        gone.remove();
+        timelines.delete(name);
+        etags.delete(api(historyPath(name)).href); // one coming back draws its timeline from a full answer
+      }
+    }
+    list.forEach((plugin, index) => {
+      let row = previous.get(plugin.name);
+      if (!row) {
+        row = newRow(plugin.name);
+        observer?.observe(row);
+      }
       fillRow(row, plugin);
       // In the API's order (by name); a row already in place is not moved (moving restarts its animation).
       if (body.rows[index] !== row) body.insertBefore(row, body.rows[index] ?? null);
       if (plugin.state in counts) counts[plugin.state] += 1;
+      if (row.dataset.visible === "true") wantTimeline(plugin.name);
     });
     body.dataset.renders = String(Number(body.dataset.renders ?? 0) + 1);
+    $("plugins").classList.toggle("has-checks", list.some(hasCheck));
     for (const count of document.querySelectorAll("#filters .count")) {
-      setText(count, String(count.dataset.count ? counts[count.dataset.count] : plugins.length));
+      setText(count, String(count.dataset.count ? counts[count.dataset.count] : list.length));
     }
+    if (selected !== null && !plugins.has(selected)) select(null);
     applyFilter();
-    refreshDiagram(counts);
+    return counts;
   }
 
   function applyFilter() {
@@ -135,15 +308,142 @@
     applyFilter();
   }
 
-  // The diagram shows the number of plugins in each state: fetch it again only when those numbers change.
-  function refreshDiagram(counts) {
-    const key = STATES.map((state) => `${state}:${counts[state]}`).join(",");
-    if (key === diagramKey) return;
-    diagramKey = key;
-    const image = $("diagram");
-    image.dataset.counts = key;
-    image.src = `v1/lifecycle/diagram?format=svg&counts=${encodeURIComponent(key)}`;
+  // --- timelines: each visible plugin's recent transitions, fetched when it moved ----------------------------
+
+  const observer = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      entry.target.dataset.visible = String(entry.isIntersecting);
+      if (entry.isIntersecting) wantTimeline(entry.target.dataset.plugin);
+    }
+  }) : null;
+
+  const historyPath = (name) => `v1/plugins/${encodeURIComponent(name)}/history`;
+
+  function wantTimeline(name) {
+    const plugin = plugins.get(name);
+    if (!plugin) return;
+    const known = timelines.get(name);
+    if (known && (known.loading || known.since === plugin.since)) return;
+    timelines.set(name, { since: plugin.since, loading: true });
+    historyQueue.push(name);
+    pumpHistories();
   }
+
+  function pumpHistories() {
+    while (historyFetches < HISTORY_FETCHES && historyQueue.length) {
+      const name = historyQueue.shift();
+      historyFetches += 1;
+      loadTimeline(name).finally(() => {
+        historyFetches -= 1;
+        pumpHistories();
+      });
+    }
+  }
+
+  async function loadTimeline(name) {
+    const wanted = timelines.get(name);
+    try {
+      const history = await poll(historyPath(name), [200]);
+      const row = $(`plugin-${name}`);
+      if (history !== null && row) drawTimeline(row.querySelector(".timeline"), history);
+      if (wanted) wanted.loading = false;
+    } catch {
+      timelines.delete(name); // tried again when it is next drawn
+    }
+  }
+
+  function drawTimeline(list, history) {
+    const recent = Array.isArray(history) ? history.slice(-TIMELINE_LENGTH) : [];
+    list.replaceChildren(...recent.map((entry) => {
+      const state = STATES.includes(entry.to) ? entry.to : "UNKNOWN";
+      const step = element("li", `step state-${state.toLowerCase()}`);
+      step.dataset.state = state;
+      const at = parseTime(entry.at);
+      const when = at ? isoUtc(at) : String(entry.at ?? "");
+      const why = [entry.reason, entry.error_type, entry.error].filter(Boolean).join(": ");
+      const where = entry.instance ? ` on ${entry.instance}` : "";
+      step.title = `${when}${where}: ${entry.from ?? "(new)"} \u2192 ${entry.to} (${entry.trigger})${why ? `, ${why}` : ""}`;
+      step.appendChild(element("span", "visually-hidden", `${entry.to} at ${when}`));
+      return step;
+    }));
+    list.dataset.count = String(recent.length);
+  }
+
+  // --- the lifecycle diagram: the server's SVG, drawn inline ----------------------------------------------
+
+  function select(name) {
+    selected = name;
+    for (const button of document.querySelectorAll("#plugin-rows .plugin-name")) {
+      button.setAttribute("aria-pressed", String(button.dataset.plugin === name));
+    }
+    setText($("diagram-of"), name === null ? "of every plugin" : `of ${name}`);
+    $("diagram").setAttribute("aria-label", name === null
+      ? "the plugin lifecycle state diagram: the number of plugins in each state, the number of transitions on each arrow"
+      : `the lifecycle state diagram of ${name}: its state filled, the number of its transitions on each arrow`);
+    $("diagram-all").hidden = name === null;
+    diagramKey = null;
+    refreshNow();
+  }
+
+  function choosePlugin(event) {
+    const button = event.target.closest("button.plugin-name");
+    if (button) select(selected === button.dataset.plugin ? null : button.dataset.plugin);
+  }
+
+  // A copy of the server's SVG holding only drawing elements and attributes (no script, link, style or handler).
+  function cleanSvg(text) {
+    const parsed = new DOMParser().parseFromString(text, "image/svg+xml");
+    const root = parsed.documentElement;
+    if (root.namespaceURI !== SVG_NS || root.localName !== "svg") throw new Error("the diagram is not SVG");
+    const copy = (node) => {
+      if (node.nodeType === Node.TEXT_NODE) return document.createTextNode(node.nodeValue);
+      if (node.nodeType !== Node.ELEMENT_NODE || node.namespaceURI !== SVG_NS || !SVG_ELEMENTS.has(node.localName)) {
+        return null;
+      }
+      const made = document.createElementNS(SVG_NS, node.localName);
+      for (const attribute of node.attributes) {
+        if (!attribute.namespaceURI && SVG_ATTRIBUTES.has(attribute.name)) made.setAttribute(attribute.name, attribute.value);
+      }
+      for (const child of node.childNodes) {
+        const kept = copy(child);
+        if (kept) made.appendChild(kept);
+      }
+      return made;
+    };
+    const svg = copy(root);
+    svg.removeAttribute("width"); // the page sizes it (the viewBox keeps its proportions)
+    svg.removeAttribute("height");
+    svg.setAttribute("aria-hidden", "true"); // the figure's label says what it shows
+    return svg;
+  }
+
+  // Drawn again when what it shows may have changed: the counts per state, or any plugin's last transition.
+  async function refreshDiagram(counts) {
+    const moved = [...plugins.values()].map((plugin) => `${plugin.name}@${plugin.since}`).join(",");
+    const key = `${selected ?? ""}|${STATES.map((state) => `${state}:${counts[state]}`).join(",")}|${moved}`;
+    if (key === diagramKey) return;
+    const path = selected === null ? "v1/lifecycle/diagram?format=svg"
+      : `v1/plugins/${encodeURIComponent(selected)}/diagram?format=svg`;
+    const figure = $("diagram");
+    try {
+      const fresh = await poll(path, [200], true);
+      if (fresh !== null) svgs.set(path, fresh);
+      const text = svgs.get(path);
+      diagramKey = key;
+      figure.dataset.counts = STATES.map((state) => `${state}:${counts[state]}`).join(",");
+      figure.dataset.plugin = selected ?? "";
+      $("diagram-error").hidden = true;
+      if (text === undefined || text === diagramText) return;
+      figure.replaceChildren(cleanSvg(text));
+      diagramText = text;
+      figure.dataset.renders = String(Number(figure.dataset.renders ?? 0) + 1);
+    } catch {
+      diagramKey = null; // tried again at the next poll
+      $("diagram-error").hidden = false;
+    }
+  }
+
+  // --- the aggregate and the cluster grid -----------------------------------------------------------------
 
   function renderHealth(document_) {
     const status = STATUSES.includes(document_.status) ? document_.status : "unknown";
@@ -167,12 +467,7 @@
     head.dataset.instance = String(instance.id);
     head.dataset.status = status;
     head.dataset.gone = String(instance.gone === true);
-    const part = (className, text) => {
-      const span = document.createElement("span");
-      span.className = className;
-      setText(span, text);
-      head.appendChild(span);
-    };
+    const part = (className, text) => head.appendChild(element("span", className, text));
     part("instance-id", instance.id);
     if (instance.self === true) part("instance-self", "this one");
     part("instance-status", status);
@@ -199,16 +494,8 @@
     const unhealthy = state === "RUNNING" && plugin.healthy === false;
     cell.classList.toggle("unhealthy", unhealthy);
     cell.classList.toggle("stale", plugin.stale === true);
-    const badge = document.createElement("span");
-    badge.className = "badge";
-    setText(badge, plugin.state);
-    cell.appendChild(badge);
-    if (unhealthy) {
-      const flag = document.createElement("span");
-      flag.className = "flag";
-      setText(flag, plugin.stale === true ? "stale" : "unhealthy");
-      cell.appendChild(flag);
-    }
+    cell.appendChild(element("span", "badge", plugin.state));
+    if (unhealthy) cell.appendChild(element("span", "flag", plugin.stale === true ? "stale" : "unhealthy"));
     const why = [plugin.reason, plugin.error_type].filter(Boolean).join(": ");
     if (why) cell.title = why;
     return cell;
@@ -218,23 +505,19 @@
     const instances = Array.isArray(cluster.instances) ? cluster.instances : [];
     const names = Array.isArray(cluster.plugins) ? cluster.plugins.map(String) : [];
     const head = document.createElement("tr");
-    const corner = document.createElement("td");
-    corner.className = "corner";
-    setText(corner, "plugin");
-    head.appendChild(corner);
+    head.appendChild(element("td", "corner", "plugin"));
     for (const instance of instances) head.appendChild(instanceHeader(instance));
     $("cluster-head").replaceChildren(head);
     $("cluster-rows").replaceChildren(...names.map((name) => {
       const row = document.createElement("tr");
       row.dataset.plugin = name;
-      const label = document.createElement("th");
+      const label = element("th", "", name);
       label.scope = "row";
-      setText(label, name);
       row.appendChild(label);
       for (const instance of instances) {
-        const plugins = instance.plugins ?? {};
+        const found = instance.plugins ?? {};
         // Own properties only: a plugin may be called "constructor" or "__proto__".
-        row.appendChild(gridCell(instance, Object.hasOwn(plugins, name) ? plugins[name] : null));
+        row.appendChild(gridCell(instance, Object.hasOwn(found, name) ? found[name] : null));
       }
       return row;
     }));
@@ -246,38 +529,113 @@
     $("cluster-degraded").hidden = !degraded;
   }
 
-  function setConnection(error) {
+  // --- staying live: polling, and the event stream that makes it immediate ------------------------------------
+
+  function showConnection() {
     const connection = $("connection");
-    connection.dataset.connection = error ? "lost" : "live";
-    setText(connection, error ? `connection lost (${error.message}), retrying` : `live, every ${intervalMs / 1000} s`);
-    document.body.classList.toggle("stale", Boolean(error));
-    if (!error) setText($("updated"), `updated ${new Date().toLocaleTimeString()}`);
+    connection.dataset.connection = lastError ? "lost" : "live";
+    connection.dataset.stream = streamLive ? "open" : "closed";
+    const how = streamLive ? `live: events, and polling every ${intervalMs / 1000} s`
+      : `live: polling every ${intervalMs / 1000} s`;
+    setText(connection, lastError ? `connection lost (${lastError.message}), retrying` : how);
+    document.body.classList.toggle("stale", Boolean(lastError));
+  }
+
+  function schedule(delay) {
+    window.clearTimeout(timer);
+    timer = window.setTimeout(tick, delay);
+  }
+
+  // Poll now (a transition happened): at once, or as soon as the poll in flight is over.
+  function refreshNow() {
+    if (ticking) tickAgain = true; else schedule(0);
   }
 
   async function tick() {
+    ticking = true;
+    tickAgain = false;
     try {
-      const [plugins, health, cluster] = await Promise.all([
+      const [list, health, cluster] = await Promise.all([
         poll("v1/plugins/", [200]),
         poll("v1/health", [200, 503]), // 503 is the answer for an aggregate "fail", with the same document
         poll("v1/cluster", [200]),
       ]);
-      if (plugins !== null) renderPlugins(plugins);
+      const counts = list !== null ? renderPlugins(list) : currentCounts();
       if (health !== null) renderHealth(health);
       if (cluster !== null) renderCluster(cluster);
-      setConnection(null);
+      await refreshDiagram(counts);
+      lastError = null;
+      setText($("updated"), `updated ${isoUtc(new Date())}`);
     } catch (error) {
-      setConnection(error);
+      lastError = error;
     } finally {
-      window.setTimeout(tick, intervalMs);
+      showConnection();
+      ticking = false;
+      schedule(tickAgain ? 0 : intervalMs);
+    }
+  }
+
+  function currentCounts() {
+    const counts = Object.fromEntries(STATES.map((state) => [state, 0]));
+    for (const plugin of plugins.values()) if (plugin.state in counts) counts[plugin.state] += 1;
+    return counts;
+  }
+
+  // GET /v1/events: each transition refreshes the page at once (the poll draws it); polling goes on regardless,
+  // so a page whose stream is refused or lost still follows every change, a poll period later.
+  function listen() {
+    if (!("EventSource" in window)) return;
+    const source = new EventSource(api("v1/events").href);
+    stream = source;
+    source.addEventListener("open", () => {
+      streamLive = true;
+      showConnection();
+    });
+    source.addEventListener("transition", (event) => {
+      let entry = null;
+      try {
+        entry = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      $("connection").dataset.lastEvent = event.lastEventId;
+      if (entry && typeof entry.plugin === "string") timelines.delete(entry.plugin);
+      refreshNow();
+    });
+    source.addEventListener("error", () => {
+      streamLive = source.readyState === EventSource.OPEN;
+      showConnection();
+      if (source.readyState === EventSource.CLOSED && stream === source) { // refused (503, 404): poll, retry later
+        stream = null;
+        window.setTimeout(() => { if (!stream && document.visibilityState !== "hidden") listen(); }, STREAM_RETRY_MS);
+      }
+    });
+  }
+
+  // A hidden tab gives its stream back (browsers hold few connections per server) and polls; shown, it listens.
+  function visibility() {
+    if (document.visibilityState === "hidden" && stream) {
+      stream.close();
+      stream = null;
+      streamLive = false;
+      showConnection();
+    } else if (document.visibilityState === "visible" && !stream) {
+      listen();
+      refreshNow();
     }
   }
 
   function start() {
     $("filters").addEventListener("click", chooseFilter);
-    $("diagram").addEventListener("error", () => { $("diagram-error").hidden = false; });
-    $("diagram").addEventListener("load", () => { $("diagram-error").hidden = true; });
+    $("plugin-rows").addEventListener("click", choosePlugin);
+    $("diagram-all").addEventListener("click", () => select(null));
+    $("token-form").addEventListener("submit", submitToken);
+    $("token-forget").addEventListener("click", () => useToken(""));
+    document.addEventListener("visibilitychange", visibility);
     $("plugin-rows").addEventListener("animationend", (event) => event.target.classList.remove("changed"));
+    showToken();
     applyFilter();
+    listen();
     tick();
   }
 
