@@ -52,7 +52,7 @@ def test_help_lists_every_command_and_version_names_the_package() -> None:
     result = run("--help")
     assert result.exit_code == 0
     listed = [line.split()[0] for line in result.stdout.split("Commands:\n")[1].splitlines()]
-    assert listed == ["check", "diagram", "health", "history", "list", "serve"]
+    assert listed == ["check", "diagram", "health", "history", "list", "serve", "watch"]
     assert run("--version").stdout.startswith("plugin-health, version ")
 
 

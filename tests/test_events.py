@@ -309,6 +309,40 @@ def test_streams_per_process_are_bounded_and_given_back(client: FlaskClient, mon
     assert events.slots.open == 0
 
 
+def test_a_slot_is_held_from_the_first_chunk_to_the_end_however_it_comes() -> None:
+    """A response never sent holds none; one that ends, is closed, or is dropped gives it back."""
+    held = events.slots.held(iter(["a", "b"]))
+    assert events.slots.open == 0  # not started
+    assert next(held) == "a"
+    assert events.slots.open == 1
+    assert list(held) == ["b"]
+    assert events.slots.open == 0  # ended
+    closed = events.slots.held(iter(["a", "b"]))
+    next(closed)
+    closed.close()  # what a WSGI server does with the response, the client gone
+    assert events.slots.open == 0
+    dropped = events.slots.held(iter(["a", "b"]))
+    next(dropped)
+    del dropped
+    assert events.slots.open == 0
+
+
+def test_a_stream_let_in_as_the_last_slot_went_is_told_to_come_back_later(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(events.MAX_STREAMS, "threads", 1)
+    first = connect(client)
+    monkeypatch.setattr(events.slots, "full", lambda: False)  # as if it had been let in a moment earlier
+    late = client.get("/v1/events", buffered=False)
+    try:
+        assert late.status_code == 200
+        assert late.get_data(as_text=True) == (
+            "retry: 30000\n: this process serves as many event streams as it can\n\n")
+    finally:
+        late.close()
+        first.close()
+
+
 def test_a_service_shut_down_ends_its_streams(client: FlaskClient, app: Flask) -> None:
     stream = connect(client)
     app.extensions[EXTENSION].shutdown()

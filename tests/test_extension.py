@@ -288,16 +288,26 @@ def test_the_dashboard_loads_everything_from_under_the_prefix(app: Flask) -> Non
     links = Links()
     links.feed(page.get_data(as_text=True))
     script = client.get("/plugins/dashboard.js").get_data(as_text=True)
-    polled = re.findall(r'poll\("([^"]+)"', script)
-    diagram = re.findall(r"image\.src = `([^?`]+)", script)
-    assert sorted(polled) == ["v1/cluster", "v1/health", "v1/plugins/"]
-    assert diagram == ["v1/lifecycle/diagram"]
-    urls = [urljoin("/plugins/", url) for url in [*links.urls, *polled, *diagram]]
-    assert {"/plugins/dashboard.js", "/plugins/dashboard.css"} <= set(urls)
+    # Every path the script reads, relative to the page: the polled ones, the diagram, the event stream, and a
+    # plugin's history and diagram (templates, filled in with a plugin's name).
+    read = set(re.findall(r'["`](v1/[^"`?$]*)', script))
+    assert read == {"v1/cluster", "v1/health", "v1/plugins/", "v1/lifecycle/diagram", "v1/events"}
+    per_plugin = re.findall(r"`v1/plugins/\$\{encodeURIComponent\(\w+\)\}(/\w+)", script)
+    assert sorted(per_plugin) == ["/diagram", "/history"]
+    name = client.get("/plugins/v1/plugins/").get_json()[0]["name"]
+    read |= {f"v1/plugins/{name}{tail}" for tail in per_plugin}
+    urls = [urljoin("/plugins/", url) for url in [*links.urls, *sorted(read)]]
+    assert {"/plugins/dashboard.js", "/plugins/dashboard.css", "/plugins/palette.css", "/plugins/v1/events"} <= set(
+        urls)
     for url in urls:
         assert url.startswith("/plugins/"), url
-        assert client.get(url).status_code in (200, 503), url  # 503: /v1/health of a failing service
+        response = client.get(url)
+        try:
+            assert response.status_code in (200, 503), url  # 503: /v1/health of a failing service
+        finally:
+            response.close()  # the event stream's, above all
     assert client.get("/plugins/dashboard.css").mimetype == "text/css"
+    assert client.get("/plugins/palette.css").mimetype == "text/css"
     assert client.get("/plugins/dashboard.js").mimetype == "text/javascript"
     assert client.get("/").get_data(as_text=True) == "<h1>host home</h1>"  # the host's page, not ours
 

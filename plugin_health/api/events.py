@@ -40,6 +40,8 @@ EVENT_STREAM: Final = "text/event-stream"
 POLL: Final = 0.2
 #: Milliseconds a client waits before it reconnects (the stream's ``retry:`` field).
 RETRY_MS: Final = 1000
+#: Milliseconds a client refused for want of a slot waits (``Retry-After`` of the 503, in seconds).
+REFUSED_RETRY_MS: Final = 30_000
 #: Streams one process serves at once: under gevent, a greenlet each; with threads, a thread each (gthread
 #: workers have four: two stay free for every other request).
 MAX_STREAMS: Final = {"green": 256, "threads": 2}
@@ -63,22 +65,24 @@ class _Slots:
         self._lock = threading.Lock()
         self.open = 0
 
-    def take(self) -> Callable[[], None] | None:
-        """A slot's release (idempotent), or None when every slot is taken."""
+    def full(self) -> bool:
+        """Whether every slot is taken now."""
+        return self.open >= MAX_STREAMS[worker_kind()]
+
+    def held(self, stream: Iterator[str]) -> Iterator[str]:
+        """``stream`` in a slot, taken when it starts and given back however it ends (its lifetime, the client gone
+        and the response closed, the generator dropped): a response never sent holds none."""
         with self._lock:
-            if self.open >= MAX_STREAMS[worker_kind()]:
-                return None
-            self.open += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
+            taken = self.open < MAX_STREAMS[worker_kind()]
+            self.open += taken
+        if not taken:  # another request took the last one since this one was let in: come back later
+            yield f"retry: {REFUSED_RETRY_MS}\n: this process serves as many event streams as it can\n\n"
+            return
+        try:
+            yield from stream
+        finally:
             with self._lock:
-                if not released:
-                    released = True
-                    self.open -= 1
-
-        return release
+                self.open -= 1
 
 
 slots = _Slots()
@@ -143,15 +147,13 @@ def events() -> Response:
     service = current_app.extensions["plugin_health"]
     feed = Feed(service.store, after)
     limits = Limits(service.settings.events_heartbeat, service.settings.events_lifetime)
-    stream = event_stream(feed, service.instance, details_visible(), limits, service.stopping)
-    release = slots.take()
-    if release is None:
+    if slots.full():
         problem = Problem(503, "this process serves as many event streams as it can: poll, or retry later",
                           type_="too-many-streams")
-        problem.headers["Retry-After"] = "30"
+        problem.headers["Retry-After"] = str(REFUSED_RETRY_MS // 1000)
         raise problem
-    response = Response(stream, mimetype=EVENT_STREAM)
-    response.call_on_close(release)  # however the stream ends: its lifetime, the client gone, the worker stopping
+    stream = event_stream(feed, service.instance, details_visible(), limits, service.stopping)
+    response = Response(slots.held(stream), mimetype=EVENT_STREAM)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
     return response

@@ -61,9 +61,9 @@ def main(ctx: click.Context) -> None:
     """Host plugins with error isolation and serve their health over HTTP.
 
     Settings come from PLUGIN_HEALTH_* environment variables (and the TOML file PLUGIN_HEALTH_CONFIG_FILE names);
-    the options of serve set them for the service it runs. The read commands (list, health, history, diagram) read
-    the store of the instance those settings name: run them where the service runs, with its settings (its
-    PLUGIN_HEALTH_RUN_DIR, ./run by default, or its PLUGIN_HEALTH_STORE_URL). Exit status: 0 fine, 1 unhealthy
+    the options of serve set them for the service it runs. The read commands (list, health, history, watch,
+    diagram) read the store of the instance those settings name: run them where the service runs, with its settings
+    (its PLUGIN_HEALTH_RUN_DIR, ./run by default, or its PLUGIN_HEALTH_STORE_URL). Exit status: 0 fine, 1 unhealthy
     (or a failed check), 2 a caller's mistake.
     """
     if ctx.obj is None:
