@@ -50,8 +50,12 @@ PLUGINS = {
     # An exception class may be named anything: its name reaches the API as error_type, and the page.
     "xss": f"def initialize(self, context):\n    raise type({HTML!r}, (Exception,), {{}})({MESSAGE!r})\n",
     "needy": "requires = ('missing>=1',)\n",
+    # Healthy but degraded: what its check observed is shown to anyone, its output only with the token.
+    "disk": "def health_check(self):\n    return HealthResult(\n"
+            "        status='warn', observed_value=0.93, observed_unit='ratio', output='disk 93% full')\n",
 }
-EXPECTED = {"broken": "FAILED", "core": "RUNNING", "flappy": "RUNNING", "needy": "UNAVAILABLE", "xss": "FAILED"}
+EXPECTED = {"broken": "FAILED", "core": "RUNNING", "disk": "RUNNING", "flappy": "RUNNING", "needy": "UNAVAILABLE",
+            "xss": "FAILED"}
 #: Computed row background colours (palette.css): RUNNING green, FAILED red, UNAVAILABLE amber.
 BACKGROUNDS = {"RUNNING": "rgb(218, 251, 225)", "FAILED": "rgb(255, 235, 233)", "UNAVAILABLE": "rgb(255, 248, 197)"}
 #: The strong colours (badges, the diagram's highlighted state, outlines).
@@ -88,7 +92,7 @@ def server(tmp_module: Path, gunicorn_factory: Callable[..., Server]) -> Server:
     flag = tmp_module / "flappy.flag"
     for name, body in PLUGINS.items():
         (plugins / f"{name}.py").write_text(
-            f"import os\nfrom plugin_health import Plugin\n\nFLAG = {str(flag)!r}\n\nclass P(Plugin):\n"
+            f"import os\nfrom plugin_health import HealthResult, Plugin\n\nFLAG = {str(flag)!r}\n\nclass P(Plugin):\n"
             + textwrap.indent(body, "    ")
         )
     env = {"PLUGIN_HEALTH_HEALTH_INTERVAL": "0.2", "PLUGIN_HEALTH_FAILURE_THRESHOLD": "1",
@@ -186,14 +190,14 @@ def test_every_plugin_shows_with_its_state_and_colour(server: Server, page: Page
         row = shown[name]
         assert (row["state"], row["id"], row["background"]) == (state, f"plugin-{name}", BACKGROUNDS[state]), name
         assert f"state-{state.lower()}" in row["className"].split()
-        assert (row["name"], row["cells"][1]) == (name, state)
+        assert (row["name"], row["cells"][1].removesuffix("degraded")) == (name, state)
     assert shown["needy"]["cells"][2].startswith("dependency_missing: missing")
     assert shown["broken"]["cells"][2:4] == ["initialize failed", "RuntimeError"]
     assert shown["core"]["cells"][COLUMNS.index("restarts")] == "0"
     page.wait_for_function("() => document.getElementById('aggregate').dataset.status === 'warn'")
     page.wait_for_function("() => document.querySelector('#diagram svg g.node') !== null")
     assert page.evaluate("() => document.getElementById('diagram').dataset.counts") == (
-        "RUNNING:2,FAILED:2,UNAVAILABLE:1,INITIALIZED:0,LOADED:0"
+        "RUNNING:3,FAILED:2,UNAVAILABLE:1,INITIALIZED:0,LOADED:0"
     )
 
 
@@ -253,7 +257,7 @@ def test_the_diagram_is_drawn_in_the_tables_colours(page: Page) -> None:
     for state, background in BACKGROUNDS.items():
         assert (nodes[state]["fill"], nodes[state]["stroke"], nodes[state]["outlines"]) == (
             background, STRONG[state], 1), state
-    assert nodes["RUNNING"]["text"] == "RUNNING (2)"
+    assert nodes["RUNNING"]["text"] == "RUNNING (3)"
     assert rows(page)["core"]["background"] == nodes["RUNNING"]["fill"]
     page.click("#plugin-core .plugin-name")  # its own diagram
     try:
@@ -301,7 +305,8 @@ def test_the_cluster_grid_is_one_column_for_this_instance_alone(server: Server, 
     assert list(shown["rows"]) == sorted(EXPECTED) == cluster["plugins"]
     for name, state in EXPECTED.items():
         [cell] = shown["rows"][name]
-        assert (cell["instance"], cell["state"], cell["text"]) == (me["id"], state, state), name
+        flagged = state + ("degraded" if name == "disk" else "")  # its check said warn
+        assert (cell["instance"], cell["state"], cell["text"]) == (me["id"], state, flagged), name
         assert f"state-{state.lower()}" in cell["classes"]
         assert cell["background"] == BACKGROUNDS[state], name
     assert shown["rows"]["broken"][0]["title"] == "initialize failed: RuntimeError"
@@ -417,42 +422,48 @@ def test_the_token_shows_error_details_in_its_tab_only(browser: Browser) -> None
         tab.close()
 
 
-def test_the_richer_health_fields_show_when_the_api_has_them(server: Server, browser: Browser) -> None:
-    """check_status, observed_value and observed_unit, check_output, degraded: shown when present (the API answer
-    played by the test); the column stays hidden while no plugin has them."""
-    answer = [dict(p) for p in json.loads(server.get("/v1/plugins/").body)]
-    for plugin in answer:
-        if plugin["name"] == "core":
-            plugin.update(check_status="warn", observed_value=812, observed_unit="ms", check_output=HTML,
-                          degraded=True)
-        elif plugin["name"] == "flappy":
-            plugin.update(check_status="pass", observed_value=None, observed_unit=None, check_output=None,
-                          degraded=False)
+def test_a_degraded_plugin_shows_what_its_check_observed(server: Server, browser: Browser) -> None:
+    """disk's check said warn: RUNNING and healthy, flagged degraded, its observed value and unit for anyone, its
+    output (free text, a detail) once the token is in; the same flag in the cluster grid."""
+    check = COLUMNS.index("check")
+    tab = browser.open()
+    try:
+        tab.wait_for_function("() => document.querySelector('#plugin-disk .check-status').textContent === 'warn'")
+        disk = rows(tab)["disk"]
+        assert disk["cells"][check] == "warn0.93 ratio"
+        assert disk["cells"][1] == "RUNNINGdegraded"
+        assert tab.locator("#plugin-disk .degraded-flag").is_visible()
+        assert not tab.locator("#plugin-core .degraded-flag").is_visible()
+        assert rows(tab)["core"]["cells"][check] == "pass"
+        assert rows(tab)["broken"]["cells"][check] == ""  # never checked
+        assert tab.locator("#plugins th.check").is_visible()
+        assert tab.locator("#plugin-disk .check-status").get_attribute("data-status") == "warn"
+        tab.wait_for_function("() => document.querySelector('#cluster-rows tr[data-plugin=disk] td').textContent"
+                              " === 'RUNNINGdegraded'")
+        browser.enter_token(tab)
+        tab.wait_for_function("() => document.querySelector('#plugin-disk .check-output').textContent"
+                              " === 'disk 93% full'")
+        assert rows(tab)["disk"]["cells"][check] == "warn0.93 ratiodisk 93% full"
+    finally:
+        tab.close()
+
+
+def test_without_the_richer_health_fields_the_check_column_stays_hidden(server: Server, browser: Browser) -> None:
+    """An API that has no check fields (an older instance, say: the answer played by the test): nothing breaks."""
+    fields = ("check_status", "observed_value", "observed_unit", "check_output", "degraded")
+    answer = [{k: v for k, v in p.items() if k not in fields} for p in json.loads(server.get("/v1/plugins/").body)]
 
     def serve(page: Page) -> None:
         page.route("**/v1/plugins/", lambda route: route.fulfill(
-            status=200, content_type="application/json", body=json.dumps(answer), headers={"ETag": '"richer"'}))
+            status=200, content_type="application/json", body=json.dumps(answer), headers={"ETag": '"older"'}))
 
-    tab = browser.open()  # as the API answers today: no such fields
-    try:
-        plain = rows(tab)
-        assert not tab.locator("#plugins th.check").is_visible()
-    finally:
-        tab.close()
     tab = browser.open(before=serve)
     try:
-        check = COLUMNS.index("check")
-        cells = {name: row["cells"][check] for name, row in rows(tab).items()}
-        assert cells["core"] == f"warn812 ms{HTML}"
-        assert cells["flappy"] == "pass"
-        assert tab.locator("#plugin-core .check-status").get_attribute("data-status") == "warn"
-        assert tab.locator("#plugin-core .degraded-flag").is_visible()
-        assert not tab.locator("#plugin-flappy .degraded-flag").is_visible()
-        assert tab.locator("#plugins th.check").is_visible()
-        assert tab.locator("#plugin-rows img").count() == 0
+        assert not tab.locator("#plugins th.check").is_visible()
+        assert {row["cells"][COLUMNS.index("check")] for row in rows(tab).values()} == {""}
+        assert tab.locator("#plugin-rows .degraded-flag:visible").count() == 0
     finally:
         tab.close()
-    assert {row["cells"][COLUMNS.index("check")] for row in plain.values()} == {""}
 
 
 def test_a_failing_plugin_turns_red_within_2_s_of_the_api_reporting_it(
@@ -476,7 +487,7 @@ def test_a_failing_plugin_turns_red_within_2_s_of_the_api_reporting_it(
     # flappy is critical: the aggregate fails (a 503 the page still reads) and the diagram is drawn anew.
     page.wait_for_function("() => document.getElementById('aggregate').dataset.status === 'fail'", timeout=3000)
     page.wait_for_function(
-        "() => document.getElementById('diagram').dataset.counts.startsWith('RUNNING:1,FAILED:3,')", timeout=3000
+        "() => document.getElementById('diagram').dataset.counts.startsWith('RUNNING:2,FAILED:3,')", timeout=3000
     )
     page.wait_for_function(  # the cluster grid too
         "() => document.querySelector('#cluster-rows tr[data-plugin=flappy] td').dataset.state === 'FAILED'"

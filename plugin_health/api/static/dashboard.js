@@ -496,6 +496,8 @@
     cell.classList.toggle("stale", plugin.stale === true);
     cell.appendChild(element("span", "badge", plugin.state));
     if (unhealthy) cell.appendChild(element("span", "flag", plugin.stale === true ? "stale" : "unhealthy"));
+    if (plugin.degraded === true) cell.appendChild(element("span", "flag degraded-flag", "degraded"));
+    cell.dataset.check = STATUSES.includes(plugin.check_status) ? plugin.check_status : "";
     const why = [plugin.reason, plugin.error_type].filter(Boolean).join(": ");
     if (why) cell.title = why;
     return cell;
