@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from plugin_health.errors import ConfigError
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
 from plugin_health.store import MemoryStore, PluginSnapshot, SQLiteStore, StateStore, check_url, open_store
-from plugin_health.store.base import record_from_json
+from plugin_health.store.base import record_from_json, record_to_json
 from plugin_health.store.feed import Feed
 
 S = PluginLifecycleState
@@ -206,6 +207,25 @@ def test_transition_counts_count_the_kept_histories(store: StateStore) -> None:
         store.put(snap(record.plugin, record.dest), record)
     # p keeps its last three: fail, reset, fail.
     assert store.transition_counts() == {("LOADED", "FAILED"): 2, ("FAILED", "LOADED"): 1, (None, "LOADED"): 1}
+
+
+def test_a_store_file_made_before_the_counts_is_counted_once(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    SQLiteStore(path, history_limit=3).close()
+    with sqlite3.connect(path) as conn:  # as a file of the previous version: history, no counts
+        conn.executescript("DROP TRIGGER history_counted; DROP TRIGGER history_uncounted; DROP TABLE moves;")
+        conn.executemany("INSERT INTO history (plugin, data) VALUES (?, ?)", [
+            ("p", record_to_json(rec("p", None, S.LOADED, "load"))),
+            ("p", record_to_json(rec("p", S.LOADED, S.FAILED, "fail")))])
+    for _ in range(2):  # opened again and again: counted once
+        store = SQLiteStore(path, history_limit=3)
+        assert store.transition_counts() == {(None, "LOADED"): 1, ("LOADED", "FAILED"): 1}
+        store.close()
+    store = SQLiteStore(path, history_limit=3)
+    store.put(snap("p"), rec("p", S.FAILED, S.LOADED, "reset"))
+    store.put(snap("p"), rec("p", S.LOADED, S.FAILED, "fail"))  # the first one (load) is trimmed
+    assert store.transition_counts() == {("LOADED", "FAILED"): 2, ("FAILED", "LOADED"): 1}
+    store.close()
 
 
 def test_a_feed_reads_what_comes_after_its_position(store: StateStore) -> None:

@@ -23,6 +23,8 @@ class MemoryStore:
         #: The sequence number of each kept record, beside it (the same length as its plugin's history).
         self._seqs: dict[str, deque[int]] = {}
         self._seq = 0
+        #: How many kept records went from each state to each other one, kept as records come and go.
+        self._moves: Counter[tuple[str | None, str]] = Counter()
         self._meta: dict[str, str] = {}
         self._version = 0
 
@@ -40,7 +42,11 @@ class MemoryStore:
             self._snapshots[snapshot.name] = snapshot
             if record is not None:
                 self._seq += 1
-                self._history.setdefault(record.plugin, deque(maxlen=self._history_limit)).append(record)
+                history = self._history.setdefault(record.plugin, deque(maxlen=self._history_limit))
+                if len(history) == history.maxlen:  # the oldest is about to go, and its count with it
+                    self._moves[_move(history[0])] -= 1
+                history.append(record)
+                self._moves[_move(record)] += 1
                 self._seqs.setdefault(record.plugin, deque(maxlen=self._history_limit)).append(self._seq)
             self._version += 1
 
@@ -89,14 +95,15 @@ class MemoryStore:
     def transition_counts(self) -> dict[tuple[str | None, str], int]:
         """How many kept transitions went from each state to each other one (None: a first state)."""
         with self._lock:
-            return dict(Counter((None if r.source is None else r.source.value, r.dest.value)
-                                for history in self._history.values() for r in history))
+            return {move: count for move, count in self._moves.items() if count > 0}
 
     def replace_history(self, name: str, records: Iterable[TransitionRecord]) -> None:
         """Make ``records`` the history of ``name`` (a mirror of what another store holds; not recorded here, so
         never among ``records_since``)."""
         with self._lock:
+            self._moves.subtract(_move(r) for r in self._history.get(name, ()))
             self._history[name] = deque(records, maxlen=self._history_limit)
+            self._moves.update(_move(r) for r in self._history[name])
             self._seqs[name] = deque((0 for _ in self._history[name]), maxlen=self._history_limit)
 
     def everything(self) -> tuple[list[PluginSnapshot], dict[str, list[TransitionRecord]], dict[str, str]]:
@@ -116,3 +123,8 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _move(record: TransitionRecord) -> tuple[str | None, str]:
+    """A record's (from, to), by name (None: a first state)."""
+    return None if record.source is None else record.source.value, record.dest.value

@@ -33,6 +33,29 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('version', '0');
 INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(8))));
 """
+#: How many kept transitions went from each state to each other one (source '' for a first state): kept by
+#: triggers as history rows come and go, so that reading them costs nine rows whatever the history holds (a
+#: GROUP BY over 100,000 rows took 120 ms). A file made before them is counted once, in the same transaction.
+_MOVES = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS moves (
+    source TEXT NOT NULL, dest TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (source, dest)
+);
+INSERT INTO moves (source, dest, n)
+    SELECT coalesce(json_extract(data, '$.from'), ''), json_extract(data, '$.to'), count(*) FROM history
+    WHERE NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'history_counted')
+    GROUP BY 1, 2;
+CREATE TRIGGER IF NOT EXISTS history_counted AFTER INSERT ON history BEGIN
+    INSERT INTO moves (source, dest, n)
+        VALUES (coalesce(json_extract(new.data, '$.from'), ''), json_extract(new.data, '$.to'), 1)
+        ON CONFLICT (source, dest) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS history_uncounted AFTER DELETE ON history BEGIN
+    UPDATE moves SET n = n - 1
+        WHERE source = coalesce(json_extract(old.data, '$.from'), '') AND dest = json_extract(old.data, '$.to');
+END;
+COMMIT;
+"""
 #: Meta key where the core says why its copy to the shared (Redis) store is behind ("" while it is not).
 SHARED_PROBLEM_KEY = "shared-store-problem"
 _UPSERT = "INSERT INTO plugins (name, data) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET data = excluded.data"
@@ -58,6 +81,7 @@ class SQLiteStore:
         self._parsed: dict[str, PluginSnapshot] = {}  # the last read of snapshots(), by row text
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
+            conn.executescript(_MOVES)
 
     def _open(self) -> sqlite3.Connection:
         # Used by one call at a time, but not always on the thread that opened it.
@@ -177,10 +201,8 @@ class SQLiteStore:
     def transition_counts(self) -> dict[tuple[str | None, str], int]:
         """How many kept transitions went from each state to each other one (None: a first state)."""
         with self._conn() as conn:
-            rows: list[tuple[str | None, str, int]] = conn.execute(
-                "SELECT json_extract(data, '$.from'), json_extract(data, '$.to'), count(*) FROM history "
-                "GROUP BY 1, 2").fetchall()
-        return {(source, dest): count for source, dest, count in rows}
+            rows: list[tuple[str, str, int]] = conn.execute("SELECT source, dest, n FROM moves WHERE n > 0").fetchall()
+        return {(source or None, dest): count for source, dest, count in rows}
 
     def rows(self) -> dict[str, str]:
         """Every plugin's snapshot as the JSON text kept, by name."""
