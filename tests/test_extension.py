@@ -22,6 +22,7 @@ from plugin_health.app import EXTENSION, Service
 from plugin_health.coordination.locks import lock_is_free
 from plugin_health.errors import AlreadyInitializedError, ConfigError
 from plugin_health.runtime.hosting import lock_path
+from tests.test_shutdown import members
 
 TOKEN = "app-config-token"
 PREFIX = "/plugins"
@@ -408,20 +409,6 @@ def test_an_app_may_mount_it_at_its_root(build: Callable[..., Flask]) -> None:
 # -- shutdown --------------------------------------------------------------------------------------------------------
 
 
-def live_members(groups: set[int]) -> set[int]:
-    """Live processes (not zombies) in any of the process ``groups``."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z" and int(fields[2]) in groups:
-                found.add(int(entry.name))
-    return found
-
-
 def test_shutdown_stops_the_plugins_and_releases_the_store(tmp_path: Path, made: list[Flask]) -> None:
     marker = tmp_path / "stopped"
     stopping = f"def stop(self):\n    open({str(marker)!r}, 'w').close()\n"
@@ -435,13 +422,13 @@ def test_shutdown_stops_the_plugins_and_releases_the_store(tmp_path: Path, made:
     lock = lock_path(service.settings)
     assert lock is not None
     assert groups
-    assert live_members(groups)
+    assert members(groups)
     assert not lock_is_free(lock)
     extension.shutdown(app)
     extension.shutdown(app)  # twice is harmless
     assert marker.exists()
     assert service.host.manager.history("core")[-1].reason == "stopped"
-    wait_for(lambda: not live_members(groups), timeout=5)
+    wait_for(lambda: not members(groups), timeout=5)
     assert lock_is_free(lock)
     successor = host(**config)
     PluginHealth(successor, url_prefix=PREFIX)

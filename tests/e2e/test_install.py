@@ -107,7 +107,7 @@ def test_the_wheel_installs_a_package_that_owes_nothing_to_the_repository(instal
     assert version.stdout == "plugin-health, version 0.1.0\n"
     helped = checked(installed.run(installed.bin("plugin-health"), "--help"), "--help")
     assert [line.split()[0] for line in helped.stdout.split("Commands:\n")[1].splitlines()] == [
-        "check", "diagram", "health", "history", "list", "serve"]
+        "check", "diagram", "health", "history", "list", "serve", "watch"]
 
 
 def test_check_finds_the_examples_the_wheel_carries(installed: Installed) -> None:
