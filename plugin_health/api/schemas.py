@@ -6,6 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from plugin_health.api.pages import MAX_LIMIT, decode_token
 from plugin_health.diagrams import FORMATS
 from plugin_health.health import STATUSES
 from plugin_health.lifecycle import PluginLifecycleState
@@ -278,10 +279,24 @@ class StateField(fields.Field):  # type: ignore[type-arg]
             raise ValidationError(str(err)) from None
 
 
+class ContinueField(fields.Field):  # type: ignore[type-arg]
+    """A continue token of the plugin list, loaded as the name the next page starts after."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        try:
+            return decode_token(value if isinstance(value, str) else "")
+        except ValueError as err:
+            raise ValidationError(str(err)) from None
+
+
 class ListQuery(Schema):
-    """Query of the plugin list."""
+    """Query of the plugin list: a state to filter by, and a page (``limit``, ``continue``)."""
 
     state = StateField(load_default=None)
+    limit = fields.Integer(load_default=None, strict=False, validate=validate.Range(1, MAX_LIMIT), metadata={
+        "description": f"at most this many plugins (1-{MAX_LIMIT}); the next page's token comes in X-Continue"})
+    after = ContinueField(data_key="continue", load_default=None, metadata={
+        "description": "where the page before ended (its X-Continue, opaque)"})
 
 
 class DiagramQuery(Schema):
