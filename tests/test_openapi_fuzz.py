@@ -110,11 +110,16 @@ def assert_contract(response: Any, app: Flask, authorized: bool) -> None:
         assert "hunter2" not in text
 
 
+#: Schemathesis asks for gzip as HTTP libraries do, but reads the Flask test client's bodies as they come (no
+#: decoding): the fuzz reads identity answers; tests/test_list_pages.py checks the gzip ones.
+IDENTITY = {"Accept-Encoding": "identity"}
+
+
 def fuzz(case: schemathesis.Case[Any], app: Flask) -> None:
     """Send ``case`` without and with the admin token (error messages hidden, then shown) and validate both."""
-    for headers in ({}, AUTH):
+    for headers in (IDENTITY, {**IDENTITY, **AUTH}):
         response = case.call_and_validate(app=app, headers=headers)
-        assert_contract(response, app, authorized=bool(headers))
+        assert_contract(response, app, authorized="Authorization" in headers)
 
 
 @schema.parametrize()

@@ -14,6 +14,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, request
 
 from plugin_health import diagrams
+from plugin_health.api.pages import MAX_LIMIT, TOKEN_PATTERN
 from plugin_health.api.plugins import service
 from plugin_health.api.schemas import (
     STATE_NAMES,
@@ -57,7 +58,23 @@ IF_NONE_MATCH = {
     "schema": {"type": "string"},
     "description": "the ETag of an answer already held: 304 while it is still current",
 }
-ETAG = {"ETag": {"description": "strong validator of this answer", "required": True, "schema": {"type": "string"}}}
+ETAG = {"ETag": {"description": "strong validator of this answer (one per encoding: the gzip one differs)",
+                 "required": True, "schema": {"type": "string"}}}
+#: Every cached answer may be gzip-compressed (Accept-Encoding: gzip, 1 KiB or more), so each says it varies.
+ENCODED = {
+    "Vary": {"description": "Accept-Encoding: the answer is gzip-compressed for a client that accepts it",
+             "required": True, "schema": {"type": "string", "enum": ["Accept-Encoding"]}},
+    "Content-Encoding": {"description": "gzip when the client sent Accept-Encoding: gzip (or *) and the answer is "
+                                        "1 KiB or more; absent otherwise", "schema": {"type": "string",
+                                                                                   "enum": ["gzip"]}},
+}
+#: The list's page headers: present when more plugins follow the page.
+PAGE_HEADERS = {
+    "Link": {"description": 'RFC 8288: <...?limit=N&continue=TOKEN>; rel="next", the next page (with ?state= '
+                            "if given); absent on the last page", "schema": {"type": "string"}},
+    "X-Continue": {"description": "the next page's continue token (opaque), absent on the last page",
+                   "schema": {"type": "string", "pattern": TOKEN_PATTERN}},
+}
 
 
 #: One event of ``/v1/events`` (before OpenAPI 3.2, a text/event-stream's schema describes each event).
@@ -112,9 +129,10 @@ def _operation(summary: str, parameters: list[dict[str, Any]], responses: dict[s
 
 def _cached(summary: str, parameters: list[dict[str, Any]], responses: dict[str, Any]) -> dict[str, Any]:
     """A GET operation answered from the per-version cache: ETag on each answer, 304 for ``If-None-Match``."""
-    answers = {status: {**answer, "headers": ETAG} if status in ("200", "503") else answer
-               for status, answer in responses.items()}
-    answers["304"] = {"description": "not modified: the ETag given is still current", "headers": ETAG}
+    answers = {status: {**answer, "headers": {**ETAG, **ENCODED, **answer.get("headers", {})}}
+               if status in ("200", "503") else answer for status, answer in responses.items()}
+    answers["304"] = {"description": "not modified: the ETag given is still current",
+                      "headers": {**ETAG, "Vary": ENCODED["Vary"]}}
     return _operation(summary, [*parameters, IF_NONE_MATCH], answers)
 
 
@@ -201,8 +219,15 @@ def document() -> dict[str, Any]:
     health = "PluginHealthResponse"
     state = {"name": "state", "in": "query", "description": f"only plugins in this state: {', '.join(STATE_NAMES)}, "
              "in any case", "schema": {"type": "string", "pattern": STATE_PATTERN}}
-    spec.path("/v1/plugins/", operations=_cached("Every plugin's health, ordered by name", [state], {
-        "200": _json("plugins", {"type": "array", "items": health}), "400": _problem("invalid input")}))
+    limit = {"name": "limit", "in": "query", "description": f"a page: at most this many plugins (1-{MAX_LIMIT}); "
+             "without it, every plugin", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}}
+    after = {"name": "continue", "in": "query", "description": "the next page: the X-Continue (or the Link's "
+             "continue) of the page before, as given (opaque); pages are cut by name, so a plugin added meanwhile "
+             "shows if it sorts after the cursor", "schema": {"type": "string", "pattern": TOKEN_PATTERN}}
+    spec.path("/v1/plugins/", operations=_cached("Every plugin's health, ordered by name", [state, limit, after], {
+        "200": {**_json("plugins (a page of them with ?limit=)", {"type": "array", "items": health}),
+                "headers": PAGE_HEADERS},
+        "400": _problem("invalid input: an unknown state, a limit outside 1-1000, a continue that is no token")}))
     spec.path("/v1/plugins/{name}/health", operations=_cached("One plugin's health", [NAME], {
         "200": _json("healthy", health), "503": _json("not healthy", health), "400": _problem("invalid name"),
         "404": _problem("no such plugin")}))

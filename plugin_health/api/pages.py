@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from typing import TypeVar
 from urllib.parse import urlencode
 
-from plugin_health.loader.registry import valid_name
-
 #: The largest page (``?limit=``).
 MAX_LIMIT = 1000
-#: What a token may look like: base64url without padding of a name of at most 100 characters.
-TOKEN_PATTERN = "^[A-Za-z0-9_-]{1,136}$"
+#: What a token may look like: base64url without padding (never one character past a group of four) of at most
+#: 101 bytes. Every string of this form is a token (of where to continue after), so the OpenAPI document's pattern
+#: says exactly which are accepted; anything else is refused.
+TOKEN_PATTERN = "^((?:[A-Za-z0-9_-]{4}){1,33}(?:[A-Za-z0-9_-]{2,3})?|[A-Za-z0-9_-]{2,3})$"
 _TOKEN = re.compile(TOKEN_PATTERN)
 #: The header carrying the next page's token (the body stays a JSON array), besides ``Link: <...>; rel="next"``.
 CONTINUE_HEADER = "X-Continue"
@@ -36,16 +36,19 @@ def encode_token(name: str) -> str:
 
 
 def decode_token(token: str) -> str:
-    """The name ``token`` continues after; ``ValueError`` for anything ``encode_token`` does not make."""
-    if not _TOKEN.match(token):
+    """Where ``token`` continues: after this string (the name ``encode_token`` was given); ``ValueError`` for a
+    string that is not of the form ``TOKEN_PATTERN`` says.
+
+    A well-formed token that ``encode_token`` did not make still decodes (its bytes read as Latin-1, trailing bits
+    ignored): it names a place in the order of names like any other, and the page after it is well defined.
+    """
+    if not _TOKEN.fullmatch(token):
         raise ValueError(INVALID_TOKEN)
     try:
-        name = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError) as err:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except binascii.Error as err:  # not expected of the pattern's strings; refused all the same
         raise ValueError(INVALID_TOKEN) from err
-    if not valid_name(name) or encode_token(name) != token:  # one token per name: no trailing bits, no padding
-        raise ValueError(INVALID_TOKEN)
-    return name
+    return raw.decode("latin-1")
 
 
 def page(items: Sequence[T], limit: int | None) -> tuple[Sequence[T], bool]:
