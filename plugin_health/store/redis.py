@@ -253,6 +253,7 @@ class Replicator:
         self.client, self.keys = connect(url, timeout)
         self._pushed: dict[str, str] | None = None  # plugin rows as last copied (None: copy them all)
         self._copied = 0  # the last local sequence number copied
+        self._version: int | None = None  # the local store's version at the last copy
 
     def replicate(self) -> int:
         """Copy to Redis what the local store recorded since the cursor; how many transitions were copied.
@@ -261,10 +262,14 @@ class Replicator:
         lost (it may have run) is never made twice. RedisError when Redis does not answer (nothing is lost: the
         next call copies it).
         """
+        version = self.local.version()  # read first: a write after it moves it, and the next call copies that write
+        if version == self._version and self._pushed is not None:
+            return 0  # nothing written since the last copy (one indexed read, not every row)
         store_id = self.local.store_id()
         local_seq = self.local.last_seq()
         rows = self.local.rows()
         if local_seq == self._copied and rows == self._pushed:
+            self._version = version
             return 0
         cursor_key, version_key = self.keys.cursor(self.instance), self.keys.version()
         copied = reached = 0
@@ -309,7 +314,7 @@ class Replicator:
         except redis.RedisError:
             self._pushed = None  # the copy may or may not have run: next time, send every row again
             raise
-        self._pushed, self._copied = rows, reached
+        self._pushed, self._copied, self._version = rows, reached, version
         return copied
 
     def beat(self, info: InstanceInfo) -> None:
