@@ -7,10 +7,15 @@ files there, and any worker's
 ``/metrics`` sums them all (prometheus_client's multiprocess mode). How many plugins are in each state is not
 counted at all: it is read from the store when scraped, so it is the same from every worker.
 
-Per-plugin failures, timeouts and crashes are ``plugin_health_sandbox_calls_total`` by its ``outcome`` label
-(``ok``, ``error``, ``timeout``, ``memory``, ``crash``). Which plugins are unwell, and why, is
+Series are bounded by states, routes and plugins, never by plugins x methods x outcomes (10,000 plugins made
+30,000 call series, 2.6 MB and 0.6 s a scrape). Calls are counted without the plugin, by ``call`` (the lifecycle
+method, or ``tool``) and ``outcome`` (``ok``, ``error``, ``timeout``, ``memory``, ``crash``):
+``plugin_health_sandbox_calls_total``. What a user needs per plugin is which ones fail:
+``plugin_health_plugin_failed_calls_total``, a plugin's calls that did not end ``ok``, one series per plugin from
+its first failure and none for a plugin whose calls all succeed (10,000 series at 0 cost 130-380 ms a scrape,
+merged from the core's file by every scrape). Which plugins are unwell, and why, is
 ``plugin_health_plugin_unhealthy``: read from the store like the states, one series per unhealthy plugin and none
-for a healthy one, so its series are bounded by the plugins (``deploy/prometheus`` alerts on it).
+for a healthy one (``deploy/prometheus`` alerts on it).
 """
 
 from __future__ import annotations
@@ -39,7 +44,12 @@ TRANSITIONS = Counter(
     "plugin_health_transitions", "Lifecycle transitions of every plugin", ["from_state", "to_state", "trigger"]
 )
 CALLS = Counter(
-    "plugin_health_sandbox_calls", "Calls into plugin code through the sandbox", ["plugin", "method", "outcome"]
+    "plugin_health_sandbox_calls", "Calls into plugin code through the sandbox, by call and outcome",
+    ["call", "outcome"],
+)
+PLUGIN_FAILED_CALLS = Counter(
+    "plugin_health_plugin_failed_calls", "Calls into a plugin's code that did not end ok (from its first one)",
+    ["plugin"],
 )
 CALL_SECONDS = Histogram(
     "plugin_health_sandbox_call_duration_seconds", "Duration of calls into plugin code", ["isolation", "call"],
@@ -65,6 +75,9 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTI
 LOSS_CAUSES = {CRASHED: "crash", TIMEOUT: "timeout", MEMORY: "memory"}
 for _cause in LOSS_CAUSES.values():
     RUNNERS_LOST.labels(_cause)  # every cause has a series from the start: a first loss is an increase() too
+for _call in (*sorted(LIFECYCLE_CALLS), "tool"):
+    for _outcome in (*OUTCOMES.values(), "error"):
+        CALLS.labels(_call, _outcome)  # 25 series, each an increase() from its first count too
 #: A FAILED plugin's reason once no automatic restart is left (``supervision.RESTART_LIMIT_REACHED``, a layer
 #: above this one; tests/test_metrics.py checks that they agree).
 RESTART_LIMIT_REACHED = "restart limit reached"
@@ -83,9 +96,11 @@ def observe_transition(record: TransitionRecord) -> None:
 def observe_call(plugin: str, method: str, isolation: str, result: PluginSandboxResult) -> None:
     """Count one call into plugin code and its duration (a loader observer)."""
     outcome = OUTCOMES.get(result.error_type, "error")
-    CALLS.labels(plugin, method, outcome).inc()
-    call = method if method in LIFECYCLE_CALLS else "tool"
+    call = method if method in LIFECYCLE_CALLS else "tool"  # tool names are the plugins': not a label of their own
+    CALLS.labels(call, outcome).inc()
     CALL_SECONDS.labels(isolation, call).observe(result.duration_ms / 1000.0)
+    if outcome != "ok":
+        PLUGIN_FAILED_CALLS.labels(plugin).inc()
 
 
 def observe_runner_lost(error_type: str) -> None:

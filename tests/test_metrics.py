@@ -88,18 +88,50 @@ def test_transitions_are_counted(client: FlaskClient) -> None:
     assert sample(text, "plugin_health_transitions_total", from_state="", to_state="LOADED", trigger="load") >= 3
 
 
-def test_sandbox_calls_are_counted_by_plugin_and_outcome(client: FlaskClient) -> None:
+def test_sandbox_calls_are_counted_by_call_and_outcome_and_failed_ones_by_plugin(client: FlaskClient) -> None:
     before = scrape(client)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     for _ in range(3):
         assert client.post("/v1/plugins/alpha/tools/ping", headers=auth).status_code == 200
     assert client.post("/v1/plugins/alpha/tools/boom", headers=auth).status_code == 502
     after = scrape(client)
-    calls = "plugin_health_sandbox_calls_total"
-    assert delta(before, after, calls, plugin="alpha", method="ping", outcome="ok") == 3
-    assert delta(before, after, calls, plugin="alpha", method="boom", outcome="error") == 1
-    assert sample(after, "plugin_health_sandbox_calls_total", plugin="gamma", method="start", outcome="error") >= 1
+    calls, failed = "plugin_health_sandbox_calls_total", "plugin_health_plugin_failed_calls_total"
+    assert delta(before, after, calls, call="tool", outcome="ok") == 3
+    assert delta(before, after, calls, call="tool", outcome="error") == 1
+    assert sample(after, calls, call="start", outcome="error") >= 1
+    assert delta(before, after, failed, plugin="alpha") == 1
+    assert sample(after, failed, plugin="gamma") >= 1
     assert sample(after, "plugin_health_sandbox_call_duration_seconds_count", isolation="inline", call="tool") >= 4
+
+
+def test_call_series_are_bounded_by_plugins_not_by_their_methods(client: FlaskClient) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.post("/v1/plugins/alpha/tools/boom", headers=auth).status_code == 502
+    text = scrape(client)
+    # No series names a tool; every (call, outcome) has one from the start, so a first timeout is an increase.
+    assert {(s["call"], s["outcome"]) for s in series(text, "plugin_health_sandbox_calls_total")} == {
+        (call, outcome) for call in ("initialize", "start", "stop", "health_check", "tool")
+        for outcome in ("ok", "error", "timeout", "memory", "crash")}
+    # One series per plugin that failed a call (the counters are this process's: other tests' plugins too), none
+    # for one whose calls all succeeded.
+    failed = "plugin_health_plugin_failed_calls_total"
+    failing = [s["plugin"] for s in series(text, failed)]
+    assert {"alpha", "gamma"} <= set(failing)
+    assert len(failing) == len(set(failing))
+    assert sample(text, failed, plugin="alpha") >= 1
+
+
+def test_a_plugin_whose_calls_succeed_has_no_series(tmp_path: Path) -> None:
+    write_plugins(tmp_path, {"fine_and_dandy": "@tool\ndef ping(self):\n    return 'pong'\n"})
+    app = create_app({"plugin_path": str(tmp_path), "store_url": "memory://", "health_interval": 3600,
+                      "admin_token": TOKEN})
+    try:
+        client = app.test_client()
+        assert client.post("/v1/plugins/fine_and_dandy/tools/ping",
+                           headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert series(scrape(client), "plugin_health_plugin_failed_calls_total", plugin="fine_and_dandy") == []
+    finally:
+        app.extensions[EXTENSION].shutdown()
 
 
 def test_http_requests_are_counted_by_route_and_status(client: FlaskClient) -> None:

@@ -134,6 +134,8 @@ def test_the_metric_name_finder_skips_functions_labels_and_variables() -> None:
 def test_the_app_exports_what_the_assets_rely_on(exported: dict[str, set[str]]) -> None:
     assert exported["plugin_health_plugin_unhealthy"] == {"plugin", "state", "critical", "problem"}
     assert exported["plugin_health_runners_lost_total"] == {"cause"}
+    assert exported["plugin_health_sandbox_calls_total"] == {"call", "outcome"}
+    assert exported["plugin_health_plugin_failed_calls_total"] == {"plugin"}  # gamma's start failed
     assert "plugin_health_host_starts_total" in exported
     assert exported["plugin_health_http_request_duration_seconds_bucket"] == {"route", "le"}
 
@@ -185,7 +187,8 @@ def test_the_dashboard_reads_the_chosen_prometheus_and_shows_every_topic() -> No
     assert len({panel["id"] for panel in every}) == len(every)
     queried = " ".join(target["expr"] for panel in every for target in panel.get("targets", []))
     for topic in ("plugin_health_plugins{", "plugin_health_plugin_unhealthy", "plugin_health_transitions_total",
-                  "plugin_health_sandbox_calls_total", "plugin_health_sandbox_call_duration_seconds_bucket",
+                  "plugin_health_sandbox_calls_total", "plugin_health_plugin_failed_calls_total",
+                  "plugin_health_sandbox_call_duration_seconds_bucket",
                   "plugin_health_http_requests_total", "plugin_health_http_request_duration_seconds_bucket",
                   "plugin_health_runners_lost_total", "plugin_health_host_starts_total"):
         assert topic in queried, topic

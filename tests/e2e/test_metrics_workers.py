@@ -53,7 +53,10 @@ def test_counts_of_every_worker_and_the_host_are_summed(
         assert (answer.status, json.loads(answer.body)["result"]) == (200, "pong")
     text = server.get("/metrics").text
     assert sample(text, "plugin_health_http_requests_total", method="GET", route="/v1/plugins/", status="200") == made
-    assert sample(text, "plugin_health_sandbox_calls_total", plugin="solo", method="ping", outcome="ok") == 3
+    assert sample(text, "plugin_health_sandbox_calls_total", call="tool", outcome="ok") == 3
+    assert sample(text, "plugin_health_sandbox_calls_total", call="start", outcome="error") == 1  # sore's
+    assert sample(text, "plugin_health_plugin_failed_calls_total", plugin="sore") == 1
+    assert "plugin_health_plugin_failed_calls_total{plugin=\"solo\"}" not in text  # no failure, no series
     assert sample(text, "plugin_health_plugins", state="RUNNING") == 1
     assert sample(text, "plugin_health_plugins", state="FAILED") == 1
     assert sample(text, "plugin_health_host_up") == 1
@@ -61,6 +64,6 @@ def test_counts_of_every_worker_and_the_host_are_summed(
     pids = counting(server)
     assert len(pids & server.workers()) == 2, (pids, server.workers())
     # The same sums from whichever worker answers the scrape.
-    again = [sample(server.get("/metrics").text, "plugin_health_sandbox_calls_total", plugin="solo", method="ping",
-                    outcome="ok") for _ in range(6)]
+    again = [sample(server.get("/metrics").text, "plugin_health_sandbox_calls_total", call="tool", outcome="ok")
+             for _ in range(6)]
     assert again == [3.0] * 6
