@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "bench"
 # Cheapest first; any other benchmark runs after these.
-ORDER = ("lifecycle", "sandbox", "runtime", "http", "slow", "scale")
+ORDER = ("lifecycle", "sandbox", "runtime", "http", "slow", "metrics", "scale")
 TIMEOUT = 1200.0  # seconds one benchmark may take before it is stopped
 STOP_WITHIN = 120.0  # seconds between SIGTERM and SIGKILL of a benchmark (it stops its servers meanwhile)
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -153,7 +153,7 @@ def parse_http(out: str) -> Iterator[Figure]:
                 yield Figure("http", f"{topic}: {label}", value, f"{base[1]} ({base[0]})", float(ratio))
 
 
-def parse_scale(out: str) -> Iterator[Figure]:
+def parse_scale(out: str, benchmark: str = "scale") -> Iterator[Figure]:
     """Its tables of ``value (ratio)`` cells per number of plugins: the largest number's row, against the first's."""
     lines = out.splitlines()
     for i, line in enumerate(lines):
@@ -170,7 +170,7 @@ def parse_scale(out: str) -> Iterator[Figure]:
             continue
         (first, base_cells), (last, cells) = rows[0], rows[-1]
         for name, (value, ratio), (base_value, _) in zip(names, cells, base_cells, strict=False):
-            yield Figure("scale", f"{name}, {last} plugins", value, f"{base_value} ({first} plugins)",
+            yield Figure(benchmark, f"{name}, {last} plugins", value, f"{base_value} ({first} plugins)",
                          float(ratio) if ratio != "-" else None)
 
 
@@ -196,6 +196,7 @@ PARSERS: dict[str, Callable[[str], Iterator[Figure]]] = {
     "http": parse_http,
     "slow": parse_slow,
     "scale": parse_scale,
+    "metrics": lambda out: parse_scale(out, "metrics"),  # the same kind of table
 }
 
 
