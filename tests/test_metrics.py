@@ -22,6 +22,7 @@ from plugin_health.app import EXTENSION
 from plugin_health.lifecycle import PluginLifecycleState
 from plugin_health.runtime.hosting import HostProcess
 from plugin_health.store import PluginSnapshot
+from plugin_health.store.memory import MemoryStore
 from plugin_health.supervision import RESTART_LIMIT_REACHED
 
 TOKEN = "metrics-token"
@@ -274,3 +275,44 @@ def test_every_start_of_a_core_process_is_counted(tmp_path: Path) -> None:
     finally:
         host.stop()
     assert host_starts(counts) == 2
+
+
+class StubService:
+    """What the collector reads of a service: its store, and whether a host lives."""
+
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+
+    def host_problem(self) -> None:
+        return None
+
+
+def gauges(collector: metrics.StoreCollector) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The collector's samples by name."""
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in collector.collect():
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def test_the_gauges_are_worked_out_again_when_the_store_moves_or_a_plugin_turns_stale() -> None:
+    service = StubService()
+    now = datetime.now(UTC)
+    running = PluginSnapshot("p", PluginLifecycleState.RUNNING, now, last_check=now, last_check_ok=True,
+                             stale_after=now + timedelta(seconds=0.3))
+    service.store.put(running)
+    reads: list[int] = []
+    snapshots = service.store.snapshots
+    service.store.snapshots = lambda: reads.append(1) or snapshots()  # type: ignore[method-assign]
+    collector = metrics.StoreCollector(service)  # type: ignore[arg-type]
+    assert gauges(collector)["plugin_health_plugins_healthy"] == [({}, 1)]
+    assert gauges(collector)["plugin_health_plugins_healthy"] == [({}, 1)]
+    assert len(reads) == 1  # the same version, and nothing turned stale: not read again
+    wait_for(lambda: gauges(collector)["plugin_health_plugins_healthy"] == [({}, 0)], timeout=5)
+    assert gauges(collector)["plugin_health_plugin_unhealthy"] == [
+        ({"plugin": "p", "state": "RUNNING", "critical": "false", "problem": "stale"}, 1)]
+    service.store.put(PluginSnapshot("p", PluginLifecycleState.FAILED, now, reason="x"))  # the version moves
+    assert gauges(collector)["plugin_health_plugin_unhealthy"] == [
+        ({"plugin": "p", "state": "FAILED", "critical": "false", "problem": "failed"}, 1)]
+    assert ({"state": "FAILED"}, 1) in gauges(collector)["plugin_health_plugins"]
