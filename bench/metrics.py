@@ -10,8 +10,11 @@ tenth one a tool ``boom`` that raises), starts ``gunicorn -c gunicorn.conf.py`` 
 sandbox (``initialize``, ``start``, its first ``health_check``), so its series exist. It then calls ``ping`` on
 up to 100 plugins and ``boom`` on up to 10 (so that failed calls are counted too), GETs ``/metrics`` once to
 warm a worker, and times ``--scrapes`` more GETs of it, one after another (each lands on whichever worker
-accepts it: the figure is what Prometheus sees). It prints the median and p90 scrape time, the body's size and
-its number of samples, each followed by its ratio to the first (smallest) number of plugins.
+accepts it: the figure is what Prometheus sees; a worker's first scrape reads every snapshot, its next ones only
+after the store's version moved), then a third as many right after an operator restart of a plugin (the store's
+version moved: the worker reads the snapshots again). It prints the median and p90 scrape time, the median right
+after a restart, the body's size and its number of samples, each followed by its ratio to the first (smallest)
+number of plugins.
 
 Like ``bench/scale.py``, it speaks HTTP through ``_serve`` and never imports ``plugin_health``.
 """
@@ -46,6 +49,7 @@ class Row:
     p90: float = 0.0
     size: int = 0  # bytes of the last scrape
     samples: int = 0  # its sample lines
+    moved: float = 0.0  # median seconds of a scrape right after the store's version moved
 
 
 def write_plugins(directory: Path, count: int) -> None:
@@ -55,12 +59,11 @@ def write_plugins(directory: Path, count: int) -> None:
         (directory / f"p{i:05d}.py").write_text(FAILING if i % 10 == 0 else PLUGIN)
 
 
-def call(server: Server, plugin: str, tool: str, expect: int) -> None:
-    """POST one tool call with the operator token; it must answer ``expect``."""
-    reply = fetch(server.port, f"/v1/plugins/{plugin}/tools/{tool}", {"Authorization": f"Bearer {TOKEN}"},
-                  timeout=60.0, method="POST")
+def post(server: Server, path: str, expect: int) -> None:
+    """POST ``path`` with the operator token; it must answer ``expect``."""
+    reply = fetch(server.port, path, {"Authorization": f"Bearer {TOKEN}"}, timeout=60.0, method="POST")
     if reply.status != expect:
-        raise RuntimeError(f"POST {plugin}.{tool} answered {reply.status}, not {expect}")
+        raise RuntimeError(f"POST {path} answered {reply.status}, not {expect}")
 
 
 def measure(plugins: int, work: Path, scrapes: int) -> Row:
@@ -79,9 +82,9 @@ def measure(plugins: int, work: Path, scrapes: int) -> Row:
         server.start()
         step = max(1, plugins // 100)
         for i in range(0, plugins, step):
-            call(server, f"p{i:05d}", "ping", 200)
+            post(server, f"/v1/plugins/p{i:05d}/tools/ping", 200)
         for i in range(0, min(plugins, 10 * step * 10), 10 * step):
-            call(server, f"p{i:05d}", "boom", 502)
+            post(server, f"/v1/plugins/p{i:05d}/tools/boom", 502)
         fetch(server.port, "/metrics", timeout=120.0)
         times = []
         for _ in range(scrapes):
@@ -94,6 +97,15 @@ def measure(plugins: int, work: Path, scrapes: int) -> Row:
         row.p90 = statistics.quantiles(times, n=10)[-1] if len(times) > 1 else times[0]
         row.size = len(reply.body)
         row.samples = sum(1 for line in reply.body.splitlines() if line and not line.startswith(b"#"))
+        # The worst case of the workers' caches: each scrape after an operator restart of a plugin (the store's
+        # version moved: the scraped worker reads the snapshots again).
+        moved = []
+        for _ in range(max(3, scrapes // 3)):
+            post(server, "/v1/plugins/p00001/restart", 200)
+            began = time.perf_counter()
+            fetch(server.port, "/metrics", timeout=120.0)
+            moved.append(time.perf_counter() - began)
+        row.moved = statistics.median(moved)
     return row
 
 
@@ -118,11 +130,12 @@ def main() -> None:
     print(f"GET /metrics, {scrapes} scrapes one after another after one to warm up; each value is followed by its "
           f"ratio to the {rows[0].plugins:,}-plugin row (the baseline)\n")
     base = rows[0]
-    print(f"{'plugins':>8}{'scrape p50':>22}{'scrape p90':>22}{'body':>22}{'samples':>20}")
+    print(f"{'plugins':>8}{'scrape p50':>22}{'scrape p90':>22}{'p50, store moved':>22}{'body':>22}{'samples':>20}")
     for row in rows:
         print(f"{row.plugins:>8,}"
               f"{f'{fmt_time(row.median)} ({row.median / base.median:.2f})':>22}"
               f"{f'{fmt_time(row.p90)} ({row.p90 / base.p90:.2f})':>22}"
+              f"{f'{fmt_time(row.moved)} ({row.moved / base.moved:.2f})':>22}"
               f"{f'{row.size / 1e3:,.1f} kB ({row.size / base.size:.2f})':>22}"
               f"{f'{row.samples:,} ({row.samples / base.samples:.2f})':>20}")
 
