@@ -9,7 +9,8 @@ Every ``bench/<name>.py`` whose name does not start with ``_`` is a benchmark; e
 ``bench/http.py`` would shadow the standard library's ``http`` here). Their output is shown as it comes, then
 parsed for the figures of the combined table: benchmark, figure, value, the baseline it names (measured in the
 same run) and the ratio. ``--quick`` passes ``--quick`` to the benchmarks that take it (shorter runs); ``--only``
-runs some of them. The full run takes about 8 minutes on 2 cores; ``--quick`` about 3.
+runs some of them. The full run takes about 10 minutes on 2 cores (``bench/metrics.py`` about 2 of them);
+``--quick`` about 4.
 
 The exit status is 1 if a benchmark failed. Interrupted (Ctrl-C, SIGTERM), the running benchmark gets a SIGTERM,
 on which those that start servers stop them.
