@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from flask import Response, request
+from werkzeug.http import quote_etag
 
 from plugin_health.store import StateStore
 
@@ -227,11 +228,13 @@ def accepts_gzip() -> bool:
 
 
 def _not_modified(etag: str) -> Response:
-    response = Response(status=304)
-    response.set_etag(etag)
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["Vary"] = "Accept-Encoding"
-    return response
+    # Headers given whole to the constructor: each ``headers[...] = `` scans the list to replace (a third of a
+    # cached read's Python time went to setting six headers one by one).
+    return Response(status=304, headers=[("ETag", quote_etag(etag)), *_ALWAYS])
+
+
+#: Headers of every cached answer and 304.
+_ALWAYS = (("Cache-Control", "no-cache"), ("Vary", "Accept-Encoding"))
 
 
 def respond(entry: Cached, media_type: str) -> Response:
@@ -239,17 +242,12 @@ def respond(entry: Cached, media_type: str) -> Response:
     it, or 304 when the client already holds it (compared weakly, as RFC 9110 says of ``If-None-Match``:
     ``W/"tag"`` and ``*`` match too; the identity tag matches whatever the client accepts, see ``_held``)."""
     encoding = entry.encoding()
-    for held in dict.fromkeys((entry.etag_of(encoding), entry.etag)):
-        if request.if_none_match.contains_weak(held):
-            return _not_modified(held)
+    if "HTTP_IF_NONE_MATCH" in request.environ:  # most reads carry none: no header to parse
+        for held in dict.fromkeys((entry.etag_of(encoding), entry.etag)):
+            if request.if_none_match.contains_weak(held):
+                return _not_modified(held)
+    headers = [("Content-Type", media_type), *entry.headers, ("ETag", quote_etag(entry.etag_of(encoding))), *_ALWAYS]
     if encoding == GZIP:
-        response = Response(entry.gzipped(), status=entry.status)
-        response.headers["Content-Encoding"] = GZIP
-    else:
-        response = Response(entry.body, status=entry.status)
-    response.headers["Content-Type"] = media_type
-    response.headers.extend(entry.headers)
-    response.set_etag(entry.etag_of(encoding))
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["Vary"] = "Accept-Encoding"
-    return response
+        headers.append(("Content-Encoding", GZIP))
+        return Response(entry.gzipped(), status=entry.status, headers=headers)
+    return Response(entry.body, status=entry.status, headers=headers)
