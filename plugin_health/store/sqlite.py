@@ -85,7 +85,9 @@ class SQLiteStore:
         self._watch_lock = threading.Lock()
         self._watch: sqlite3.Connection | None = None
         self._watch_pid = 0
-        self._seen: tuple[int, int] | None = None
+        self._data_version: int | None = None
+        self._seen_version: int | None = None
+        self._seen_meta: dict[str, str | None] = {}
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
             conn.executescript(_MOVES)
@@ -222,23 +224,30 @@ class SQLiteStore:
         Read again only when ``PRAGMA data_version`` says another connection committed since the last look (this
         connection never writes, so every write of every process counts): 3 us instead of 20 for a read of the
         meta table through the pool, on every cached answer. data_version is read first, so a write between the
-        two statements makes the next call read again, never keeps an old version.
+        two statements makes the next call read again, never keeps an old version. A write of this process's own
+        goes through another connection of the pool, so it counts too.
         """
         with self._watch_lock:
-            if self._watch is None or self._watch_pid != os.getpid():
-                # One opened before a fork stays referenced and unused (see _forget_inherited).
-                with self._lock:
-                    if self._watch is not None:
-                        self._inherited.append(self._watch)
-                self._watch, self._watch_pid, self._seen = self._open(), os.getpid(), None
-            watch = self._watch
-            data_version = int(watch.execute("PRAGMA data_version").fetchone()[0])
-            seen = self._seen
-            if seen is not None and seen[0] == data_version:
-                return seen[1]
-            version = int(watch.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
-            self._seen = (data_version, version)
+            watch = self._watched()
+            version = self._seen_version
+            if version is None:
+                version = self._seen_version = int(
+                    watch.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
             return version
+
+    def _watched(self) -> sqlite3.Connection:
+        """The connection of ``version()``, its values read at the current data_version forgotten if another
+        connection committed since (the caller holds ``_watch_lock``)."""
+        if self._watch is None or self._watch_pid != os.getpid():
+            # One opened before a fork stays referenced and unused (see _forget_inherited).
+            with self._lock:
+                if self._watch is not None:
+                    self._inherited.append(self._watch)
+            self._watch, self._watch_pid, self._data_version = self._open(), os.getpid(), None
+        data_version = int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+        if data_version != self._data_version:
+            self._data_version, self._seen_version, self._seen_meta = data_version, None, {}
+        return self._watch
 
     def snapshots(self) -> list[PluginSnapshot]:
         """Every plugin, by name."""
@@ -269,9 +278,14 @@ class SQLiteStore:
             )
 
     def get_meta(self, key: str) -> str | None:
-        """A kept value, or None."""
-        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
-        return str(rows[0][0]) if rows else None
+        """A kept value, or None (read again only when another connection committed: ``/readyz`` asks each
+        time whether the plugins are loaded)."""
+        with self._watch_lock:
+            watch = self._watched()
+            if key not in self._seen_meta:
+                rows = watch.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchall()
+                self._seen_meta[key] = str(rows[0][0]) if rows else None
+            return self._seen_meta[key]
 
     def close(self) -> None:
         """Close this process's idle connections (one in use is closed or kept when its call ends; a later call
@@ -286,6 +300,6 @@ class SQLiteStore:
                 else:
                     with self._lock:
                         self._inherited.append(self._watch)
-            self._watch, self._seen = None, None
+            self._watch, self._data_version = None, None
         for conn in idle:
             conn.close()
