@@ -6,7 +6,7 @@ import dataclasses
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, request
@@ -25,7 +25,7 @@ from plugin_health.api.schemas import (
     plugin_health_response,
 )
 from plugin_health.errors import UnknownPluginError, public_error_type
-from plugin_health.lifecycle import TransitionRecord
+from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
 from plugin_health.loader.registry import valid_name
 from plugin_health.store import PluginSnapshot, StateStore
 
@@ -114,6 +114,31 @@ def dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
+def list_key(state: PluginLifecycleState | None, limit: int | None, after: str | None, visible: bool) -> Hashable:
+    """The cache key of the list (or of one page of it) as a caller who may (or may not) see details gets it."""
+    # The whole list keeps the key it always had (and so its ETags); a page is a key of its own.
+    return ("list", state, visible) if limit is None and after is None else ("list", state, visible, limit, after)
+
+
+def build_list(
+    source: StateStore, state: PluginLifecycleState | None, limit: int | None, after: str | None, visible: bool,
+    path: str,
+) -> Built:
+    """The list's answer (or one page's, whose links point at ``path``) as it is now in ``source``."""
+    snapshots = [s for s in source.snapshots()
+                 if (state is None or s.state is state) and (after is None or s.name > after)]
+    shown, more = pages.page(snapshots, limit)
+    horizon = Horizon()
+    body = dumps(dump_list(redact(shown, visible), horizon))
+    if not more:
+        return body, 200, horizon.until
+    assert limit is not None
+    last = shown[-1].name
+    return body, 200, horizon.until, (
+        ("Link", pages.next_link(path, None if state is None else state.value, limit, last)),
+        (pages.CONTINUE_HEADER, pages.encode_token(last)))
+
+
 @bp.get("/")
 def list_plugins() -> Response:
     """Every plugin's health, ordered by name; ``?state=FAILED`` filters; ``?limit=N`` pages (the next page's
@@ -122,24 +147,8 @@ def list_plugins() -> Response:
     state, limit, after = query["state"], query["limit"], query["after"]
     visible = details_visible()
     path = request.path
-
-    def build() -> Built:
-        snapshots = [s for s in store().snapshots()
-                     if (state is None or s.state is state) and (after is None or s.name > after)]
-        shown, more = pages.page(snapshots, limit)
-        horizon = Horizon()
-        body = dumps(dump_list(redact(shown, visible), horizon))
-        if not more:
-            return body, 200, horizon.until
-        assert limit is not None
-        last = shown[-1].name
-        return body, 200, horizon.until, (
-            ("Link", pages.next_link(path, None if state is None else state.value, limit, last)),
-            (pages.CONTINUE_HEADER, pages.encode_token(last)))
-
-    # The whole list keeps the key it always had (and so its ETags); a page is a key of its own.
-    key = ("list", state, visible) if limit is None and after is None else ("list", state, visible, limit, after)
-    return cache().respond(key, build, JSON, shortcut=True)
+    return cache().respond(list_key(state, limit, after, visible),
+                           lambda: build_list(store(), state, limit, after, visible, path), JSON, shortcut=True)
 
 
 @bp.get("/<name>/health")

@@ -217,7 +217,8 @@ def pre_request(worker: Any, req: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     """Refuse a gevent worker whose app runs a core of its own (``-k gevent`` with host mode ``embedded`` or a
     ``memory://`` store): the master stops, saying so, instead of plugins failing as their runners get lost.
-    Otherwise tell the app when its worker stops (recycled or shut down), so that its event streams end then."""
+    Otherwise tell the app when its worker stops (recycled or shut down), so that its event streams end then, and
+    warm it before it accepts: its first list is served from the cache, not built on a client's request."""
     service: Any = getattr(worker.wsgi, "extensions", {}).get("plugin_health")
     if service is not None:
         service.serving = lambda: worker.alive
@@ -228,3 +229,14 @@ def post_worker_init(worker: Any) -> None:
         from gunicorn.arbiter import Arbiter
 
         sys.exit(Arbiter.WORKER_BOOT_ERROR)  # the master stops ("Worker failed to boot")
+    if service is not None:
+        from plugin_health.api.warm import warm
+
+        try:
+            took = warm(worker.wsgi)
+        # Warming only saves the first requests a build: whatever fails in it, the worker serves and builds on
+        # demand as it would have; an exception out of this hook would be a boot error, which stops the master.
+        except Exception:
+            worker.log.exception("plugin-health: worker %s not warmed; its first requests build", worker.pid)
+        else:
+            worker.log.info("plugin-health: worker %s warmed in %.0f ms", worker.pid, took * 1e3)

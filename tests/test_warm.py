@@ -1,0 +1,126 @@
+"""A worker warmed before it takes requests (gunicorn's ``post_worker_init``): its first list is a cache hit."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from plugin_health import create_app
+from plugin_health.api import plugins, warm
+from plugin_health.api.cache import Built
+from plugin_health.app import EXTENSION
+from plugin_health.lifecycle import PluginLifecycleState as S
+from plugin_health.metrics import COLLECTOR, StoreCollector
+from plugin_health.service import Service
+from plugin_health.store import PluginSnapshot
+
+NAMES = [f"p{i:02d}" for i in range(20)]
+LIST_KEY = ("list", None, False)
+
+
+def snapshot(name: str, state: S = S.RUNNING) -> PluginSnapshot:
+    since = datetime.now(UTC) - timedelta(seconds=60)
+    return PluginSnapshot(name=name, state=state, since=since, last_check=since, last_check_ok=True)
+
+
+class Worker:
+    """What ``post_worker_init`` reads of a gunicorn (sync or gthread) worker."""
+
+    def __init__(self, app: Flask) -> None:
+        self.wsgi = app
+        self.alive = True
+        self.pid = 4242
+        self.log = logging.getLogger("test-worker")
+
+
+def service(app: Flask) -> Service:
+    value: Service = app.extensions[EXTENSION]
+    return value
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Flask]:
+    """An app as a gunicorn worker is one: it reads the SQLite store the core writes, and hosts nothing."""
+    (tmp_path / "plugins").mkdir()
+    app = create_app({"plugin_path": str(tmp_path / "plugins"), "store_url": f"sqlite:///{tmp_path / 's.sqlite3'}",
+                      "health_interval": 3600, "host_mode": "external"})
+    service(app).store.put_many([snapshot(name) for name in NAMES])
+    yield app
+    service(app).shutdown()
+
+
+@pytest.fixture
+def post_worker_init(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], None]:
+    """The packaged configuration's hook; importing the configuration chooses the metrics directory (and empties
+    it) unless one is chosen: here a directory of the test's, forgotten after it."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    hook: Callable[[Any], None] = importlib.import_module("plugin_health.serving.gunicorn_conf").post_worker_init
+    return hook
+
+
+def refuse_builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make every build of the list fail the test's request; return the list of builds tried."""
+    tried: list[str] = []
+
+    def build_list(*args: Any) -> Built:
+        tried.append("list")
+        raise AssertionError("the list was built on a request")
+
+    monkeypatch.setattr(plugins, "build_list", build_list)
+    monkeypatch.setattr(warm, "build_list", build_list)
+    return tried
+
+
+def test_a_warmed_worker_serves_its_first_list_from_the_cache(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, post_worker_init: Callable[[Any], None]
+) -> None:
+    post_worker_init(Worker(app))
+    cached = service(app).cache._current(LIST_KEY, service(app).store.version())
+    assert cached is not None
+    assert cached._gzipped is not None
+    collector = app.extensions[COLLECTOR]
+    assert isinstance(collector, StoreCollector)
+    assert collector._cached is not None
+    assert collector._cached[0] == service(app).store.version()
+
+    tried = refuse_builds(monkeypatch)
+    response = app.test_client().get("/v1/plugins/")
+    gzipped = app.test_client().get("/v1/plugins/", headers={"Accept-Encoding": "gzip"})
+    assert tried == []
+    assert response.status_code == 200
+    assert [entry["name"] for entry in response.get_json()] == NAMES
+    assert response.headers["ETag"] == f'"{cached.etag}"'
+    assert gzipped.headers["Content-Encoding"] == "gzip"
+
+
+def test_the_warmed_list_is_what_a_request_builds(app: Flask, tmp_path: Path) -> None:
+    warm.warm(app)
+    warmed = app.test_client().get("/v1/plugins/")
+    service(app).cache._entries.clear()
+    built = app.test_client().get("/v1/plugins/")
+    assert warmed.get_data() == built.get_data()
+    assert warmed.headers["ETag"] == built.headers["ETag"]
+
+
+def test_the_warmed_list_is_built_again_when_the_store_moves(app: Flask) -> None:
+    warm.warm(app)
+    service(app).store.put(snapshot("p03", S.FAILED))
+    states = {entry["name"]: entry["state"] for entry in app.test_client().get("/v1/plugins/").get_json()}
+    assert states["p03"] == "FAILED"
+
+
+def test_a_worker_whose_warming_fails_still_boots(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    post_worker_init: Callable[[Any], None],
+) -> None:
+    refuse_builds(monkeypatch)
+    post_worker_init(Worker(app))
+    assert "not warmed; its first requests build" in caplog.text
+    assert service(app).cache._current(LIST_KEY, service(app).store.version()) is None
