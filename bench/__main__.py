@@ -190,6 +190,43 @@ def parse_slow(out: str) -> Iterator[Figure]:
                 yield Figure("slow", f"/readyz p99, {label}", value, f"{base[1]} ({base[0]})", float(ratio))
 
 
+def parse_list(out: str) -> Iterator[Figure]:
+    """``  request  body  req/s  p99  ratio  [goal]`` rows: req/s against the ``(baseline)`` row of the same encoding
+    (``identity`` in the label, else gzip); a row with a p99 goal gives its p99 against the goal too."""
+    bases: dict[bool, tuple[str, str]] = {}
+    row = re.compile(rf"^  (.+?)\s+([\d,.]+kB)\s+([\d,]+)\s+({_TIME})\s+([\d.]+)(?:\s{{2}}(.*))?$")
+    for line in out.splitlines():
+        if not (match := row.match(line)):
+            continue
+        label, body, rps, p99, ratio, goal = match.groups()
+        identity = "identity" in label
+        if "(baseline)" in label:
+            bases[identity] = (strip_baseline(label), f"{rps} req/s")
+            continue
+        name, value = bases.get(identity, ("?", "?"))
+        yield Figure("list", f"{label} ({body})", f"{rps} req/s", f"{value} ({name})", float(ratio))
+        if found := re.match(r"p99 < (\d+) ms", goal or ""):
+            limit = float(found.group(1)) / 1e3
+            yield Figure("list", f"{label}: p99", p99, f"{found.group(1)} ms (the goal)", seconds(p99) / limit)
+
+
+def parse_cluster(out: str) -> Iterator[Figure]:
+    """``  label  calls/s  p50  p99  ratio  [per round]`` rows: calls/s against the ``(baseline)`` row (one
+    instance), the median of the rounds' ratios."""
+    base = ("", "")
+    row = re.compile(rf"^  (.+?)\s*([\d,]+)\s+({_TIME})\s+({_TIME})\s+([\d.]+)(?:\s{{2}}(.*))?$")
+    for line in out.splitlines():
+        if not (match := row.match(line)):
+            continue
+        label, calls, _, _, ratio, rounds = match.groups()
+        if "(baseline)" in label:
+            base = (strip_baseline(label), f"{calls} calls/s")
+            continue
+        per_round = f" (rounds {rounds.strip()})" if rounds and rounds.strip() else ""
+        yield Figure("cluster", f"tool calls, {label}{per_round}", f"{calls} calls/s",
+                     f"{base[1]} ({base[0]})", float(ratio))
+
+
 PARSERS: dict[str, Callable[[str], Iterator[Figure]]] = {
     "lifecycle": parse_lifecycle,
     "sandbox": parse_sandbox,
@@ -198,6 +235,8 @@ PARSERS: dict[str, Callable[[str], Iterator[Figure]]] = {
     "slow": parse_slow,
     "scale": parse_scale,
     "metrics": lambda out: parse_scale(out, "metrics"),  # the same kind of table
+    "list": parse_list,
+    "cluster": parse_cluster,
 }
 
 
