@@ -19,6 +19,9 @@ which loads them; health checks every 3,600 s, so none run during the measuremen
   ``GET /v1/plugins/``, the list with ``If-None-Match`` (the 304 every dashboard poll gets while nothing changes,
   checked to answer 304 before and after), ``GET /v1/health`` and its 304, and the list again while an operator
   restart of one plugin moves the store's version every second (each worker must build the list again);
+* the first GET of the list in a fresh worker against a warm worker's: every worker replaced (SIGTERM; the master
+  boots others, as when ``max_requests`` recycles one) while the store's version stands still, then the first GET
+  once they are idle, and the median of later ones (issue 13's goal: at most 3x with 1,000 plugins);
 * the resident memory of the plugin host and the median of the workers' after the runs (their caches full).
 
 It prints two tables (start-up, the health reads, the list's size and memory; then the dashboard's data routes),
@@ -36,6 +39,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -90,6 +94,9 @@ class Row:
     rps: dict[str, float] = field(default_factory=dict)  # route -> requests/s
     p99: dict[str, float] = field(default_factory=dict)  # route -> seconds
     cold: dict[str, float] = field(default_factory=dict)  # route -> seconds of the first GET
+    fresh: float = 0.0  # seconds of the first list in a worker booted while the store stood still
+    warm: float = 0.0  # seconds of a list from a worker that had answered it already (median)
+    warmed: list[float] = field(default_factory=list)  # seconds each replacement worker's log says warming took
     list_bytes: int = 0
     host_rss: int = 0
     worker_rss: int = 0
@@ -142,6 +149,53 @@ def churning(server: Server, plugin: str, period: float = 1.0) -> Iterator[None]
         raise RuntimeError(failures[0])
 
 
+def settled(pids: set[int], still: float = 0.3, within: float = 120.0) -> None:
+    """Wait (bounded) until none of ``pids`` used any CPU for ``still`` seconds (booted, idle, accepting)."""
+
+    def cpu() -> dict[int, int]:
+        ticks = {}
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                ticks[pid] = int(fields[11]) + int(fields[12])  # utime + stime
+        return ticks
+
+    deadline = time.monotonic() + within
+    before = cpu()
+    while time.monotonic() < deadline:
+        time.sleep(still)
+        now = cpu()
+        if now == before:
+            return
+        before = now
+
+
+def fresh_and_warm(server: Server, workers: int) -> tuple[float, float, list[float]]:
+    """The first list in a fresh worker against a warm worker's: every worker is replaced (SIGTERM; the master
+    boots others) while the store's version stands still, as a worker recycled by ``max_requests`` starts; once the
+    new ones are idle, the first GET of the list lands on one of them. Then ``4 x workers`` more, the median of the
+    last ``workers`` (by then nearly every worker has answered it). Also what the new workers' logs say warming took."""
+    def gunicorn_workers() -> set[int]:
+        return {pid for pid, cmd in server.children().items() if "gunicorn" in cmd and "core_main" not in cmd}
+
+    old = gunicorn_workers()
+    booted, logged = server.boots(), len(server.log.read_text(errors="replace"))
+    for pid in old:
+        os.kill(pid, signal.SIGTERM)
+    server.wait_for_workers(booted + len(old), within=120.0)
+    deadline = time.monotonic() + 120.0
+    while (gunicorn_workers() & old or len(gunicorn_workers()) < workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    settled(gunicorn_workers())
+    first, reply = timed_fetch(server.port, COLD["list"])
+    if reply.status != 200:
+        raise RuntimeError(f"GET {COLD['list']} in a fresh worker answered {reply.status}")
+    later = [timed_fetch(server.port, COLD["list"])[0] for _ in range(4 * workers)]
+    log = server.log.read_text(errors="replace")[logged:]
+    warmed = [float(ms) / 1e3 for ms in re.findall(r"warmed in (\d+) ms", log)]
+    return first, statistics.median(later[-workers:]), warmed
+
+
 def best(runs: Iterable[WrkResult]) -> WrkResult:
     """The run with the most requests/s (on a shared machine, other load only ever slows a run down)."""
     return max(runs, key=lambda run: run.rps)
@@ -189,6 +243,7 @@ def measure(plugins: int, work: Path, wrk: list[str], rounds: int, workers: int)
             row.rps[key], row.p99[key] = result.rps, result.latency_p99
             row.boots += result.boots
             row.bad += result.bad_status + result.socket_errors
+        row.fresh, row.warm, row.warmed = fresh_and_warm(server, workers)
         # The list while something changes once a second: every worker builds it again after each change.
         with churning(server, f"p{0:05d}"):
             runs = [run_wrk(server, COLD["list"], {}, wrk) for _ in range(rounds)]
@@ -233,6 +288,8 @@ DASHBOARD: list[Column] = [
     ("list req/s, churn", lambda r: r.rps["list churn"], count),
     ("list p99, churn", lambda r: r.p99["list churn"], fmt_time),
     *((f"1st {key}", lambda r, key=key: r.cold[key], fmt_time) for key in COLD),
+    ("1st list, fresh worker", lambda r: r.fresh, fmt_time),
+    ("list, warm worker", lambda r: r.warm, fmt_time),
 ]
 
 
@@ -314,7 +371,11 @@ def main() -> None:
         " the first GET of each route right after start-up"
     )
     print_columns(rows, DASHBOARD)
-    print("\nplugins RUNNING: " + ", ".join(f"{r.running:,}/{r.plugins:,}" for r in rows))
+    print("\nthe first list in a fresh worker against a warm worker's: "
+          + ", ".join(f"{r.plugins:,}: {r.fresh / r.warm:.2f}x" for r in rows) + " (goal at 1,000: at most 3x)")
+    print("warming a worker (its log, median): "
+          + ", ".join(f"{r.plugins:,}: {fmt_time(statistics.median(r.warmed)) if r.warmed else '-'}" for r in rows))
+    print("plugins RUNNING: " + ", ".join(f"{r.running:,}/{r.plugins:,}" for r in rows))
     print("workers booted during the runs (max_requests): " + ", ".join(str(r.boots) for r in rows))
     bad = sum(r.bad for r in rows)
     if bad:

@@ -74,7 +74,6 @@ def refuse_builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         raise AssertionError("the list was built on a request")
 
     monkeypatch.setattr(plugins, "build_list", build_list)
-    monkeypatch.setattr(warm, "build_list", build_list)
     return tried
 
 
