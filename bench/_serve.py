@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,6 +247,21 @@ def write_plugins(directory: Path, count: int) -> None:
     directory.mkdir()
     for i in range(count):
         (directory / f"p{i:05d}.py").write_text(PLUGIN_SOURCE)
+
+
+def plugins_service(
+    plugins: int, work: Path, token: str | None = None, ready_within: float = 600.0,
+    write: Callable[[Path, int], None] = write_plugins,
+) -> Server:
+    """A service (not started) over ``plugins`` plugins that ``write`` puts in ``work`` (trivial ones by default);
+    health checks never due, so that what is measured is the reads; ``token``: the operator token, if the benchmark
+    takes actions."""
+    write(work / "plugins", plugins)
+    env = {**base_env(), "PLUGIN_HEALTH_PLUGIN_PATH": str(work / "plugins"), "PLUGIN_HEALTH_RUN_DIR": str(work / "run"),
+           "PLUGIN_HEALTH_HEALTH_INTERVAL": "3600"}
+    if token is not None:
+        env["PLUGIN_HEALTH_ADMIN_TOKEN"] = token
+    return Server(f"service, {plugins:,} plugins", "wsgi:app", env, work / "service.log", ready_within)
 
 
 def base_env() -> dict[str, str]:

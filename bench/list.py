@@ -39,10 +39,10 @@ from _serve import (
     fetch,
     fmt_time,
     gunicorn_settings,
+    plugins_service,
     run_wrk,
     servers_stopped,
     warm_up,
-    write_plugins,
 )
 
 WRK = ["wrk", "-t2", "-c16", "-d3s", "--latency"]
@@ -67,10 +67,7 @@ class Case:
 def serve(plugins: int, work: Path) -> Server:
     """A service over ``plugins`` trivial plugins (not started)."""
     work.mkdir()
-    write_plugins(work / "plugins", plugins)
-    env = {**base_env(), "PLUGIN_HEALTH_PLUGIN_PATH": str(work / "plugins"),
-           "PLUGIN_HEALTH_RUN_DIR": str(work / "run"), "PLUGIN_HEALTH_HEALTH_INTERVAL": "3600"}
-    return Server(f"service, {plugins:,} plugins", "wsgi:app", env, work / "service.log", 600.0)
+    return plugins_service(plugins, work)
 
 
 def pages_match(server: Server, page: int) -> tuple[int, int]:

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _serve import Server, base_env, describe, fetch, fmt_time, gunicorn_settings, servers_stopped
+from _serve import Server, base_env, describe, fetch, fmt_time, gunicorn_settings, plugins_service, servers_stopped
 
 SIZES = (10, 10_000)
 SCRAPES = 30
@@ -68,16 +68,8 @@ def post(server: Server, path: str, expect: int) -> None:
 
 def measure(plugins: int, work: Path, scrapes: int) -> Row:
     """Start a service with ``plugins`` plugins, make some calls, time ``scrapes`` scrapes, stop it."""
-    write_plugins(work / "plugins", plugins)
-    env = {
-        **base_env(),
-        "PLUGIN_HEALTH_PLUGIN_PATH": str(work / "plugins"),
-        "PLUGIN_HEALTH_RUN_DIR": str(work / "run"),
-        "PLUGIN_HEALTH_HEALTH_INTERVAL": "3600",
-        "PLUGIN_HEALTH_ADMIN_TOKEN": TOKEN,
-    }
     row = Row(plugins)
-    server = Server(f"service, {plugins:,} plugins", "wsgi:app", env, work / "service.log", READY_WITHIN)
+    server = plugins_service(plugins, work, TOKEN, READY_WITHIN, write_plugins)
     with servers_stopped([server]):
         server.start()
         step = max(1, plugins // 100)

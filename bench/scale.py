@@ -60,12 +60,12 @@ from _serve import (
     fetch,
     fmt_time,
     gunicorn_settings,
+    plugins_service,
     rss,
     run_wrk,
     servers_stopped,
     warm_up,
     workers_of,
-    write_plugins,
 )
 
 SIZES = (10, 100, 1000, 10_000)
@@ -203,16 +203,8 @@ def best(runs: Iterable[WrkResult]) -> WrkResult:
 
 def measure(plugins: int, work: Path, wrk: list[str], rounds: int, workers: int) -> Row:
     """Start a service with ``plugins`` trivial plugins, measure it, stop it."""
-    write_plugins(work / "plugins", plugins)
-    env = {
-        **base_env(),
-        "PLUGIN_HEALTH_PLUGIN_PATH": str(work / "plugins"),
-        "PLUGIN_HEALTH_RUN_DIR": str(work / "run"),
-        "PLUGIN_HEALTH_HEALTH_INTERVAL": "3600",
-        "PLUGIN_HEALTH_ADMIN_TOKEN": TOKEN,
-    }
     row = Row(plugins)
-    server = Server(f"service, {plugins:,} plugins", "wsgi:app", env, work / "service.log", READY_WITHIN)
+    server = plugins_service(plugins, work, TOKEN, READY_WITHIN)
     with servers_stopped([server]):
         row.startup = server.start()
         server.wait_for_workers(workers)
