@@ -109,10 +109,15 @@ class Dribblers:
         except BaseException as err:  # noqa: BLE001 - reported by the test, not lost on a thread
             self.errors.append(err)
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop dribbling (the connections stay open): ``sent`` is only whole once the thread is done, since a
+        dropped connection is closed then opened again."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(10.0)
+
+    def stop(self) -> None:
+        self.halt()
         for sock in list(self.sent):
             self._close(sock)
         self.selector.close()
@@ -161,6 +166,7 @@ def test_slow_clients_do_not_starve_probes_or_tool_calls(server: Server, dribble
         time.sleep(PROBE_EVERY)
     for thread in calls:
         thread.join(15.0)
+    dribblers.halt()
 
     assert not dribblers.errors, dribblers.errors
     assert len(dribblers.sent) == SLOW_CLIENTS
