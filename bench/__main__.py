@@ -8,7 +8,8 @@ Every ``bench/<name>.py`` whose name does not start with ``_`` is a benchmark; e
 ``python bench/<name>.py`` from the repository root, as its docstring says (this process never imports them:
 ``bench/http.py`` would shadow the standard library's ``http`` here). Their output is shown as it comes, then
 parsed for the figures of the combined table: benchmark, figure, value, the baseline it names (measured in the
-same run) and the ratio. ``--quick`` passes ``--quick`` to the benchmarks that take it (shorter runs); ``--only``
+same run) and the ratio; a benchmark with no parser here reports its figures itself through ``bench/_figures.py``
+(``BENCH_FIGURES``). ``--quick`` passes ``--quick`` to the benchmarks that take it (shorter runs); ``--only``
 runs some of them. The full run takes about 10 minutes on 2 cores (``bench/metrics.py`` about 2 of them);
 ``--quick`` about 4.
 
@@ -19,12 +20,14 @@ on which those that start servers stop them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -249,8 +252,17 @@ def benchmarks() -> list[str]:
     return [name for name in ORDER if name in found] + sorted(found - set(ORDER))
 
 
-def run(name: str, quick: bool) -> tuple[int, str, float]:
-    """Run ``bench/<name>.py``, echoing its output; return its exit status, its output and the seconds it took."""
+def reported(path: Path, benchmark: str) -> list[Figure]:
+    """The figures a benchmark wrote through ``bench/_figures.py`` (one JSON object a line)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [Figure(benchmark, row["figure"], row["value"], row["baseline"], row["ratio"]) for row in rows]
+
+
+def run(name: str, quick: bool, figures: Path | None = None) -> tuple[int, str, float]:
+    """Run ``bench/<name>.py``, echoing its output; return its exit status, its output and the seconds it took.
+    With ``figures``, the benchmark's own reported figures go to that file (``BENCH_FIGURES``)."""
     script = HERE / f"{name}.py"
     command = [sys.executable, str(script.relative_to(ROOT))]
     if quick and "--quick" in script.read_text():
@@ -259,7 +271,8 @@ def run(name: str, quick: bool) -> tuple[int, str, float]:
     began = time.monotonic()
     # A session of its own: a Ctrl-C in the terminal reaches only this process, which stops the benchmark with a
     # SIGTERM (on which it stops its servers) instead of killing it midway.
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    env = dict(os.environ, BENCH_FIGURES=str(figures)) if figures is not None else None
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True, env=env)
     assert process.stdout is not None
     lines = []
     watchdog = threading.Timer(TIMEOUT, stop, (process,))  # a benchmark that hangs is stopped, and counts as failed
@@ -339,17 +352,18 @@ def main() -> int:
     figures: list[Figure] = []
     took: list[str] = []
     failed = False
+    scratch = Path(tempfile.mkdtemp(prefix="bench-figures-"))
     for name in names:
-        code, out, elapsed = run(name, args.quick)
+        code, out, elapsed = run(name, args.quick, scratch / f"{name}.jsonl")
         took.append(f"{name} {elapsed:.0f} s")
         if code != 0:
             failed = True
             figures.append(Figure(name, f"FAILED: exit status {code}", "", "", None))
             continue
         parse = PARSERS.get(name)
-        parsed = list(parse(out)) if parse is not None else []
+        parsed = list(parse(out)) if parse is not None else reported(scratch / f"{name}.jsonl", name)
         if not parsed:
-            note = "no parser in bench/__main__.py" if parse is None else "no figures found in its output"
+            note = "no figures reported" if parse is None else "no figures found in its output"
             figures.append(Figure(name, f"({note}: see its output above)", "", "", None))
         figures.extend(parsed)
 
