@@ -662,3 +662,36 @@ def test_a_call_with_no_timeout_of_its_own_still_has_a_deadline(make: Callable[.
     result, elapsed = timed(lambda: tools.call("disarm_and_spin"))
     assert_failed(result, "PluginTimeoutError", "timeout of 0.3 s")
     assert elapsed < 0.3 + 0.25 + SLACK
+
+
+def test_a_call_waiting_on_a_runner_being_recycled_for_kept_memory_is_not_blamed(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner of a plugin that kept memory past its limit is killed before its turn is given to anyone else: a
+    bystander's call waiting for that turn must not land in the dying runner and be blamed for the loss (the hostile
+    ``memory_leak`` case, inline, saw its canary quarantined for the leaker's memory now and then)."""
+    bystander = harness.place("bystander")
+    tools = harness.place(memory_limit_mb=64)
+    runner = tools.runner
+    for _ in range(3):
+        assert tools.call("keep_20_mib").ok  # 60 MiB kept: the next call goes past 64
+    killing = threading.Event()
+    kill = type(runner).kill
+
+    def slow_kill(self: object, why: str) -> int | None:  # the killer's thread preempted just before the kill
+        if self is runner and "kept" in why:
+            killing.set()
+            time.sleep(0.3)
+        return kill(self, why)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(runner), "kill", slow_kill)
+    outcomes: dict[str, object] = {}
+    leaker = threading.Thread(target=lambda: outcomes.update(tools=_try(lambda: tools.call("keep_20_mib"))))
+    leaker.start()
+    assert killing.wait(10)
+    outcomes["bystander"] = _try(lambda: bystander.call("count"))
+    leaker.join(10)
+    assert [(loss.culprit, loss.error_type) for loss in harness.losses] == [("tools", "PluginMemoryError")]
+    assert isinstance(outcomes["tools"], PluginSandboxResult)
+    assert_failed(outcomes["tools"], "PluginMemoryError", "past its memory limit of 64 MiB")
+    assert isinstance(outcomes["bystander"], PluginNotRunningError), outcomes["bystander"]

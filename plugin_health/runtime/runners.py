@@ -466,15 +466,17 @@ class RunnerHandle:
                 loss = self.pool.lose(self.runner, self, cause, err.error_type, err.message)
                 return failed(err.error_type, err.message, _since(started)), loss
             self.runner.last = (self, time.monotonic())
-        result = PluginSandboxResult(bool(answer.get("ok")), answer.get("result"), _text(answer.get("error")),
-                                     _text(answer.get("error_type")), _since(started), answer.get("refused") is True)
+            result = PluginSandboxResult(bool(answer.get("ok")), answer.get("result"), _text(answer.get("error")),
+                                         _text(answer.get("error_type")), _since(started),
+                                         answer.get("refused") is True)
+            if answer.get("kept") and result.error_type == MEMORY:
+                # The runner holds what the plugin leaked: only a new runner gives it back. Killed and lost before
+                # its turn is given back, so that no call waiting for it lands in the dying runner and is blamed.
+                self.runner.kill(result.error or "memory kept past its limit")
+                cause = f"plugin {self.name!r} {method}: {result.error}"
+                return result, self.pool.lose(self.runner, self, cause, MEMORY, result.error or "")
         if result.ok and method == "health_check" and answer.get(wire.HEALTH_RESULT) is True:
             result = _health_result(result)
-        if answer.get("kept") and result.error_type == MEMORY:
-            # The runner holds what the plugin leaked: only a new runner gives it back.
-            self.runner.kill(result.error or "memory kept past its limit")
-            cause = f"plugin {self.name!r} {method}: {result.error}"
-            return result, self.pool.lose(self.runner, self, cause, MEMORY, result.error or "")
         return result, None
 
     def uses_process_of(self, other: object) -> bool:

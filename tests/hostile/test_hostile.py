@@ -325,13 +325,7 @@ def kill_parent(h: Hostile) -> None:
 
 
 #: Open bugs these cases found, each failing now and then (never hidden: xfail is not strict, and a pass shows).
-KNOWN_BUGS = {
-    ("memory_leak", "inline"): (
-        "1 run in 6 under CI load: the canary, not the leaking plugin, was blamed for memory kept past a 64 MiB "
-        "limit (the leaker's), so the canary was quarantined; the kept-memory accounting of a shared runner "
-        "misattributes under some interleaving not yet found"
-    ),
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.slow
