@@ -16,6 +16,9 @@
   const TIMELINE_LENGTH = 8; // transitions shown per plugin
   const HISTORY_FETCHES = 3; // history requests in flight at once
   const STREAM_RETRY_MS = 30000; // after the server refused the event stream
+  // Rows drawn at once, and added by each "show more": a table of 10,000 rows takes seconds to lay out, so the page
+  // draws the first of the plugins that match the filter and the search, and counts them all.
+  const WINDOW = 200;
   const SVG_NS = "http://www.w3.org/2000/svg";
   // What of the server's SVG is copied into the page: drawing elements and attributes, nothing that runs or links.
   const SVG_ELEMENTS = new Set(["svg", "g", "title", "path", "polygon", "polyline", "ellipse", "circle", "rect",
@@ -36,6 +39,13 @@
   let diagramText = null;
   const svgs = new Map(); // diagram path -> the last SVG it answered (a 304 means: that one)
   let plugins = new Map(); // name -> the plugin as last drawn
+  let listed = false; // whether the whole list has been drawn (before: the first page only)
+  let moved = 0; // bumped whenever a plugin's last transition changes (the diagram's key)
+  const drawnRows = new Map(); // name -> its row in the table (only the plugins in the window have one)
+  const newer = new Map(); // name -> the time (ms) of a transition an event drew before the list held it
+  let search = (params.get("q") ?? "").trim();
+  let limit = WINDOW; // rows in the window: WINDOW, and WINDOW more for each "show more"
+  let cluster = null; // the last cluster document, drawn again when the search or the window changes
   let stream = null;
   let streamLive = false;
   let timer = null;
@@ -192,11 +202,7 @@
 
   function fillRow(row, plugin) {
     const state = STATES.includes(plugin.state) ? plugin.state : "UNKNOWN";
-    if (row.dataset.state && row.dataset.state !== state) {
-      row.classList.remove("changed");
-      void row.offsetWidth; // restart the highlight animation
-      row.classList.add("changed");
-    }
+    if (row.dataset.state && row.dataset.state !== state) highlight(row);
     row.dataset.state = state;
     for (const known of [...STATES, "UNKNOWN"]) row.classList.toggle(`state-${known.toLowerCase()}`, known === state);
     row.classList.toggle("unhealthy", state === "RUNNING" && plugin.healthy === false);
@@ -224,6 +230,17 @@
     setText(restarts, String(plugin.restarts ?? ""));
   }
 
+  // Outline a row whose state changed. Restarted without reading the layout (offsetWidth would lay the table out
+  // at once): a row still outlined loses its outline now and gets it back two frames later.
+  function highlight(row) {
+    if (!row.classList.contains("changed")) {
+      row.classList.add("changed");
+      return;
+    }
+    row.classList.remove("changed");
+    requestAnimationFrame(() => requestAnimationFrame(() => row.classList.add("changed")));
+  }
+
   // The richer health fields, where the API gives them: the last check's status, what it observed, its output.
   function hasCheck(plugin) {
     return ["check_status", "observed_value", "check_output"].some((key) => plugin[key] !== undefined && plugin[key] !== null);
@@ -249,63 +266,150 @@
     if (text) output.title = text; else output.removeAttribute("title");
   }
 
-  function renderPlugins(list) {
-    const body = $("plugin-rows");
-    const previous = new Map([...body.rows].map((row) => [row.dataset.plugin, row]));
-    const counts = Object.fromEntries(STATES.map((state) => [state, 0]));
-    plugins = new Map(list.map((plugin) => [plugin.name, plugin]));
-    for (const [name, gone] of previous) {
-      if (!plugins.has(name)) {
-        gone.remove();
-        timelines.delete(name);
-        etags.delete(api(historyPath(name)).href); // one coming back draws its timeline from a full answer
-      }
-    }
-    list.forEach((plugin, index) => {
-      let row = previous.get(plugin.name);
-      if (!row) {
-        row = newRow(plugin.name);
-        observer?.observe(row);
-      }
-      fillRow(row, plugin);
-      // In the API's order (by name); a row already in place is not moved (moving restarts its animation).
-      if (body.rows[index] !== row) body.insertBefore(row, body.rows[index] ?? null);
-      if (plugin.state in counts) counts[plugin.state] += 1;
-      if (row.dataset.visible === "true") wantTimeline(plugin.name);
-    });
-    body.dataset.renders = String(Number(body.dataset.renders ?? 0) + 1);
-    $("plugins").classList.toggle("has-checks", list.some(hasCheck));
-    for (const count of document.querySelectorAll("#filters .count")) {
-      setText(count, String(count.dataset.count ? counts[count.dataset.count] : list.length));
-    }
-    if (selected !== null && !plugins.has(selected)) select(null);
-    applyFilter();
-    return counts;
+  // Whether two answers about a plugin say the same (their fields are strings, numbers, booleans, null or short
+  // arrays of strings): an unchanged plugin's row is not touched.
+  function samePlugin(a, b) {
+    const keys = Object.keys(b);
+    if (Object.keys(a).length !== keys.length) return false;
+    return keys.every((key) => a[key] === b[key]
+      || (Array.isArray(a[key]) && Array.isArray(b[key]) && a[key].join("\u0000") === b[key].join("\u0000")));
   }
 
-  function applyFilter() {
-    const rows = [...$("plugin-rows").rows];
-    let shown = 0;
-    for (const row of rows) {
-      row.hidden = filter !== "" && row.dataset.state !== filter;
-      if (!row.hidden) shown += 1;
+  // Draw the list (every plugin, in the API's order): each plugin that changed since the last answer gets its row
+  // filled again; a plugin an event showed a later transition of than this answer holds (an answer on its way as
+  // the transition happened) stays as the event drew it. `partial`: the first page, drawn before the whole list
+  // is in (no counts yet).
+  function renderPlugins(list, partial = false) {
+    const fresh = new Map();
+    const changed = new Set();
+    for (const plugin of list) {
+      const name = String(plugin.name);
+      const before = plugins.get(name);
+      const shown = newer.get(name);
+      if (shown !== undefined && before && Date.parse(plugin.since) < shown) {
+        fresh.set(name, before); // the event's is later: kept until an answer catches up
+        continue;
+      }
+      newer.delete(name);
+      fresh.set(name, plugin);
+      if (!before || !samePlugin(before, plugin)) changed.add(name);
+      if (!before || before.since !== plugin.since) moved += 1;
+    }
+    for (const name of plugins.keys()) {
+      if (!fresh.has(name)) {
+        timelines.delete(name);
+        etags.delete(api(historyPath(name)).href); // one coming back draws its timeline from a full answer
+        if (!partial) changed.add(name);
+      }
+    }
+    if (partial) for (const [name, plugin] of plugins) if (!fresh.has(name)) fresh.set(name, plugin);
+    plugins = fresh;
+    if (!partial) listed = true;
+    drawWindow(changed);
+    $("plugins").classList.toggle("has-checks", list.some(hasCheck));
+    if (!partial) {
+      const body = $("plugin-rows");
+      body.dataset.renders = String(Number(body.dataset.renders ?? 0) + 1);
+      if (selected !== null && !plugins.has(selected)) select(null);
+      if (cluster !== null) renderCluster(cluster); // its window follows the search
+    }
+    return currentCounts();
+  }
+
+  function matches(plugin) {
+    return (filter === "" || plugin.state === filter) && (search === "" || plugin.name.includes(search));
+  }
+
+  // The table: a row for each of the first `limit` plugins that match the filter and the search, in the API's
+  // order. Rows already drawn stay (moved only if out of order: moving restarts their animation); a row is filled
+  // again only if its plugin is in `changed` (null: all of them), or new in the window.
+  function drawWindow(changed = null) {
+    const body = $("plugin-rows");
+    const wanted = [];
+    let matching = 0;
+    for (const plugin of plugins.values()) {
+      if (!matches(plugin)) continue;
+      matching += 1;
+      if (wanted.length < limit) wanted.push(plugin);
+    }
+    const keep = new Set(wanted.map((plugin) => plugin.name));
+    for (const [name, row] of drawnRows) {
+      if (keep.has(name)) continue;
+      observer?.unobserve(row);
+      row.remove();
+      drawnRows.delete(name);
+      timelines.delete(name); // drawn again from its history if it comes back into the window
+    }
+    let next = body.firstElementChild;
+    wanted.forEach((plugin) => {
+      let row = drawnRows.get(plugin.name);
+      if (!row) {
+        row = newRow(plugin.name);
+        row.querySelector(".plugin-name").setAttribute("aria-pressed", String(plugin.name === selected));
+        drawnRows.set(plugin.name, row);
+        fillRow(row, plugin);
+        observer?.observe(row);
+      } else if (changed === null || changed.has(plugin.name)) {
+        fillRow(row, plugin);
+      }
+      if (row === next) next = next.nextElementSibling; else body.insertBefore(row, next);
+      if (row.dataset.visible === "true") wantTimeline(plugin.name);
+    });
+    showCounts(matching, wanted.length);
+  }
+
+  function showCounts(matching, drawn) {
+    const counts = currentCounts();
+    for (const count of document.querySelectorAll("#filters .count")) {
+      setText(count, listed ? String(count.dataset.count ? counts[count.dataset.count] : plugins.size) : "");
     }
     for (const button of document.querySelectorAll("#filters button")) {
       button.setAttribute("aria-pressed", String(button.dataset.filter === filter));
     }
     $("plugins").dataset.filter = filter;
-    setText($("shown"), filter ? `${shown} of ${rows.length}` : `${rows.length}`);
-    $("empty").hidden = shown > 0 || rows.length === 0;
+    $("plugins").dataset.matching = String(matching);
+    const narrowed = filter !== "" || search !== "";
+    setText($("shown"), !listed ? "" : narrowed ? `${matching} of ${plugins.size}` : `${plugins.size}`);
+    $("empty").hidden = !listed || matching > 0 || plugins.size === 0;
+    const more = matching - drawn;
+    $("more").hidden = more <= 0;
+    setText($("more-count"), more > 0 ? `${drawn} of ${matching} shown` : "");
+    setText($("more-show"), `show ${Math.min(WINDOW, more)} more`);
+  }
+
+  function applyFilter() {
+    limit = WINDOW;
+    drawWindow();
+    if (cluster !== null) renderCluster(cluster);
   }
 
   function chooseFilter(event) {
     const button = event.target.closest("button[data-filter]");
     if (!button) return;
     filter = button.dataset.filter;
-    const url = new URL(window.location.href);
-    if (filter) url.searchParams.set("state", filter); else url.searchParams.delete("state");
-    window.history.replaceState(null, "", url);
+    remember("state", filter);
     applyFilter();
+  }
+
+  function chooseSearch() {
+    const value = $("search").value.trim();
+    if (value === search) return;
+    search = value;
+    remember("q", search);
+    applyFilter();
+  }
+
+  function showMore() {
+    limit += WINDOW;
+    drawWindow();
+    if (cluster !== null) renderCluster(cluster);
+  }
+
+  // The filter and the search in the page's address, so that a view can be bookmarked.
+  function remember(key, value) {
+    const url = new URL(window.location.href);
+    if (value) url.searchParams.set(key, value); else url.searchParams.delete(key);
+    window.history.replaceState(null, "", url);
   }
 
   // --- timelines: each visible plugin's recent transitions, fetched when it moved ----------------------------
@@ -419,7 +523,6 @@
 
   // Drawn again when what it shows may have changed: the counts per state, or any plugin's last transition.
   async function refreshDiagram(counts) {
-    const moved = [...plugins.values()].map((plugin) => `${plugin.name}@${plugin.since}`).join(",");
     const key = `${selected ?? ""}|${STATES.map((state) => `${state}:${counts[state]}`).join(",")}|${moved}`;
     if (key === diagramKey) return;
     const path = selected === null ? "v1/lifecycle/diagram?format=svg"
@@ -456,7 +559,8 @@
     $("notes").hidden = notes.length === 0;
   }
 
-  // The cluster grid: a row per plugin, a column per instance (GET /v1/cluster), drawn anew on every 200.
+  // The cluster grid: a row per plugin, a column per instance (GET /v1/cluster), drawn anew on every 200; like
+  // the table, only the first `limit` plugins that match the search.
   function instanceHeader(instance) {
     const head = document.createElement("th");
     head.scope = "col";
@@ -503,9 +607,15 @@
     return cell;
   }
 
-  function renderCluster(cluster) {
+  function renderCluster(document_) {
+    cluster = document_;
     const instances = Array.isArray(cluster.instances) ? cluster.instances : [];
-    const names = Array.isArray(cluster.plugins) ? cluster.plugins.map(String) : [];
+    const every = Array.isArray(cluster.plugins) ? cluster.plugins.map(String) : [];
+    const matching = search === "" ? every : every.filter((name) => name.includes(search));
+    const names = matching.slice(0, limit);
+    setText($("cluster-shown"), names.length < every.length
+      ? `${names.length} of ${every.length} plugins shown (search, or show more above)` : "");
+    $("cluster-shown").hidden = names.length === every.length;
     const head = document.createElement("tr");
     head.appendChild(element("td", "corner", "plugin"));
     for (const instance of instances) head.appendChild(instanceHeader(instance));
@@ -557,15 +667,20 @@
     ticking = true;
     tickAgain = false;
     try {
-      const [list, health, cluster] = await Promise.all([
-        poll("v1/plugins/", [200]),
-        poll("v1/health", [200, 503]), // 503 is the answer for an aggregate "fail", with the same document
-        poll("v1/cluster", [200]),
+      // The table's first rows come first (the server's CPU goes to them); then each answer is drawn as it comes:
+      // the table does not wait for the aggregate or the cluster.
+      if (!listed) await firstPage();
+      const drawn = Promise.all([
+        poll("v1/health", [200, 503]).then((health) => { if (health !== null) renderHealth(health); }),
+        poll("v1/cluster", [200]).then((grid) => { if (grid !== null) renderCluster(grid); }),
       ]);
-      const counts = list !== null ? renderPlugins(list) : currentCounts();
-      if (health !== null) renderHealth(health);
-      if (cluster !== null) renderCluster(cluster);
-      await refreshDiagram(counts);
+      const list = await poll("v1/plugins/", [200]);
+      if (list !== null) {
+        renderPlugins(list);
+        rendered("dashboard:list");
+      }
+      await drawn;
+      await refreshDiagram(currentCounts());
       lastError = null;
       setText($("updated"), `updated ${isoUtc(new Date())}`);
     } catch (error) {
@@ -575,6 +690,34 @@
       ticking = false;
       schedule(tickAgain ? 0 : intervalMs);
     }
+  }
+
+  // The first page of the list (a fresh worker takes a while to answer the whole of a long one): its rows drawn
+  // at once, the counts once the whole list is in.
+  async function firstPage() {
+    if (plugins.size > 0) return;
+    try {
+      const page = await poll(`v1/plugins/?limit=${WINDOW}`, [200]);
+      if (page !== null && !listed) {
+        renderPlugins(page, true);
+        rendered("dashboard:first-page");
+      }
+    } catch {
+      // the whole list follows
+    }
+  }
+
+  // performance.measure(name) from the navigation's start to the frame that shows what was just drawn (the first
+  // time only), for bench/dashboard.py and the browser's developer tools.
+  function rendered(name, start = 0) {
+    if (performance.getEntriesByName(name).length > 0 && start === 0) return;
+    requestAnimationFrame(() => window.setTimeout(() => {
+      try {
+        performance.measure(name, { start, end: performance.now() });
+      } catch {
+        // no User Timing (an old browser): nothing to record
+      }
+    }, 0));
   }
 
   function currentCounts() {
@@ -601,7 +744,10 @@
         return;
       }
       $("connection").dataset.lastEvent = event.lastEventId;
-      if (entry && typeof entry.plugin === "string") timelines.delete(entry.plugin);
+      if (entry && typeof entry.plugin === "string") {
+        timelines.delete(entry.plugin);
+        drawTransition(entry, performance.now());
+      }
       refreshNow();
     });
     source.addEventListener("error", () => {
@@ -612,6 +758,25 @@
         window.setTimeout(() => { if (!stream && document.visibilityState !== "hidden") listen(); }, STREAM_RETRY_MS);
       }
     });
+  }
+
+  // A transition the stream told of, drawn at once on its plugin's row (if the row is in the window) and in the
+  // counts, before the poll it sets off brings the plugin's whole answer. The event has no error message (a stream
+  // carries no token): the poll brings it to a tab that has one.
+  function drawTransition(entry, received) {
+    const before = plugins.get(entry.plugin);
+    const at = Date.parse(entry.at);
+    if (!before || !STATES.includes(entry.to) || !Number.isFinite(at) || at < Date.parse(before.since)) return;
+    const after = {
+      ...before, state: entry.to, since: entry.at, reason: entry.reason ?? null,
+      error_type: entry.error_type ?? null, error: entry.error ?? null,
+      healthy: entry.to === "RUNNING" ? before.healthy : false,
+    };
+    plugins.set(entry.plugin, after);
+    newer.set(entry.plugin, at);
+    moved += 1;
+    drawWindow(new Set([entry.plugin]));
+    rendered("dashboard:transition", received);
   }
 
   // A hidden tab gives its stream back (browsers hold few connections per server) and polls; shown, it listens.
@@ -629,14 +794,22 @@
 
   function start() {
     $("filters").addEventListener("click", chooseFilter);
+    $("search").value = search;
+    $("search").addEventListener("input", chooseSearch);
+    $("search-form").addEventListener("submit", (event) => {
+      event.preventDefault(); // nothing is posted: the search narrows the table as it is typed
+      chooseSearch();
+    });
+    $("more-show").addEventListener("click", showMore);
     $("plugin-rows").addEventListener("click", choosePlugin);
     $("diagram-all").addEventListener("click", () => select(null));
     $("token-form").addEventListener("submit", submitToken);
     $("token-forget").addEventListener("click", () => useToken(""));
     document.addEventListener("visibilitychange", visibility);
     $("plugin-rows").addEventListener("animationend", (event) => event.target.classList.remove("changed"));
+    $("plugin-rows").dataset.window = String(WINDOW); // rows drawn at first (bench/dashboard.py reads it)
     showToken();
-    applyFilter();
+    drawWindow();
     listen();
     tick();
   }
