@@ -338,7 +338,8 @@
       observer?.unobserve(row);
       row.remove();
       drawnRows.delete(name);
-      timelines.delete(name); // drawn again from its history if it comes back into the window
+      timelines.delete(name); // drawn again from a full answer if it comes back into the window
+      etags.delete(api(historyPath(name)).href);
     }
     let next = body.firstElementChild;
     wanted.forEach((plugin) => {
@@ -770,7 +771,7 @@
     const after = {
       ...before, state: entry.to, since: entry.at, reason: entry.reason ?? null,
       error_type: entry.error_type ?? null, error: entry.error ?? null,
-      healthy: entry.to === "RUNNING" ? before.healthy : false,
+      healthy: entry.to === "RUNNING" ? undefined : false, // not checked yet in its new state: not marked
     };
     plugins.set(entry.plugin, after);
     newer.set(entry.plugin, at);
