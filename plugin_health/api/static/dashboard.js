@@ -46,6 +46,7 @@
   let search = (params.get("q") ?? "").trim();
   let limit = WINDOW; // rows in the window: WINDOW, and WINDOW more for each "show more"
   let cluster = null; // the last cluster document, drawn again when the search or the window changes
+  const gridKeys = new WeakMap(); // a cluster grid row -> what it was drawn from
   let stream = null;
   let streamLive = false;
   let timer = null;
@@ -311,7 +312,6 @@
       const body = $("plugin-rows");
       body.dataset.renders = String(Number(body.dataset.renders ?? 0) + 1);
       if (selected !== null && !plugins.has(selected)) select(null);
-      if (cluster !== null) renderCluster(cluster); // its window follows the search
     }
     return currentCounts();
   }
@@ -621,19 +621,38 @@
     head.appendChild(element("td", "corner", "plugin"));
     for (const instance of instances) head.appendChild(instanceHeader(instance));
     $("cluster-head").replaceChildren(head);
-    $("cluster-rows").replaceChildren(...names.map((name) => {
-      const row = document.createElement("tr");
-      row.dataset.plugin = name;
-      const label = element("th", "", name);
-      label.scope = "row";
-      row.appendChild(label);
-      for (const instance of instances) {
+    // A row is built again only when what it shows changed (its cells' answers, its instances' ids and gone
+    // flags): the document changes at every poll (heartbeats age), its plugins' states seldom.
+    const columns = JSON.stringify(instances.map((instance) => [instance.id, instance.gone === true]));
+    const body = $("cluster-rows");
+    const before = new Map([...body.rows].map((row) => [row.dataset.plugin, row]));
+    const keep = new Set(names);
+    for (const [name, row] of before) if (!keep.has(name)) row.remove();
+    let next = body.firstElementChild;
+    for (const name of names) {
+      // Own properties only: a plugin may be called "constructor" or "__proto__".
+      const cells = instances.map((instance) => {
         const found = instance.plugins ?? {};
-        // Own properties only: a plugin may be called "constructor" or "__proto__".
-        row.appendChild(gridCell(instance, Object.hasOwn(found, name) ? found[name] : null));
+        return Object.hasOwn(found, name) ? found[name] : null;
+      });
+      const key = `${columns}|${JSON.stringify(cells)}`;
+      let row = before.get(name);
+      if (!row || gridKeys.get(row) !== key) {
+        const fresh = document.createElement("tr");
+        fresh.dataset.plugin = name;
+        const label = element("th", "", name);
+        label.scope = "row";
+        fresh.appendChild(label);
+        instances.forEach((instance, index) => fresh.appendChild(gridCell(instance, cells[index])));
+        gridKeys.set(fresh, key);
+        if (row) {
+          if (row === next) next = fresh;
+          row.replaceWith(fresh);
+        }
+        row = fresh;
       }
-      return row;
-    }));
+      if (row === next) next = next.nextElementSibling; else body.insertBefore(row, next);
+    }
     const gone = instances.filter((instance) => instance.gone === true).length;
     setText($("cluster-count"), gone ? `${instances.length} (${gone} gone)` : `${instances.length}`);
     $("cluster").dataset.instances = String(instances.length);
