@@ -56,36 +56,29 @@ WAIT_MS = 120_000  # the longest a page may take to show every row, or a change
 #: Installed before the page's own script: records when every row is drawn, and how long a change takes to show.
 PROBE = """
 (() => {
-  const bench = window.__bench = {rendered: null, listed: null, changes: [], watching: null};
-  // After the next frame was rendered: an animation frame, then a task queued from it (runs after paint).
-  const afterFrame = (done) => requestAnimationFrame(() => {
-    const channel = new MessageChannel();
-    channel.port1.onmessage = () => done(performance.now());
-    channel.port2.postMessage(null);
-  });
-  const rows = () => document.getElementById('plugin-rows');
+  const bench = window.__bench = {rendered: null, listed: null, changes: [], watching: null, expected: EXPECTED};
+  // Calls done(time) once test() holds, after the frame that shows it: the test is made in each animation frame
+  // (before that frame's style, layout and paint), and a task queued from the frame that finds it true runs once
+  // that frame is rendered. `now`: test first at once (a change drawn by the handler that just ran), and if it
+  // holds, in the next frame.
+  const whenDrawn = (test, done, now = false) => {
+    const after = () => {
+      const channel = new MessageChannel();
+      channel.port1.onmessage = () => done(performance.now());
+      channel.port2.postMessage(null);
+    };
+    if (now && test()) { requestAnimationFrame(after); return; }
+    const look = () => { if (test()) after(); else requestAnimationFrame(look); };
+    requestAnimationFrame(look);
+  };
   // Every row the page draws at first: every plugin's, or as many as its window holds (tbody data-window).
-  const watchRows = () => {
-    const body = rows();
-    const shown = body ? Math.min(bench.expected, Number(body.dataset.window || Infinity)) : Infinity;
-    if (body && body.rows.length >= shown) afterFrame((at) => { bench.rendered = at; });
-    else requestAnimationFrame(watchRows);
-  };
+  whenDrawn(() => {
+    const body = document.getElementById('plugin-rows');
+    return body !== null && body.rows.length >= Math.min(bench.expected, Number(body.dataset.window || Infinity));
+  }, (at) => { bench.rendered = at; });
   // Every plugin counted: the table's title says how many there are.
-  const watchCount = () => {
-    const count = document.getElementById('shown');
-    if (count && count.textContent === String(bench.expected)) afterFrame((at) => { bench.listed = at; });
-    else requestAnimationFrame(watchCount);
-  };
-  bench.expected = EXPECTED;
-  requestAnimationFrame(watchRows);
-  requestAnimationFrame(watchCount);
-  const watchChange = (plugin, state, received) => {
-    const row = document.getElementById(`plugin-${plugin}`);
-    if (row && row.dataset.state === state) {
-      afterFrame((at) => bench.changes.push({plugin, state, received, drawn: at}));
-    } else requestAnimationFrame(() => watchChange(plugin, state, received));
-  };
+  whenDrawn(() => document.getElementById('shown')?.textContent === String(bench.expected),
+            (at) => { bench.listed = at; });
   const Native = window.EventSource;
   if (!Native) return;
   window.EventSource = class extends Native {
@@ -93,11 +86,13 @@ PROBE = """
       if (type !== 'transition') return super.addEventListener(type, listener, options);
       return super.addEventListener(type, (event) => {
         const received = performance.now();
-        try {
-          const entry = JSON.parse(event.data);
-          if (entry.plugin === bench.watching) watchChange(entry.plugin, entry.to, received);
-        } catch {}
+        let entry = null;
+        try { entry = JSON.parse(event.data); } catch {}
         listener.call(this, event);
+        if (entry === null || entry.plugin !== bench.watching) return;
+        const row = () => document.getElementById(`plugin-${entry.plugin}`);
+        whenDrawn(() => row()?.dataset.state === entry.to,
+                  (drawn) => bench.changes.push({plugin: entry.plugin, state: entry.to, received, drawn}), true);
       }, options);
     }
   };
@@ -160,10 +155,10 @@ def measure(playwright: Any, server: Server, plugins: int, rounds: int, work: Pa
         for action, state in [("disable", "UNAVAILABLE"), ("enable", "RUNNING")] * rounds:
             seen = len(page.evaluate("() => window.__bench.changes"))
             act(server, target, action)
-            page.wait_for_function(f"() => window.__bench.changes.length > {seen}", timeout=WAIT_MS)
-            change = page.evaluate("() => window.__bench.changes.at(-1)")
-            if change["state"] != state:
-                raise RuntimeError(f"{target}: expected {state}, the page drew {change}")
+            # enable: LOADED, INITIALIZED, then RUNNING, an event each; measured: the last one's
+            drawn = f"() => window.__bench.changes.slice({seen}).find(c => c.state === '{state}')"
+            page.wait_for_function(drawn, timeout=WAIT_MS)
+            change = page.evaluate(drawn)
             figures.change.append((change["drawn"] - change["received"]) / 1000)
             page.wait_for_timeout(1200)  # the page's follow-up polls done: each change measured alone
         for name, duration in page.evaluate(MEASURES):
