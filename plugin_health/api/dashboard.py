@@ -7,8 +7,9 @@ The script polls ``/v1/plugins/``, ``/v1/health``, ``/v1/cluster`` and the lifec
 ``If-None-Match``, listens to ``/v1/events`` to poll at once after a transition, reads the history of the plugins
 in view for their timelines, and draws the answers with DOM text nodes only (the cluster as a grid of plugins x
 instances, one column when the instance is alone; the diagram's SVG copied element by element); it performs no
-operator action. An operator token typed in goes with its requests (``Authorization: Bearer``) and is kept in
-the tab's ``sessionStorage`` only.
+operator action. Tables draw the first 200 plugins that match the state filter and the name search (``?q=``), more
+on demand, and only the rows that changed; a transition's event redraws its row at once. An operator token typed
+in goes with its requests (``Authorization: Bearer``) and is kept in the tab's ``sessionStorage`` only.
 """
 
 from __future__ import annotations
