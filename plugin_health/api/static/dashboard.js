@@ -19,6 +19,7 @@
   // Rows drawn at once, and added by each "show more": a table of 10,000 rows takes seconds to lay out, so the page
   // draws the first of the plugins that match the filter and the search, and counts them all.
   const WINDOW = 200;
+  const MEASURES_KEPT = 100; // performance measures of transitions kept (dashboard:transition)
   const SVG_NS = "http://www.w3.org/2000/svg";
   // What of the server's SVG is copied into the page: drawing elements and attributes, nothing that runs or links.
   const SVG_ELEMENTS = new Set(["svg", "g", "title", "path", "polygon", "polyline", "ellipse", "circle", "rect",
@@ -316,8 +317,11 @@
     return currentCounts();
   }
 
+  // The search: part of a name, in any case.
+  const nameMatches = (name) => search === "" || name.toLowerCase().includes(search.toLowerCase());
+
   function matches(plugin) {
-    return (filter === "" || plugin.state === filter) && (search === "" || plugin.name.includes(search));
+    return (filter === "" || plugin.state === filter) && nameMatches(plugin.name);
   }
 
   // The table: a row for each of the first `limit` plugins that match the filter and the search, in the API's
@@ -612,7 +616,7 @@
     cluster = document_;
     const instances = Array.isArray(cluster.instances) ? cluster.instances : [];
     const every = Array.isArray(cluster.plugins) ? cluster.plugins.map(String) : [];
-    const matching = search === "" ? every : every.filter((name) => name.includes(search));
+    const matching = search === "" ? every : every.filter(nameMatches);
     const names = matching.slice(0, limit);
     setText($("cluster-shown"), names.length < every.length
       ? `${names.length} of ${every.length} plugins shown (search, or show more above)` : "");
@@ -730,7 +734,9 @@
   // performance.measure(name) from the navigation's start to the frame that shows what was just drawn (the first
   // time only), for bench/dashboard.py and the browser's developer tools.
   function rendered(name, start = 0) {
-    if (performance.getEntriesByName(name).length > 0 && start === 0) return;
+    const taken = performance.getEntriesByName(name).length;
+    if (taken > 0 && start === 0) return;
+    if (taken >= MEASURES_KEPT) performance.clearMeasures(name); // a tab open for days keeps the last ones only
     requestAnimationFrame(() => window.setTimeout(() => {
       try {
         performance.measure(name, { start, end: performance.now() });
