@@ -171,3 +171,23 @@ def test_a_change_past_the_window_is_counted_and_found(server: Server, page: Pag
     finally:
         page.click("#filters button[data-filter='']")
         assert server.get(f"/v1/plugins/{target}/enable", method="POST", headers=AUTH).status == 200
+
+
+def test_the_event_alone_redraws_the_row(server: Server, page: Page) -> None:
+    """With the list unreachable (every poll of it refused), a transition still shows at once: its row and the
+    counts are drawn from the event; once the list answers again, the row holds the plugin's whole answer."""
+    target = name(42)
+    page.route("**/v1/plugins/", lambda route: route.abort())
+    try:
+        assert server.get(f"/v1/plugins/{target}/disable", method="POST", headers=AUTH).status == 200
+        page.wait_for_function(f"() => document.getElementById('plugin-{target}').dataset.state === 'UNAVAILABLE'",
+                               timeout=5000)
+        assert page.text_content(f"#plugin-{target} .reason-text") == "disabled"
+        assert page.text_content("#filters button[data-filter='UNAVAILABLE'] .count") == "1"
+    finally:
+        page.unroute("**/v1/plugins/")
+        assert server.get(f"/v1/plugins/{target}/enable", method="POST", headers=AUTH).status == 200
+    page.wait_for_function(f"() => document.getElementById('plugin-{target}').dataset.state === 'RUNNING'",
+                           timeout=5000)
+    page.wait_for_function("() => document.getElementById('connection').dataset.connection === 'live'",
+                           timeout=35_000)  # the next poll (?interval=30, or at once after the event) answers
