@@ -691,19 +691,23 @@
     ticking = true;
     tickAgain = false;
     try {
-      // The table's first rows come first (the server's CPU goes to them); then each answer is drawn as it comes:
-      // the table does not wait for the aggregate or the cluster.
-      if (!listed) await firstPage();
-      const drawn = Promise.all([
+      // On the first load the table comes first, its first page then the whole list (the server's CPUs go to
+      // them: with thousands of plugins the aggregate and the grid cost as much to answer), then the rest. Each
+      // answer is drawn as it comes: the table never waits for the aggregate or the grid.
+      const first = !listed;
+      if (first) await firstPage();
+      const table = poll("v1/plugins/", [200]).then((list) => {
+        if (list === null) return;
+        renderPlugins(list);
+        rendered("dashboard:list");
+      });
+      if (first) await table;
+      await Promise.all([
+        table,
+        // 503 is the answer for an aggregate "fail", with the same document
         poll("v1/health", [200, 503]).then((health) => { if (health !== null) renderHealth(health); }),
         poll("v1/cluster", [200]).then((grid) => { if (grid !== null) renderCluster(grid); }),
       ]);
-      const list = await poll("v1/plugins/", [200]);
-      if (list !== null) {
-        renderPlugins(list);
-        rendered("dashboard:list");
-      }
-      await drawn;
       await refreshDiagram(currentCounts());
       lastError = null;
       setText($("updated"), `updated ${isoUtc(new Date())}`);
