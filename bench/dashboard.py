@@ -13,7 +13,8 @@ API, times relative to ``performance.timeOrigin`` (the navigation's start):
   first animation frame that finds them all, then the task after that frame's rendering): every plugin's row, or
   as many as the page draws at first when it says so (``<tbody id="plugin-rows" data-window>``: the first 200,
   the others reached by the search, the state filter and "show more"); the median of ``--rounds`` fresh loads of
-  the page after one unmeasured load (a fresh browser profile, warm gunicorn workers);
+  the page after one unmeasured load (a fresh browser profile), on a service that stands still (its first health
+  checks published, its workers idle), as a dashboard opened on a running service finds it;
 * every plugin counted: the same, until the table's title gives the number of every plugin (the whole list in);
 * re-render on one change: plugin ``p00150`` (``p00005`` of 10; below the fold) is disabled, then enabled,
   through the API (``POST /v1/plugins/<name>/disable`` with the operator token), ``--rounds`` times each; measured
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from _figures import report
-from _serve import Server, fetch, fmt_time, plugins_service, servers_stopped
+from _serve import Server, fetch, fmt_time, plugins_service, servers_stopped, worker_cpu
 from playwright.sync_api import sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
@@ -124,6 +125,29 @@ def act(server: Server, plugin: str, action: str) -> None:
         raise RuntimeError(f"{action} {plugin}: HTTP {reply.status}: {reply.body[:200]!r}")
 
 
+def settle(server: Server, still: float = 1.0, within: float = 180.0) -> None:
+    """Wait (bounded) until the service stands still, as a dashboard opened on a running service finds it: the
+    list's ETag (the store's version) unchanged for ``still`` seconds (with thousands of plugins the first health
+    checks go on after ``/startupz``), then its workers idle for ``still`` seconds (caches built again)."""
+    deadline = time.monotonic() + within
+    tag, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = fetch(server.port, "/v1/plugins/?limit=1", timeout=60.0).headers.get("etag")
+        if now != tag:
+            tag, since = now, time.monotonic()
+        elif time.monotonic() - since >= still:
+            break
+        time.sleep(0.1)
+    else:
+        raise RuntimeError(f"{server.label}: the store still moved after {within:.0f} s")
+    used = worker_cpu(server)
+    while time.monotonic() < deadline:
+        time.sleep(still)
+        if worker_cpu(server) - used < 0.02:
+            return
+        used = worker_cpu(server)
+
+
 def measure(playwright: Any, server: Server, plugins: int, rounds: int, work: Path) -> Figures:
     """Open the dashboard ``rounds`` times for its first render, then change one plugin ``rounds`` times each way."""
     figures = Figures(plugins)
@@ -175,6 +199,7 @@ def run(playwright: Any, plugins: int, rounds: int, tmp: Path) -> tuple[Figures,
     server = plugins_service(plugins, work, token=TOKEN)
     with servers_stopped([server]):
         started = server.start()
+        settle(server)
         return measure(playwright, server, plugins, rounds, work), started
 
 
