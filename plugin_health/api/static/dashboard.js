@@ -19,6 +19,7 @@
   // Rows drawn at once, and added by each "show more": a table of 10,000 rows takes seconds to lay out, so the page
   // draws the first of the plugins that match the filter and the search, and counts them all.
   const WINDOW = 200;
+  const EVENT_SETTLE_MS = 150; // after a transition's event, the poll for the rest
   const MEASURES_KEPT = 100; // performance measures of transitions kept (dashboard:transition)
   const SVG_NS = "http://www.w3.org/2000/svg";
   // What of the server's SVG is copied into the page: drawing elements and attributes, nothing that runs or links.
@@ -52,7 +53,8 @@
   let streamLive = false;
   let timer = null;
   let ticking = false;
-  let tickAgain = false;
+  let tickAgain = null; // the delay of the poll asked for while one was in flight (null: none asked for)
+  let due = Infinity; // when (performance.now()) the next poll is scheduled
   let lastError = null;
 
   const $ = (id) => document.getElementById(id);
@@ -679,17 +681,20 @@
 
   function schedule(delay) {
     window.clearTimeout(timer);
+    due = performance.now() + delay;
     timer = window.setTimeout(tick, delay);
   }
 
-  // Poll now (a transition happened): at once, or as soon as the poll in flight is over.
-  function refreshNow() {
-    if (ticking) tickAgain = true; else schedule(0);
+  // Poll within `delay` ms (something changed): unless a poll is due sooner; after the poll in flight, if any.
+  function refreshNow(delay = 0) {
+    if (ticking) tickAgain = Math.min(tickAgain ?? delay, delay);
+    else if (performance.now() + delay < due) schedule(delay);
   }
 
   async function tick() {
     ticking = true;
-    tickAgain = false;
+    due = Infinity;
+    tickAgain = null;
     try {
       // On the first load the table comes first, its first page then the whole list (the server's CPUs go to
       // them: with thousands of plugins the aggregate and the grid cost as much to answer), then the rest. Each
@@ -716,7 +721,7 @@
     } finally {
       showConnection();
       ticking = false;
-      schedule(tickAgain ? 0 : intervalMs);
+      schedule(tickAgain ?? intervalMs);
     }
   }
 
@@ -778,7 +783,9 @@
         timelines.delete(entry.plugin);
         drawTransition(entry, performance.now());
       }
-      refreshNow();
+      // The row is drawn: the rest can wait for the transitions that come together (an enable is three) to be in,
+      // and be fetched once.
+      refreshNow(EVENT_SETTLE_MS);
     });
     source.addEventListener("error", () => {
       streamLive = source.readyState === EventSource.OPEN;
