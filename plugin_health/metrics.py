@@ -225,17 +225,23 @@ _request_seconds: dict[str, Histogram] = {}
 def answered(response: Response) -> Response:
     """Count the request and its duration by method, route and status (an ``after_request`` hook)."""
     rule = request.url_rule
-    route = rule.rule if rule is not None else "<unmatched>"
-    method = request.method if request.method in HTTP_METHODS else "other"
-    key = (method, route, response.status_code)
+    began = g.get("plugin_health_started")
+    count(request.method, rule.rule if rule is not None else "<unmatched>", response.status_code,
+          None if began is None else time.perf_counter() - began)
+    return response
+
+
+def count(method: str, route: str, status: int, seconds: float | None) -> None:
+    """Count one answered request by method (``other`` for one not in ``HTTP_METHODS``), route (its URL rule) and
+    status, and its duration (when known) by route: the same series whichever path answered it."""
+    method = method if method in HTTP_METHODS else "other"
+    key = (method, route, status)
     counter = _request_counts.get(key)
     if counter is None:
-        counter = _request_counts[key] = REQUESTS.labels(method, route, str(response.status_code))
+        counter = _request_counts[key] = REQUESTS.labels(method, route, str(status))
     counter.inc()
-    began = g.get("plugin_health_started")
-    if began is not None:
+    if seconds is not None:
         histogram = _request_seconds.get(route)
         if histogram is None:
             histogram = _request_seconds[route] = REQUEST_SECONDS.labels(route)
-        histogram.observe(time.perf_counter() - began)
-    return response
+        histogram.observe(seconds)

@@ -18,8 +18,11 @@ def settings() -> Settings:
 
 def bearer_ok() -> bool:
     """Whether the request carries the configured admin token (compared in constant time)."""
-    token = settings().admin_token
-    header = request.headers.get("Authorization", "")
+    return token_matches(request.headers.get("Authorization", ""), settings().admin_token)
+
+
+def token_matches(header: str, token: str | None) -> bool:
+    """Whether an ``Authorization`` header's value is ``Bearer <token>`` (compared in constant time)."""
     scheme, _, given = header.partition(" ")
     if token is None or scheme.lower() != "bearer" or not given:
         return False
@@ -28,12 +31,17 @@ def bearer_ok() -> bool:
 
 def details_visible() -> bool:
     """Whether plugin error messages may be shown to this request (PLUGIN_HEALTH_SHOW_DETAILS)."""
-    mode = settings().show_details
+    return visible_with(settings(), request.headers.get("Authorization", ""))
+
+
+def visible_with(current: Settings, authorization: str) -> bool:
+    """Whether plugin error messages may be shown to a request with this ``Authorization`` header ("" for none)."""
+    mode = current.show_details
     if mode == "always":
         return True
     if mode == "never":
         return False
-    return bearer_ok()
+    return token_matches(authorization, current.admin_token)
 
 
 def require_token() -> None:

@@ -30,7 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from flask import Response, request
-from werkzeug.http import quote_etag
+from werkzeug.datastructures import ETags
+from werkzeug.http import parse_accept_header, quote_etag
 
 from plugin_health.store import StateStore
 
@@ -71,6 +72,8 @@ class Cached:
     headers: Headers = ()
     gzip_etag: str = ""
     _gzipped: bytes | None = field(default=None, repr=False)
+    #: The status line and header lists of the fast path's answers, by encoding (``api.fast``), once made.
+    wsgi: dict[str, tuple[str, list[tuple[str, str]], bytes]] = field(default_factory=dict, repr=False)
 
     def holds(self, version: int) -> bool:
         """Whether this is still the answer at ``version`` (and now)."""
@@ -87,7 +90,11 @@ class Cached:
 
     def encoding(self) -> str:
         """How this answer goes to the current request's client: gzip when it is long enough and accepted."""
-        return GZIP if len(self.body) >= GZIP_MIN and accepts_gzip() else IDENTITY
+        return self.encoding_for(accepts_gzip)
+
+    def encoding_for(self, gzip_ok: Callable[[], bool]) -> str:
+        """How this answer goes to a client: gzip when it is long enough and ``gzip_ok()`` (asked only then)."""
+        return GZIP if len(self.body) >= GZIP_MIN and gzip_ok() else IDENTITY
 
     def etag_of(self, encoding: str) -> str:
         """The strong ETag of this answer in ``encoding``."""
@@ -132,21 +139,20 @@ class ResponseCache:
         """
         if shortcut:
             version = self._store.version()
-            held = self._held(key, version)
+            held = self.held(key, version, request.if_none_match, accepts_gzip())
             if held is not None:
                 return _not_modified(held)
             return respond(self.get(key, build, version), media_type)
         return respond(self.get(key, build), media_type)
 
-    def _held(self, key: Hashable, version: int) -> str | None:
-        """The tag of ``If-None-Match`` that is the current answer to ``key`` at ``version``, if one is.
+    def held(self, key: Hashable, version: int, held: ETags, gzip_ok: bool) -> str | None:
+        """The tag of ``held`` (an ``If-None-Match``) that is the current answer to ``key`` at ``version``, if one is.
 
         Weak comparison (RFC 9110 13.1.2, as ``If-None-Match`` requires): ``W/"tag"`` matches our strong ``"tag"``.
         The tag of either representation the client may get matches: the identity one always (the body may be too
         short to compress, and one held uncompressed is as current), the gzip one when it accepts gzip.
         """
-        encodings = (IDENTITY, GZIP) if accepts_gzip() else (IDENTITY,)
-        held = request.if_none_match
+        encodings = (IDENTITY, GZIP) if gzip_ok else (IDENTITY,)
         for tag in itertools.islice(itertools.chain(held, held.as_set(include_weak=True) - held.as_set()),
                                     _TAGS_CHECKED):
             if not tag:  # werkzeug may keep a None (typed str) for a malformed header
@@ -194,6 +200,10 @@ class ResponseCache:
         return entry
 
     def _current(self, key: Hashable, version: int) -> Cached | None:
+        return self.peek(key, version)
+
+    def peek(self, key: Hashable, version: int) -> Cached | None:
+        """The cached answer for ``key`` if it holds at ``version`` (and now), else None: nothing is built."""
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None and hit.holds(version):
@@ -227,14 +237,28 @@ def accepts_gzip() -> bool:
     return request.accept_encodings[GZIP] > 0
 
 
+def takes_gzip(accept_encoding: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` header's value takes gzip, read as :func:`accepts_gzip` reads a request's."""
+    return parse_accept_header(accept_encoding)[GZIP] > 0
+
+
+def matching_tag(entry: Cached, encoding: str, held: ETags) -> str | None:
+    """The tag of ``entry`` that ``held`` (an ``If-None-Match``) matches, compared weakly (``*`` too), if one does:
+    the tag of the representation it would get, or the identity one (see ``ResponseCache.held``)."""
+    for tag in dict.fromkeys((entry.etag_of(encoding), entry.etag)):
+        if held.contains_weak(tag):
+            return tag
+    return None
+
+
 def _not_modified(etag: str) -> Response:
     # Headers given whole to the constructor: each ``headers[...] = `` scans the list to replace (a third of a
     # cached read's Python time went to setting six headers one by one).
-    return Response(status=304, headers=[("ETag", quote_etag(etag)), *_ALWAYS])
+    return Response(status=304, headers=[("ETag", quote_etag(etag)), *ALWAYS])
 
 
 #: Headers of every cached answer and 304.
-_ALWAYS = (("Cache-Control", "no-cache"), ("Vary", "Accept-Encoding"))
+ALWAYS = (("Cache-Control", "no-cache"), ("Vary", "Accept-Encoding"))
 
 
 def respond(entry: Cached, media_type: str) -> Response:
@@ -243,10 +267,10 @@ def respond(entry: Cached, media_type: str) -> Response:
     ``W/"tag"`` and ``*`` match too; the identity tag matches whatever the client accepts, see ``_held``)."""
     encoding = entry.encoding()
     if "HTTP_IF_NONE_MATCH" in request.environ:  # most reads carry none: no header to parse
-        for held in dict.fromkeys((entry.etag_of(encoding), entry.etag)):
-            if request.if_none_match.contains_weak(held):
-                return _not_modified(held)
-    headers = [("Content-Type", media_type), *entry.headers, ("ETag", quote_etag(entry.etag_of(encoding))), *_ALWAYS]
+        held = matching_tag(entry, encoding, request.if_none_match)
+        if held is not None:
+            return _not_modified(held)
+    headers = [("Content-Type", media_type), *entry.headers, ("ETag", quote_etag(entry.etag_of(encoding))), *ALWAYS]
     if encoding == GZIP:
         headers.append(("Content-Encoding", GZIP))
         return Response(entry.gzipped(), status=entry.status, headers=headers)

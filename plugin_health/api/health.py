@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, request
 
@@ -18,6 +18,9 @@ from plugin_health.api.schemas import diagram_query
 from plugin_health.lifecycle import PluginLifecycleState
 from plugin_health.runtime.core import LOADED_KEY
 from plugin_health.store import PluginSnapshot
+
+if TYPE_CHECKING:
+    from plugin_health.service import Service
 
 bp = Blueprint("health", __name__)
 
@@ -131,7 +134,6 @@ def service_health() -> Response:
     """The aggregate: 200 for pass and warn, 503 for fail."""
     visible = details_visible()
     host = service().host_problem()
-    store_problem = store().degraded()
 
     def build() -> Built:
         loaded = bool(store().get_meta(LOADED_KEY))
@@ -140,8 +142,13 @@ def service_health() -> Response:
                              release=service().settings.release_id)
         return dumps(document), 503 if document["status"] == "fail" else 200, horizon.until
 
-    key = ("aggregate", visible, host is None, store_problem is None)
-    return cache().respond(key, build, HEALTH_JSON, shortcut=True)
+    return cache().respond(aggregate_key(visible, host, store().degraded()), build, HEALTH_JSON, shortcut=True)
+
+
+def aggregate_key(visible: bool, host: str | None, store_problem: str | None) -> Hashable:
+    """The cache key of the aggregate as a caller who may (or may not) see details gets it, with the host's and
+    the store's problems (read before the key: each makes a document of its own)."""
+    return ("aggregate", visible, host is None, store_problem is None)
 
 
 def probe(
@@ -150,15 +157,29 @@ def probe(
     notes: dict[str, str] | None = None,
     absent: Iterable[str] = (),
 ) -> Response:
-    """A Kubernetes-style probe: ``ok``, or each check as ``[+]name ok`` / ``[-]name failed: why``.
+    """A Kubernetes-style probe answer to the current request (its ``?exclude=`` and ``?verbose``): see
+    :func:`probe_answer`."""
+    body, status = probe_answer(name, checks, notes, absent, set(request.args.getlist("exclude")),
+                                "verbose" in request.args)
+    return Response(body, status=status, content_type=TEXT)
 
-    ``notes`` qualify passing checks (``[+]store ok: degraded, ...``) without failing the probe. ``?exclude=``
-    leaves checks out, by name (``plugin/db`` or ``db``); names that match none are reported as Kubernetes does
-    (``warn: some health checks cannot be excluded: no matches for "nosuch"``), without failing the probe.
-    ``absent`` names checks of this probe that are not run now (``store`` while the store answers): excluding
-    them is no mistake.
+
+def probe_answer(
+    name: str,
+    checks: Iterable[tuple[str, str | None]],
+    notes: dict[str, str] | None,
+    absent: Iterable[str],
+    excluded: set[str],
+    verbose: bool,
+) -> tuple[str, int]:
+    """A Kubernetes-style probe's body and status: ``ok``, or each check as ``[+]name ok`` / ``[-]name failed: why``.
+
+    ``notes`` qualify passing checks (``[+]store ok: degraded, ...``) without failing the probe. ``excluded``
+    (``?exclude=``) leaves checks out, by name (``plugin/db`` or ``db``); names that match none are reported as
+    Kubernetes does (``warn: some health checks cannot be excluded: no matches for "nosuch"``), without failing
+    the probe. ``absent`` names checks of this probe that are not run now (``store`` while the store answers):
+    excluding them is no mistake. ``verbose`` lists the checks of a passing probe too.
     """
-    excluded = set(request.args.getlist("exclude"))
     unmatched = excluded - set(absent)
     lines, failed = [], False
     for check, problem in checks:
@@ -175,28 +196,27 @@ def probe(
     if unmatched:
         quoted = ", ".join(json.dumps(check) for check in sorted(unmatched))  # a newline cannot forge a line
         lines.append(f"warn: some health checks cannot be excluded: no matches for {quoted}")
-    verbose = "verbose" in request.args
     if failed:
         body = "\n".join([*lines, f"{name} check failed"]) + "\n"
     elif verbose:
         body = "\n".join([*lines, f"{name} check passed"]) + "\n"
     else:
         body = "ok"
-    return Response(body, status=503 if failed else 200, content_type=TEXT)
+    return body, 503 if failed else 200
 
 
-def _loading() -> tuple[str, str | None]:
-    return "loading", None if store().get_meta(LOADED_KEY) else "plugins are still loading"
+def _loading(current: Service) -> tuple[str, str | None]:
+    return "loading", None if current.store.get_meta(LOADED_KEY) else "plugins are still loading"
 
 
-def _host() -> list[tuple[str, str | None]]:
+def _host(current: Service) -> list[tuple[str, str | None]]:
     """The check of the plugin host, for a process that does not host the plugins itself."""
-    if service().host is not None:
+    if current.host is not None:
         return []
-    return [("host", service().host_problem())]
+    return [("host", current.host_problem())]
 
 
-def _critical_checks() -> list[tuple[str, str | None]]:
+def _critical_checks(current: Service) -> list[tuple[str, str | None]]:
     """The check of each critical plugin, worked out once per store version (and again when one turns stale).
 
     Probes come often and uncached would read every snapshot each time (150 ms with 10,000 plugins).
@@ -205,11 +225,21 @@ def _critical_checks() -> list[tuple[str, str | None]]:
     def build() -> Built:
         horizon = Horizon()
         # Probes are anyone's (redacted); a critical singleton on standby here is its owner's to judge.
-        critical = redact([s for s in store().snapshots() if s.critical and not s.standby], visible=False)
+        critical = redact([s for s in current.store.snapshots() if s.critical and not s.standby], visible=False)
         checks = [(f"plugin/{s.name}", unhealthy(s, horizon)) for s in critical]
         return dumps(checks), 200, horizon.until
 
-    return [(check, problem) for check, problem in json.loads(cache().get(("critical checks",), build).body)]
+    return [(check, problem) for check, problem in json.loads(current.cache.get(("critical checks",), build).body)]
+
+
+def readiness(current: Service) -> tuple[list[tuple[str, str | None]], dict[str, str] | None, tuple[str, ...]]:
+    """``/readyz``'s checks, notes and absent checks (see :func:`probe_answer`): loading has finished, every
+    critical plugin is RUNNING (and not stale), a live process hosts the plugins; a degraded store is a note."""
+    checks = [*_host(current), _loading(current), *_critical_checks(current)]
+    degraded = current.store.degraded()  # still ready: answering from the last known states beats answering nothing
+    store_check = [("store", None)] if degraded else []
+    notes = {"store": f"degraded: {degraded}"} if degraded else None
+    return [*store_check, *checks], notes, ("host", "store")
 
 
 @bp.get("/livez")
@@ -221,17 +251,14 @@ def livez() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     """Ready: loading has finished and every critical plugin is RUNNING (and not stale)."""
-    checks = [*_host(), _loading(), *_critical_checks()]
-    degraded = store().degraded()  # still ready: answering from the last known states beats answering nothing
-    store_check = [("store", None)] if degraded else []
-    notes = {"store": f"degraded: {degraded}"} if degraded else None
-    return probe("readyz", [*store_check, *checks], notes, absent=("host", "store"))
+    return probe("readyz", *readiness(service()))
 
 
 @bp.get("/startupz")
 def startupz() -> Response:
     """Started: loading has finished."""
-    return probe("startupz", [*_host(), _loading()], absent=("host",))
+    current = service()
+    return probe("startupz", [*_host(current), _loading(current)], absent=("host",))
 
 
 @bp.get("/v1/lifecycle/diagram")
