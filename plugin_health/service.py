@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from plugin_health.api.cache import ResponseCache
 from plugin_health.config import Settings
@@ -52,6 +53,8 @@ class Service:
     serving: Callable[[], bool] | None = None
     _remote: dict[str, RedisRemoteControl] = field(default_factory=dict)
     _closed: bool = False
+    #: The settings ``host_problem`` last worked the host lock's file out from, and that file (probes ask often).
+    _lock_file: tuple[Settings, Path | None] | None = None
 
     def stopping(self) -> bool:
         """Whether this process is stopping: its worker is, or the service was shut down."""
@@ -101,7 +104,10 @@ class Service:
             return None  # this process hosts them; or the store cannot tell now (its own check says so)
         beat = read_beat(self.store)
         problem = host_problem(beat, time.time())
-        path = lock_path(self.settings)
+        known = self._lock_file
+        if known is None or known[0] is not self.settings:
+            known = self._lock_file = (self.settings, lock_path(self.settings))
+        path = known[1]
         if problem is None and beat is not None and path is not None and lock_is_free(path):
             problem = f"the plugin host (pid {beat.pid}) is gone"  # died without a word, its lock with it
         return problem

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, request
 
 from plugin_health import diagrams
 from plugin_health.api.auth import details_visible
-from plugin_health.api.cache import Built
+from plugin_health.api.cache import Built, Cached
 from plugin_health.api.freshness import CHECK_FAILED, CHECK_WARNED, Horizon, degraded, unhealthy
 from plugin_health.api.plugins import cache, dumps, redact, service, store
 from plugin_health.api.schemas import diagram_query
@@ -229,7 +229,16 @@ def _critical_checks(current: Service) -> list[tuple[str, str | None]]:
         checks = [(f"plugin/{s.name}", unhealthy(s, horizon)) for s in critical]
         return dumps(checks), 200, horizon.until
 
-    return [(check, problem) for check, problem in json.loads(current.cache.get(("critical checks",), build).body)]
+    global _critical_read
+    entry = current.cache.get(("critical checks",), build)
+    read = _critical_read
+    if read is None or read[0] is not entry:  # a new answer: parsed once, not at every probe
+        read = _critical_read = (entry, [(check, problem) for check, problem in json.loads(entry.body)])
+    return read[1]
+
+
+#: The last answer of ``_critical_checks`` that was parsed, and its checks (never changed: callers copy them).
+_critical_read: tuple[Cached, list[tuple[str, str | None]]] | None = None
 
 
 def readiness(current: Service) -> tuple[list[tuple[str, str | None]], dict[str, str] | None, tuple[str, ...]]:

@@ -8,6 +8,7 @@ hosts its own plugins, with a Redis store too; a singleton's lease across instan
 from __future__ import annotations
 
 import fcntl
+import os
 import threading
 import time
 from pathlib import Path
@@ -77,13 +78,13 @@ class HostLock:
 def lock_is_free(path: Path) -> bool:
     """Whether no process holds the file lock at ``path`` (a host that died, even by ``kill -9``, holds none)."""
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below, however the probe ends
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # no file object: probes ask often (half the cost)
     except FileNotFoundError:
         return True
     try:
-        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     finally:
-        handle.close()
+        os.close(fd)
     return True

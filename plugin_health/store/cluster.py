@@ -64,8 +64,20 @@ class InstanceInfo:
 
 def read_instance(store: StateStore) -> InstanceInfo | None:
     """The heartbeat this instance's core keeps in its local store, or None (no core yet, or one that stopped)."""
+    global _last_beat
     text = store.get_meta(BEAT_KEY)
-    return InstanceInfo.from_json(text) if text else None
+    if not text:
+        return None
+    last = _last_beat
+    if last is not None and last[0] == text:
+        return last[1]  # the same beat as last time: not parsed again (probes read it each time)
+    info = InstanceInfo.from_json(text)
+    _last_beat = (text, info)
+    return info
+
+
+#: The last heartbeat text ``read_instance`` parsed, and what it said (an ``InstanceInfo`` is never changed).
+_last_beat: tuple[str, InstanceInfo | None] | None = None
 
 
 class ClusterView(Protocol):
