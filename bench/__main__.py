@@ -116,47 +116,6 @@ def parse_runtime(out: str) -> Iterator[Figure]:
                 yield Figure("runtime", label, value, f"{base[1]} ({base[0]})", float(ratio))
 
 
-HTTP_TOPICS = {"gunicorn start to /startupz 200": "start to /startupz 200", "What a fresh worker pays": "fresh worker"}
-
-
-def parse_http(out: str) -> Iterator[Figure]:
-    """wrk sections (req/s, and the ratio of the rounds' median; the worker classes against each other) and the
-    time rows of the last two sections."""
-    section, base, rates = "", ("", ""), {}
-    wrk_row = re.compile(rf"^  (.+?)\s{{2,}}([\d,]+)\s+{_TIME}\s+{_TIME}\s+\d+\s+([\d.]+)(?:\s+.*)?$")
-    classes_row = re.compile(r"^  (\S+) against gthread workers \(req/s\)\s+([\d.]+)(?:\s+.*)?$")
-    cpu_row = re.compile(rf"^  (\S+) against gthread workers \(CPU a request: ({_TIME}) against ({_TIME})\)\s+([\d.]+)")
-    time_row = re.compile(rf"^  (.+?)\s{{2,}}({_TIME})\s{{2,}}([\d.]+)$")
-    for line in out.splitlines():
-        if line and not line.startswith(" "):
-            section = line
-            continue
-        if match := wrk_row.match(line):
-            label, rps, ratio = match.groups()
-            rates[label] = rps
-            if "(baseline)" in label:
-                base = (strip_baseline(label).replace(", same bytes", ""), f"{rps} req/s")
-            else:
-                figure = section if label == "plugin-health" else f"{section}: {label}"
-                yield Figure("http", figure, f"{rps} req/s", f"{base[1]} ({base[0]})", float(ratio))
-        elif match := classes_row.match(line):
-            kind, ratio = match.groups()
-            old = rates.get("plugin-health, gthread workers (before)", "?")
-            yield Figure("http", f"{section}: {kind} against gthread workers", f"{rates.get('plugin-health')} req/s",
-                         f"{old} req/s (gthread workers)", float(ratio))
-        elif match := cpu_row.match(line):
-            kind, value, old, ratio = match.groups()
-            yield Figure("http", f"{section}: worker CPU a request, {kind}", value, f"{old} (gthread workers)",
-                         float(ratio))
-        elif match := time_row.match(line):
-            label, value, ratio = match.groups()
-            if "(baseline)" in label:
-                base = (strip_baseline(label), value)
-            else:
-                topic = next((short for long, short in HTTP_TOPICS.items() if section.startswith(long)), section)
-                yield Figure("http", f"{topic}: {label}", value, f"{base[1]} ({base[0]})", float(ratio))
-
-
 def parse_scale(out: str, benchmark: str = "scale") -> Iterator[Figure]:
     """Its tables of ``value (ratio)`` cells per number of plugins: the largest number's row, against the first's."""
     lines = out.splitlines()
@@ -234,7 +193,6 @@ PARSERS: dict[str, Callable[[str], Iterator[Figure]]] = {
     "lifecycle": parse_lifecycle,
     "sandbox": parse_sandbox,
     "runtime": parse_runtime,
-    "http": parse_http,
     "slow": parse_slow,
     "scale": parse_scale,
     "metrics": lambda out: parse_scale(out, "metrics"),  # the same kind of table

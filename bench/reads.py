@@ -1,23 +1,29 @@
-"""In-process benchmark of the cached reads: one plugin's health (200 and 304), ``/readyz`` and ``/livez``, each
-as a ratio to a bare Flask route serving the same bytes and to a raw WSGI callable, in the same run.
+"""In-process benchmark of the cached reads: one plugin's health (200 and 304), ``/readyz``, ``/livez`` and
+``/v1/health``, each as a ratio to a bare Flask route serving the same bytes and to a raw WSGI callable, and
+``/v1/health`` to py-healthcheck's Flask endpoint with as many cached checks, in the same run.
 
-Run from the repository root, in the project's venv (as a module: ``bench/http.py`` shadows the standard
-library's ``http`` for scripts run from ``bench/``)::
+Run from the repository root, in the project's venv (``python -m bench`` runs it as ``python bench/reads.py``;
+it then puts the repository root first on ``sys.path``, since ``bench/http.py`` shadows the standard library's
+``http`` for scripts run from ``bench/``)::
 
-    python -m bench.reads [--seconds 1.0] [--rounds 5]
+    python -m bench.reads [--seconds 1.0] [--rounds 5] [--quick]
 
 No HTTP and no gunicorn: each app is called as WSGI (``app(environ, start_response)``) in a loop, with the
 environ a client's request would give, so what is measured is exactly the per-request work of the app, the
 part the service adds over Flask (``bench/http.py`` measures the same routes under gunicorn, where the server's
 own work dilutes the differences). The service is ``create_app`` with 100 trivial plugins hosted in this process
 on a SQLite store in a temporary run directory, with ``PROMETHEUS_MULTIPROC_DIR`` set as under gunicorn (so the
-counters write to their files, as a worker's do). Rounds alternate the apps; the figures are medians.
+counters write to their files, as a worker's do); since it hosts the plugins itself, its probes skip the check of
+a plugin host in another process that a gunicorn worker makes (``bench/http.py`` measures that). py-healthcheck
+is ``bench/_bare_app.py``'s (``/healthcheck/100``). Rounds alternate the apps; the figures are medians, and go to
+``python -m bench``'s table through ``bench/_figures.py``. ``--quick``: 3 rounds of 0.3 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
 import sys
@@ -26,6 +32,11 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+if not __package__:  # run as a script: the repository root instead of bench/, whose http.py shadows the stdlib's
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from bench._figures import report
 
 PLUGINS = 100
 PROBE = "p00050"
@@ -112,7 +123,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one measurement")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per route")
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 0.3 s")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 0.3, 3
     with tempfile.TemporaryDirectory(prefix="bench-reads-") as tmp:
         work = Path(tmp)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(work / "metrics")
@@ -131,34 +145,72 @@ def main() -> None:
                 raise RuntimeError("the service did not start")
             time.sleep(0.05)
         health = f"/v1/plugins/{PROBE}/health"
-        answers = {path: call(service, environ(path)) for path in (health, "/readyz", "/livez")}
+        answers = {path: call(service, environ(path)) for path in (health, "/readyz", "/livez", "/v1/health")}
         for path, (status, _, _) in answers.items():
             if not status.startswith("200"):
                 raise RuntimeError(f"{path} answered {status}")
         etag = dict(answers[health][1])["ETag"]
         bare = bare_app(answers)
+        os.environ.setdefault("BENCH_BARE_DIR", str(canned(work, answers[health])))
+        from bench._bare_app import app as healthcheck_app
+
+        healthcheck: WsgiApp = healthcheck_app.wsgi_app  # type: ignore[assignment]
+        theirs = environ(f"/healthcheck/{PLUGINS}")
+        if call(healthcheck, theirs)[0] != "200 OK":
+            raise RuntimeError("py-healthcheck did not answer 200")
         cases = [
-            (f"GET {health}", environ(health)),
-            (f"GET {health}, If-None-Match (304)", environ(health, {"If-None-Match": etag})),
-            ("GET /readyz", environ("/readyz")),
-            ("GET /livez", environ("/livez")),
+            (f"GET {health}", environ(health), None),
+            (f"GET {health}, If-None-Match (304)", environ(health, {"If-None-Match": etag}), None),
+            ("GET /readyz", environ("/readyz"), None),
+            ("GET /livez", environ("/livez"), None),
+            (f"GET /v1/health, {PLUGINS} plugins", environ("/v1/health"), theirs),
         ]
         print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {PLUGINS} plugins, in-process WSGI calls, "
-              f"{args.rounds} rounds of {args.seconds:g} s, medians")
-        print(f"{'route':<52}{'service':>10}{'bare Flask':>12}{'raw WSGI':>10}{'/Flask':>8}{'/raw':>7}")
-        for title, env in cases:
+              f"{args.rounds} rounds of {args.seconds:g} s, medians; py-healthcheck: {PLUGINS} cached checks")
+        print(f"{'route':<52}{'service':>10}{'bare Flask':>12}{'raw WSGI':>10}{'py-hc':>9}{'/Flask':>8}{'/raw':>7}"
+              f"{'/py-hc':>8}")
+        for title, env, other in cases:
             status, headers, body = call(service, env)
             raw = raw_app(status, headers, body)
             if call(bare, env)[0] != status:
                 raise RuntimeError(f"{title}: the bare app answered {call(bare, env)[0]}, not {status}")
-            samples: dict[str, list[float]] = {"service": [], "bare": [], "raw": []}
+            apps: list[tuple[str, WsgiApp, dict[str, Any]]] = [("bare", bare, env), ("service", service, env),
+                                                              ("raw", raw, env)]
+            if other is not None:
+                apps.append(("py-healthcheck", healthcheck, other))
+            samples: dict[str, list[float]] = {label: [] for label, _, _ in apps}
             for _ in range(args.rounds):
-                for label, app in (("bare", bare), ("service", service), ("raw", raw)):
-                    samples[label].append(rate(app, env, args.seconds))
-            real, flask, wsgi = (statistics.median(samples[k]) for k in ("service", "bare", "raw"))
-            print(f"{title:<52}{1e6 / real:>8.1f}us{1e6 / flask:>10.1f}us{1e6 / wsgi:>8.1f}us"
-                  f"{real / flask:>8.2f}{real / wsgi:>7.2f}")
+                for label, app, request in apps:
+                    samples[label].append(rate(app, request, args.seconds))
+            rates = {label: statistics.median(values) for label, values in samples.items()}
+            real, flask, wsgi = rates["service"], rates["bare"], rates["raw"]
+            theirs_rate = rates.get("py-healthcheck")
+            extra = "" if theirs_rate is None else f"{1e6 / theirs_rate:>7.1f}us"
+            against = "" if theirs_rate is None else f"{real / theirs_rate:>8.2f}"
+            print(f"{title:<52}{1e6 / real:>8.1f}us{1e6 / flask:>10.1f}us{1e6 / wsgi:>8.1f}us{extra:>9}"
+                  f"{real / flask:>8.2f}{real / wsgi:>7.2f}{against}")
+            # Ratios of throughput (calls a second), as bench/http.py's; the raw callable's 0.3 us in-process says
+            # nothing of what it costs under a server (bench/http.py measures that one), so it is only printed.
+            report(f"{title}, a call", f"{1e6 / real:.1f} us", f"{1e6 / flask:.1f} us (bare Flask route)",
+                   real / flask)
+            if theirs_rate is not None:
+                report(f"{title}, a call: against py-healthcheck", f"{1e6 / real:.1f} us",
+                       f"{1e6 / theirs_rate:.1f} us (py-healthcheck, {PLUGINS} cached checks)", real / theirs_rate)
         flask_app.extensions["plugin_health"].shutdown()
+
+
+def canned(work: Path, answer: tuple[str, list[tuple[str, str]], bytes]) -> Path:
+    """A directory of canned answers for ``bench/_bare_app.py`` (imported for py-healthcheck; its canned routes
+    are not used here)."""
+    directory = work / "canned"
+    directory.mkdir()
+    status, headers, body = answer
+    fields = dict(headers)
+    for key in ("health", "list"):
+        (directory / f"{key}.body").write_bytes(body)
+        meta = {"status": int(status.split()[0]), "content_type": fields["Content-Type"], "etag": fields["ETag"]}
+        (directory / f"{key}.json").write_text(json.dumps(meta))
+    return directory
 
 
 if __name__ == "__main__":
