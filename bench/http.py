@@ -5,7 +5,7 @@ Run from the repository root, in the project's venv, with ``wrk`` on ``PATH`` (D
 
     python bench/http.py [--quick]
 
-It takes about 4 minutes (``--quick``: one 2 s round per route and one worker probe, under 2 minutes). It writes
+It takes about 5 minutes (``--quick``: one 2 s round per route and one worker probe, about 75 s). It writes
 trivial plugins and run directories into a temporary directory, then starts five gunicorn servers, each on a free
 port of 127.0.0.1 and each with the repo's ``gunicorn.conf.py`` (worker class, worker count, keepalive, timeouts,
 ``max_requests`` recycling), so that only the WSGI app differs:
@@ -24,9 +24,10 @@ Each route is measured against its baseline: one plugin's health (200; and 304 w
 of a first GET>``, checked to answer 304 before and after), the list of all 1,000 (200 and 304), ``/readyz`` and
 ``/livez`` against the bare Flask route (and the health also against the raw callable), ``/v1/health`` over 10
 and 100 plugins against py-healthcheck with as many checks. It warms the servers up for 1 s, then runs
-``wrk -t2 -c16 -d4s --latency`` three times, alternating baseline and contenders (the machines are shared and
-noisy: pairing each run with its neighbour cancels slow drifts; 4 s, long enough that the rounds together see a
-few workers recycled by ``max_requests``, whose cold caches are part of the cost). It prints the medians of
+``wrk -t2 -c16 -d3s --latency`` five times, alternating baseline and contenders (the machines are shared and
+noisy: pairing each run with its neighbour cancels slow drifts, and the median of five such ratios leaves out the
+rounds another program disturbed; together the rounds see a few workers recycled by ``max_requests``, whose cold
+caches are part of the cost). It prints the medians of
 requests/s and of wrk's mean and 99th-percentile latency, the workers gunicorn booted during the runs, each
 round's req/s ratio to the baseline and their median, the p99 ratio the same way, the CPU time the workers spent
 a request (a figure the other programs on a shared machine disturb less than req/s), and issue 13's goal of each
@@ -79,8 +80,8 @@ from _serve import (
 PLUGINS = 1000
 AGGREGATE_PLUGINS = (10, 100)  # /v1/health against py-healthcheck with as many checks
 PROBE = "p00500"  # the plugin whose health is fetched
-ROUNDS = 3  # alternating wrk runs against the baseline and the contenders, per route (the machine is noisy)
-WRK = ["wrk", "-t2", "-c16", "-d4s", "--latency"]
+ROUNDS = 5  # alternating wrk runs against the baseline and the contenders, per route (the machine is noisy)
+WRK = ["wrk", "-t2", "-c16", "-d3s", "--latency"]
 LABEL = 52  # width of the figure column
 WARMUP = ["wrk", "-t2", "-c16", "-d1s"]
 QUICK_ROUNDS = 1  # --quick: one round of 2 s per route, one worker probe
