@@ -253,3 +253,18 @@ def test_details_follow_the_setting(tmp_path: Path, mode: str) -> None:
             both(app, "GET", "/v1/health", headers)
     finally:
         app.extensions[EXTENSION].shutdown()
+
+
+def test_a_server_that_adds_to_the_header_list_changes_no_later_answer(app: Flask) -> None:
+    call(app.wsgi_app, "GET", "/v1/plugins/core/health")
+    answers = []
+    for _ in range(2):
+        environ = EnvironBuilder(path="/v1/plugins/core/health").get_environ()
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+            answers.append(list(headers))
+            headers.append(("Date", "Tue, 01 Dec 2026 00:00:00 GMT"))  # as gevent's pywsgi does
+
+        b"".join(app.wsgi_app(environ, start_response))
+    assert answers[0] == answers[1]
+    assert "Date" not in dict(answers[1])

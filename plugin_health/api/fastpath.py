@@ -137,7 +137,7 @@ class FastReads:
         if answer is None:
             return self._to_flask(environ, start_response)
         status, headers, body, code = answer
-        start_response(status, headers)
+        start_response(status, list(headers))  # a copy: some servers add to the list they are given (gevent's Date)
         metrics.count("GET", rule, code, time.perf_counter() - began)
         return [body]
 
