@@ -213,7 +213,7 @@ def test_a_partitioned_owner_stops_its_singleton_before_another_takes_it(
              "i3 to catch up with Redis")
 
 
-def test_a_frozen_redis_costs_no_read_more_than_100_ms_and_loses_no_transition(
+def test_a_frozen_redis_holds_up_no_read_and_loses_no_transition(
     start_cluster: Callable[[list[str]], Cluster],
 ) -> None:
     cluster = start_cluster(["i1", "i2", "i3"])
@@ -237,7 +237,10 @@ def test_a_frozen_redis_costs_no_read_more_than_100_ms_and_loses_no_transition(
         assert cluster.plugin("i1", "core")["state"] == "FAILED"  # i1 saw its own failure meanwhile
     finally:
         cluster.redis.resume()
-    assert slowest[0] < 0.1, slowest
+    # A read that waited on the frozen Redis would take redis-py's retries (5-6 s) or forever; a cluster read costs
+    # one 50 ms timeout at most, the others never touch Redis (about 55 ms and a few ms measured, quiet). The bound
+    # leaves room for a machine so loaded that a plain /livez took 159 ms once.
+    assert slowest[0] < 0.5, slowest
 
     def copied() -> bool:
         client = cluster.client()
