@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -440,3 +442,46 @@ def test_without_instance_this_instance_acts_as_before(
     store = service_of(app).store.snapshot("sick")
     assert store is not None
     assert store.state is PluginLifecycleState.UNAVAILABLE
+
+
+# -- what a worker keeps between builds ---------------------------------------------------------------------------
+
+
+def test_a_plugin_turns_stale_in_the_document_though_its_snapshot_stands_still() -> None:
+    """Each instance's plugins are judged once and kept while their snapshots stand still, but only until the
+    judgement stops being true: the same snapshots, later, are stale."""
+    now = datetime.now(UTC)
+    # Its heartbeat holds for the whole test (the horizons are up to 31 s ahead): only the staleness moves.
+    view = FakeCluster(infos=[InstanceInfo("a-1", 101, now.timestamp() - 60, now.timestamp() + 40)],
+                       plugins={"a-1": [snapshot("late", last_check=now, stale_after=now + timedelta(seconds=30))]})
+    own = cluster_api.Own(None, True, None)
+
+    def late(at: datetime) -> dict[str, Any]:
+        body = cluster_api.cluster_body(view, own, True, None, cluster_api.Horizon(at))
+        instance: dict[str, Any] = json.loads(body)["instances"][0]
+        document = cluster_api.cluster_document(view, own, True, None, cluster_api.Horizon(at))
+        assert instance["plugins"] == document["instances"][0]["plugins"]
+        return instance
+
+    assert late(now)["plugins"]["late"]["stale"] is False
+    assert late(now + timedelta(seconds=10))["plugins"]["late"]["stale"] is False
+    assert late(now + timedelta(seconds=31))["plugins"]["late"]["stale"] is True
+
+
+def test_a_heartbeat_moves_the_document_on_while_its_plugins_stand_still(
+    client: FlaskClient, fake: FakeCluster
+) -> None:
+    first = client.get("/v1/cluster")
+    fake.infos = [dataclasses.replace(info, beat=info.beat + 1) if info.id == "a-1" else info for info in fake.infos]
+    time.sleep(cluster_api.LIFETIME + 0.1)
+    second = client.get("/v1/cluster")
+    assert second.headers["ETag"] != first.headers["ETag"]
+    beats = [{i["id"]: i["heartbeat"] for i in answer.get_json()["instances"]} for answer in (first, second)]
+    assert beats[0]["a-1"] != beats[1]["a-1"]
+    assert beats[0]["c-3"] == beats[1]["c-3"]
+    plugins = [[i["plugins"] for i in answer.get_json()["instances"]] for answer in (first, second)]
+    assert plugins[0] == plugins[1]
+    fake.plugins["c-3"] = [snapshot("core", critical=True), snapshot("extra")]  # c-3's core is back
+    time.sleep(cluster_api.LIFETIME + 0.1)
+    third = {i["id"]: i for i in client.get("/v1/cluster").get_json()["instances"]}
+    assert (third["c-3"]["status"], third["c-3"]["plugins"]["core"]["state"]) == ("pass", "RUNNING")

@@ -36,7 +36,8 @@ class Horizon:
         self._epoch = self.now.timestamp()
         self.until: float | None = None
 
-    def _keep(self, at: float) -> None:
+    def keep(self, at: float) -> None:
+        """Note that the answer stops being true at ``at`` (epoch seconds), if that is sooner than known."""
         if self.until is None or at < self.until:
             self.until = at
 
@@ -46,14 +47,14 @@ class Horizon:
         if stale_after is None or snapshot.state is not RUNNING:
             return None
         if self.now < stale_after:
-            self._keep(stale_after.timestamp())  # it turns stale then
+            self.keep(stale_after.timestamp())  # it turns stale then
             return None
         last = snapshot.last_check
         if last is None or last < snapshot.since:
             return NEVER_CHECKED
         checked = last.timestamp()
         age = math.floor(self._epoch - checked)
-        self._keep(checked + age + 1)  # the stated age moves on then
+        self.keep(checked + age + 1)  # the stated age moves on then
         return f"stale: last health check {age} s ago"
 
 
