@@ -108,6 +108,9 @@ READS = [
     ("/v1/health", AUTH),
     ("/v1/health", {"Accept-Encoding": "gzip, deflate"}),
     ("/v1/health", {"Authorization": "Bearer wrong"}),
+    ("/v1/plugins/", {}),
+    ("/v1/plugins/", AUTH),
+    ("/v1/plugins/", {**AUTH, "Accept-Encoding": "gzip"}),
     ("/readyz", {}),
     ("/livez", {}),
 ]
@@ -148,6 +151,11 @@ ODD = [
     ("GET", "/livez/", {}, ""),
     ("HEAD", "/livez", {}, ""),
     ("GET", "/v1/health", {"If-None-Match": "W/"}, ""),
+    ("GET", "/v1/plugins", {}, ""),
+    ("GET", "/v1/plugins/", {}, "state=FAILED"),
+    ("GET", "/v1/plugins/", {}, "limit=2"),
+    ("GET", "/v1/plugins/", {}, "limit=0"),
+    ("HEAD", "/v1/plugins/", {}, ""),
     ("GET", "/v1/plugins/core/health", {"Authorization": "Bearer"}, ""),
     ("GET", "/v1/plugins/core/health", {"Authorization": f"bearer   {TOKEN}  "}, ""),
 ]
@@ -178,7 +186,8 @@ def test_a_read_is_counted_in_the_same_series_as_flasks(app: Flask) -> None:
 
     reads = [("/v1/plugins/core/health", "/v1/plugins/<name>/health", "200"),
              ("/v1/plugins/sick/health", "/v1/plugins/<name>/health", "503"),
-             ("/v1/health", "/v1/health", "200"), ("/readyz", "/readyz", "200"), ("/livez", "/livez", "200")]
+             ("/v1/health", "/v1/health", "200"), ("/v1/plugins/", "/v1/plugins/", "200"),
+             ("/readyz", "/readyz", "200"), ("/livez", "/livez", "200")]
     for path, _, _ in reads:
         call(app.wsgi_app, "GET", path)  # cached
     spy = Spy(app)

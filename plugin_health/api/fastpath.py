@@ -4,8 +4,9 @@ A cached read costs little of its own (a store version check, a cache look-up, t
 per-request machinery (contexts, routing, hooks, the response object) cost more than all of it. So
 :class:`FastReads` wraps the app's ``wsgi_app`` and answers, from the same cache and with the same judgements,
 exactly these requests: ``GET`` with no query string and no ``Range`` of ``<prefix>/v1/plugins/<name>/health``
-(a valid name whose answer is cached at the store's current version), ``<prefix>/v1/health`` (its answer cached,
-or a 304 the cache can tell without it), ``<prefix>/readyz`` and ``<prefix>/livez``. The answers are the Flask
+(a valid name whose answer is cached at the store's current version), ``<prefix>/v1/health`` and the whole list
+``<prefix>/v1/plugins/`` (their answers cached, or a 304 the cache can tell without them), ``<prefix>/readyz``
+and ``<prefix>/livez``. The answers are the Flask
 views' to the byte: the same status, headers (in the same order) and body, ETags and 304s compared the same way,
 gzip negotiated the same way, and each request counted in the same series (method, URL rule, status; its
 duration by rule). Everything else goes to Flask unchanged: a miss (Flask builds and caches it), another method
@@ -16,7 +17,7 @@ ours (a host app's own ``before_request`` must see every request it saw before).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
@@ -26,7 +27,7 @@ from plugin_health import metrics
 from plugin_health.api import health
 from plugin_health.api.auth import visible_with
 from plugin_health.api.cache import ALWAYS, GZIP, Cached, matching_tag, takes_gzip
-from plugin_health.api.plugins import JSON
+from plugin_health.api.plugins import JSON, list_key
 from plugin_health.loader.registry import NAME_PATTERN
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ class FastReads:
             f"{prefix}/livez": self._livez,
             f"{prefix}/readyz": self._readyz,
             f"{prefix}/v1/health": self._aggregate,
+            f"{prefix}/v1/plugins/": self._list,
         }
         self._hooks = self._hook_state()
         #: Whether the app's hooks are still only ours: None until Flask has served a request (it refuses new
@@ -152,15 +154,12 @@ class FastReads:
     def _aggregate(self, service: Service, environ: Environ) -> Answer | None:
         visible = visible_with(service.settings, environ.get("HTTP_AUTHORIZATION", ""))
         key = health.aggregate_key(visible, service.host_problem(), service.store.degraded())
-        version = service.store.version()
-        if_none_match = environ.get("HTTP_IF_NONE_MATCH")
-        if if_none_match is not None:
-            gzip_ok = takes_gzip(environ.get("HTTP_ACCEPT_ENCODING"))
-            held = service.cache.held(key, version, parse_etags(if_none_match), gzip_ok)
-            if held is not None:
-                return not_modified(held)
-        entry = service.cache.peek(key, version)
-        return None if entry is None else cached_answer(entry, health.HEALTH_JSON, environ)
+        return _held_or_cached(service, key, health.HEALTH_JSON, environ)
+
+    @staticmethod
+    def _list(service: Service, environ: Environ) -> Answer | None:
+        visible = visible_with(service.settings, environ.get("HTTP_AUTHORIZATION", ""))
+        return _held_or_cached(service, list_key(None, None, None, visible), JSON, environ)
 
     @staticmethod
     def _readyz(service: Service, environ: Environ) -> Answer:
@@ -171,6 +170,20 @@ class FastReads:
     @staticmethod
     def _livez(service: Service, environ: Environ) -> Answer:
         return _LIVE
+
+
+def _held_or_cached(service: Service, key: Hashable, media_type: str, environ: Environ) -> Answer | None:
+    """A 304 the cache can tell without the answer (the ``shortcut`` of ``ResponseCache.respond``), the cached
+    answer of ``key`` at the store's version, or None (a miss: Flask builds it)."""
+    version = service.store.version()
+    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+    if if_none_match is not None:
+        gzip_ok = takes_gzip(environ.get("HTTP_ACCEPT_ENCODING"))
+        held = service.cache.held(key, version, parse_etags(if_none_match), gzip_ok)
+        if held is not None:
+            return not_modified(held)
+    entry = service.cache.peek(key, version)
+    return None if entry is None else cached_answer(entry, media_type, environ)
 
 
 _LIVE = _text(200, "ok")
