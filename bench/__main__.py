@@ -8,8 +8,8 @@ Every ``bench/<name>.py`` whose name does not start with ``_`` is a benchmark; e
 ``python bench/<name>.py`` from the repository root, as its docstring says (this process never imports them:
 ``bench/http.py`` would shadow the standard library's ``http`` here). Their output is shown as it comes, then
 parsed for the figures of the combined table: benchmark, figure, value, the baseline it names (measured in the
-same run) and the ratio; a benchmark with no parser here reports its figures itself through ``bench/_figures.py``
-(``BENCH_FIGURES``). ``--quick`` passes ``--quick`` to the benchmarks that take it (shorter runs); ``--only``
+same run) and the ratio; a benchmark reports figures itself through ``bench/_figures.py`` (``BENCH_FIGURES``)
+too, or instead. ``--quick`` passes ``--quick`` to the benchmarks that take it (shorter runs); ``--only``
 runs some of them. The full run takes about 10 minutes on 2 cores (``bench/metrics.py`` about 2 of them);
 ``--quick`` about 4.
 
@@ -319,7 +319,7 @@ def main() -> int:
             figures.append(Figure(name, f"FAILED: exit status {code}", "", "", None))
             continue
         parse = PARSERS.get(name)
-        parsed = list(parse(out)) if parse is not None else reported(scratch / f"{name}.jsonl", name)
+        parsed = (list(parse(out)) if parse is not None else []) + reported(scratch / f"{name}.jsonl", name)
         if not parsed:
             note = "no figures reported" if parse is None else "no figures found in its output"
             figures.append(Figure(name, f"({note}: see its output above)", "", "", None))

@@ -219,6 +219,8 @@ def started() -> None:
 #: the series are (methods x routes x statuses); the values still go to the same per-process files, so every
 #: worker's ``/metrics`` sums them as before.
 _request_counts: dict[tuple[str, str, int], Counter] = {}
+#: The WSGI environ key of a request a worker makes itself while warming (``api.warm``): never counted.
+WARMING = "plugin_health.warming"
 _request_seconds: dict[str, Histogram] = {}
 
 
@@ -227,21 +229,25 @@ def answered(response: Response) -> Response:
     rule = request.url_rule
     began = g.get("plugin_health_started")
     count(request.method, rule.rule if rule is not None else "<unmatched>", response.status_code,
-          None if began is None else time.perf_counter() - began)
+          None if began is None else time.perf_counter() - began, WARMING in request.environ)
     return response
 
 
-def count(method: str, route: str, status: int, seconds: float | None) -> None:
+def count(method: str, route: str, status: int, seconds: float | None, warming: bool = False) -> None:
     """Count one answered request by method (``other`` for one not in ``HTTP_METHODS``), route (its URL rule) and
-    status, and its duration (when known) by route: the same series whichever path answered it."""
+    status, and its duration (when known) by route: the same series whichever path answered it. ``warming``: a
+    request a worker made itself before taking any (``api.warm``): its series are made (so the first client's
+    request finds them), nothing is counted."""
     method = method if method in HTTP_METHODS else "other"
     key = (method, route, status)
     counter = _request_counts.get(key)
     if counter is None:
         counter = _request_counts[key] = REQUESTS.labels(method, route, str(status))
+    histogram = _request_seconds.get(route)
+    if histogram is None:
+        histogram = _request_seconds[route] = REQUEST_SECONDS.labels(route)
+    if warming:
+        return
     counter.inc()
     if seconds is not None:
-        histogram = _request_seconds.get(route)
-        if histogram is None:
-            histogram = _request_seconds[route] = REQUEST_SECONDS.labels(route)
         histogram.observe(seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -123,3 +124,30 @@ def test_a_worker_whose_warming_fails_still_boots(
     post_worker_init(Worker(app))
     assert "not warmed; its first requests build" in caplog.text
     assert service(app).cache._current(LIST_KEY, service(app).store.version()) is None
+
+
+def test_a_warmed_worker_answers_its_first_list_in_front_of_flask_and_counts_no_request(app: Flask) -> None:
+    """Warming takes a worker's first request through the whole app (Flask's first-request costs paid, the fast
+    path's question of whose hooks the app has answered), yet no request is counted that no client made."""
+    from prometheus_client import REGISTRY
+    from werkzeug.test import EnvironBuilder
+
+    from plugin_health.api.fastpath import FastReads
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("plugin_health_http_requests_total",
+                                         {"method": "GET", "route": "/v1/plugins/", "status": "200"}) or 0.0
+
+    fast = app.wsgi_app
+    assert isinstance(fast, FastReads)
+    before = counted()
+    warm.warm(app)
+    assert counted() == before
+    reached: list[str] = []
+    inner = fast.flask
+    fast.flask = lambda environ, start_response: reached.append(environ["PATH_INFO"]) or inner(environ, start_response)
+    environ = EnvironBuilder(path="/v1/plugins/").get_environ()
+    body = b"".join(fast(environ, lambda status, headers, exc_info=None: None))
+    assert [entry["name"] for entry in json.loads(body)] == NAMES
+    assert reached == []  # answered in front of Flask: the worker's first client request
+    assert counted() == before + 1

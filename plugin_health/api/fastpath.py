@@ -111,10 +111,14 @@ class FastReads:
         return (*(tuple((key, tuple(funcs)) for key, funcs in registry.items()) for registry in registries),
                 tuple(app.teardown_appcontext_funcs))
 
+    def only_ours(self) -> bool:
+        """Whether the app's hooks are still only the ones it had when this was put in front of it."""
+        return self._hook_state() == self._hooks
+
     def _to_flask(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         answer = self.flask(environ, start_response)
         if self._ours is None:
-            self._ours = self._hook_state() == self._hooks
+            self._ours = self.only_ours()
         return answer
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -140,7 +144,7 @@ class FastReads:
             return self._to_flask(environ, start_response)
         status, headers, body, code = answer
         start_response(status, list(headers))  # a copy: some servers add to the list they are given (gevent's Date)
-        metrics.count("GET", rule, code, time.perf_counter() - began)
+        metrics.count("GET", rule, code, time.perf_counter() - began, metrics.WARMING in environ)
         return [body]
 
     def _health(self, service: Service, environ: Environ) -> Answer | None:
