@@ -89,14 +89,19 @@ class Server:
         self.env = dict(env)
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> float:
-        """Start gunicorn; return the seconds until ``/startupz`` answered 200."""
-        began = time.monotonic()
+    def launch(self) -> None:
+        """Spawn gunicorn (in a session of its own, logging to ``log``) and return at once."""
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
                 self.command, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                 start_new_session=True,
             )
+
+    def start(self) -> float:
+        """Start gunicorn; return the seconds until ``/startupz`` answered 200."""
+        began = time.monotonic()
+        self.launch()
+        assert self.process is not None
         deadline = began + self.ready_within
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

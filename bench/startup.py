@@ -1,0 +1,173 @@
+"""Start-up benchmark (issue 13): gunicorn started to the first ``/readyz`` 200, 10 plugins against 10,000.
+
+Each round writes N trivial plugins into a temporary directory and starts the repository's service over them
+(``gunicorn -c gunicorn.conf.py wsgi:app`` on a free loopback port, as ``bench/_serve.py``'s ``plugins_service``
+starts it for the other HTTP benchmarks), then times from spawning gunicorn to the first ``/readyz`` that answers
+200 (every plugin loaded, initialized, started and checked once, the critical ones fine). N = 10 is the baseline,
+N = 10,000 the figure; the two alternate, 3 rounds each (``--quick``: 1), medians. The goal: 10,000 under 3 s and
+at most 4x the 10-plugin start of the same run.
+
+The core's own breakdown comes from its JSON log lines (stderr of the core, in gunicorn's log): the time of the
+first and last transition of each kind (LOADED, INITIALIZED, RUNNING) and of the line ``plugin host ... serves``,
+each counted from the core's first line.
+
+Every server is stopped (SIGTERM, then SIGKILL of its process group) after its round, on an error, and on SIGTERM
+or SIGINT to this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+
+from _figures import report
+from _serve import Server, describe, fetch, fmt_time, gunicorn_settings, plugins_service
+
+GOAL_SECONDS = 3.0
+GOAL_RATIO = 4.0
+READY_WITHIN = 300.0  # seconds allowed for /readyz with 10,000 plugins on a busy machine
+#: The core's phases, from its log: (label, the transition's destination state or the message's start, first/last).
+PHASES = (("first LOADED", "LOADED", "first"), ("last LOADED", "LOADED", "last"),
+          ("last INITIALIZED", "INITIALIZED", "last"), ("last RUNNING", "RUNNING", "last"),
+          ("serving", "plugin host", "first"))
+
+
+@dataclass
+class Round:
+    """One start: seconds to /readyz 200, and the core's phases (seconds after its first log line)."""
+
+    plugins: int
+    ready: float
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def ready(server: Server, within: float = READY_WITHIN) -> float:
+    """Start ``server``; the seconds from spawning gunicorn to the first ``/readyz`` 200."""
+    began = time.monotonic()
+    server.launch()
+    deadline = began + within
+    while time.monotonic() < deadline:
+        assert server.process is not None
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.label}: gunicorn exited with {server.process.returncode}:\n{server.tail()}")
+        with suppress(OSError):
+            if fetch(server.port, "/readyz", timeout=2.0).status == 200:
+                return time.monotonic() - began
+        time.sleep(0.01)
+    raise RuntimeError(f"{server.label}: /readyz not 200 within {within:.0f} s:\n{server.tail()}")
+
+
+def phases(log: Path) -> dict[str, float]:
+    """The core's phases from its JSON log lines (empty when it logged none of them)."""
+    first: float | None = None
+    seen: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            entry = json.loads(line)
+            at = datetime.fromisoformat(entry["time"]).timestamp()
+        except (ValueError, KeyError, TypeError):
+            continue
+        if first is None:
+            first = at
+        for label, what, which in PHASES:
+            hit = entry.get("to") == what or (
+                entry.get("event") == "transitions" and what in (entry.get("counts") or {})
+            ) or str(entry.get("message", "")).startswith(what)
+            if hit and (which == "last" or label not in seen):
+                seen[label] = at - first
+    return seen
+
+
+def measure(plugins: int, keep: list[Server]) -> Round:
+    """One round with ``plugins`` trivial plugins."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-startup-{plugins}-") as tmp:
+        server = plugins_service(plugins, Path(tmp), ready_within=READY_WITHIN)
+        keep.append(server)
+        try:
+            seconds = ready(server)
+            server.stop()
+            return Round(plugins, seconds, phases(server.log))
+        finally:
+            server.stop()
+            keep.remove(server)
+
+
+@contextmanager
+def stopped_on_signal(servers: list[Server]) -> Iterator[None]:
+    """SIGTERM or SIGINT stops every running server before this script exits."""
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for server in list(servers):
+            server.stop()
+        sys.exit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for server in list(servers):
+            server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main() -> None:
+    """Alternate rounds of N = 10 and N = 10,000; print the table, the ratio and the goals."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="one round of each size instead of three")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--sizes", default="10,10000", help="baseline,figure (default 10,10000)")
+    args = parser.parse_args()
+    rounds = args.rounds or (1 if args.quick else 3)
+    base, big = (int(n) for n in args.sizes.split(","))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIN_HEALTH_")}
+    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(f"gunicorn -c gunicorn.conf.py: {describe(gunicorn_settings(env))}")
+    print(f"time from spawning gunicorn to the first /readyz 200; {rounds} alternating round(s), medians\n")
+    results: dict[int, list[Round]] = {base: [], big: []}
+    servers: list[Server] = []
+    with stopped_on_signal(servers):
+        for _ in range(rounds):
+            for plugins in (base, big):
+                found = measure(plugins, servers)
+                results[plugins].append(found)
+                print(f"  round: {plugins:>6,} plugins  {fmt_time(found.ready)}", flush=True)
+    median = {n: statistics.median(r.ready for r in rs) for n, rs in results.items()}
+    ratio = median[big] / median[base]
+    print(f"\n {'plugins':>8}  {'to /readyz 200':>14}  {'ratio':>6}  per round")
+    for n in (base, big):
+        per = " ".join(fmt_time(r.ready) for r in results[n])
+        print(f" {n:>8,}  {fmt_time(median[n]):>14}  {median[n] / median[base]:>6.2f}  {per}")
+    labels = [label for label, _, _ in PHASES]
+    print("\nthe core's phases (seconds after its first log line, median of the rounds)")
+    print(f" {'plugins':>8}  " + "  ".join(f"{label:>16}" for label in labels))
+    for n in (base, big):
+        cells = []
+        for label in labels:
+            values = [r.phases[label] for r in results[n] if label in r.phases]
+            cells.append(f"{statistics.median(values):>16.2f}" if values else f"{'-':>16}")
+        print(f" {n:>8,}  " + "  ".join(cells))
+    under = median[big] < GOAL_SECONDS
+    within = ratio <= GOAL_RATIO
+    print(f"\n{big:,} plugins: {fmt_time(median[big])} ({'met' if under else 'missed'}: under {GOAL_SECONDS:.0f} s);"
+          f" {ratio:.2f}x the {base:,}-plugin start ({'met' if within else 'missed'}: at most {GOAL_RATIO:.0f}x)")
+    report(f"start to /readyz 200, {big:,} plugins", fmt_time(median[big]),
+           f"{fmt_time(median[base])} ({base:,} plugins)", ratio,
+           goal=f"< {GOAL_SECONDS:.0f} s and <= {GOAL_RATIO:.0f}x: {'met' if under and within else 'missed'}")
+
+
+if __name__ == "__main__":
+    main()
