@@ -174,6 +174,43 @@ def test_put_many_is_one_version_step(store: StateStore) -> None:
     assert store.history("a") == []  # snapshots only: no transition recorded
 
 
+def test_put_many_with_records_records_them_in_order_in_one_version_step(store: StateStore) -> None:
+    """A batch of a load phase: every transition recorded, in order, with its plugin's snapshot; one version step."""
+    store.put(snap("q"), rec("q", None, S.LOADED, "load"))
+    before, seq = store.version(), store.last_seq()
+    records = [rec("p", None, S.LOADED, "load"), rec("p", S.LOADED, S.INITIALIZED, "initialize"),
+               rec("q", S.LOADED, S.FAILED, "fail"), rec("p", S.INITIALIZED, S.RUNNING, "start"),
+               rec("p", S.RUNNING, S.FAILED, "fail")]
+    store.put_many([snap("p", S.FAILED), snap("q", S.FAILED)], records)
+    assert store.version() == before + 1
+    assert [(s.name, s.state) for s in store.snapshots()] == [("p", S.FAILED), ("q", S.FAILED)]
+    found = store.records_since(seq)
+    # Trimmed to the history limit (3 a plugin) as if recorded one by one: p's first is no longer kept.
+    assert [(plugin, record_from_json(data)) for _, plugin, data in found] == [(r.plugin, r) for r in records[1:]]
+    assert store.history("p") == records[1:2] + records[3:]
+    assert [r.trigger for r in store.history("q")] == ["load", "fail"]
+    assert store.transition_counts() == {
+        (None, "LOADED"): 1, ("LOADED", "INITIALIZED"): 1, ("LOADED", "FAILED"): 1, ("INITIALIZED", "RUNNING"): 1,
+        ("RUNNING", "FAILED"): 1}
+
+
+def test_a_batch_that_cannot_be_written_records_nothing(tmp_path: Path) -> None:
+    """All or nothing: a batch is one transaction, so what a reader sees is always a prefix of what happened."""
+    store = SQLiteStore(tmp_path / "s.db", history_limit=3)
+    store.put(snap("p"), rec("p", None, S.LOADED, "load"))
+    seq, version = store.last_seq(), store.version()
+
+    class Unwritable(PluginSnapshot):
+        def to_json(self) -> str:
+            raise RuntimeError("disk gone")
+
+    broken = Unwritable(name="r", state=S.RUNNING, since=datetime.now(UTC))
+    with pytest.raises(RuntimeError):
+        store.put_many([snap("q"), broken], [rec("q", None, S.LOADED, "load"), rec("r", None, S.LOADED, "load")])
+    assert (store.last_seq(), store.version(), [s.name for s in store.snapshots()]) == (seq, version, ["p"])
+    store.close()
+
+
 def test_records_since_lists_what_is_kept_in_order(store: StateStore) -> None:
     """What /v1/events and ``plugins watch`` follow: every kept transition after a sequence number, oldest first."""
     assert (store.last_seq(), store.records_since(0)) == (0, [])

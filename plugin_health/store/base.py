@@ -151,8 +151,9 @@ class StateStore(Protocol):
         """Publish a plugin's snapshot, and the transition that produced it, in one step."""
         ...
 
-    def put_many(self, snapshots: Iterable[PluginSnapshot]) -> None:
-        """Publish several snapshots in one step (one version change)."""
+    def put_many(self, snapshots: Iterable[PluginSnapshot], records: Iterable[TransitionRecord] = ()) -> None:
+        """Publish several snapshots, and the transitions that led there in the order they happened, in one step
+        (one version change): all of it or, if it fails, none (so what is recorded is a prefix of what happened)."""
         ...
 
     def degraded(self) -> str | None:

@@ -38,24 +38,26 @@ class MemoryStore:
 
     def put(self, snapshot: PluginSnapshot, record: TransitionRecord | None = None) -> None:
         """Publish a snapshot (and its transition)."""
-        with self._lock:
-            self._snapshots[snapshot.name] = snapshot
-            if record is not None:
-                self._seq += 1
-                history = self._history.setdefault(record.plugin, deque(maxlen=self._history_limit))
-                if len(history) == history.maxlen:  # the oldest is about to go, and its count with it
-                    self._moves[_move(history[0])] -= 1
-                history.append(record)
-                self._moves[_move(record)] += 1
-                self._seqs.setdefault(record.plugin, deque(maxlen=self._history_limit)).append(self._seq)
-            self._version += 1
+        self.put_many((snapshot,), () if record is None else (record,))
 
-    def put_many(self, snapshots: Iterable[PluginSnapshot]) -> None:
-        """Publish several snapshots at once."""
+    def put_many(self, snapshots: Iterable[PluginSnapshot], records: Iterable[TransitionRecord] = ()) -> None:
+        """Publish several snapshots, and the transitions that led there (in order), at once."""
         with self._lock:
             for snapshot in snapshots:
                 self._snapshots[snapshot.name] = snapshot
+            for record in records:
+                self._record(record)
             self._version += 1
+
+    def _record(self, record: TransitionRecord) -> None:
+        """Keep one transition (the caller holds ``_lock``)."""
+        self._seq += 1
+        history = self._history.setdefault(record.plugin, deque(maxlen=self._history_limit))
+        if len(history) == history.maxlen:  # the oldest is about to go, and its count with it
+            self._moves[_move(history[0])] -= 1
+        history.append(record)
+        self._moves[_move(record)] += 1
+        self._seqs.setdefault(record.plugin, deque(maxlen=self._history_limit)).append(self._seq)
 
     def degraded(self) -> str | None:
         """Always None: this store is as available as the process itself."""

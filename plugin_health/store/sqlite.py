@@ -60,6 +60,9 @@ COMMIT;
 """
 #: Meta key where the core says why its copy to the shared (Redis) store is behind ("" while it is not).
 SHARED_PROBLEM_KEY = "shared-store-problem"
+#: Forget a plugin's records past the history limit (its newest kept).
+_TRIM = ("DELETE FROM history WHERE plugin = ? AND seq <= "
+         "(SELECT seq FROM history WHERE plugin = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)")
 _UPSERT = "INSERT INTO plugins (name, data) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET data = excluded.data"
 
 
@@ -169,17 +172,19 @@ class SQLiteStore:
                 conn.execute(
                     "INSERT INTO history (plugin, data) VALUES (?, ?)", (record.plugin, record_to_json(record))
                 )
-                conn.execute(
-                    "DELETE FROM history WHERE plugin = ? AND seq <= "
-                    "(SELECT seq FROM history WHERE plugin = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                    (record.plugin, record.plugin, self._history_limit),
-                )
+                conn.execute(_TRIM, (record.plugin, record.plugin, self._history_limit))
 
-    def put_many(self, snapshots: Iterable[PluginSnapshot]) -> None:
-        """Publish several snapshots in one transaction."""
+    def put_many(self, snapshots: Iterable[PluginSnapshot], records: Iterable[TransitionRecord] = ()) -> None:
+        """Publish several snapshots, and the transitions that led there (in the order they happened), in one
+        transaction: a batch is recorded whole or not at all. Each plugin's history is trimmed once."""
         rows = [(snapshot.name, snapshot.to_json()) for snapshot in snapshots]
+        history = [(record.plugin, record_to_json(record)) for record in records]
         with self._write() as conn:
             conn.executemany(_UPSERT, rows)
+            if history:
+                conn.executemany("INSERT INTO history (plugin, data) VALUES (?, ?)", history)
+                conn.executemany(_TRIM, [(name, name, self._history_limit) for name in dict.fromkeys(
+                    plugin for plugin, _ in history)])
 
     def degraded(self) -> str | None:
         """None, but for an instance's own store whose copy to the shared store is behind: then why."""
