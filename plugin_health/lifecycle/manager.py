@@ -14,6 +14,9 @@ from plugin_health.lifecycle.states import ENTER_TRIGGER, FIRST_STATES, LEGAL_MO
 
 logger = logging.getLogger(__name__)
 
+#: The states of the way up: a move there is routine, news only in bulk while thousands of plugins load.
+ROUTINE = frozenset({PluginLifecycleState.LOADED, PluginLifecycleState.INITIALIZED, PluginLifecycleState.RUNNING})
+
 Listener = Callable[[TransitionRecord], None]
 
 DEFAULT_HISTORY_LIMIT = 100
@@ -54,6 +57,10 @@ class PluginLifecycleManager:
         self._listeners: list[Listener] = []
         self._versions = itertools.count(1)
         self._version = 0
+        #: The level of the line logged for a routine move (to LOADED, INITIALIZED or RUNNING); the core lowers it
+        #: to DEBUG while it loads, and says how many there were in a line per batch instead. Every other move
+        #: (a failure at WARNING, UNAVAILABLE, ...) always has its own line.
+        self.routine_level = logging.INFO
 
     # -- moving plugins ---------------------------------------------------------------------------
 
@@ -211,11 +218,13 @@ class PluginLifecycleManager:
             except Exception:
                 logger.exception("transition listener %r failed on %s", listener, record.plugin)
 
-    @staticmethod
-    def _log(record: TransitionRecord) -> None:
+    def _log(self, record: TransitionRecord) -> None:
         # A failure is news at WARNING: plugin, what failed (the reason) and the error's type. The error message is
         # never logged: it may hold secrets (the history keeps it for those allowed to read it).
-        level = logging.WARNING if record.dest is PluginLifecycleState.FAILED else logging.INFO
+        if record.dest is PluginLifecycleState.FAILED:
+            level = logging.WARNING
+        else:
+            level = self.routine_level if record.dest in ROUTINE else logging.INFO
         if not logger.isEnabledFor(level):
             return
         fields = record.to_dict()

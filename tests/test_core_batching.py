@@ -1,0 +1,107 @@
+"""While it loads, the core records transitions in batches: each batch one step of the store, every transition in
+it, in the order they happened, so that what the store holds at any moment is a prefix of what happened; a plugin
+that fails in a batch of many fails alone."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+from plugin_health.config import load_settings
+from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
+from plugin_health.runtime.core import Core
+from plugin_health.store import MemoryStore, PluginSnapshot
+
+S = PluginLifecycleState
+TRIVIAL = "from plugin_health import Plugin\nclass P(Plugin):\n    pass\n"
+
+
+class Recording(MemoryStore):
+    """A store that keeps every step it took: the transitions of each, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(history_limit=100)
+        self.steps: list[list[TransitionRecord]] = []
+        self.guard = threading.RLock()  # MemoryStore.put is a put_many
+
+    def put_many(self, snapshots: Iterable[PluginSnapshot], records: Iterable[TransitionRecord] = ()) -> None:
+        records = list(records)
+        with self.guard:
+            super().put_many(snapshots, records)
+            self.steps.append(records)
+
+
+@pytest.fixture
+def plugins(tmp_path: Path) -> Path:
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    for i in range(300):
+        (directory / f"p{i:03d}.py").write_text(TRIVIAL)
+    (directory / "p150_raises.py").write_text(
+        "from plugin_health import Plugin\nclass P(Plugin):\n    def start(self):\n        raise OSError('no disk')\n")
+    (directory / "p151_exits.py").write_text(
+        "from plugin_health import Plugin\nclass P(Plugin):\n    def initialize(self, context):\n"
+        "        raise SystemExit(3)\n")
+    (directory / "p152_broken.py").write_text("from plugin_health import Plugin\nclass P(Plugin:\n")
+    (directory / "p153_needs.py").write_text(
+        "from plugin_health import Plugin\nclass P(Plugin):\n    requires = ('p150_raises',)\n")
+    return directory
+
+
+@pytest.fixture
+def core(plugins: Path) -> Iterator[Core]:
+    settings = load_settings({"plugin_path": str(plugins), "health_interval": 3600, "max_restarts": 0},
+                             environ={})
+    made = Core(settings, Recording())
+    seen: list[TransitionRecord] = []
+    made.manager.subscribe(seen.append)
+    made.seen = seen  # type: ignore[attr-defined]
+    try:
+        yield made
+    finally:
+        made.shutdown()
+
+
+def test_every_transition_of_a_load_is_recorded_in_order_in_few_steps(core: Core) -> None:
+    store = core.store
+    assert isinstance(store, Recording)
+    core.start(background=False)
+    happened: list[TransitionRecord] = core.seen  # type: ignore[attr-defined]
+    recorded = [record for step in store.steps for record in step]
+    assert recorded == happened  # every one, once, in order: each step's end is a prefix of what happened
+    assert len(happened) >= 3 * 300
+    assert len([step for step in store.steps if step]) < len(happened) / 50
+    for name in core.manager:
+        snapshot = store.snapshot(name)
+        assert snapshot is not None
+        assert snapshot.state is core.manager.state_of(name)
+        assert store.history(name) == core.manager.history(name)
+
+
+def test_a_plugin_that_fails_in_a_batch_fails_alone(core: Core) -> None:
+    core.start(background=False)
+    states = core.manager.all_states()
+    failed = {name: (core.manager.last(name).reason, core.manager.last(name).error_type)
+              for name, state in states.items() if state is S.FAILED}
+    assert failed == {"p150_raises": ("start failed", "OSError"), "p151_exits": ("initialize failed", "SystemExit"),
+                      "p152_broken": ("import failed", "SyntaxError")}
+    assert states["p153_needs"] is S.UNAVAILABLE
+    assert sum(state is S.RUNNING for state in states.values()) == 300
+
+
+def test_routine_moves_of_a_load_are_counted_in_a_line_failures_each_have_theirs(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        core.start(background=False)
+    transitions = [r for r in caplog.records if getattr(r, "transition", None)]
+    assert {r.transition["to"] for r in transitions} == {"FAILED", "UNAVAILABLE"}  # type: ignore[attr-defined]
+    counted: dict[str, int] = {}
+    for r in caplog.records:
+        for state, n in (getattr(r, "counts", None) or {}).items():
+            counted[state] = counted.get(state, 0) + n
+    assert counted == {"LOADED": 303, "INITIALIZED": 301, "RUNNING": 300}
