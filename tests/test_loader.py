@@ -14,7 +14,7 @@ import pytest
 
 from plugin_health import PluginLifecycleState
 from plugin_health.loader.loader import LoaderSettings, PluginLoader
-from plugin_health.loader.sources import discover, scan_directory
+from plugin_health.loader.sources import PluginSource, declared_attribute, discover, scan_directory
 from plugin_health.testing import PluginHostFactory, assert_history
 
 S = PluginLifecycleState
@@ -322,3 +322,19 @@ def test_entry_point_plugins(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"epdemo": "RUNNING"}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("class P(Plugin):\n    isolation = 'process'\n", "process"),
+    ("class P(Plugin):\n    isolation: str = 'process'\n", "process"),
+    ("class P(Plugin):\n    \uff49solation = 'process'\n", "process"),  # NFKC: the same identifier
+    ("class P(Plugin):\n    pass\n# isolation is left to the default\n", None),
+    ("class P(Plugin):\n    pass\n", None),
+    ("class P(Plugin:\n    isolation = 'process'\n", None),
+], ids=["assigned", "annotated", "another-spelling", "named-in-a-comment", "absent", "syntax-error"])
+def test_declared_attribute_reads_the_source_without_importing_it(
+    tmp_path: Path, text: str, expected: object
+) -> None:
+    path = tmp_path / "p.py"
+    path.write_text("from plugin_health import Plugin\n" + text, encoding="utf-8")
+    assert declared_attribute(PluginSource("p", str(path), path=path), "isolation") == expected
