@@ -14,11 +14,13 @@ Each plugin is an actor (:class:`RunnerHandle`): its calls run one at a time, at
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
 import math
 import os
+import queue
 import secrets
 import select
 import signal
@@ -27,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +54,8 @@ _WATCH_EVERY = 0.25
 IDLE_BLAME = 0.1
 #: Environment variables a runner never sees (the service's settings carry its secrets, such as the admin token).
 _SCRUBBED_PREFIXES = ("PLUGIN_HEALTH_", "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_")
+#: Loads sent to the shared runner at once by ``RunnerPool.load_many`` (its lock is held while they run).
+PIPELINE = 64
 #: Seconds a runner whose line closed has to exit by itself (its guard wakes on its child's SIGCHLD at once).
 _EXIT_PATIENCE = 0.5
 
@@ -168,18 +172,54 @@ class RunnerProcess:
             raise RunnerLostError(CRASHED, self.dead)
         if not self.ready:
             self._await_boot()
+        ident, frame = self._frame(message)
+        timeout = self.settings.longest if timeout is None else timeout
+        self._exchange(lambda: self._send(frame, time.monotonic() + timeout + self.settings.grace), timeout)
+        return self._answer(ident, timeout)
+
+    def request_many(self, messages: list[tuple[dict[str, Any], float | None]]) -> Iterator[dict[str, Any]]:
+        """Send several requests at once, then yield their answers in order; :class:`RunnerLostError` at the one in
+        flight when the runner is lost (the caller holds :attr:`lock` throughout).
+
+        The runner answers one request at a time, in order, so the one in flight is always the first unanswered:
+        each has its own hard deadline, its timeout plus the grace counted from the answer before it, and the ones
+        after it never ran. Nothing waits between two requests, so the runner works while the core reads.
+        """
+        if self.dead is not None:
+            raise RunnerLostError(CRASHED, self.dead)
+        if not self.ready:
+            self._await_boot()
+        framed = [(*self._frame(message), self.settings.longest if timeout is None else timeout)
+                  for message, timeout in messages]
+        first = framed[0][2] if framed else 0.0
+        frames = b"".join(frame for _, frame, _ in framed)
+        self._exchange(lambda: self._send(frames, time.monotonic() + first + self.settings.grace), first)
+        for index, (ident, _, timeout) in enumerate(framed, 1):
+            yield self._answer(ident, timeout, more=index < len(framed))
+
+    def _frame(self, message: dict[str, Any]) -> tuple[int, bytes]:
         # A random id the answer must carry back: an answer a plugin forged cannot pass for another call's.
-        message = {**message, "id": secrets.randbits(62)}
+        ident = secrets.randbits(62)
         try:
-            frame = wire.encode_request(message, self.settings.max_message)
+            return ident, wire.encode_request({**message, "id": ident}, self.settings.max_message)
         except (ValueError, wire.MessageTooLargeError) as err:
             raise ValueError(f"the request cannot be sent to the runner: {err}") from err
-        if timeout is None:  # a call with no timeout of its own still has a deadline: the longest a plugin may declare
-            timeout = self.settings.longest
+
+    def _answer(self, ident: int, timeout: float, more: bool = False) -> dict[str, Any]:
+        """Wait for the next answer, which must be the request ``ident``'s, until ``timeout`` plus the grace
+        (``more``: answers to further requests may follow it)."""
         deadline = time.monotonic() + timeout + self.settings.grace
+        answer: Any = self._exchange(lambda: self._reader.read(lambda: self._wait_readable(deadline), more), timeout)
+        if not isinstance(answer, dict) or answer.get("id") != ident:
+            self.kill("it broke the protocol: an answer that is not the request's")
+            raise RunnerLostError(CRASHED, "its runner broke the protocol (an answer that is not the request's)")
+        return answer
+
+    def _exchange(self, step: Callable[[], Any], timeout: float) -> Any:
+        """Run one step of talking to the runner (a send or a read); a runner lost meanwhile is killed, reaped
+        and told as :class:`RunnerLostError`."""
         try:
-            self._send(frame, deadline)
-            answer = self._reader.read(lambda: self._wait_readable(deadline))
+            return step()
         except TimeoutError:
             self.kill(f"no answer within {timeout:g} s + {self.settings.grace:g} s")
             raise RunnerLostError(TIMEOUT, f"call exceeded its timeout of {timeout:g} s and did not stop; "
@@ -196,10 +236,6 @@ class RunnerProcess:
             code = self.kill(f"it broke the protocol: {err}")
             message_ = f"its runner broke the protocol ({type(err).__name__}; {_death(code)})"
             raise RunnerLostError(CRASHED, message_) from None
-        if not isinstance(answer, dict) or answer.get("id") != message["id"]:
-            self.kill("it broke the protocol: an answer that is not the request's")
-            raise RunnerLostError(CRASHED, "its runner broke the protocol (an answer that is not the request's)")
-        return answer
 
     def _await_boot(self) -> None:
         """Wait for the runner's first frame, which says it booted: a call's own deadline starts after that, so a
@@ -543,12 +579,7 @@ class RunnerPool:
         limits = limits if limits is not None else self.settings.load_limits
         own = dedicated or source.origin in self.quarantined
         runner = self._runner_for(source, own)
-        slot = next(self._slots)
-        handle = RunnerHandle(self, runner, slot, source.origin, limits)
-        request = {"op": "load", "slot": slot, "timeout": limits.timeout, "memory_limit_mb": limits.memory_limit_mb,
-                   "source": {"name": source.name, "origin": source.origin,
-                              "path": None if source.path is None else str(source.path.resolve()),
-                              "entry_point": source.entry_point}}
+        handle, request = self._load_request(runner, source, limits)
         lost: RunnerLostError | None = None
         with runner.lock:
             try:
@@ -556,21 +587,102 @@ class RunnerPool:
             except RunnerLostError as err:
                 lost = err
         if lost is not None:
-            self.quarantined.add(source.origin)
-            cause = f"loading {source.label}: {lost.message}"
-            self.tell(self.lose(runner, None, cause, lost.error_type, lost.message))
-            return Placed(None, phase="import", error_type=lost.error_type, error=lost.message)
-        with runner.lock:
+            return self._lost_loading(runner, source, lost)
+        return self._placed(handle, answer, own)
+
+    def load_many(self, sources: list[PluginSource], limits: SandboxLimits | None = None) -> Iterator[Placed]:
+        """Load each source as ``load(source, False, limits)`` would, in order, the next ones while the caller
+        handles one: a thread sends them to the shared runner :data:`PIPELINE` at a time, without waiting for each
+        answer, so the runner never waits for the core nor the core for the runner. A source whose load brings
+        the runner down is blamed (quarantined) as in ``load``; the ones sent after it never ran, and go to a new
+        runner."""
+        limits = limits if limits is not None else self.settings.load_limits
+        answers: queue.SimpleQueue[Placed | Exception] = queue.SimpleQueue()
+        stop = threading.Event()
+        thread = threading.Thread(target=self._pipeline_loads, args=(list(sources), limits, answers, stop),
+                                  name="plugin-health-loads", daemon=True)
+        thread.start()
+        try:
+            for _ in sources:
+                answer = answers.get()
+                if isinstance(answer, Exception):
+                    raise answer
+                yield answer
+        finally:
+            stop.set()  # a caller that stops early: what is in flight ends, nothing more is sent
+
+    def _pipeline_loads(self, sources: list[PluginSource], limits: SandboxLimits,
+                        answers: queue.SimpleQueue[Placed | Exception], stop: threading.Event) -> None:
+        try:
+            self._send_loads(sources, limits, answers, stop)
+        except Exception as err:  # noqa: BLE001 - a bug here must reach the caller waiting for answers, not hang it
+            answers.put(err)
+
+    def _send_loads(self, sources: list[PluginSource], limits: SandboxLimits,
+                    answers: queue.SimpleQueue[Placed | Exception], stop: threading.Event) -> None:
+        pending = collections.deque(sources)
+        while pending and not stop.is_set():
+            if pending[0].origin in self.quarantined:  # blamed before: a runner of its own
+                answers.put(self.load(pending.popleft(), False, limits))
+                continue
+            runner = self._runner_for(pending[0], False)
+            chunk = [pending.popleft() for _ in range(min(PIPELINE, len(pending)))]
+            requests = [self._load_request(runner, source, limits) for source in chunk]
+            lost: tuple[PluginSource, RunnerLostError] | None = None
+            placed: list[Placed] = []
+            with runner.lock:
+                replies = runner.request_many([(request, limits.timeout) for _, request in requests])
+                for source, (handle, _) in zip(chunk, requests, strict=True):
+                    try:
+                        answer = next(replies)
+                    except RunnerLostError as err:
+                        lost = (source, err)
+                        break
+                    placed.append(self._placed(handle, answer, False, locked=True))
+            for one in placed:
+                answers.put(one)
+            if lost is not None:
+                pending.extendleft(reversed(chunk[len(placed) + 1:]))  # never ran: loaded again in a new runner
+                answers.put(self._lost_loading(runner, *lost))
+
+    def _load_request(self, runner: RunnerProcess, source: PluginSource,
+                      limits: SandboxLimits) -> tuple[RunnerHandle, dict[str, Any]]:
+        """A handle for ``source`` in ``runner`` (a new slot) and the request that loads it there."""
+        slot = next(self._slots)
+        handle = RunnerHandle(self, runner, slot, source.origin, limits)
+        request = {"op": "load", "slot": slot, "timeout": limits.timeout, "memory_limit_mb": limits.memory_limit_mb,
+                   "source": {"name": source.name, "origin": source.origin,
+                              "path": None if source.path is None else str(source.path.resolve()),
+                              "entry_point": source.entry_point}}
+        return handle, request
+
+    def _lost_loading(self, runner: RunnerProcess, source: PluginSource, lost: RunnerLostError) -> Placed:
+        """``runner`` was lost while it loaded ``source``: the source is blamed, the runner's others recovered."""
+        self.quarantined.add(source.origin)
+        cause = f"loading {source.label}: {lost.message}"
+        self.tell(self.lose(runner, None, cause, lost.error_type, lost.message))
+        return Placed(None, phase="import", error_type=lost.error_type, error=lost.message)
+
+    def _placed(self, handle: RunnerHandle, answer: dict[str, Any], own: bool, locked: bool = False) -> Placed:
+        """What a load's answer gives: the handle (its instance kept in the runner) and the declaration, or the
+        phase that failed. ``locked``: the caller holds the runner's lock."""
+        runner = handle.runner
+        with contextlib.nullcontext() if locked else runner.lock:
             if not answer.get("ok"):
                 if own:
                     self._retire(runner)
                 return Placed(None, phase=_text(answer.get("phase")) or "import",
                                    error_type=_text(answer.get("error_type")), error=_text(answer.get("error")))
-            runner.handles[slot] = handle
+            runner.handles[handle.slot] = handle
         declaration = answer.get("result")
         if not isinstance(declaration, dict):
-            self.release(handle)
+            if locked:  # release() asks the runner to drop the instance: not with its lock held
+                handle.lost = True
+                runner.handles.pop(handle.slot, None)
+            else:
+                self.release(handle)
             return Placed(None, phase="declaration", error_type="ProtocolError", error="no declaration")
+        limits = handle.limits
         handle.limits = SandboxLimits(
             _number(declaration.get("timeout"), limits.timeout),
             _whole(declaration.get("memory_limit_mb"), limits.memory_limit_mb),

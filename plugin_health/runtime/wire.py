@@ -96,17 +96,31 @@ class FrameReader:
     """Reads one frame at a time from a non-blocking socket, once ``poll`` said it is readable: a frame usually
     arrives in one ``recv``, header and body together."""
 
-    __slots__ = ("limit", "sock")
+    __slots__ = ("_rest", "limit", "sock")
 
     def __init__(self, sock: socket.socket, limit: int) -> None:
         self.sock = sock
         self.limit = limit
+        self._rest = bytearray()  # what came after the last frame read, when more were awaited
 
-    def read(self, wait: Callable[[], None]) -> Any:
-        """The next frame's value; ``wait()`` blocks until the socket is readable (or raises)."""
-        buffer = bytearray()
+    def read(self, wait: Callable[[], None], more: bool = False) -> Any:
+        """The next frame's value; ``wait()`` blocks until the socket is readable (or raises). ``more``: further
+        frames are awaited (requests sent ahead), so bytes after this one are kept for the next read; otherwise
+        nobody asked for them, and they are a broken protocol."""
+        buffer, self._rest = self._rest, bytearray()
         need = -1
         while True:
+            if need < 0 and len(buffer) >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(buffer)
+                if size > self.limit:
+                    raise MessageTooLargeError(size, self.limit)
+                need = _HEADER.size + size
+            if 0 <= need <= len(buffer):
+                if len(buffer) > need:
+                    if not more:
+                        raise WireError("bytes after the answer: nobody asked for them")
+                    self._rest = buffer[need:]
+                return decode(bytes(buffer[_HEADER.size:need]))
             wait()
             try:
                 chunk = self.sock.recv(max(_CHUNK, need - len(buffer)))
@@ -117,15 +131,6 @@ class FrameReader:
             if not chunk:
                 raise PeerClosedError("the peer closed the connection")
             buffer += chunk
-            if need < 0 and len(buffer) >= _HEADER.size:
-                (size,) = _HEADER.unpack_from(buffer)
-                if size > self.limit:
-                    raise MessageTooLargeError(size, self.limit)
-                need = _HEADER.size + size
-            if 0 <= need <= len(buffer):
-                if len(buffer) > need:
-                    raise WireError("bytes after the answer: nobody asked for them")
-                return decode(bytes(buffer[_HEADER.size:]))
 
 
 def send(sock: socket.socket, frame: bytes) -> None:
