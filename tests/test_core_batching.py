@@ -105,3 +105,39 @@ def test_routine_moves_of_a_load_are_counted_in_a_line_failures_each_have_theirs
         for state, n in (getattr(r, "counts", None) or {}).items():
             counted[state] = counted.get(state, 0) + n
     assert counted == {"LOADED": 303, "INITIALIZED": 301, "RUNNING": 300}
+
+
+FAULTS = {
+    "segfault": "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n",
+    "exit": "import os\nos._exit(3)\n",
+    "hang": "import signal\nsignal.setitimer(signal.ITIMER_REAL, 0)\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+            "while True:\n    pass\n",
+    "raise": "raise RuntimeError('broken at import')\n",
+}
+EXPECTED = {"segfault": "PluginCrashedError", "exit": "PluginCrashedError", "hang": "PluginTimeoutError",
+            "raise": "RuntimeError"}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS), ids=list(FAULTS))
+def test_a_plugin_that_brings_its_runner_down_while_many_load_ahead_of_it_fails_alone(
+    tmp_path: Path, fault: str
+) -> None:
+    """Loads go to the shared runner many at a time: the one in flight when it dies is blamed, the ones loaded
+    before it come back in a fresh runner, the ones sent after it never ran and load in the fresh runner."""
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    for i in range(200):
+        (directory / f"p{i:03d}.py").write_text(TRIVIAL)
+    (directory / "p100_fault.py").write_text(FAULTS[fault] + TRIVIAL)
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0,
+                              "default_timeout": 1.0}, environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start(background=False)
+        states = core.manager.all_states()
+        last = core.manager.last("p100_fault")
+        assert (states["p100_fault"], last.reason, last.error_type) == (S.FAILED, "import failed", EXPECTED[fault])
+        assert sum(state is S.RUNNING for state in states.values()) == 200, {
+            name: state for name, state in states.items() if state is not S.RUNNING}
+    finally:
+        core.shutdown()

@@ -7,6 +7,7 @@ loader only knows it through this protocol, so the loader never depends on the r
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -99,6 +100,10 @@ class Placement(Protocol):
 
     def load(self, source: PluginSource, dedicated: bool, limits: SandboxLimits) -> Placed:
         """Import ``source`` there and instantiate its class (``dedicated``: in a process of its own)."""
+        ...
+
+    def load_many(self, sources: list[PluginSource], limits: SandboxLimits) -> Iterator[Placed]:
+        """``load(source, False, limits)`` of each source, in order, the next ones while the caller handles one."""
         ...
 
     def close(self) -> None:
