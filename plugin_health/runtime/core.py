@@ -8,6 +8,7 @@ fool it. It publishes every plugin's snapshot and transitions to the store, whic
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -114,6 +115,8 @@ class Core:
         #: (None: every write goes to the store at once).
         self._batch: list[TransitionRecord] | None = None
         self._batch_names: dict[str, None] = {}
+        self._batch_due = threading.Event()  # a full batch: the writer goes at once
+        self._writing = threading.Lock()  # batches are written one at a time, in order
         self._flushed = threading.Event()
         self._flusher: threading.Thread | None = None
         #: Singletons' owners (the instance holding each one's lease), as the singleton keeper last saw them.
@@ -145,13 +148,10 @@ class Core:
             self.supervisor.wait_idle(FIRST_CHECKS_WAIT)
         finally:
             batching.set()
+            self._batch_due.set()
             writer.join()
             self.manager.routine_level = logging.INFO
-            with self._publishing:
-                try:
-                    self._write_batch()  # the last one: what failed to be written stops the start here
-                finally:
-                    self._batch, self._batch_names = None, {}
+            self._write_batch(last=True)  # what fails to be written stops the start here
         self.store.begin(list(self.manager))
         self.flush()
         self.store.set_meta(LOADED_KEY, "1")
@@ -233,11 +233,14 @@ class Core:
     def flush(self) -> None:
         """Write the news that was waiting (``COALESCE``), in one step."""
         with self._publishing:
-            if self._batch is not None:  # while loading: with the batch, after the transitions before it
+            batching = self._batch is not None
+            if batching:  # while loading: with the batch, after the transitions before it
                 self._batch_names.update(dict.fromkeys(sorted(self._pending)))
                 self._pending = set()
-                self._write_batch()
-                return
+        if batching:
+            self._write_batch()
+            return
+        with self._publishing:
             names, self._pending = sorted(self._pending), set()
             snapshots = []
             for name in names:
@@ -266,40 +269,55 @@ class Core:
                 self._batch.append(record)
                 self._batch_names[record.plugin] = None
                 if len(self._batch) >= BATCH_SIZE:
-                    self._write_batch()
+                    self._batch_due.set()
                 return
             self.store.put(self.snapshot(record.plugin), record)
 
     def _write_batches(self, done: threading.Event) -> None:
-        """While loading: write the batch every ``BATCH_EVERY`` seconds, so that the store follows the load closely
-        however long a plugin takes."""
-        while not done.wait(BATCH_EVERY):
-            with self._publishing:
-                try:
-                    self._write_batch()
-                except Exception:  # a busy or broken store: the batch is kept and written with the next one
-                    logger.exception("transitions not recorded yet")
-
-    def _write_batch(self) -> None:
-        """Write the waiting transitions, in the order they happened, with their plugins' snapshots now, in one
-        step (the caller holds ``_publishing``): the store always holds a prefix of what happened. The batch is
-        forgotten only once written."""
-        if not self._batch and not self._batch_names:
-            return
-        records = self._batch or []
-        snapshots = []
-        for name in self._batch_names:
+        """While loading: write the batch every ``BATCH_EVERY`` seconds (sooner when it is full), so that the store
+        follows the load closely however long a plugin takes."""
+        while not done.is_set():
+            self._batch_due.wait(BATCH_EVERY)
+            self._batch_due.clear()
             try:
-                snapshots.append(self.snapshot(name))
-            except UnknownPluginError:
-                logger.debug("plugin %s is gone; nothing to publish", name)
-        self.store.put_many(snapshots, records)
+                self._write_batch()
+            except Exception:  # a busy or broken store: the batch is kept and written with the next one
+                logger.exception("transitions not recorded yet")
+
+    def _write_batch(self, last: bool = False) -> None:
+        """Write the waiting transitions, in the order they happened, with their plugins' snapshots as of now, in
+        one step: the store always holds a prefix of what happened. Batches are written one at a time, in order
+        (``_writing``); transitions go on meanwhile (the store is written without ``_publishing`` held), except for
+        the ``last`` batch, after which every transition is written at once again. A batch that cannot be written
+        is put back, to go first in the next one."""
+        with self._writing, self._publishing if last else contextlib.nullcontext():
+            with self._publishing:
+                if self._batch is None:  # loading is over: every transition was written at once since
+                    return
+                records, names = self._batch, self._batch_names
+                self._batch, self._batch_names = (None if last else []), {}
+                snapshots = []
+                for name in names:
+                    try:
+                        snapshots.append(self.snapshot(name))
+                    except UnknownPluginError:
+                        logger.debug("plugin %s is gone; nothing to publish", name)
+            if not records and not snapshots:
+                return
+            try:
+                self.store.put_many(snapshots, records)
+            except Exception:
+                if not last:
+                    with self._publishing:
+                        assert self._batch is not None
+                        self._batch[:0] = records
+                        self._batch_names = {**names, **self._batch_names}
+                raise
         if records:
             counts = Counter(record.dest.value for record in records if record.dest in ROUTINE)
             logger.info("recorded %d transitions while loading (%s)", len(records),
                         ", ".join(f"{n} to {state}" for state, n in counts.items()) or "none routine",
                         extra={"counts": dict(counts)})
-        self._batch, self._batch_names = [], {}
 
     def _publish(self, name: str, urgent: bool) -> None:
         with self._publishing:
