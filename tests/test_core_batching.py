@@ -5,6 +5,7 @@ that fails in a batch of many fails alone."""
 from __future__ import annotations
 
 import logging
+import time
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -139,5 +140,54 @@ def test_a_plugin_that_brings_its_runner_down_while_many_load_ahead_of_it_fails_
         assert (states["p100_fault"], last.reason, last.error_type) == (S.FAILED, "import failed", EXPECTED[fault])
         assert sum(state is S.RUNNING for state in states.values()) == 200, {
             name: state for name, state in states.items() if state is not S.RUNNING}
+    finally:
+        core.shutdown()
+
+
+SETUP_FAULTS = {
+    "segfault": ("import os, signal\n", "os.kill(os.getpid(), signal.SIGSEGV)", "PluginCrashedError"),
+    "hang": ("import signal\n", "signal.setitimer(signal.ITIMER_REAL, 0)\n        "
+             "signal.signal(signal.SIGALRM, signal.SIG_IGN)\n        while True:\n            pass",
+             "PluginTimeoutError"),
+    "raise": ("", "raise KeyError('setting')", "KeyError"),
+    "false": ("", "return False", "PluginSetupError"),
+}
+
+
+@pytest.mark.parametrize("phase", ["initialize", "start"])
+@pytest.mark.parametrize("fault", list(SETUP_FAULTS), ids=list(SETUP_FAULTS))
+def test_a_plugin_that_fails_its_setup_among_many_brought_up_together_fails_alone(
+    tmp_path: Path, fault: str, phase: str
+) -> None:
+    """Plugins that share the runner are initialized, then started, many at a time: the one in flight when the
+    runner dies is blamed; the others come back (the ones that never ran on their own, the others recovered)."""
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    for i in range(150):
+        (directory / f"p{i:03d}.py").write_text(TRIVIAL)
+    head, body, error_type = SETUP_FAULTS[fault]
+    signature = "initialize(self, context)" if phase == "initialize" else "start(self)"
+    (directory / "p070_fault.py").write_text(
+        f"{head}from plugin_health import Plugin\nclass P(Plugin):\n    timeout = 0.5\n"
+        f"    def {signature}:\n        {body}\n")
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0},
+                             environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start()
+        last = core.manager.last("p070_fault")
+        assert (core.manager.state_of("p070_fault"), last.reason, last.error_type) == (
+            S.FAILED, f"{phase} failed", error_type)
+        deadline = time.monotonic() + 20
+        while sum(state is S.RUNNING for state in core.manager.all_states().values()) < 150:
+            assert time.monotonic() < deadline, {
+                name: (state, core.manager.last(name).reason) for name, state in core.manager.all_states().items()
+                if state is not S.RUNNING}
+            time.sleep(0.05)
+        for name in core.manager:  # never RUNNING without an initialize in the instance that runs
+            moves = [(r.trigger, r.dest) for r in core.manager.history(name)]
+            if moves[-1][1] is S.RUNNING:
+                assert moves[-3:] == [("reset", S.LOADED), ("initialize", S.INITIALIZED), ("start", S.RUNNING)] or (
+                    moves[-2:] == [("initialize", S.INITIALIZED), ("start", S.RUNNING)])
     finally:
         core.shutdown()

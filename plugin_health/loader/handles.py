@@ -106,6 +106,12 @@ class Placement(Protocol):
         """``load(source, False, limits)`` of each source, in order, the next ones while the caller handles one."""
         ...
 
+    def call_many(self, handles: list[Any], method: str,
+                  args: list[tuple[Any, ...]]) -> list[PluginSandboxResult | None]:
+        """``handle.call(method, *args)`` of several handles placed together, sent at once; None for a call that did
+        not run (the caller makes it on its own)."""
+        ...
+
     def close(self) -> None:
         """Stop everything it runs."""
         ...

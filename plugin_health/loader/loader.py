@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 RUNNING = PluginLifecycleState.RUNNING
 UNAVAILABLE = PluginLifecycleState.UNAVAILABLE
 ACTIVE = frozenset({PluginLifecycleState.LOADED, PluginLifecycleState.INITIALIZED, RUNNING})
+#: Plugins brought up together at start-up (their initialize, then their start, sent to their runner at once).
+BRING_UP_MANY = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,14 +125,70 @@ class PluginLoader:
                         if reason.startswith(UnavailableReason.DEPENDENCY_CYCLE.value)}
         for name, reason in sorted(resolution.unavailable.items()):
             self.manager.trigger(name, "make_unavailable", reason=reason)
+        # Plugins that need nothing of another and share a runner are brought up BRING_UP_MANY at a time (their
+        # calls sent together); any other goes on its own, after those before it in the order.
+        together: list[str] = []
         for name in resolution.order:
             if self.manager.state_of(name) is not PluginLifecycleState.LOADED:
                 continue
             if name in self.disabled:
                 self.manager.trigger(name, "make_unavailable", reason=str(UnavailableReason.DISABLED))
+            elif self._shares_runner(name):
+                together.append(name)
+                if len(together) >= BRING_UP_MANY:
+                    self._bring_up_many(together)
+                    together = []
             else:
+                self._bring_up_many(together)
+                together = []
                 self.bring_up(name)
+        self._bring_up_many(together)
         self.finished.set()
+
+    def _shares_runner(self, name: str) -> bool:
+        """Whether ``name`` may be brought up with others: it requires nothing, is no singleton, and lives in the
+        shared runner."""
+        entry = self.registry.get(name)
+        return (self.placement is not None and not entry.spec.requires and not entry.spec.singleton
+                and getattr(entry.handle, "isolation", None) == "inline" and not getattr(entry.handle, "lost", True))
+
+    def _bring_up_many(self, names: list[str]) -> None:
+        """``bring_up`` of several plugins that share a runner: each phase's calls sent together (every initialize,
+        then the start of those initialized), each outcome judged and recorded in order as ``bring_up`` does. A
+        plugin whose call did not run (its runner was lost first) is brought up on its own, or recovered."""
+        alone: list[str] = []
+        for phase in ("initialize", "start"):
+            if not names:
+                break
+            assert self.placement is not None
+            entries = [self.registry.get(name) for name in names]
+            args = [(self.context_for(entry),) if phase == "initialize" else () for entry in entries]
+            results = self.placement.call_many([entry.handle for entry in entries], phase, args)
+            passed = []
+            for entry, result in zip(entries, results, strict=True):
+                if result is None:
+                    alone.append(entry.name)
+                    continue
+                self._observe(entry, phase, result)
+                if self._judge(entry.name, phase, result, str):
+                    passed.append(entry.name)
+            names = passed
+        for name in alone:
+            if self.manager.state_of(name) is PluginLifecycleState.LOADED:
+                self.bring_up(name)
+            # INITIALIZED (its start never ran, its runner lost): the supervisor recovers it with the runner's others
+
+    def _judge(self, name: str, phase: str, result: PluginSandboxResult, reason_for: Callable[[str], str]) -> bool:
+        """Move ``name`` by the outcome of its ``phase`` (``initialize`` or ``start``): True when it passed."""
+        if result.ok and result.result is False:  # as in Home Assistant: False is a failed setup
+            result = failed("PluginSetupError", f"{phase} returned False", result.duration_ms)
+        if not result.ok:
+            self.manager.trigger(
+                name, "fail", reason=reason_for(f"{phase} failed"), error_type=result.error_type, error=result.error
+            )
+            return False
+        self.manager.trigger(name, phase)
+        return True
 
     def _load_source(self, source: PluginSource, placed: Placed | None = None) -> PluginEntry | None:
         try:
@@ -282,15 +340,8 @@ class PluginLoader:
         if getattr(entry.handle, "lost", False) and not self._reinstantiate(entry, reason_for):
             return self.manager.state_of(name)
         for phase, args in (("initialize", (self.context_for(entry),)), ("start", ())):
-            result = self.call(name, phase, args)
-            if result.ok and result.result is False:  # as in Home Assistant: False is a failed setup
-                result = failed("PluginSetupError", f"{phase} returned False", result.duration_ms)
-            if not result.ok:
-                self.manager.trigger(
-                    name, "fail", reason=reason_for(f"{phase} failed"), error_type=result.error_type, error=result.error
-                )
+            if not self._judge(name, phase, self.call(name, phase, args), reason_for):
                 return PluginLifecycleState.FAILED
-            self.manager.trigger(name, phase)
         return RUNNING
 
     def dependency_problem(self, name: str) -> str | None:
@@ -399,12 +450,16 @@ class PluginLoader:
             result = entry.handle.call(method, args, kwargs, timeout, give_up_at=give_up_at)
         if result.refused:  # the caller's mistake (arguments that do not fit): nothing ran, nothing to count
             return result
+        self._observe(entry, method, result)
+        return result
+
+    def _observe(self, entry: PluginEntry, method: str, result: PluginSandboxResult) -> None:
+        """Tell the observers of a call into ``entry``'s plugin."""
         for observer in self.observers:
             try:
-                observer(name, method, entry.spec.isolation, result)
+                observer(entry.name, method, entry.spec.isolation, result)
             except Exception:  # an observer's bug must not turn into the plugin's failure
-                logger.exception("call observer %r failed on %s", observer, name)
-        return result
+                logger.exception("call observer %r failed on %s", observer, entry.name)
 
     def stop(self, name: str, timeout: float | None = None) -> PluginSandboxResult | None:
         """Call the plugin's ``stop`` if it is RUNNING (no state change here); None if it was not running."""

@@ -479,12 +479,7 @@ class RunnerHandle:
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
               timeout: float | None, give_up_at: float | None = None) -> tuple[PluginSandboxResult, RunnerLoss | None]:
         started = time.perf_counter()
-        timeout = self.limits.timeout if timeout is None else timeout
-        request: dict[str, Any] = {"op": "call", "slot": self.slot, "method": method, "timeout": timeout,
-                                   "args": list(args), "kwargs": dict(kwargs or {})}
-        if method == "initialize" and args and isinstance(args[0], PluginContext):
-            request["args"] = []
-            request["context"] = self._context(args[0])
+        request, timeout = self._request(method, args, kwargs, timeout)
         urgent = method in LIFECYCLE_METHODS
         if not self.runner.lock.acquire(timeout=self._patience(give_up_at), urgent=urgent):  # the runner is busy
             raise PluginBusyError(self.name, self.pool.settings.queue_limit)
@@ -498,19 +493,40 @@ class RunnerHandle:
             except ValueError as err:
                 return failed("UnencodableArgumentsError", str(err), _since(started)), None
             except RunnerLostError as err:
-                cause = f"plugin {self.name!r} {method}: {err.message}"
-                loss = self.pool.lose(self.runner, self, cause, err.error_type, err.message)
-                return failed(err.error_type, err.message, _since(started)), loss
+                return self._lost(method, err, started)
             self.runner.last = (self, time.monotonic())
-            result = PluginSandboxResult(bool(answer.get("ok")), answer.get("result"), _text(answer.get("error")),
-                                         _text(answer.get("error_type")), _since(started),
-                                         answer.get("refused") is True)
-            if answer.get("kept") and result.error_type == MEMORY:
-                # The runner holds what the plugin leaked: only a new runner gives it back. Killed and lost before
-                # its turn is given back, so that no call waiting for it lands in the dying runner and is blamed.
-                self.runner.kill(result.error or "memory kept past its limit")
-                cause = f"plugin {self.name!r} {method}: {result.error}"
-                return result, self.pool.lose(self.runner, self, cause, MEMORY, result.error or "")
+            # Judged before the turn is given back: a runner that kept memory is killed and lost first.
+            return self._result(method, answer, started)
+
+    def _request(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
+                 timeout: float | None) -> tuple[dict[str, Any], float | None]:
+        """The request that calls ``method``, and its timeout."""
+        timeout = self.limits.timeout if timeout is None else timeout
+        request: dict[str, Any] = {"op": "call", "slot": self.slot, "method": method, "timeout": timeout,
+                                   "args": list(args), "kwargs": dict(kwargs or {})}
+        if method == "initialize" and args and isinstance(args[0], PluginContext):
+            request["args"] = []
+            request["context"] = self._context(args[0])
+        return request, timeout
+
+    def _lost(self, method: str, err: RunnerLostError, started: float) -> tuple[PluginSandboxResult, RunnerLoss]:
+        """The runner was lost during this plugin's call: it is blamed."""
+        cause = f"plugin {self.name!r} {method}: {err.message}"
+        loss = self.pool.lose(self.runner, self, cause, err.error_type, err.message)
+        return failed(err.error_type, err.message, _since(started)), loss
+
+    def _result(self, method: str, answer: dict[str, Any],
+                started: float) -> tuple[PluginSandboxResult, RunnerLoss | None]:
+        """A call's answer as its outcome (and the runner's loss, when it kept memory past the plugin's limit); the
+        caller holds the runner's lock."""
+        result = PluginSandboxResult(bool(answer.get("ok")), answer.get("result"), _text(answer.get("error")),
+                                     _text(answer.get("error_type")), _since(started), answer.get("refused") is True)
+        if answer.get("kept") and result.error_type == MEMORY:
+            # The runner holds what the plugin leaked: only a new runner gives it back. Killed and lost before its
+            # turn is given back, so that no call waiting for it lands in the dying runner and is blamed.
+            self.runner.kill(result.error or "memory kept past its limit")
+            cause = f"plugin {self.name!r} {method}: {result.error}"
+            return result, self.pool.lose(self.runner, self, cause, MEMORY, result.error or "")
         if result.ok and method == "health_check" and answer.get(wire.HEALTH_RESULT) is True:
             result = _health_result(result)
         return result, None
@@ -688,6 +704,53 @@ class RunnerPool:
             _whole(declaration.get("memory_limit_mb"), limits.memory_limit_mb),
         )
         return Placed(handle, declaration)
+
+    def call_many(self, handles: list[RunnerHandle], method: str,
+                  args: list[tuple[Any, ...]]) -> list[PluginSandboxResult | None]:
+        """Call ``method`` of several plugins of one runner (a lifecycle method, at start-up), the requests sent
+        together and the answers read in order, so the runner never waits for the core; None for a plugin whose call
+        did not run (busy, lost, in another runner, or after the one in flight when the runner was lost): call it
+        on its own. A call that brings the runner down is blamed alone, as with ``RunnerHandle.call``."""
+        results: list[PluginSandboxResult | None] = [None] * len(handles)
+        runner = handles[0].runner if handles else None
+        taken = [i for i, handle in enumerate(handles)
+                 if handle.runner is runner and not handle.lost and handle._actor.acquire(blocking=False)]
+        loss: RunnerLoss | None = None
+        try:
+            if runner is None or not taken:
+                return results
+            try:
+                requests = [handles[i]._request(method, args[i], None, None) for i in taken]
+            except ValueError:
+                return results
+            if runner.dead is not None:
+                return results
+            runner.lock.acquire(urgent=True)
+            with _Held(runner.lock):
+                started = time.perf_counter()
+                replies = runner.request_many(requests)
+                for i in taken:
+                    handle = handles[i]
+                    if handle.lost:  # its runner was lost meanwhile (memory kept by the one before)
+                        break
+                    try:
+                        answer = next(replies)
+                    except RunnerLostError as err:
+                        results[i], loss = handle._lost(method, err, started)
+                        break
+                    except ValueError:
+                        break
+                    runner.last = (handle, time.monotonic())
+                    results[i], loss = handle._result(method, answer, started)
+                    started = time.perf_counter()
+                    if loss is not None:
+                        break
+        finally:
+            for i in taken:
+                handles[i]._actor.release()
+        if loss is not None:  # told with no lock held: the owner moves plugins, which calls runners
+            self.tell(loss)
+        return results
 
     def lose(self, runner: RunnerProcess, culprit: RunnerHandle | None, cause: str,
              error_type: str = CRASHED, error: str = "") -> RunnerLoss:
