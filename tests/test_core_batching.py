@@ -5,8 +5,8 @@ that fails in a batch of many fails alone."""
 from __future__ import annotations
 
 import logging
-import time
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -189,5 +189,34 @@ def test_a_plugin_that_fails_its_setup_among_many_brought_up_together_fails_alon
             if moves[-1][1] is S.RUNNING:
                 assert moves[-3:] == [("reset", S.LOADED), ("initialize", S.INITIALIZED), ("start", S.RUNNING)] or (
                     moves[-2:] == [("initialize", S.INITIALIZED), ("start", S.RUNNING)])
+    finally:
+        core.shutdown()
+
+
+def test_the_first_health_checks_of_many_are_judged_each_and_a_hard_hang_is_blamed_alone(tmp_path: Path) -> None:
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    for i in range(150):
+        (directory / f"p{i:03d}.py").write_text(TRIVIAL)
+    (directory / "p050_false.py").write_text(
+        "from plugin_health import Plugin\nclass P(Plugin):\n    def health_check(self):\n        return False\n")
+    (directory / "p060_hang.py").write_text(
+        "import signal\nfrom plugin_health import Plugin\nclass P(Plugin):\n    timeout = 0.5\n"
+        "    def health_check(self):\n        signal.setitimer(signal.ITIMER_REAL, 0)\n"
+        "        signal.signal(signal.SIGALRM, signal.SIG_IGN)\n        while True:\n            pass\n")
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0},
+                             environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start()
+        hang = core.manager.last("p060_hang")
+        assert (core.manager.state_of("p060_hang"), hang.error_type) == (S.FAILED, "PluginTimeoutError")
+        assert (hang.reason or "").startswith("quarantined into a runner of its own")
+        deadline = time.monotonic() + 20
+        while not all(core.manager.state_of(f"p{i:03d}") is S.RUNNING and core.supervisor.watch(
+                f"p{i:03d}").last_check_ok for i in range(150)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert core.supervisor.watch("p050_false").last_check_ok is False  # judged, though its runner was lost
     finally:
         core.shutdown()

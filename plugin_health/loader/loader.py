@@ -145,12 +145,13 @@ class PluginLoader:
         self._bring_up_many(together)
         self.finished.set()
 
-    def _shares_runner(self, name: str) -> bool:
-        """Whether ``name`` may be brought up with others: it requires nothing, is no singleton, and lives in the
-        shared runner."""
-        entry = self.registry.get(name)
-        return (self.placement is not None and not entry.spec.requires and not entry.spec.singleton
-                and getattr(entry.handle, "isolation", None) == "inline" and not getattr(entry.handle, "lost", True))
+    def _shares_runner(self, name: str, requires: bool = False) -> bool:
+        """Whether ``name``'s calls may be sent with others': it lives in the shared runner and is no singleton,
+        and (to be brought up with others, unless ``requires``) requires nothing."""
+        entry = self.registry.get_or_none(name)
+        return (entry is not None and self.placement is not None and (requires or not entry.spec.requires)
+                and not entry.spec.singleton and getattr(entry.handle, "isolation", None) == "inline"
+                and not getattr(entry.handle, "lost", True))
 
     def _bring_up_many(self, names: list[str]) -> None:
         """``bring_up`` of several plugins that share a runner: each phase's calls sent together (every initialize,
@@ -452,6 +453,24 @@ class PluginLoader:
             return result
         self._observe(entry, method, result)
         return result
+
+    def call_many(self, names: list[str], method: str) -> list[PluginSandboxResult | None]:
+        """``call(name, method)`` of each plugin (no arguments), those that share a runner ``BRING_UP_MANY`` at a
+        time, sent together (``Placement.call_many``); None for a call that did not run (its runner was lost first,
+        or its plugin runs elsewhere): make it on its own."""
+        results: list[PluginSandboxResult | None] = [None] * len(names)
+        if self.placement is None:
+            return results
+        shared = [i for i, name in enumerate(names) if self._shares_runner(name, requires=True)]
+        for start in range(0, len(shared), BRING_UP_MANY):
+            chunk = shared[start:start + BRING_UP_MANY]
+            entries = [self.registry.get(names[i]) for i in chunk]
+            found = self.placement.call_many([entry.handle for entry in entries], method, [() for _ in chunk])
+            for i, entry, result in zip(chunk, entries, found, strict=True):
+                if result is not None:
+                    self._observe(entry, method, result)
+                    results[i] = result
+        return results
 
     def _observe(self, entry: PluginEntry, method: str, result: PluginSandboxResult) -> None:
         """Tell the observers of a call into ``entry``'s plugin."""

@@ -141,9 +141,10 @@ class Core:
         writer.start()
         try:
             self.loader.load(discover(self.settings.plugin_dirs, self.settings.entry_point_group))
-            # The first health checks run side by side before loading counts as finished, so that ``healthy``
-            # speaks of a check from the first answer on; a few slow ones cannot hold start-up past
-            # FIRST_CHECKS_WAIT.
+            # The first health checks run before loading counts as finished, so that ``healthy`` speaks of a check
+            # from the first answer on: those of the plugins sharing a runner many at a time, the others side by
+            # side; a few slow ones cannot hold start-up past FIRST_CHECKS_WAIT.
+            self.supervisor.check_many(list(self.manager))
             self.supervisor.tick()
             self.supervisor.wait_idle(FIRST_CHECKS_WAIT)
         finally:

@@ -185,18 +185,20 @@ class Supervisor:
 
     # -- health checks -----------------------------------------------------------------------------------
 
-    def check(self, name: str) -> bool:
-        """Run ``name``'s health check now; whether it did not fail (``pass`` or ``warn``).
+    def check(self, name: str, result: PluginSandboxResult | None = None) -> bool:
+        """Run ``name``'s health check now (or judge ``result``, the outcome of one just run); whether it did not
+        fail (``pass`` or ``warn``).
 
         ``warn`` counts no failure; False, a ``fail`` result, any value that means nothing, an exception or a
         timeout counts as one (``policy.check_outcome``).
         """
         if self.manager.state_of(name) is not RUNNING:
             return False
-        try:
-            result = self.loader.call(name, "health_check")
-        except PluginError:  # its instance is gone with its runner and comes back shortly: nothing was checked
-            return False
+        if result is None:
+            try:
+                result = self.loader.call(name, "health_check")
+            except PluginError:  # its instance is gone with its runner and comes back shortly: nothing was checked
+                return False
         found, outcome = check_outcome(result)
         with self._lock:
             watch = self._watch(name)
@@ -210,6 +212,21 @@ class Supervisor:
             moved = found.status != ("pass" if before is None else before.status)
             self._changed(name, urgent=moved)
         return outcome.ok
+
+    def check_many(self, names: list[str]) -> None:
+        """The health checks of several RUNNING plugins now (the first ones, at start-up), the calls of those that
+        share a runner sent together (``PluginLoader.call_many``); each judged as ``check`` does, and its next one
+        scheduled an interval later. A check that did not run stays due, for ``tick``."""
+        running = [name for name in names if self.manager.get_state(name) is RUNNING]
+        for name, result in zip(running, self.loader.call_many(running, "health_check"), strict=True):
+            if result is None:
+                continue
+            self.check(name, result)
+            with self._lock:
+                watch = self._watch(name)
+                if watch.next_check_at is not None and self.manager.state_of(name) is RUNNING:
+                    watch.next_check_at = self._clock() + self.settings.health_interval
+                    self._schedule(watch.next_check_at, name, "check")  # the one due now is skipped when popped
 
     # -- restarts ------------------------------------------------------------------------------------------
 
