@@ -8,8 +8,8 @@ N = 10,000 the figure; the two alternate, 3 rounds each (``--quick``: 1), median
 at most 4x the 10-plugin start of the same run.
 
 The core's own breakdown comes from its JSON log lines (stderr of the core, in gunicorn's log): the time of the
-first and last transition of each kind (LOADED, INITIALIZED, RUNNING) and of the line ``plugin host ... serves``,
-each counted from the core's first line.
+first and last batch of transitions to LOADED, the last to RUNNING, and the line ``plugin host ... serves``, each
+in seconds after gunicorn was spawned.
 
 Every server is stopped (SIGTERM, then SIGKILL of its process group) after its round, on an error, and on SIGTERM
 or SIGINT to this script.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -38,24 +39,27 @@ from _serve import Server, describe, fetch, fmt_time, gunicorn_settings, plugins
 GOAL_SECONDS = 3.0
 GOAL_RATIO = 4.0
 READY_WITHIN = 300.0  # seconds allowed for /readyz with 10,000 plugins on a busy machine
-#: The core's phases, from its log: (label, the transition's destination state or the message's start, first/last).
-PHASES = (("first LOADED", "LOADED", "first"), ("last LOADED", "LOADED", "last"),
-          ("last INITIALIZED", "INITIALIZED", "last"), ("last RUNNING", "RUNNING", "last"),
-          ("serving", "plugin host", "first"))
+#: The core's phases, from its JSON log lines: (label, what the line says, the first or the last such line). While
+#: it loads, the core counts its routine transitions in a line per batch ("... (n to LOADED, m to RUNNING)").
+#: (Before batches, a line per transition: "plugin p: None -> LOADED (load)".)
+_LOADED, _RUNNING = re.compile(r"(to|->) LOADED"), re.compile(r"(to|->) RUNNING")
+PHASES = (("first LOADED", _LOADED, "first"), ("last LOADED", _LOADED, "last"), ("last RUNNING", _RUNNING, "last"),
+          ("core serving", re.compile("plugin host"), "first"))
 
 
 @dataclass
 class Round:
-    """One start: seconds to /readyz 200, and the core's phases (seconds after its first log line)."""
+    """One start: seconds to /readyz 200, and the core's phases (seconds after gunicorn was spawned)."""
 
     plugins: int
     ready: float
     phases: dict[str, float] = field(default_factory=dict)
 
 
-def ready(server: Server, within: float = READY_WITHIN) -> float:
-    """Start ``server``; the seconds from spawning gunicorn to the first ``/readyz`` 200."""
-    began = time.monotonic()
+def ready(server: Server, within: float = READY_WITHIN) -> tuple[float, float]:
+    """Start ``server``; the seconds from spawning gunicorn to the first ``/readyz`` 200, and the wall-clock time of
+    the spawn."""
+    began, wall = time.monotonic(), time.time()
     server.launch()
     deadline = began + within
     while time.monotonic() < deadline:
@@ -64,31 +68,26 @@ def ready(server: Server, within: float = READY_WITHIN) -> float:
             raise RuntimeError(f"{server.label}: gunicorn exited with {server.process.returncode}:\n{server.tail()}")
         with suppress(OSError):
             if fetch(server.port, "/readyz", timeout=2.0).status == 200:
-                return time.monotonic() - began
+                return time.monotonic() - began, wall
         time.sleep(0.01)
     raise RuntimeError(f"{server.label}: /readyz not 200 within {within:.0f} s:\n{server.tail()}")
 
 
-def phases(log: Path) -> dict[str, float]:
-    """The core's phases from its JSON log lines (empty when it logged none of them)."""
-    first: float | None = None
+def phases(log: Path, spawned: float) -> dict[str, float]:
+    """The core's phases, in seconds after gunicorn was spawned (wall clock), from its JSON log lines."""
     seen: dict[str, float] = {}
     for line in log.read_text(errors="replace").splitlines():
         if not line.startswith("{"):
             continue
         try:
             entry = json.loads(line)
-            at = datetime.fromisoformat(entry["time"]).timestamp()
+            at = datetime.fromisoformat(entry["time"]).timestamp() - spawned
+            message = str(entry["message"])
         except (ValueError, KeyError, TypeError):
             continue
-        if first is None:
-            first = at
         for label, what, which in PHASES:
-            hit = entry.get("to") == what or (
-                entry.get("event") == "transitions" and what in (entry.get("counts") or {})
-            ) or str(entry.get("message", "")).startswith(what)
-            if hit and (which == "last" or label not in seen):
-                seen[label] = at - first
+            if what.search(message) and (which == "last" or label not in seen):
+                seen[label] = at
     return seen
 
 
@@ -98,9 +97,9 @@ def measure(plugins: int, keep: list[Server]) -> Round:
         server = plugins_service(plugins, Path(tmp), ready_within=READY_WITHIN)
         keep.append(server)
         try:
-            seconds = ready(server)
+            seconds, spawned = ready(server)
             server.stop()
-            return Round(plugins, seconds, phases(server.log))
+            return Round(plugins, seconds, phases(server.log, spawned))
         finally:
             server.stop()
             keep.remove(server)
@@ -152,7 +151,7 @@ def main() -> None:
         per = " ".join(fmt_time(r.ready) for r in results[n])
         print(f" {n:>8,}  {fmt_time(median[n]):>14}  {median[n] / median[base]:>6.2f}  {per}")
     labels = [label for label, _, _ in PHASES]
-    print("\nthe core's phases (seconds after its first log line, median of the rounds)")
+    print("\nthe core's phases, from its log (seconds after gunicorn was spawned, median of the rounds)")
     print(f" {'plugins':>8}  " + "  ".join(f"{label:>16}" for label in labels))
     for n in (base, big):
         cells = []
