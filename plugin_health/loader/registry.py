@@ -193,13 +193,15 @@ class PluginRegistry:
 
     def declared(self) -> dict[str, Declared]:
         """Every plugin's declaration, for ``resolve``."""
-        return {name: entry.spec.declared for name, entry in self._entries.items()}
+        # A copy taken in one step first: recovery threads may register plugins meanwhile (shutdown reads this).
+        return {name: entry.spec.declared for name, entry in list(self._entries.items())}
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
     def __iter__(self) -> Iterator[PluginEntry]:
-        return iter([self._entries[name] for name in sorted(self._entries)])
+        entries = dict(self._entries)  # one step: other threads may register or forget plugins meanwhile
+        return iter([entries[name] for name in sorted(entries)])
 
     def __len__(self) -> int:
         return len(self._entries)
