@@ -10,8 +10,8 @@ Every ``bench/<name>.py`` whose name does not start with ``_`` is a benchmark; e
 parsed for the figures of the combined table: benchmark, figure, value, the baseline it names (measured in the
 same run) and the ratio; a benchmark reports figures itself through ``bench/_figures.py`` (``BENCH_FIGURES``)
 too, or instead. ``--quick`` passes ``--quick`` to the benchmarks that take it (shorter runs); ``--only``
-runs some of them. The full run takes about 10 minutes on 2 cores (``bench/metrics.py`` about 2 of them);
-``--quick`` about 4.
+runs some of them. The full run takes about 20 minutes on 2 cores (``bench/http.py`` about 5 of them);
+``--quick`` about 8.
 
 The exit status is 1 if a benchmark failed. Interrupted (Ctrl-C, SIGTERM), the running benchmark gets a SIGTERM,
 on which those that start servers stop them.
