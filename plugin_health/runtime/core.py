@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 from collections import Counter
+from collections.abc import Iterable
 
 from plugin_health import metrics
 from plugin_health.config import Settings
@@ -243,14 +244,20 @@ class Core:
             return
         with self._publishing:
             names, self._pending = sorted(self._pending), set()
-            snapshots = []
-            for name in names:
-                try:
-                    snapshots.append(self.snapshot(name))
-                except UnknownPluginError:
-                    logger.debug("plugin %s is gone; nothing to publish", name)
+            snapshots = self._snapshots_of(names)
             if snapshots:
                 self.store.put_many(snapshots)
+
+    def _snapshots_of(self, names: Iterable[str]) -> list[PluginSnapshot]:
+        """The snapshots of ``names`` to publish (a plugin gone meanwhile has none; the caller holds
+        ``_publishing``)."""
+        snapshots = []
+        for name in names:
+            try:
+                snapshots.append(self.snapshot(name))
+            except UnknownPluginError:
+                logger.debug("plugin %s is gone; nothing to publish", name)
+        return snapshots
 
     def _flush_loop(self) -> None:
         while not self._flushed.wait(COALESCE):
@@ -297,12 +304,7 @@ class Core:
                     return
                 records, names = self._batch, self._batch_names
                 self._batch, self._batch_names = (None if last else []), {}
-                snapshots = []
-                for name in names:
-                    try:
-                        snapshots.append(self.snapshot(name))
-                    except UnknownPluginError:
-                        logger.debug("plugin %s is gone; nothing to publish", name)
+                snapshots = self._snapshots_of(names)
             if not records and not snapshots:
                 return
             try:
