@@ -13,9 +13,9 @@ from flask import Flask
 from prometheus_client import REGISTRY
 from werkzeug.test import EnvironBuilder
 
-from plugin_health import create_app
 from plugin_health.api.fastpath import FastReads
 from plugin_health.app import EXTENSION, Service
+from tests.test_api import build as api_app
 
 TOKEN = "t0ken-for-tests"
 PLUGINS = {
@@ -36,13 +36,9 @@ def write_plugins(directory: Path) -> None:
 
 
 def build(directory: Path, **config: Any) -> Flask:
+    """The API tests' app (a memory store, first health checks run) over this file's plugins and token."""
     write_plugins(directory)
-    app = create_app({"plugin_path": str(directory), "store_url": "memory://", "health_interval": 3600,
-                      "admin_token": TOKEN, **config})
-    service: Service = app.extensions[EXTENSION]
-    assert service.host is not None
-    service.host.supervisor.tick()  # run the first health checks now
-    return app
+    return api_app(directory, **{"admin_token": TOKEN, **config})
 
 
 @pytest.fixture
