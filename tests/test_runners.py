@@ -695,3 +695,26 @@ def test_a_call_waiting_on_a_runner_being_recycled_for_kept_memory_is_not_blamed
     assert isinstance(outcomes["tools"], PluginSandboxResult)
     assert_failed(outcomes["tools"], "PluginMemoryError", "past its memory limit of 64 MiB")
     assert isinstance(outcomes["bystander"], PluginNotRunningError), outcomes["bystander"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the sender's end, on purpose
+def test_loads_sent_ahead_never_wait_on_a_sender_that_died_without_a_word(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread that sends loads ahead hands over every outcome, or the exception that stopped it; one that ends
+    otherwise (a ``BaseException`` it does not catch) must not leave the loader waiting for ever."""
+
+    def dies(*args: object) -> None:
+        raise SystemExit(0)  # ends a thread without a word
+
+    monkeypatch.setattr(RunnerPool, "_send_loads", dies)
+    outcome: list[object] = []
+
+    def load() -> None:
+        outcome.append(_try(lambda: list(harness.pool.load_many([source("tools")]))))
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    loader.join(10)
+    assert not loader.is_alive(), "load_many still waits on a sender that is gone"
+    assert isinstance(outcome[0], RuntimeError), outcome

@@ -620,12 +620,23 @@ class RunnerPool:
         thread.start()
         try:
             for _ in sources:
-                answer = answers.get()
+                answer = self._next_load(answers, thread)
                 if isinstance(answer, Exception):
                     raise answer
                 yield answer
         finally:
             stop.set()  # a caller that stops early: what is in flight ends, nothing more is sent
+
+    @staticmethod
+    def _next_load(answers: queue.SimpleQueue[Placed | Exception], sender: threading.Thread) -> Placed | Exception:
+        """The sender's next outcome. Each load it waits on has a hard deadline, but a sender that ended without a
+        word (a ``BaseException`` it does not catch) would leave nobody to answer: that is an error, not a wait."""
+        while True:
+            try:
+                return answers.get(timeout=_WATCH_EVERY)
+            except queue.Empty:
+                if not sender.is_alive() and answers.empty():
+                    return RuntimeError("the thread sending loads to the runner ended without their outcomes")
 
     def _pipeline_loads(self, sources: list[PluginSource], limits: SandboxLimits,
                         answers: queue.SimpleQueue[Placed | Exception], stop: threading.Event) -> None:
