@@ -243,11 +243,12 @@ def count(method: str, route: str, status: int, seconds: float | None, warming: 
     counter = _request_counts.get(key)
     if counter is None:
         counter = _request_counts[key] = REQUESTS.labels(method, route, str(status))
+    if not warming:
+        counter.inc()
+    if seconds is None:
+        return
     histogram = _request_seconds.get(route)
     if histogram is None:
         histogram = _request_seconds[route] = REQUEST_SECONDS.labels(route)
-    if warming:
-        return
-    counter.inc()
-    if seconds is not None:
+    if not warming:
         histogram.observe(seconds)
