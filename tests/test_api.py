@@ -17,6 +17,7 @@ from plugin_health import create_app, diagrams
 from plugin_health.app import EXTENSION, Service
 from plugin_health.diagrams import RendererUnavailableError
 from plugin_health.lifecycle.states import LEGAL_MOVES
+from plugin_health.runtime.core import LOADED_KEY
 
 TOKEN = "t0ken-for-tests"
 
@@ -253,6 +254,30 @@ def test_readyz_fails_on_a_critical_plugin(tmp_path: Path) -> None:
         assert client.get("/readyz?exclude=core").status_code == 200
         assert client.get("/readyz?exclude=plugin/core").status_code == 200
         assert client.get("/startupz").get_data(as_text=True) == "ok"
+    finally:
+        app.extensions[EXTENSION].shutdown()
+
+
+def test_readyz_while_loading_fails_on_loading_alone_and_reads_no_snapshot(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """While plugins load, the store's version moves at every batch of transitions: judging the critical plugins then
+    would read every snapshot in every worker at every probe, for an answer that fails on loading anyway."""
+    write_plugins(tmp_path, {"core": "critical = True\ndef start(self):\n    raise OSError('down')\n"})
+    app = build(tmp_path)
+    try:
+        store = app.extensions[EXTENSION].store
+        store.set_meta(LOADED_KEY, "")  # as while the core loads
+        reads = Counter[str]()
+        monkeypatch.setattr(store, "snapshots", lambda: reads.update(["snapshots"]) or [])
+        client = app.test_client()
+        response = client.get("/readyz")
+        assert (response.status_code, response.get_data(as_text=True)) == (
+            503, "[-]loading failed: plugins are still loading\nreadyz check failed\n")
+        assert reads == Counter()
+        store.set_meta(LOADED_KEY, "1")
+        monkeypatch.undo()
+        assert client.get("/readyz").get_data(as_text=True) == (
+            "[+]loading ok\n[-]plugin/core failed: FAILED start failed OSError\nreadyz check failed\n")
     finally:
         app.extensions[EXTENSION].shutdown()
 

@@ -244,7 +244,10 @@ _critical_read: tuple[Cached, list[tuple[str, str | None]]] | None = None
 def readiness(current: Service) -> tuple[list[tuple[str, str | None]], dict[str, str] | None, tuple[str, ...]]:
     """``/readyz``'s checks, notes and absent checks (see :func:`probe_answer`): loading has finished, every
     critical plugin is RUNNING (and not stale), a live process hosts the plugins; a degraded store is a note."""
-    checks = [*_host(current), _loading(current), *_critical_checks(current)]
+    loading = _loading(current)
+    # While loading, readiness fails on that alone: the critical plugins are judged once every one is loaded (worked
+    # out at each store version, they cost every worker a read of every snapshot per batch of transitions).
+    checks = [*_host(current), loading, *(_critical_checks(current) if loading[1] is None else ())]
     degraded = current.store.degraded()  # still ready: answering from the last known states beats answering nothing
     store_check = [("store", None)] if degraded else []
     notes = {"store": f"degraded: {degraded}"} if degraded else None
