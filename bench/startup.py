@@ -9,7 +9,9 @@ at most 4x the 10-plugin start of the same run.
 
 The core's own breakdown comes from its JSON log lines (stderr of the core, in gunicorn's log): the time of the
 first and last batch of transitions to LOADED, the last to RUNNING, and the line ``plugin host ... serves``, each
-in seconds after gunicorn was spawned.
+in seconds after gunicorn was spawned. And the CPU seconds each kind of process had used when ``/readyz`` first
+answered 200 (from ``/proc``: the processes of the server's session, by command line): the core, its runners,
+gunicorn's master and its workers. The start is over when the busiest of them is done, on a machine of 2 cores.
 
 Every server is stopped (SIGTERM, then SIGKILL of its process group) after its round, on an error, and on SIGTERM
 or SIGINT to this script.
@@ -54,11 +56,36 @@ class Round:
     plugins: int
     ready: float
     phases: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
-def ready(server: Server, within: float = READY_WITHIN) -> tuple[float, float]:
-    """Start ``server``; the seconds from spawning gunicorn to the first ``/readyz`` 200, and the wall-clock time of
-    the spawn."""
+#: Kinds of processes in the server's session, by what their command line holds (the first that matches).
+ROLES = (("core", "plugin_health.runtime.core_main"), ("runners", "plugin_health.runtime.runner"),
+         ("gunicorn", ""))
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_role(session: int) -> dict[str, float]:
+    """CPU seconds (user and system) used so far by the live processes of ``session``, summed by role (ROLES)."""
+    used = dict.fromkeys((role for role, _ in ROLES), 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[3]) != session:
+            continue
+        role = next(role for role, holds in ROLES if holds in command)
+        used[role] += (int(fields[11]) + int(fields[12])) / _TICK
+    return used
+
+
+def ready(server: Server, within: float = READY_WITHIN) -> tuple[float, float, dict[str, float]]:
+    """Start ``server``; the seconds from spawning gunicorn to the first ``/readyz`` 200, the wall-clock time of
+    the spawn, and the CPU seconds its processes had used by then (``cpu_by_role``)."""
     began, wall = time.monotonic(), time.time()
     server.launch()
     deadline = began + within
@@ -68,7 +95,7 @@ def ready(server: Server, within: float = READY_WITHIN) -> tuple[float, float]:
             raise RuntimeError(f"{server.label}: gunicorn exited with {server.process.returncode}:\n{server.tail()}")
         with suppress(OSError):
             if fetch(server.port, "/readyz", timeout=2.0).status == 200:
-                return time.monotonic() - began, wall
+                return time.monotonic() - began, wall, cpu_by_role(server.process.pid)
         time.sleep(0.01)
     raise RuntimeError(f"{server.label}: /readyz not 200 within {within:.0f} s:\n{server.tail()}")
 
@@ -97,9 +124,9 @@ def measure(plugins: int, keep: list[Server]) -> Round:
         server = plugins_service(plugins, Path(tmp), ready_within=READY_WITHIN)
         keep.append(server)
         try:
-            seconds, spawned = ready(server)
+            seconds, spawned, cpu = ready(server)
             server.stop()
-            return Round(plugins, seconds, phases(server.log, spawned))
+            return Round(plugins, seconds, phases(server.log, spawned), cpu)
         finally:
             server.stop()
             keep.remove(server)
@@ -159,6 +186,12 @@ def main() -> None:
             values = [r.phases[label] for r in results[n] if label in r.phases]
             cells.append(f"{statistics.median(values):>16.2f}" if values else f"{'-':>16}")
         print(f" {n:>8,}  " + "  ".join(cells))
+    roles = [role for role, _ in ROLES]
+    print("\nCPU seconds used by the first /readyz 200 (user + system, median of the rounds)")
+    print(f" {'plugins':>8}  " + "  ".join(f"{role:>10}" for role in roles))
+    for n in (base, big):
+        print(f" {n:>8,}  " + "  ".join(f"{statistics.median(r.cpu[role] for r in results[n]):>10.2f}"
+                                          for role in roles))
     under = median[big] < GOAL_SECONDS
     within = ratio <= GOAL_RATIO
     print(f"\n{big:,} plugins: {fmt_time(median[big])} ({'met' if under else 'missed'}: under {GOAL_SECONDS:.0f} s);"
