@@ -193,9 +193,9 @@ class Core:
         if mirror is not None:
             return dataclasses.replace(mirror, owner=self.owners.get(name), singleton=True, standby=True,
                                        allowed=allowed_triggers(PluginLifecycleState.UNAVAILABLE))
-        return dataclasses.replace(self._own_snapshot(name), standby=standby)
+        return self._own_snapshot(name, standby)
 
-    def _own_snapshot(self, name: str) -> PluginSnapshot:
+    def _own_snapshot(self, name: str, standby: bool) -> PluginSnapshot:
         last = self.manager.last(name)
         state = self.manager.state_of(name)
         entry = self.registry.get(name) if name in self.registry else None
@@ -230,6 +230,7 @@ class Core:
             observed_value=None if found is None else found.observed_value,
             observed_unit=None if found is None else found.observed_unit,
             check_output=None if found is None else found.output,
+            standby=standby,
         )
 
     def flush(self) -> None:
