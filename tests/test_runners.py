@@ -24,7 +24,14 @@ from waiting import wait_for
 
 from plugin_health.errors import PluginBusyError, PluginNotRunningError
 from plugin_health.loader.sources import PluginSource
-from plugin_health.runtime.runners import RunnerHandle, RunnerLoss, RunnerPool, RunnerSettings, scrubbed_environment
+from plugin_health.runtime.runners import (
+    RunnerHandle,
+    RunnerLoss,
+    RunnerPool,
+    RunnerSettings,
+    _random_idents,
+    scrubbed_environment,
+)
 from plugin_health.sandbox import PluginSandboxResult, SandboxLimits
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -39,6 +46,17 @@ SLACK = 0.3
 def source(name: str, directory: Path = RUNNER) -> PluginSource:
     path = directory / f"{name}.py"
     return PluginSource(name, str(path), path=path)
+
+
+def test_ids_sent_together_are_62_random_bits_each() -> None:
+    """Requests sent together take their ids from one read of the system's random source: each still as
+    ``secrets.randbits(62)`` would give it (no two alike, every bit used, none past 62 bits)."""
+    idents = _random_idents(4096)
+    assert len(idents) == len(set(idents)) == 4096
+    assert all(0 <= ident < 2**62 for ident in idents)
+    assert max(idents) >= 2**61  # the high bits vary
+    assert any(ident & 1 for ident in idents)  # and the low ones
+    assert _random_idents(0) == []
 
 
 def alive(pid: int) -> bool:

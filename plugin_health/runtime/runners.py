@@ -189,17 +189,19 @@ class RunnerProcess:
             raise RunnerLostError(CRASHED, self.dead)
         if not self.ready:
             self._await_boot()
-        framed = [(*self._frame(message), self.settings.longest if timeout is None else timeout)
-                  for message, timeout in messages]
+        # Their ids from one read of the system's random source (one read each was a tenth of the core's start).
+        idents = _random_idents(len(messages))
+        framed = [(*self._frame(message, ident), self.settings.longest if timeout is None else timeout)
+                  for (message, timeout), ident in zip(messages, idents, strict=True)]
         first = framed[0][2] if framed else 0.0
         frames = b"".join(frame for _, frame, _ in framed)
         self._exchange(lambda: self._send(frames, time.monotonic() + first + self.settings.grace), first)
         for index, (ident, _, timeout) in enumerate(framed, 1):
             yield self._answer(ident, timeout, more=index < len(framed))
 
-    def _frame(self, message: dict[str, Any]) -> tuple[int, bytes]:
+    def _frame(self, message: dict[str, Any], ident: int | None = None) -> tuple[int, bytes]:
         # A random id the answer must carry back: an answer a plugin forged cannot pass for another call's.
-        ident = secrets.randbits(62)
+        ident = secrets.randbits(62) if ident is None else ident
         try:
             return ident, wire.encode_request({**message, "id": ident}, self.settings.max_message)
         except (ValueError, wire.MessageTooLargeError) as err:
@@ -543,6 +545,12 @@ class RunnerHandle:
     def close(self) -> None:
         """Forget the instance (and stop a runner of its own)."""
         self.pool.release(self)
+
+
+def _random_idents(count: int) -> list[int]:
+    """``count`` ids of 62 random bits each, as ``secrets.randbits(62)`` gives them, from one ``os.urandom``."""
+    data = os.urandom(8 * count)
+    return [int.from_bytes(data[i:i + 8], "big") >> 2 for i in range(0, 8 * count, 8)]
 
 
 def _text(value: object) -> str | None:
