@@ -14,7 +14,13 @@ import pytest
 
 from plugin_health import PluginLifecycleState
 from plugin_health.loader.loader import LoaderSettings, PluginLoader
-from plugin_health.loader.sources import PluginSource, declared_attribute, discover, scan_directory
+from plugin_health.loader.sources import (
+    PluginSource,
+    declared_attribute,
+    declared_attributes,
+    discover,
+    scan_directory,
+)
 from plugin_health.testing import PluginHostFactory, assert_history
 
 S = PluginLifecycleState
@@ -338,3 +344,26 @@ def test_declared_attribute_reads_the_source_without_importing_it(
     path = tmp_path / "p.py"
     path.write_text("from plugin_health import Plugin\n" + text, encoding="utf-8")
     assert declared_attribute(PluginSource("p", str(path), path=path), "isolation") == expected
+
+
+@pytest.mark.parametrize("text", [
+    "class P(Plugin):\n    isolation = 'process'\n    singleton = True\n",
+    "class P(Plugin):\n    singleton = True\n",
+    "class P(Plugin):\n    isolation = 'process'\n",
+    "class P(Plugin):\n    singleton = bool(1)\n    isolation = 'inline'\n    isolation = 'process'\n",
+    "class A:\n    singleton = 1\nclass P(Plugin):\n    singleton = True\n    \uff49solation = 'process'\n",
+    "class P(Plugin):\n    pass\n",
+    "class P(Plugin:\n    singleton = True\n",
+], ids=["both", "singleton", "isolation", "first-assignment", "first-class", "neither", "syntax-error"])
+def test_declared_attributes_read_the_source_once_and_agree_with_each_alone(
+    tmp_path: Path, text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "p.py"
+    path.write_text("from plugin_health import Plugin\n" + text, encoding="utf-8")
+    source = PluginSource("p", str(path), path=path)
+    alone = {name: declared_attribute(source, name) for name in ("isolation", "singleton")}
+    reads = []
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or read_bytes(self))
+    assert declared_attributes(source, ("isolation", "singleton")) == alone
+    assert reads == [path]

@@ -28,7 +28,7 @@ from plugin_health.loader.dependencies import Declared, own_problem, resolve
 from plugin_health.loader.handles import InlineHandle, Placed, Placement, PluginHandle
 from plugin_health.loader.importing import find_plugin_class, import_source
 from plugin_health.loader.registry import PluginEntry, PluginRegistry, PluginSpec
-from plugin_health.loader.sources import PluginSource, declared_attribute
+from plugin_health.loader.sources import PluginSource, declared_attribute, declared_attributes
 from plugin_health.plugin import Plugin, PluginContext
 from plugin_health.sandbox import PluginSandboxResult, Sandbox, SandboxLimits
 from plugin_health.sandbox.results import failed
@@ -234,8 +234,8 @@ class PluginLoader:
     def _dedicated(self, source: PluginSource) -> bool:
         """Whether the source text asks for a runner of its own: ``isolation = "process"``, or a singleton (when
         its lease is in doubt, its runner can be ended without touching any other plugin)."""
-        return declared_attribute(source, "isolation") == "process" or declared_attribute(
-            source, "singleton") is True
+        declared = declared_attributes(source, ("isolation", "singleton"))  # the source read once for both
+        return declared["isolation"] == "process" or declared["singleton"] is True
 
     def _instantiate_placed(self, source: PluginSource, key: str | None,
                             placed: Placed | None = None) -> tuple[PluginSpec, PluginHandle]:

@@ -108,18 +108,27 @@ def declared_attribute(source: PluginSource, attribute: str, class_names: Sequen
     The server must know that a plugin wants process isolation before it runs a line of it, so this
     reads the module without importing it. Returns None when the attribute is absent or not a literal.
     """
+    return declared_attributes(source, (attribute,), class_names)[attribute]
+
+
+def declared_attributes(source: PluginSource, attributes: Sequence[str],
+                        class_names: Sequence[str] = ()) -> dict[str, object]:
+    """``declared_attribute`` of each of ``attributes``, the source read (and parsed, if need be) once: the
+    first literal assignment of each in a class body, or None."""
+    found: dict[str, object] = dict.fromkeys(attributes)
     path = source_file(source)
     if path is None:
-        return None
+        return found
     try:
         text = path.read_bytes()
         # Parsing is most of a load's cost in the core: an ASCII source that never spells the name cannot assign it
         # (identifiers are NFKC-normalised, so another spelling of it needs a non-ASCII character).
-        if text.isascii() and attribute.encode() not in text:
-            return None
+        wanted = {a for a in attributes if not text.isascii() or a.encode() in text}
+        if not wanted:
+            return found
         tree = ast.parse(text, filename=str(path))
     except (OSError, SyntaxError, ValueError):
-        return None
+        return found
     for node in tree.body:
         if not isinstance(node, ast.ClassDef) or (class_names and node.name not in class_names):
             continue
@@ -131,9 +140,12 @@ def declared_attribute(source: PluginSource, attribute: str, class_names: Sequen
             elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
                 targets, value = [statement.target], statement.value
             for target in targets:
-                if value is not None and isinstance(target, ast.Name) and target.id == attribute:
+                if value is not None and isinstance(target, ast.Name) and target.id in wanted:
+                    wanted.discard(target.id)
                     try:
-                        return ast.literal_eval(value)
+                        found[target.id] = ast.literal_eval(value)
                     except ValueError:
-                        return None
-    return None
+                        found[target.id] = None
+                    if not wanted:
+                        return found
+    return found
