@@ -1,11 +1,12 @@
-"""Prometheus metrics: ``GET /metrics``, right under several gunicorn workers and the plugin host.
+"""Prometheus metrics, right under several gunicorn workers and the plugin host (served by ``api.scrape``).
 
 Counted where they happen: transitions and sandbox calls in the process that hosts the plugins, HTTP
 requests in each worker. Under gunicorn, its configuration (``serving/gunicorn_conf.py``) sets
 ``PROMETHEUS_MULTIPROC_DIR`` before anything is imported, so every process (workers and host) writes its counts to
 files there, and any worker's
 ``/metrics`` sums them all (prometheus_client's multiprocess mode). How many plugins are in each state is not
-counted at all: it is read from the store when scraped, so it is the same from every worker.
+counted at all: it is read from the store when scraped, so it is the same from every worker. No web framework is
+imported here: the core counts its transitions and calls with this module, and never loads Flask.
 
 Series are bounded by states, routes and plugins, never by plugins x methods x outcomes (10,000 plugins made
 30,000 call series, 2.6 MB and 0.6 s a scrape). Calls are counted without the plugin, by ``call`` (the lifecycle
@@ -20,16 +21,12 @@ for a healthy one (``deploy/prometheus`` alerts on it).
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from flask import Blueprint, Response, current_app, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord, UnavailableReason
@@ -83,9 +80,6 @@ for _call in (*sorted(LIFECYCLE_CALLS), "tool"):
 RESTART_LIMIT_REACHED = "restart limit reached"
 #: The UNAVAILABLE reason codes that are their own ``problem`` label; any other is ``unavailable``.
 UNAVAILABLE_PROBLEMS = frozenset(reason.value for reason in UnavailableReason)
-
-bp = Blueprint("metrics", __name__)
-
 
 #: The series of the counts made per transition and per call into a plugin, by their labels (all from small
 #: sets): ``labels()`` checks and locks each time, and three of them a plugin were a tenth of the core's start-up.
@@ -208,28 +202,6 @@ class StoreCollector(Collector):
 COLLECTOR = "plugin_health.metrics"
 
 
-@bp.get("/metrics")
-def metrics() -> Response:
-    """Prometheus text format: this process's (or, under gunicorn, every process's) counts, plus the gauges."""
-    collector: StoreCollector | None = current_app.extensions.get(COLLECTOR)
-    if collector is None:
-        collector = current_app.extensions[COLLECTOR] = StoreCollector(current_app.extensions["plugin_health"])
-    gauges = CollectorRegistry(auto_describe=False)
-    gauges.register(collector)
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        counts = CollectorRegistry()
-        MultiProcessCollector(counts)  # type: ignore[no-untyped-call]
-        body = generate_latest(counts) + generate_latest(gauges)
-    else:
-        body = generate_latest(REGISTRY) + generate_latest(gauges)
-    return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0], content_type=CONTENT_TYPE_LATEST)
-
-
-def started() -> None:
-    """Note when the request began (a ``before_request`` hook for the requests of ours)."""
-    g.plugin_health_started = time.perf_counter()
-
-
 #: The labelled children of ``REQUESTS`` and ``REQUEST_SECONDS`` this process has counted into, by their labels:
 #: ``labels()`` takes a lock and joins the label values each time (a tenth of a cached read's cost). Bounded as
 #: the series are (methods x routes x statuses); the values still go to the same per-process files, so every
@@ -238,15 +210,6 @@ _request_counts: dict[tuple[str, str, int], Counter] = {}
 #: The WSGI environ key of a request a worker makes itself while warming (``api.warm``): never counted.
 WARMING = "plugin_health.warming"
 _request_seconds: dict[str, Histogram] = {}
-
-
-def answered(response: Response) -> Response:
-    """Count the request and its duration by method, route and status (an ``after_request`` hook)."""
-    rule = request.url_rule
-    began = g.get("plugin_health_started")
-    count(request.method, rule.rule if rule is not None else "<unmatched>", response.status_code,
-          None if began is None else time.perf_counter() - began, WARMING in request.environ)
-    return response
 
 
 def count(method: str, route: str, status: int, seconds: float | None, warming: bool = False) -> None:

@@ -8,8 +8,7 @@ from flask import Blueprint, Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
-from plugin_health import metrics
-from plugin_health.api import cluster, dashboard, events, health, openapi, operations, plugins, problems
+from plugin_health.api import cluster, dashboard, events, health, openapi, operations, plugins, problems, scrape
 
 #: The name of the blueprint that holds every route of ours (their endpoints are ``plugin_health.<bp>.<view>``).
 NAME = "plugin_health"
@@ -52,7 +51,7 @@ def blueprint() -> Blueprint:
     """Every route of ours on one new blueprint, whose errors are all answered as problem+json."""
     bp = Blueprint(NAME, __name__)
     problems.init_blueprint(bp)
-    for child in (plugins.bp, operations.bp, health.bp, cluster.bp, events.bp, openapi.bp, metrics.bp,
+    for child in (plugins.bp, operations.bp, health.bp, cluster.bp, events.bp, openapi.bp, scrape.bp,
                   dashboard.bp):
         bp.register_blueprint(child)
     return bp
@@ -65,11 +64,11 @@ def init_app(app: Flask, url_prefix: str = "") -> None:
     def before() -> Response | None:
         if not under(url_prefix, request.path):
             return None
-        metrics.started()
+        scrape.started()
         return routing_answer()
 
     def after(response: Response) -> Response:
-        return metrics.answered(response) if under(url_prefix, request.path) else response
+        return scrape.answered(response) if under(url_prefix, request.path) else response
 
     app.register_blueprint(blueprint(), url_prefix=url_prefix)
     app.before_request(before)

@@ -25,17 +25,20 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from plugin_health import metrics
 from plugin_health.config import Settings, load_settings
 from plugin_health.coordination.control import ControlServer, socket_path
 from plugin_health.coordination.locks import HostLock, Lock
-from plugin_health.runtime.cluster import ClusterLink, keep_singletons
 from plugin_health.runtime.core import LOADED_KEY, Core
 from plugin_health.runtime.operations import Operations
-from plugin_health.runtime.singletons import SingletonKeeper
 from plugin_health.store import SQLiteStore, StateStore, instance_store_file, is_shared, open_instance_store
 from plugin_health.store.cluster import BEAT_KEY, InstanceInfo, read_instance
+
+if TYPE_CHECKING:
+    from plugin_health.runtime.cluster import ClusterLink
+    from plugin_health.runtime.singletons import SingletonKeeper
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +164,12 @@ def serve(settings: Settings) -> int:
     metrics.observe_host_start()
     become_subreaper()  # what plugins fork and orphan becomes ours to reap, not init's
     host = Core(settings, store)
-    singletons = keep_singletons(settings, host)
+    singletons = None
+    if is_shared(settings.store_url):
+        # Here, not at the top: Redis (0.1 s of imports) only for a core that shares a Redis store, since the
+        # core's imports delay its first beat, and the master forks the workers after it.
+        from plugin_health.runtime.cluster import keep_singletons
+        singletons = keep_singletons(settings, host)
     heartbeat = Heartbeat(store, settings.owner_pid, stop, lock, settings.instance_id)
     heartbeat.start()
     reaper = threading.Thread(target=_reap_orphans_until, args=(stopping,), name="plugin-health-reaper", daemon=True)
@@ -200,6 +208,7 @@ def start_link(settings: Settings, store: StateStore, operations: Operations,
     """Link this instance to the others when the store is shared (Redis), else None."""
     if not (is_shared(settings.store_url) and isinstance(store, SQLiteStore)):
         return None
+    from plugin_health.runtime.cluster import ClusterLink  # with Redis only (see serve)
     link = ClusterLink(settings, store, operations, singletons)
     link.start()
     return link
