@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -162,6 +163,13 @@ class StateStore(Protocol):
 
     def version(self) -> int:
         """A number that grows with every ``put``; cheap, for caches."""
+        ...
+
+    def look(self) -> AbstractContextManager[None]:
+        """A block in which this thread's (or greenlet's) ``version()`` and ``get_meta()`` may share one look at
+        the store, for a store that pays for each (SQLite: a ``PRAGMA data_version``, 3 us): never older than the
+        first of them in the block, and a write made in the block need not be seen before it ends (for reads
+        only). Pins nest: an inner one joins the outer. A store whose reads cost nothing of the kind: no-op."""
         ...
 
     def snapshots(self) -> list[PluginSnapshot]:

@@ -7,6 +7,7 @@ import itertools
 import threading
 from collections import Counter, deque
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 
 from plugin_health.lifecycle import TransitionRecord
 from plugin_health.store.base import PluginSnapshot, record_to_json
@@ -66,6 +67,10 @@ class MemoryStore:
     def version(self) -> int:
         """Grows with every change."""
         return self._version
+
+    def look(self) -> AbstractContextManager[None]:
+        """Nothing to pin: ``version()`` and ``get_meta()`` read attributes of this process."""
+        return _NO_PIN
 
     def snapshots(self) -> list[PluginSnapshot]:
         """Every plugin, by name."""
@@ -130,3 +135,7 @@ class MemoryStore:
 def _move(record: TransitionRecord) -> tuple[str | None, str]:
     """A record's (from, to), by name (None: a first state)."""
     return None if record.source is None else record.source.value, record.dest.value
+
+
+#: ``MemoryStore.look()``'s block (``nullcontext`` can be entered again, and by several threads at once).
+_NO_PIN: AbstractContextManager[None] = nullcontext()
