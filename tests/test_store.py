@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -278,3 +279,107 @@ def test_a_feed_reads_what_comes_after_its_position(store: StateStore) -> None:
     assert [r.trigger for _, r in everything.read()] == ["initialize"]
     assert everything.position == store.last_seq()
     assert [r.trigger for _, r in ahead.read()] == ["load", "initialize"]
+
+
+def data_version_looks(store: SQLiteStore) -> list[str]:
+    """The ``PRAGMA data_version`` statements the store's watch connection runs from now on (opened if need be)."""
+    store.version()
+    assert store._watch is not None
+    looks: list[str] = []
+    store._watch.set_trace_callback(lambda sql: looks.append(sql) if "data_version" in sql else None)
+    return looks
+
+
+def test_a_pin_takes_one_look_and_outside_one_each_call_looks(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    store.set_meta("loaded", "1")
+    looks = data_version_looks(store)
+    with store.look():
+        assert (store.get_meta("host"), store.get_meta("loaded"), store.version()) == (None, "1", 0)
+        assert store.version() == 0
+    assert len(looks) == 1
+    store.version()
+    store.get_meta("loaded")
+    assert len(looks) == 3  # outside a pin: one look per call, as ever
+    store.close()
+
+
+def test_a_pin_is_never_older_than_a_write_committed_before_it(tmp_path: Path) -> None:
+    reader, writer = SQLiteStore(tmp_path / "s.db"), SQLiteStore(tmp_path / "s.db")
+    assert (reader.version(), reader.get_meta("loaded")) == (0, None)  # cached at this data_version
+    writer.put(snap("p"))
+    writer.set_meta("loaded", "1")
+    with reader.look():
+        assert (reader.version(), reader.get_meta("loaded")) == (1, "1")
+        writer.put(snap("p"))  # after the pin's look: it may be seen or not before the pin ends
+        assert reader.version() in (1, 2)
+    assert reader.version() == 2  # outside the pin: the next call sees it
+    with reader.look():
+        reader.put(snap("p"))  # a write of this process in a pin: not promised before the block ends
+    assert reader.version() == 3
+    reader.close()
+    writer.close()
+
+
+def test_pins_nest_and_end_with_the_outer_one(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    looks = data_version_looks(store)
+    with store.look():
+        store.version()
+        with store.look():  # joins the outer pin: no look of its own
+            store.version()
+        store.version()
+        assert len(looks) == 1
+    store.version()
+    assert len(looks) == 2
+    with store.look():  # a pin that never looked ends as cleanly
+        pass
+    with store.look(), store.look():
+        store.version()
+        store.version()
+    assert len(looks) == 3
+    store.close()
+
+
+def test_a_pin_is_its_threads_alone(tmp_path: Path) -> None:
+    store, writer = SQLiteStore(tmp_path / "s.db"), SQLiteStore(tmp_path / "s.db")
+    looks = data_version_looks(store)
+    seen: list[int] = []
+    with store.look():
+        assert store.version() == 0
+        writer.put(snap("p"))  # after this thread's look, before the other thread's
+        other = threading.Thread(target=lambda: seen.extend((store.version(), store.version())))
+        other.start()
+        other.join()
+        assert seen == [1, 1]  # another thread is not in this pin: it looks at each call, and sees the write
+        assert len(looks) == 3
+        assert store.version() == 1  # what the other thread read since is newer: fine
+        assert len(looks) == 3
+    store.close()
+    writer.close()
+
+
+def test_a_pin_is_its_greenlets_alone(tmp_path: Path) -> None:
+    """Under gevent workers every request is a greenlet of one thread: a pin is per greenlet (a context variable;
+    new greenlets start with an empty context), patched or not."""
+    gevent = pytest.importorskip("gevent")
+    store = SQLiteStore(tmp_path / "s.db")
+    looks = data_version_looks(store)
+
+    def request() -> None:
+        with store.look():
+            store.version()
+            gevent.sleep(0)  # the other greenlet runs in between, in its own pin
+            store.version()
+
+    gevent.joinall([gevent.spawn(request), gevent.spawn(request)], raise_error=True)
+    assert len(looks) == 2
+    store.close()
+
+
+def test_a_pin_changes_nothing_after_it(store: StateStore) -> None:
+    with store.look(), store.look():
+        before = store.version()
+        store.put(snap("p"))
+        assert store.version() >= before
+    assert store.version() == before + 1
