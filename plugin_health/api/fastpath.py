@@ -157,8 +157,9 @@ class FastReads:
 
     def _aggregate(self, service: Service, environ: Environ) -> Answer | None:
         visible = visible_with(service.settings, environ.get("HTTP_AUTHORIZATION", ""))
-        key = health.aggregate_key(visible, service.host_problem(), service.store.degraded())
-        return _held_or_cached(service, key, health.HEALTH_JSON, environ)
+        with service.store.look():  # the heartbeat, the store's condition, the version: one look
+            key = health.aggregate_key(visible, service.host_problem(), service.store.degraded())
+            return _held_or_cached(service, key, health.HEALTH_JSON, environ)
 
     @staticmethod
     def _list(service: Service, environ: Environ) -> Answer | None:
@@ -167,7 +168,8 @@ class FastReads:
 
     @staticmethod
     def _readyz(service: Service, environ: Environ) -> Answer:
-        checks, notes, absent = health.readiness(service)
+        with service.store.look():  # see health.readiness
+            checks, notes, absent = health.readiness(service)
         body, code = health.probe_answer("readyz", checks, notes, absent, set(), verbose=False)
         return _text(code, body)
 
