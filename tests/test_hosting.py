@@ -18,7 +18,7 @@ from plugin_health import create_app
 from plugin_health.app import EXTENSION, Service
 from plugin_health.coordination.locks import HostLock, lock_is_free
 from plugin_health.runtime.hosting import EXIT_LOCKED, HostProcess, host_problem, read_beat
-from plugin_health.store import open_store
+from plugin_health.store import SQLiteStore, open_store
 from plugin_health.store.cluster import InstanceInfo
 
 PLUGINS = {
@@ -239,3 +239,25 @@ def test_lock_probe(tmp_path: Path) -> None:
     assert not lock_is_free(path)
     lock.release()
     assert lock_is_free(path)
+
+
+def test_a_probe_or_the_aggregate_looks_at_the_store_once(env: dict[str, str], apps: list[Flask]) -> None:
+    """A worker's ``/readyz`` asks its SQLite store for the heartbeat, the loaded flag and the version of the critical
+    checks: one ``PRAGMA data_version`` between them (``store.look()``), on the fast path and on Flask's."""
+    apps.append(create_app(config(env)))
+    apps.append(create_app(config(env)))
+    reader = apps[1].extensions[EXTENSION]
+    assert reader.host is None
+    store = reader.store
+    assert isinstance(store, SQLiteStore)
+    client = apps[1].test_client()
+    for path in ("/readyz", "/startupz", "/v1/health"):
+        client.get(path)  # Flask's path: the fast path answers once Flask served a request, cached reads once built
+    store.version()
+    assert store._watch is not None
+    looks: list[str] = []
+    store._watch.set_trace_callback(lambda sql: looks.append(sql) if "data_version" in sql else None)
+    for path in ("/readyz", "/readyz?verbose", "/startupz", "/v1/health", "/v1/health?x=1"):
+        before = len(looks)
+        assert client.get(path).status_code in (200, 503)
+        assert len(looks) - before == 1, path
