@@ -10,23 +10,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from plugin_health.api.cache import ResponseCache
 from plugin_health.config import Settings
 from plugin_health.coordination.control import Control, HostUnavailableError, RemoteControl, socket_path
-from plugin_health.coordination.control_redis import RedisRemoteControl
 from plugin_health.coordination.locks import HostLock, Lock, lock_is_free
 from plugin_health.errors import ConfigError, UnknownInstanceError
-from plugin_health.runtime.cluster import ClusterLink, keep_singletons
 from plugin_health.runtime.core import Core
 from plugin_health.runtime.hosting import Heartbeat, host_problem, lock_path, read_beat, start_link
 from plugin_health.runtime.operations import Operations
 from plugin_health.store import SQLiteStore, StateStore, is_shared, open_instance_store
 from plugin_health.store.cluster import ClusterView, InstanceInfo, LocalCluster
-from plugin_health.store.redis import RedisCluster
 
 #: The key of an app's service in ``app.extensions``.
 EXTENSION = "plugin_health"
+
+if TYPE_CHECKING:
+    from plugin_health.coordination.control_redis import RedisRemoteControl
+    from plugin_health.runtime.cluster import ClusterLink
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,10 @@ class Service:
             if self.control is None:
                 raise HostUnavailableError("no process hosts the plugins of this instance")
             return self.control
+        if not (self.settings.store_url is not None and is_shared(self.settings.store_url)):
+            raise UnknownInstanceError(instance)  # no other instance to reach
+        from plugin_health.coordination.control_redis import RedisRemoteControl  # Redis only here (see _cluster)
+        from plugin_health.store.redis import RedisCluster
         if not isinstance(self.cluster, RedisCluster):
             raise UnknownInstanceError(instance)
         known = {i.id: i for i in self.cluster.instances()}
@@ -153,6 +159,9 @@ def _hosts_here(settings: Settings, store: StateStore) -> Lock | bool:
 def _cluster(settings: Settings, store: StateStore, service: Service) -> ClusterView:
     """The cluster this instance sees: every instance on a Redis store, else this one alone."""
     if settings.store_url is not None and is_shared(settings.store_url) and isinstance(store, SQLiteStore):
+        # Here, not at the top: Redis (60 ms of imports in each worker, five at once at start-up) only for a service
+        # that shares a Redis store.
+        from plugin_health.store.redis import RedisCluster
         view = RedisCluster(settings.store_url, settings.instance_id, store, settings.instance_retention)
         # Connect now (at most one short timeout if Redis is away): a worker's first connection costs up to a few
         # hundred milliseconds under gevent (its resolver's threads start), which no read should wait for.
@@ -188,7 +197,10 @@ def start_service(settings: Settings) -> Service:
     if hosts is not False:
         _refuse_green_threads(settings)
         service.host = Core(settings, store)
-        singletons = keep_singletons(settings, service.host)
+        singletons = None
+        if is_shared(settings.store_url):
+            from plugin_health.runtime.cluster import keep_singletons  # with Redis only (see _cluster)
+            singletons = keep_singletons(settings, service.host)
         if not isinstance(hosts, bool):
             service.lock = hosts
             service.heartbeat = Heartbeat(store, lock=hosts, instance=settings.instance_id)
