@@ -59,6 +59,44 @@ def test_snapshots_sorted_and_version_grows(store: StateStore) -> None:
     assert store.version() == v0 + 3
 
 
+def test_critical_snapshots_are_the_critical_ones_by_name(store: StateStore) -> None:
+    for name, critical in (("c", True), ("a", False), ("d", True), ("b", True), ("e", False)):
+        store.put(snap(name, critical=critical))
+    assert store.critical_snapshots() == [s for s in store.snapshots() if s.critical]
+    assert [s.name for s in store.critical_snapshots()] == ["b", "c", "d"]
+    store.put(snap("c", S.FAILED, critical=True, reason="start failed"))  # read again as it is now
+    store.put(snap("d", critical=False))
+    assert [(s.name, s.state) for s in store.critical_snapshots()] == [("b", S.RUNNING), ("c", S.FAILED)]
+
+
+def test_critical_snapshots_parse_no_other_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``/readyz`` judges the critical plugins at each store version: with 10,000 plugins and none critical,
+    reading and parsing every snapshot was 160 ms of a worker's first probe after a change, the query 18 ms."""
+    sqlite = SQLiteStore(tmp_path / "s.db")
+    sqlite.put_many([snap(f"p{i:03d}", critical=i % 50 == 0) for i in range(200)])
+    parsed: list[str] = []
+    from_json = PluginSnapshot.from_json
+    monkeypatch.setattr(PluginSnapshot, "from_json", lambda text: parsed.append(text) or from_json(text))
+    assert [s.name for s in sqlite.critical_snapshots()] == ["p000", "p050", "p100", "p150"]
+    assert len(parsed) == 4
+    sqlite.close()
+
+
+def test_critical_snapshots_without_sqlites_json_functions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqlite = SQLiteStore(tmp_path / "s.db")
+    sqlite.put_many([snap("a", critical=True), snap("b"), snap("c", critical=True)])
+    read = sqlite._read
+
+    def without_json1(sql: str, params: tuple[str, ...] = ()) -> list[tuple[str]]:
+        if "json_extract" in sql:
+            raise sqlite3.OperationalError("no such function: json_extract")
+        return read(sql, params)
+
+    monkeypatch.setattr(sqlite, "_read", without_json1)
+    assert [s.name for s in sqlite.critical_snapshots()] == ["a", "c"]
+    sqlite.close()
+
+
 def test_each_read_sees_what_changed_since_the_last(store: StateStore) -> None:
     store.put(snap("a"))
     store.put(snap("b"))

@@ -220,13 +220,14 @@ def _host(current: Service) -> list[tuple[str, str | None]]:
 def _critical_checks(current: Service) -> list[tuple[str, str | None]]:
     """The check of each critical plugin, worked out once per store version (and again when one turns stale).
 
-    Probes come often and uncached would read every snapshot each time (150 ms with 10,000 plugins).
+    Probes come often: uncached, they would read the critical plugins' snapshots each time (only theirs:
+    ``store.critical_snapshots()``; every snapshot was 150 ms with 10,000 plugins).
     """
 
     def build() -> Built:
         horizon = Horizon()
         # Probes are anyone's (redacted); a critical singleton on standby here is its owner's to judge.
-        critical = redact([s for s in current.store.snapshots() if s.critical and not s.standby], visible=False)
+        critical = redact([s for s in current.store.critical_snapshots() if not s.standby], visible=False)
         checks = [(f"plugin/{s.name}", unhealthy(s, horizon)) for s in critical]
         return dumps(checks), 200, horizon.until
 

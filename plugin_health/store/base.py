@@ -176,6 +176,10 @@ class StateStore(Protocol):
         """Every current plugin, ordered by name."""
         ...
 
+    def critical_snapshots(self) -> list[PluginSnapshot]:
+        """Every current critical plugin, ordered by name (what ``/readyz`` judges: a few among many)."""
+        ...
+
     def snapshot(self, name: str) -> PluginSnapshot | None:
         """One plugin, or None."""
         ...

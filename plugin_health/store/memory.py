@@ -77,6 +77,10 @@ class MemoryStore:
         with self._lock:
             return [self._snapshots[name] for name in sorted(self._snapshots)]
 
+    def critical_snapshots(self) -> list[PluginSnapshot]:
+        """Every critical plugin, by name."""
+        return [snapshot for snapshot in self.snapshots() if snapshot.critical]
+
     def snapshot(self, name: str) -> PluginSnapshot | None:
         """One plugin, or None."""
         return self._snapshots.get(name)
