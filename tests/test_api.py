@@ -268,7 +268,8 @@ def test_readyz_while_loading_fails_on_loading_alone_and_reads_no_snapshot(tmp_p
         store = app.extensions[EXTENSION].store
         store.set_meta(LOADED_KEY, "")  # as while the core loads
         reads = Counter[str]()
-        monkeypatch.setattr(store, "snapshots", lambda: reads.update(["snapshots"]) or [])
+        for read in ("snapshots", "critical_snapshots"):  # every way to read snapshots, counted
+            monkeypatch.setattr(store, read, lambda read=read: reads.update([read]) or [])
         client = app.test_client()
         response = client.get("/readyz")
         assert (response.status_code, response.get_data(as_text=True)) == (
