@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -81,34 +81,34 @@ RESTART_LIMIT_REACHED = "restart limit reached"
 #: The UNAVAILABLE reason codes that are their own ``problem`` label; any other is ``unavailable``.
 UNAVAILABLE_PROBLEMS = frozenset(reason.value for reason in UnavailableReason)
 
-#: The series of the counts made per transition and per call into a plugin, by their labels (all from small
-#: sets): ``labels()`` checks and locks each time, and three of them a plugin were a tenth of the core's start-up.
-_transition_counts: dict[tuple[str, str, str], Counter] = {}
-_call_counts: dict[tuple[str, str], Counter] = {}
-_call_seconds: dict[tuple[str, str], Histogram] = {}
+_M = TypeVar("_M", Counter, Histogram)
+#: The labelled series this process has counted into, by metric and label values (``series``).
+_kept: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def series(metric: _M, *labels: str) -> _M:
+    """``metric.labels(*labels)``, kept: ``labels()`` checks the values and takes a lock each time (three of them a
+    plugin were a tenth of the core's start-up, and a tenth of a cached read's cost). Bounded as the series are
+    (states, triggers, calls, outcomes, routes, statuses); the values still go to the same per-process files, so
+    every worker's ``/metrics`` sums them as before."""
+    key = (metric, labels)
+    kept = _kept.get(key)
+    if kept is None:
+        kept = _kept[key] = metric.labels(*labels)
+    return cast(_M, kept)
 
 
 def observe_transition(record: TransitionRecord) -> None:
     """Count one transition (a manager listener)."""
-    key = ("" if record.source is None else record.source.value, record.dest.value, record.trigger)
-    counter = _transition_counts.get(key)
-    if counter is None:
-        counter = _transition_counts[key] = TRANSITIONS.labels(*key)
-    counter.inc()
+    series(TRANSITIONS, "" if record.source is None else record.source.value, record.dest.value, record.trigger).inc()
 
 
 def observe_call(plugin: str, method: str, isolation: str, result: PluginSandboxResult) -> None:
     """Count one call into plugin code and its duration (a loader observer)."""
     outcome = OUTCOMES.get(result.error_type, "error")
     call = method if method in LIFECYCLE_CALLS else "tool"  # tool names are the plugins': not a label of their own
-    counter = _call_counts.get((call, outcome))
-    if counter is None:
-        counter = _call_counts[call, outcome] = CALLS.labels(call, outcome)
-    counter.inc()
-    histogram = _call_seconds.get((isolation, call))
-    if histogram is None:
-        histogram = _call_seconds[isolation, call] = CALL_SECONDS.labels(isolation, call)
-    histogram.observe(result.duration_ms / 1000.0)
+    series(CALLS, call, outcome).inc()
+    series(CALL_SECONDS, isolation, call).observe(result.duration_ms / 1000.0)
     if outcome != "ok":
         PLUGIN_FAILED_CALLS.labels(plugin).inc()
 
@@ -202,14 +202,8 @@ class StoreCollector(Collector):
 COLLECTOR = "plugin_health.metrics"
 
 
-#: The labelled children of ``REQUESTS`` and ``REQUEST_SECONDS`` this process has counted into, by their labels:
-#: ``labels()`` takes a lock and joins the label values each time (a tenth of a cached read's cost). Bounded as
-#: the series are (methods x routes x statuses); the values still go to the same per-process files, so every
-#: worker's ``/metrics`` sums them as before.
-_request_counts: dict[tuple[str, str, int], Counter] = {}
 #: The WSGI environ key of a request a worker makes itself while warming (``api.warm``): never counted.
 WARMING = "plugin_health.warming"
-_request_seconds: dict[str, Histogram] = {}
 
 
 def count(method: str, route: str, status: int, seconds: float | None, warming: bool = False) -> None:
@@ -218,16 +212,11 @@ def count(method: str, route: str, status: int, seconds: float | None, warming: 
     request a worker made itself before taking any (``api.warm``): its series are made (so the first client's
     request finds them), nothing is counted."""
     method = method if method in HTTP_METHODS else "other"
-    key = (method, route, status)
-    counter = _request_counts.get(key)
-    if counter is None:
-        counter = _request_counts[key] = REQUESTS.labels(method, route, str(status))
+    counter = series(REQUESTS, method, route, str(status))
     if not warming:
         counter.inc()
     if seconds is None:
         return
-    histogram = _request_seconds.get(route)
-    if histogram is None:
-        histogram = _request_seconds[route] = REQUEST_SECONDS.labels(route)
+    histogram = series(REQUEST_SECONDS, route)
     if not warming:
         histogram.observe(seconds)
