@@ -21,6 +21,17 @@ S = PluginLifecycleState
 TRIVIAL = "from plugin_health import Plugin\nclass P(Plugin):\n    pass\n"
 
 
+def plugin_directory(tmp_path: Path, trivial: int, **odd: str) -> Path:
+    """``tmp_path/plugins`` with ``trivial`` trivial plugins (``p000.py`` ...) and one file per ``odd`` source."""
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    for i in range(trivial):
+        (directory / f"p{i:03d}.py").write_text(TRIVIAL)
+    for name, source in odd.items():
+        (directory / f"{name}.py").write_text(source)
+    return directory
+
+
 class Recording(MemoryStore):
     """A store that keeps every step it took: the transitions of each, in order."""
 
@@ -38,19 +49,15 @@ class Recording(MemoryStore):
 
 @pytest.fixture
 def plugins(tmp_path: Path) -> Path:
-    directory = tmp_path / "plugins"
-    directory.mkdir()
-    for i in range(300):
-        (directory / f"p{i:03d}.py").write_text(TRIVIAL)
-    (directory / "p150_raises.py").write_text(
-        "from plugin_health import Plugin\nclass P(Plugin):\n    def start(self):\n        raise OSError('no disk')\n")
-    (directory / "p151_exits.py").write_text(
-        "from plugin_health import Plugin\nclass P(Plugin):\n    def initialize(self, context):\n"
-        "        raise SystemExit(3)\n")
-    (directory / "p152_broken.py").write_text("from plugin_health import Plugin\nclass P(Plugin:\n")
-    (directory / "p153_needs.py").write_text(
-        "from plugin_health import Plugin\nclass P(Plugin):\n    requires = ('p150_raises',)\n")
-    return directory
+    return plugin_directory(
+        tmp_path, 300,
+        p150_raises="from plugin_health import Plugin\nclass P(Plugin):\n    def start(self):\n"
+                    "        raise OSError('no disk')\n",
+        p151_exits="from plugin_health import Plugin\nclass P(Plugin):\n    def initialize(self, context):\n"
+                   "        raise SystemExit(3)\n",
+        p152_broken="from plugin_health import Plugin\nclass P(Plugin:\n",
+        p153_needs="from plugin_health import Plugin\nclass P(Plugin):\n    requires = ('p150_raises',)\n",
+    )
 
 
 @pytest.fixture
@@ -125,11 +132,7 @@ def test_a_plugin_that_brings_its_runner_down_while_many_load_ahead_of_it_fails_
 ) -> None:
     """Loads go to the shared runner many at a time: the one in flight when it dies is blamed, the ones loaded
     before it come back in a fresh runner, the ones sent after it never ran and load in the fresh runner."""
-    directory = tmp_path / "plugins"
-    directory.mkdir()
-    for i in range(200):
-        (directory / f"p{i:03d}.py").write_text(TRIVIAL)
-    (directory / "p100_fault.py").write_text(FAULTS[fault] + TRIVIAL)
+    directory = plugin_directory(tmp_path, 200, p100_fault=FAULTS[fault] + TRIVIAL)
     settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0,
                               "default_timeout": 1.0}, environ={})
     core = Core(settings, MemoryStore())
@@ -161,15 +164,13 @@ def test_a_plugin_that_fails_its_setup_among_many_brought_up_together_fails_alon
 ) -> None:
     """Plugins that share the runner are initialized, then started, many at a time: the one in flight when the
     runner dies is blamed; the others come back (the ones that never ran on their own, the others recovered)."""
-    directory = tmp_path / "plugins"
-    directory.mkdir()
-    for i in range(150):
-        (directory / f"p{i:03d}.py").write_text(TRIVIAL)
     head, body, error_type = SETUP_FAULTS[fault]
     signature = "initialize(self, context)" if phase == "initialize" else "start(self)"
-    (directory / "p070_fault.py").write_text(
-        f"{head}from plugin_health import Plugin\nclass P(Plugin):\n    timeout = 0.5\n"
-        f"    def {signature}:\n        {body}\n")
+    directory = plugin_directory(
+        tmp_path, 150,
+        p070_fault=f"{head}from plugin_health import Plugin\nclass P(Plugin):\n    timeout = 0.5\n"
+                   f"    def {signature}:\n        {body}\n",
+    )
     settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0},
                              environ={})
     core = Core(settings, MemoryStore())
@@ -194,16 +195,14 @@ def test_a_plugin_that_fails_its_setup_among_many_brought_up_together_fails_alon
 
 
 def test_the_first_health_checks_of_many_are_judged_each_and_a_hard_hang_is_blamed_alone(tmp_path: Path) -> None:
-    directory = tmp_path / "plugins"
-    directory.mkdir()
-    for i in range(150):
-        (directory / f"p{i:03d}.py").write_text(TRIVIAL)
-    (directory / "p050_false.py").write_text(
-        "from plugin_health import Plugin\nclass P(Plugin):\n    def health_check(self):\n        return False\n")
-    (directory / "p060_hang.py").write_text(
-        "import signal\nfrom plugin_health import Plugin\nclass P(Plugin):\n    timeout = 0.5\n"
-        "    def health_check(self):\n        signal.setitimer(signal.ITIMER_REAL, 0)\n"
-        "        signal.signal(signal.SIGALRM, signal.SIG_IGN)\n        while True:\n            pass\n")
+    directory = plugin_directory(
+        tmp_path, 150,
+        p050_false="from plugin_health import Plugin\nclass P(Plugin):\n    def health_check(self):\n"
+                   "        return False\n",
+        p060_hang="import signal\nfrom plugin_health import Plugin\nclass P(Plugin):\n    timeout = 0.5\n"
+                  "    def health_check(self):\n        signal.setitimer(signal.ITIMER_REAL, 0)\n"
+                  "        signal.signal(signal.SIGALRM, signal.SIG_IGN)\n        while True:\n            pass\n",
+    )
     settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0},
                              environ={})
     core = Core(settings, MemoryStore())
