@@ -8,6 +8,7 @@ a runner's own requests are (the timer is ``SIGALRM``, the memory guard a lowere
 
 from __future__ import annotations
 
+import select
 import socket
 import textwrap
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from plugin_health.runtime import runner as runner_module
+from plugin_health.runtime import wire
 from plugin_health.runtime.runner import Runner
 
 TIMEOUT = 0.2
@@ -42,14 +44,34 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> Iterator[Runner]:
     monkeypatch.setattr(runner_module.memory, "cap_process", lambda limit_mb: None)  # never cap the test's process
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        yield Runner(theirs, 1 << 20)
+        made = Runner(theirs, 1 << 20)
+        made.core_end = ours  # type: ignore[attr-defined]
+        yield made
 
 
-def load(runner: Runner, tmp_path: Path, code: str, name: str = "plugin") -> dict[str, Any]:
+def load(runner: Runner, tmp_path: Path, code: str, name: str = "plugin", **extra: Any) -> dict[str, Any]:
     path = tmp_path / f"{name}.py"
     path.write_text(textwrap.dedent(code))
-    return runner.load({"op": "load", "slot": 1, "timeout": TIMEOUT, "memory_limit_mb": 64,
-                        "source": {"name": name, "origin": str(path), "path": str(path), "entry_point": None}})
+    return runner.load({"op": "load", "slot": 1, "timeout": TIMEOUT, "memory_limit_mb": 64, "id": 7,
+                        "source": {"name": name, "origin": str(path), "path": str(path), "entry_point": None},
+                        **extra})
+
+
+def sent(runner: Runner) -> list[dict[str, Any]]:
+    """The frames the runner sent the core so far (answers before the request's last, which ``handle`` returns)."""
+    core_end: socket.socket = runner.core_end  # type: ignore[attr-defined]
+    core_end.setblocking(False)
+    reader, frames = wire.FrameReader(core_end, 1 << 20), []
+
+    def wait() -> None:
+        if not select.select([core_end], [], [], 0)[0]:
+            raise BlockingIOError  # nothing more was sent
+
+    while True:
+        try:
+            frames.append(reader.read(wait, more=True))
+        except (BlockingIOError, wire.WireError):
+            return frames
 
 
 def failure(answer: dict[str, Any]) -> tuple[Any, ...]:
@@ -128,3 +150,72 @@ def test_a_failed_import_leaves_no_module_behind(runner: Runner, tmp_path: Path)
     before = set(sys.modules)
     failure(load(runner, tmp_path, "raise RuntimeError('boom')"))
     assert set(sys.modules) == before
+
+
+PLAIN = """
+    from pathlib import Path
+    from plugin_health import Plugin
+
+    class P(Plugin):
+        version = "1.2"
+
+        def initialize(self, context):
+            Path(context.config["log"]).write_text(f"initialize {{context.name}}\\n")
+            return {initialized!r}
+
+        def start(self):
+            with open(Path(__file__).with_suffix(".log"), "a") as log:
+                log.write("start\\n")
+"""
+UP = {"config": {}, "timeout": 5.0}
+
+
+def test_a_plain_plugin_is_loaded_initialized_and_started_in_one_request(runner: Runner, tmp_path: Path) -> None:
+    """``up`` on a load: the load's answer is sent as soon as the plugin is loaded (the core's deadline for the next
+    phase starts there), then the initialize's; the start's is the request's last answer."""
+    log = tmp_path / "plugin.log"
+    last = load(runner, tmp_path, PLAIN.format(initialized=None), up={**UP, "config": {"log": str(log)}})
+    loaded, initialized = sent(runner)
+    assert (loaded["ok"], loaded["up"], loaded["result"]["name"]) == (True, True, "plugin")
+    assert (initialized["ok"], initialized["method"], initialized["result"]) == (True, "initialize", None)
+    assert loaded["id"] == initialized["id"] == 7
+    assert (last["ok"], last["method"], last["result_json"]) == (True, "start", "null")
+    assert log.read_text() == "initialize plugin\nstart\n"
+
+
+@pytest.mark.parametrize(("initialized", "error_type"), [(False, None), ("oops", None)])
+def test_an_initialize_that_returns_false_ends_the_request_and_start_never_runs(
+    runner: Runner, tmp_path: Path, initialized: object, error_type: str | None
+) -> None:
+    log = tmp_path / "plugin.log"
+    last = load(runner, tmp_path, PLAIN.format(initialized=initialized), up={**UP, "config": {"log": str(log)}})
+    frames = sent(runner)
+    if initialized is False:
+        assert ([frame["method"] for frame in frames[1:]], last["method"]) == ([], "initialize")
+        assert last["result_json"] == "false"
+        assert log.read_text() == "initialize plugin\n"
+    else:  # any other value is a pass, as the core judges it
+        assert last["method"] == "start"
+        assert log.read_text() == "initialize plugin\nstart\n"
+
+
+def test_an_initialize_that_raises_ends_the_request(runner: Runner, tmp_path: Path) -> None:
+    code = "from plugin_health import Plugin\nclass P(Plugin):\n    def initialize(self, context):\n" \
+           "        raise KeyError('setting')\n"
+    last = load(runner, tmp_path, code, up=UP)
+    assert [frame.get("up") for frame in sent(runner)] == [True]
+    assert (last["ok"], last["method"], last["error_type"]) == (False, "initialize", "KeyError")
+
+
+@pytest.mark.parametrize("declares", [
+    "requires = ('other',)", "name = 'another'", "isolation = 'process'", "singleton = True", "version = '1.0rc1'",
+    "timeout = 30", "critical = 1",
+], ids=["requires", "other-name", "process", "singleton", "pre-release", "longer-timeout", "odd-critical"])
+def test_a_plugin_that_may_not_come_up_early_is_only_loaded(runner: Runner, tmp_path: Path, declares: str) -> None:
+    """Only a plugin that surely passes the core's checks and needs nothing of another comes up with its load:
+    the others come up as the core decides, one phase at a time."""
+    code = f"from plugin_health import Plugin\nclass P(Plugin):\n    {declares}\n" \
+           "    def initialize(self, context):\n        raise AssertionError('ran')\n"
+    answer = load(runner, tmp_path, code, up=UP)
+    assert (answer["ok"], "up" in answer, "method" in answer) == (True, False, False)
+    assert sent(runner) == []

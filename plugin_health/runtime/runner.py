@@ -19,6 +19,7 @@ import ctypes
 import inspect
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -135,11 +136,15 @@ class Runner:
                 answer = self.handle(request)
             except BaseException as err:  # noqa: BLE001 - the runner's own boundary: it answers, whatever happened
                 answer = {"ok": False, "error_type": "RunnerError", "error": f"the runner failed: {describe(err)}"}
-            answer["id"] = request.get("id") if isinstance(request, dict) else None
-            try:
-                wire.send(self.sock, self._frame(answer))
-            except wire.PeerClosedError:
-                _exit(0)
+            self._send(answer, request.get("id") if isinstance(request, dict) else None)
+
+    def _send(self, answer: dict[str, Any], ident: object) -> None:
+        """Send one answer to the request ``ident`` (a request brought up with its load has several)."""
+        answer["id"] = ident
+        try:
+            wire.send(self.sock, self._frame(answer))
+        except wire.PeerClosedError:
+            _exit(0)
 
     def _frame(self, answer: dict[str, Any]) -> bytes:
         """The answer as one frame; a result that no frame can carry becomes a failed call saying why.
@@ -201,10 +206,26 @@ class Runner:
             return {"ok": False, "phase": "instantiation", "error_type": result.error_type, "error": result.error}
         slot = int(request["slot"])
         self._forget(slot)
-        self.loaded[slot] = _Loaded(result.result, str(declared["name"]), limits)
+        loaded = self.loaded[slot] = _Loaded(result.result, str(declared["name"]), limits)
         self._count(limits.memory_limit_mb, 1)
         self._recap()
-        return {"ok": True, "result": declared}
+        up = request.get("up")
+        if not isinstance(up, dict) or not _may_come_up(declared, source.name, up.get("timeout")):
+            return {"ok": True, "result": declared}
+        return self._bring_up(loaded, up, request.get("id"), {"ok": True, "result": declared, "up": True})
+
+    def _bring_up(self, loaded: _Loaded, up: dict[str, Any], ident: object, answer: dict[str, Any]) -> dict[str, Any]:
+        """``initialize``, then ``start`` if it passed, of a plugin just loaded, as the core's ``call`` requests would
+        run them; each answer before the last sent at once (``answer``, the load's, first), so that the core always
+        knows the phase in flight and holds each to its own deadline. The last answer is returned (``serve`` sends
+        it): the start's, or the initialize's that failed or returned False."""
+        context = self._context(loaded, {"config": up.get("config") or {}})
+        for method, args in (("initialize", [context]), ("start", [])):
+            self._send(answer, ident)
+            answer = {**self.run(loaded, method, args, {}, None), "method": method}
+            if not answer["ok"] or answer.get("result_json") == "false":  # as the core judges it: not passed
+                break
+        return answer
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
         """Run one method of a loaded instance under its limits; the outcome as plain data."""
@@ -212,11 +233,17 @@ class Runner:
         if loaded is None:
             return {"ok": False, "error_type": "ProtocolError", "error": "no such plugin in this runner"}
         method = str(request["method"])
-        timeout = request.get("timeout") or loaded.limits.timeout
-        allowance = loaded.limits.memory_limit_mb
         args = list(request.get("args") or ())
         if method == "initialize":
             args = [self._context(loaded, request.get("context") or {})]
+        return self.run(loaded, method, args, request.get("kwargs") or {}, request.get("timeout"))
+
+    def run(self, loaded: _Loaded, method: str, args: list[Any], kwargs: dict[str, Any],
+            timeout: float | None) -> dict[str, Any]:
+        """Run ``method`` of ``loaded`` under its limits (``timeout``: a shorter one the core asked for); the
+        outcome as plain data, its result already encoded (``result_json``)."""
+        timeout = timeout or loaded.limits.timeout
+        allowance = loaded.limits.memory_limit_mb
         sandbox = self._sandboxes.get(timeout)
         if sandbox is None:
             sandbox = self._sandboxes[timeout] = Sandbox(SandboxLimits(timeout))
@@ -230,7 +257,7 @@ class Runner:
                 target = min(target, self.cap)  # never above the runner's own cap
             resource.setrlimit(memory.LIMIT, (target, self.hard))
         try:
-            result = sandbox.run(_bound, loaded.instance, method, args, request.get("kwargs") or {})
+            result = sandbox.run(_bound, loaded.instance, method, args, kwargs)
         finally:
             if lowered:
                 resource.setrlimit(memory.LIMIT, (self.cap, self.hard))
@@ -299,6 +326,30 @@ class Runner:
         if not self._allowances[allowance]:
             del self._allowances[allowance]
         self._allowance_total += step * allowance
+
+
+#: What a version must look like for its plugin to come up with its load (a strict subset of PEP 440's: the core,
+#: which checks every version with ``packaging``, accepts all of these; any other goes the core's own way up).
+_PLAIN_VERSION = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){0,5}")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+def _may_come_up(declared: dict[str, Any], source_name: str, longest: object) -> bool:
+    """Whether a plugin just loaded may be initialized and started at once, in the same request: the core would
+    surely accept its declaration (``PluginSpec.from_mapping``: checked here on a strict subset of what it accepts,
+    without its libraries) and bring it up next, as it needs no other plugin, runs in this shared runner, is known
+    by its source's name, and takes no longer than ``longest`` seconds a phase. Any other comes up the core's way."""
+    timeout = declared["timeout"]
+    return (
+        declared["name"] == source_name and _PLAIN_NAME.fullmatch(source_name) is not None
+        and declared["requires"] == [] and declared["isolation"] == "inline" and declared["singleton"] in (None, False)
+        and type(declared["critical"]) is bool
+        and isinstance(declared["version"], str) and _PLAIN_VERSION.fullmatch(declared["version"]) is not None
+        and (declared["memory_limit_mb"] is None or _positive(declared["memory_limit_mb"], int, _MAX_MEMORY_MB))
+        and isinstance(longest, int | float) and not isinstance(longest, bool) and 0 < longest <= _MAX_TIMEOUT
+        and (timeout is None or (_positive(timeout, float, longest) is not None))
+        and not LIFECYCLE_METHODS.intersection(declared["tools"])
+    )
 
 
 def _positive(value: object, kind: type, most: float) -> Any:
