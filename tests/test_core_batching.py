@@ -7,14 +7,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from plugin_health.config import load_settings
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
 from plugin_health.runtime.core import Core
+from plugin_health.runtime.runners import RunnerProcess
 from plugin_health.store import MemoryStore, PluginSnapshot
 
 S = PluginLifecycleState
@@ -217,5 +220,59 @@ def test_the_first_health_checks_of_many_are_judged_each_and_a_hard_hang_is_blam
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert core.supervisor.watch("p050_false").last_check_ok is False  # judged, though its runner was lost
+    finally:
+        core.shutdown()
+
+
+def test_a_plugin_that_needs_nothing_comes_up_in_the_request_that_loads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading, initializing and starting a plain plugin is one request to its runner; a plugin that needs another
+    (known only once loaded) is brought up by the core, one phase at a time, after what it needs."""
+    directory = plugin_directory(
+        tmp_path, 20, p900_needs="from plugin_health import Plugin\nclass P(Plugin):\n    requires = ('p000',)\n")
+    sent: Counter[tuple[str, str | None, bool]] = Counter()
+    frame = RunnerProcess._frame
+
+    def counting(self: RunnerProcess, message: dict[str, Any], ident: int | None = None) -> tuple[int, bytes]:
+        sent[(message["op"], message.get("method"), "up" in message)] += 1
+        return frame(self, message, ident)
+
+    monkeypatch.setattr(RunnerProcess, "_frame", counting)
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600}, environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start(background=False)
+        assert set(core.manager.all_states().values()) == {S.RUNNING}
+        for name in core.manager:
+            assert [(r.trigger, r.dest) for r in core.manager.history(name)] == [
+                ("load", S.LOADED), ("initialize", S.INITIALIZED), ("start", S.RUNNING)]
+        assert sent == {("load", None, True): 21, ("call", "initialize", False): 1, ("call", "start", False): 1,
+                        ("call", "health_check", False): 21}
+    finally:
+        core.shutdown()
+
+
+def test_a_setup_that_hangs_past_its_own_timeout_is_stopped_by_it_when_brought_up_with_its_load(
+    tmp_path: Path
+) -> None:
+    """The core holds each phase of a plugin brought up with its load to that plugin's own timeout (plus the grace),
+    not the longest a phase may take: the load's answer, sent before ``initialize`` runs, declares it."""
+    directory = plugin_directory(
+        tmp_path, 30,
+        p010_hang="import signal\nfrom plugin_health import Plugin\nclass P(Plugin):\n    timeout = 0.5\n"
+                  "    def initialize(self, context):\n        signal.setitimer(signal.ITIMER_REAL, 0)\n"
+                  "        signal.signal(signal.SIGALRM, signal.SIG_IGN)\n        while True:\n            pass\n",
+    )
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0,
+                              "default_timeout": 30}, environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        began = time.monotonic()
+        core.start(background=False)
+        assert time.monotonic() - began < 10  # 0.5 s + the grace, on a busy machine; never the 30 s default
+        last = core.manager.last("p010_hang")
+        assert (core.manager.state_of("p010_hang"), last.reason, last.error_type) == (
+            S.FAILED, "initialize failed", "PluginTimeoutError")
     finally:
         core.shutdown()

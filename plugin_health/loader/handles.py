@@ -7,7 +7,7 @@ loader only knows it through this protocol, so the loader never depends on the r
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -93,6 +93,11 @@ class Placed:
     phase: str | None = None
     error_type: str | None = None
     error: str | None = None
+    #: The outcomes of ``initialize`` and ``start`` (in that order, the second only if the first passed) when the
+    #: plugin was brought up with its load (``Placement.load_many``'s ``ups``); empty when it was only loaded.
+    up: tuple[PluginSandboxResult, ...] = ()
+    #: Whether the last of ``up`` is the loss of its runner, blamed on this plugin (its other outcomes stand).
+    up_blamed: bool = False
 
 
 class Placement(Protocol):
@@ -102,8 +107,11 @@ class Placement(Protocol):
         """Import ``source`` there and instantiate its class (``dedicated``: in a process of its own)."""
         ...
 
-    def load_many(self, sources: list[PluginSource], limits: SandboxLimits) -> Iterator[Placed]:
-        """``load(source, False, limits)`` of each source, in order, the next ones while the caller handles one."""
+    def load_many(self, sources: list[PluginSource], limits: SandboxLimits,
+                  ups: list[Mapping[str, Any] | None] | None = None) -> Iterator[Placed]:
+        """``load(source, False, limits)`` of each source, in order, the next ones while the caller handles one;
+        with ``ups`` (one per source, or None: ``{"config": ..., "timeout": ...}``), a plugin that needs nothing of
+        another is brought up in the same step, its ``initialize`` and ``start`` outcomes in ``Placed.up``."""
         ...
 
     def call_many(self, handles: list[Any], method: str,

@@ -8,10 +8,11 @@ makes its dependents UNAVAILABLE, and its return to RUNNING brings them back.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -109,8 +110,8 @@ class PluginLoader:
         shared = [self.everything_placed and not self._dedicated(source) for source in sources]
         ahead: Iterator[Placed] = iter(())
         if self.placement is not None and any(shared):
-            ahead = self.placement.load_many([s for s, ok in zip(sources, shared, strict=True) if ok],
-                                             self._limits(None, None))
+            picked = [s for s, ok in zip(sources, shared, strict=True) if ok]
+            ahead = self.placement.load_many(picked, self._limits(None, None), self._ups(picked, sources))
         try:
             for source, placed in zip(sources, shared, strict=True):
                 self._load_source(source, next(ahead) if placed else None)
@@ -207,7 +208,44 @@ class PluginLoader:
             return None
         self.sources[spec.name] = source
         self.manager.set_state(spec.name, PluginLifecycleState.LOADED)
+        if placed is not None and placed.up:
+            self._came_up(entry, placed)
         return entry
+
+    def _ups(self, picked: list[PluginSource], sources: list[PluginSource]) -> list[Mapping[str, Any] | None] | None:
+        """What each of ``picked`` may be brought up with in the step that loads it (``Placement.load_many``): its
+        configuration and the longest a phase may take. None for a source that must come up the usual way whatever
+        it declares: its name is not its own among ``sources`` (a duplicate is refused before anything runs), an
+        operator disabled it, or its configuration is no JSON. Whether it needs another plugin, runs apart or is
+        known by another name, the runner finds out as it loads it, and then only loads it."""
+        longest = self.settings.default_timeout
+        if longest is None:
+            return None
+        seen = Counter(source.name for source in sources)
+        ups: list[Mapping[str, Any] | None] = []
+        for source in picked:
+            config = dict(self.settings.plugin_config.get(source.name, {}))
+            ups.append(None if seen[source.name] > 1 or source.name in self.disabled or not _plain(config)
+                       else {"config": config, "timeout": longest})
+        return ups
+
+    def _came_up(self, entry: PluginEntry, placed: Placed) -> None:
+        """Judge the ``initialize`` and ``start`` that ran with ``entry``'s load, in order, as ``bring_up`` judges
+        its own calls. Unless its instance is gone since (its runner was lost after them, and it was not to blame):
+        then it stays LOADED and comes up again in a fresh runner, the usual way. And a plugin the core would not
+        have brought up early (a runner that says otherwise is not believed) loses that instance and comes up the
+        usual way too."""
+        handle = entry.handle
+        if getattr(handle, "lost", False) and not placed.up_blamed:
+            return
+        spec = entry.spec
+        if spec.requires or spec.singleton or spec.isolation != "inline" or entry.name != entry.source.name:
+            handle.close()
+            return
+        for phase, result in zip(("initialize", "start"), placed.up, strict=False):
+            self._observe(entry, phase, result)
+            if not self._judge(entry.name, phase, result, str):
+                return
 
     def _limits(self, timeout: float | None, memory_limit_mb: int | None) -> SandboxLimits:
         return SandboxLimits(
@@ -569,6 +607,15 @@ class PluginLoader:
         except IllegalTransitionError:
             return False
         return True
+
+
+def _plain(config: Mapping[str, Any]) -> bool:
+    """Whether ``config`` can travel to a runner as it is (JSON)."""
+    try:
+        json.dumps(config, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
 
 
 class _DeclaredView(Mapping[str, Declared]):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -177,13 +178,16 @@ class RunnerProcess:
         self._exchange(lambda: self._send(frame, time.monotonic() + timeout + self.settings.grace), timeout)
         return self._answer(ident, timeout)
 
-    def request_many(self, messages: list[tuple[dict[str, Any], float | None]]) -> Iterator[dict[str, Any]]:
+    def request_many(self, messages: list[tuple[dict[str, Any], float | None]],
+                     follow: bool = False) -> Iterator[dict[str, Any]]:
         """Send several requests at once, then yield their answers in order; :class:`RunnerLostError` at the one in
         flight when the runner is lost (the caller holds :attr:`lock` throughout).
 
         The runner answers one request at a time, in order, so the one in flight is always the first unanswered:
         each has its own hard deadline, its timeout plus the grace counted from the answer before it, and the ones
         after it never ran. Nothing waits between two requests, so the runner works while the core reads.
+        ``follow``: an answer may be followed by more answers to its request (a load that brings its plugin up),
+        which the caller reads (``answer``) before asking for the next request's.
         """
         if self.dead is not None:
             raise RunnerLostError(CRASHED, self.dead)
@@ -197,7 +201,12 @@ class RunnerProcess:
         frames = b"".join(frame for _, frame, _ in framed)
         self._exchange(lambda: self._send(frames, time.monotonic() + first + self.settings.grace), first)
         for index, (ident, _, timeout) in enumerate(framed, 1):
-            yield self._answer(ident, timeout, more=index < len(framed))
+            yield self._answer(ident, timeout, more=follow or index < len(framed))
+
+    def answer(self, ident: int, timeout: float) -> dict[str, Any]:
+        """One more answer to the request ``ident`` (one of ``request_many(..., follow=True)``), within ``timeout``
+        plus the grace from now; :class:`RunnerLostError` when the runner is lost meanwhile."""
+        return self._answer(ident, timeout, more=True)
 
     def _frame(self, message: dict[str, Any], ident: int | None = None) -> tuple[int, bytes]:
         # A random id the answer must carry back: an answer a plugin forged cannot pass for another call's.
@@ -511,9 +520,11 @@ class RunnerHandle:
             request["context"] = self._context(args[0])
         return request, timeout
 
-    def _lost(self, method: str, err: RunnerLostError, started: float) -> tuple[PluginSandboxResult, RunnerLoss]:
-        """The runner was lost during this plugin's call: it is blamed."""
-        cause = f"plugin {self.name!r} {method}: {err.message}"
+    def _lost(self, method: str, err: RunnerLostError, started: float,
+              who: str | None = None) -> tuple[PluginSandboxResult, RunnerLoss]:
+        """The runner was lost during this plugin's call (``who``: its name, before the handle has one): it is
+        blamed."""
+        cause = f"plugin {who or self.name!r} {method}: {err.message}"
         loss = self.pool.lose(self.runner, self, cause, err.error_type, err.message)
         return failed(err.error_type, err.message, _since(started)), loss
 
@@ -614,16 +625,24 @@ class RunnerPool:
             return self._lost_loading(runner, source, lost)
         return self._placed(handle, answer, own)
 
-    def load_many(self, sources: list[PluginSource], limits: SandboxLimits | None = None) -> Iterator[Placed]:
+    def load_many(self, sources: list[PluginSource], limits: SandboxLimits | None = None,
+                  ups: list[Mapping[str, Any] | None] | None = None) -> Iterator[Placed]:
         """Load each source as ``load(source, False, limits)`` would, in order, the next ones while the caller
         handles one: a thread sends them to the shared runner :data:`PIPELINE` at a time, without waiting for each
         answer, so the runner never waits for the core nor the core for the runner. A source whose load brings
         the runner down is blamed (quarantined) as in ``load``; the ones sent after it never ran, and go to a new
-        runner."""
+        runner.
+
+        ``ups`` (one per source, or None): ask the runner to bring the plugin up in the same request, as
+        ``{"config": ..., "timeout": <the longest a phase may take>}``; the runner does so only for a plugin that
+        surely qualifies (its own checks, in ``plugin_health/runtime/runner.py``), and the outcomes of its
+        ``initialize`` and ``start`` come back in ``Placed.up``, each held to the plugin's own timeout; a phase that
+        brings the runner down is blamed on its plugin (``Placed.up_blamed``), as a call is."""
         limits = limits if limits is not None else self.settings.load_limits
         answers: queue.SimpleQueue[Placed | Exception] = queue.SimpleQueue()
         stop = threading.Event()
-        thread = threading.Thread(target=self._pipeline_loads, args=(list(sources), limits, answers, stop),
+        work = list(zip(sources, ups if ups is not None else [None] * len(sources), strict=True))
+        thread = threading.Thread(target=self._pipeline_loads, args=(work, limits, answers, stop),
                                   name="plugin-health-loads", daemon=True)
         thread.start()
         try:
@@ -646,49 +665,92 @@ class RunnerPool:
                 if not sender.is_alive() and answers.empty():
                     return RuntimeError("the thread sending loads to the runner ended without their outcomes")
 
-    def _pipeline_loads(self, sources: list[PluginSource], limits: SandboxLimits,
+    def _pipeline_loads(self, work: list[tuple[PluginSource, Mapping[str, Any] | None]], limits: SandboxLimits,
                         answers: queue.SimpleQueue[Placed | Exception], stop: threading.Event) -> None:
         try:
-            self._send_loads(sources, limits, answers, stop)
+            self._send_loads(work, limits, answers, stop)
         except Exception as err:  # noqa: BLE001 - a bug here must reach the caller waiting for answers, not hang it
             answers.put(err)
 
-    def _send_loads(self, sources: list[PluginSource], limits: SandboxLimits,
+    def _send_loads(self, work: list[tuple[PluginSource, Mapping[str, Any] | None]], limits: SandboxLimits,
                     answers: queue.SimpleQueue[Placed | Exception], stop: threading.Event) -> None:
-        pending = collections.deque(sources)
+        pending = collections.deque(work)
         while pending and not stop.is_set():
-            if pending[0].origin in self.quarantined:  # blamed before: a runner of its own
-                answers.put(self.load(pending.popleft(), False, limits))
+            if pending[0][0].origin in self.quarantined:  # blamed before: a runner of its own
+                answers.put(self.load(pending.popleft()[0], False, limits))
                 continue
-            runner = self._runner_for(pending[0], False)
+            runner = self._runner_for(pending[0][0], False)
             chunk = [pending.popleft() for _ in range(min(PIPELINE, len(pending)))]
-            requests = [self._load_request(runner, source, limits) for source in chunk]
+            requests = [self._load_request(runner, source, limits, up) for source, up in chunk]
             lost: tuple[PluginSource, RunnerLostError] | None = None
+            loss: RunnerLoss | None = None
             placed: list[Placed] = []
             with runner.lock:
-                replies = runner.request_many([(request, limits.timeout) for _, request in requests])
-                for source, (handle, _) in zip(chunk, requests, strict=True):
+                replies = runner.request_many([(request, limits.timeout) for _, request in requests],
+                                              follow=any(up is not None for _, up in chunk))
+                for (source, _), (handle, _) in zip(chunk, requests, strict=True):
                     try:
                         answer = next(replies)
                     except RunnerLostError as err:
                         lost = (source, err)
                         break
-                    placed.append(self._placed(handle, answer, False, locked=True))
+                    one = self._placed(handle, answer, False, locked=True)
+                    if one.handle is not None and answer.get("up") is True:
+                        one, loss = self._brought_up(one, handle, source, answer["id"])
+                    placed.append(one)
+                    if loss is not None:
+                        break
             for one in placed:
                 answers.put(one)
+            if loss is not None:  # blamed on the plugin whose phase was in flight (the last placed)
+                pending.extendleft(reversed(chunk[len(placed):]))  # never ran: loaded again in a new runner
+                self.tell(loss)
             if lost is not None:
                 pending.extendleft(reversed(chunk[len(placed) + 1:]))  # never ran: loaded again in a new runner
                 answers.put(self._lost_loading(runner, *lost))
 
-    def _load_request(self, runner: RunnerProcess, source: PluginSource,
-                      limits: SandboxLimits) -> tuple[RunnerHandle, dict[str, Any]]:
-        """A handle for ``source`` in ``runner`` (a new slot) and the request that loads it there."""
+    def _brought_up(self, placed: Placed, handle: RunnerHandle, source: PluginSource,
+                    ident: int) -> tuple[Placed, RunnerLoss | None]:
+        """Read the answers of a plugin the runner brings up with its load (the caller holds the runner's lock): its
+        ``initialize``, then its ``start`` unless the first did not pass; each held to the plugin's own timeout (the
+        load's answer declared it) plus the grace, and judged as a call's answer is (a runner lost meanwhile, or
+        killed for memory the plugin kept, blames it)."""
+        runner = handle.runner
+        results: list[PluginSandboxResult] = []
+        loss: RunnerLoss | None = None
+        for method in ("initialize", "start"):
+            started = time.perf_counter()
+            timeout = handle.limits.timeout if handle.limits.timeout is not None else self.settings.longest
+            try:
+                answer = runner.answer(ident, timeout)
+            except RunnerLostError as err:
+                result, loss = handle._lost(method, err, started, who=source.name)
+            else:
+                runner.last = (handle, time.monotonic())
+                if answer.get("method") == method:
+                    result, loss = handle._result(method, answer, started)
+                else:
+                    runner.kill("it broke the protocol: an answer to another phase")
+                    problem = "its runner broke the protocol (an answer to another phase)"
+                    loss = self.lose(runner, handle, f"plugin {source.name!r} {method}: {problem}", CRASHED, problem)
+                    result = failed(CRASHED, problem, _since(started))
+            results.append(result)
+            if loss is not None or not result.ok or result.result is False:
+                break
+        return dataclasses.replace(placed, up=tuple(results), up_blamed=loss is not None), loss
+
+    def _load_request(self, runner: RunnerProcess, source: PluginSource, limits: SandboxLimits,
+                      up: Mapping[str, Any] | None = None) -> tuple[RunnerHandle, dict[str, Any]]:
+        """A handle for ``source`` in ``runner`` (a new slot) and the request that loads it there (and brings it up,
+        with ``up``)."""
         slot = next(self._slots)
         handle = RunnerHandle(self, runner, slot, source.origin, limits)
         request = {"op": "load", "slot": slot, "timeout": limits.timeout, "memory_limit_mb": limits.memory_limit_mb,
                    "source": {"name": source.name, "origin": source.origin,
                               "path": None if source.path is None else str(source.path.resolve()),
                               "entry_point": source.entry_point}}
+        if up is not None:
+            request["up"] = dict(up)
         return handle, request
 
     def _lost_loading(self, runner: RunnerProcess, source: PluginSource, lost: RunnerLostError) -> Placed:
