@@ -8,6 +8,7 @@ a runner's own requests are (the timer is ``SIGALRM``, the memory guard a lowere
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 import textwrap
@@ -219,3 +220,12 @@ def test_a_plugin_that_may_not_come_up_early_is_only_loaded(runner: Runner, tmp_
     answer = load(runner, tmp_path, code, up=UP)
     assert (answer["ok"], "up" in answer, "method" in answer) == (True, False, False)
     assert sent(runner) == []
+
+
+def test_a_plugin_brought_up_with_its_load_is_checked_once_when_asked(runner: Runner, tmp_path: Path) -> None:
+    code = "from plugin_health import HealthResult, Plugin\nclass P(Plugin):\n    def health_check(self):\n" \
+           "        return HealthResult(status='warn', output='slow disk')\n"
+    last = load(runner, tmp_path, code, up={**UP, "check": True})
+    assert [frame.get("method") for frame in sent(runner)] == [None, "initialize", "start"]
+    assert (last["ok"], last["method"], last[runner_module.HEALTH_RESULT]) == (True, "health_check", True)
+    assert json.loads(last["result_json"])["status"] == "warn"

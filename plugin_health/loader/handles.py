@@ -93,11 +93,13 @@ class Placed:
     phase: str | None = None
     error_type: str | None = None
     error: str | None = None
-    #: The outcomes of ``initialize`` and ``start`` (in that order, the second only if the first passed) when the
-    #: plugin was brought up with its load (``Placement.load_many``'s ``ups``); empty when it was only loaded.
+    #: The outcomes of ``initialize``, ``start`` and (when asked) the first ``health_check``, in that order, each only
+    #: if the one before passed, when the plugin was brought up with its load (``Placement.load_many``'s ``ups``);
+    #: empty when it was only loaded.
     up: tuple[PluginSandboxResult, ...] = ()
-    #: Whether the last of ``up`` is the loss of its runner, blamed on this plugin (its other outcomes stand).
-    up_blamed: bool = False
+    #: When the last of ``up`` is the loss of its runner, blamed on this plugin: the loss's cause (its other
+    #: outcomes stand).
+    up_lost: str | None = None
 
 
 class Placement(Protocol):
@@ -110,8 +112,9 @@ class Placement(Protocol):
     def load_many(self, sources: list[PluginSource], limits: SandboxLimits,
                   ups: list[Mapping[str, Any] | None] | None = None) -> Iterator[Placed]:
         """``load(source, False, limits)`` of each source, in order, the next ones while the caller handles one;
-        with ``ups`` (one per source, or None: ``{"config": ..., "timeout": ...}``), a plugin that needs nothing of
-        another is brought up in the same step, its ``initialize`` and ``start`` outcomes in ``Placed.up``."""
+        with ``ups`` (one per source, or None: ``{"config": ..., "timeout": ..., "check": bool}``), a plugin that
+        needs nothing of another is brought up in the same step (and checked once, with ``check``), the outcomes in
+        ``Placed.up``."""
         ...
 
     def call_many(self, handles: list[Any], method: str,

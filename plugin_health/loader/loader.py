@@ -15,6 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -50,6 +51,16 @@ class LoaderSettings:
     default_timeout: float | None = 10.0
     default_memory_limit_mb: int | None = 512
     plugin_config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FirstCheck:
+    """A plugin's first health check, made as it came up with its load: its outcome, when the core learned of it, and
+    the cause of its runner's loss when that check brought the runner down (the plugin is to blame)."""
+
+    result: PluginSandboxResult
+    at: datetime
+    lost: str | None = None
 
 
 class _PhaseFailed(Exception):
@@ -95,6 +106,10 @@ class PluginLoader:
         self.observers: list[Callable[[str, str, str, PluginSandboxResult], None]] = []
         #: Decides where singletons run (None: no cluster, every singleton runs here as any plugin).
         self.singletons: SingletonGate | None = None
+        #: Whether a plugin brought up with its load is also checked once then (its owner runs first checks after
+        #: loading: ``first_checks`` holds those already made, by plugin, for it to judge).
+        self.check_with_load = False
+        self.first_checks: dict[str, FirstCheck] = {}
         self._cascade: deque[TransitionRecord] = deque()
         self._cycles: dict[str, str] = {}
         self._draining = threading.local()
@@ -226,17 +241,17 @@ class PluginLoader:
         for source in picked:
             config = dict(self.settings.plugin_config.get(source.name, {}))
             ups.append(None if seen[source.name] > 1 or source.name in self.disabled or not _plain(config)
-                       else {"config": config, "timeout": longest})
+                       else {"config": config, "timeout": longest, "check": self.check_with_load})
         return ups
 
     def _came_up(self, entry: PluginEntry, placed: Placed) -> None:
         """Judge the ``initialize`` and ``start`` that ran with ``entry``'s load, in order, as ``bring_up`` judges
-        its own calls. Unless its instance is gone since (its runner was lost after them, and it was not to blame):
-        then it stays LOADED and comes up again in a fresh runner, the usual way. And a plugin the core would not
-        have brought up early (a runner that says otherwise is not believed) loses that instance and comes up the
-        usual way too."""
+        its own calls, and keep its first health check for the supervisor (``first_checks``). Unless its instance is
+        gone since (its runner was lost after them, and it was not to blame): then it stays LOADED and comes up again
+        in a fresh runner, the usual way. And a plugin the core would not have brought up early (a runner that says
+        otherwise is not believed) loses that instance and comes up the usual way too."""
         handle = entry.handle
-        if getattr(handle, "lost", False) and not placed.up_blamed:
+        if getattr(handle, "lost", False) and placed.up_lost is None:
             return
         spec = entry.spec
         if spec.requires or spec.singleton or spec.isolation != "inline" or entry.name != entry.source.name:
@@ -246,6 +261,10 @@ class PluginLoader:
             self._observe(entry, phase, result)
             if not self._judge(entry.name, phase, result, str):
                 return
+        if len(placed.up) == 3:
+            # Its time is the core's, as its transitions' are: when the core learned of it, not before it was RUNNING.
+            self._observe(entry, "health_check", placed.up[2])
+            self.first_checks[entry.name] = FirstCheck(placed.up[2], datetime.now(UTC), placed.up_lost)
 
     def _limits(self, timeout: float | None, memory_limit_mb: int | None) -> SandboxLimits:
         return SandboxLimits(

@@ -102,6 +102,7 @@ class Core:
             ),
         )
         self.runners.on_lost = self.supervisor.runner_lost
+        self.loader.check_with_load = True  # its first checks, made as each plugin comes up with its load
         self.supervisor.subscribe(self._publish)
         self.manager.subscribe(metrics.observe_transition)
         self.loader.observers.append(metrics.observe_call)
@@ -145,7 +146,8 @@ class Core:
             # The first health checks run before loading counts as finished, so that ``healthy`` speaks of a check
             # from the first answer on: those of the plugins sharing a runner many at a time, the others side by
             # side; a few slow ones cannot hold start-up past FIRST_CHECKS_WAIT.
-            self.supervisor.check_many(list(self.manager))
+            made, self.loader.first_checks = self.loader.first_checks, {}
+            self.supervisor.check_many(list(self.manager), made)
             self.supervisor.tick()
             self.supervisor.wait_idle(FIRST_CHECKS_WAIT)
         finally:

@@ -215,15 +215,19 @@ class Runner:
         return self._bring_up(loaded, up, request.get("id"), {"ok": True, "result": declared, "up": True})
 
     def _bring_up(self, loaded: _Loaded, up: dict[str, Any], ident: object, answer: dict[str, Any]) -> dict[str, Any]:
-        """``initialize``, then ``start`` if it passed, of a plugin just loaded, as the core's ``call`` requests would
-        run them; each answer before the last sent at once (``answer``, the load's, first), so that the core always
-        knows the phase in flight and holds each to its own deadline. The last answer is returned (``serve`` sends
-        it): the start's, or the initialize's that failed or returned False."""
+        """``initialize``, then ``start`` if it passed, then (``up["check"]``) its first ``health_check``, of a plugin
+        just loaded, as the core's ``call`` requests would run them; each answer before the last sent at once
+        (``answer``, the load's, first), so that the core always knows the phase in flight and holds each to its own
+        deadline. The last answer is returned (``serve`` sends it): the last phase's, or the initialize's or start's
+        that failed or returned False."""
         context = self._context(loaded, {"config": up.get("config") or {}})
-        for method, args in (("initialize", [context]), ("start", [])):
+        phases: list[tuple[str, list[Any]]] = [("initialize", [context]), ("start", [])]
+        if up.get("check") is True:
+            phases.append(("health_check", []))
+        for method, args in phases:
             self._send(answer, ident)
             answer = {**self.run(loaded, method, args, {}, None), "method": method}
-            if not answer["ok"] or answer.get("result_json") == "false":  # as the core judges it: not passed
+            if not answer["ok"] or answer.get("result_json") == "false":  # as the core judges a setup: not passed
                 break
         return answer
 

@@ -634,10 +634,11 @@ class RunnerPool:
         runner.
 
         ``ups`` (one per source, or None): ask the runner to bring the plugin up in the same request, as
-        ``{"config": ..., "timeout": <the longest a phase may take>}``; the runner does so only for a plugin that
-        surely qualifies (its own checks, in ``plugin_health/runtime/runner.py``), and the outcomes of its
-        ``initialize`` and ``start`` come back in ``Placed.up``, each held to the plugin's own timeout; a phase that
-        brings the runner down is blamed on its plugin (``Placed.up_blamed``), as a call is."""
+        ``{"config": ..., "timeout": <the longest a phase may take>, "check": <also its first health check>}``; the
+        runner does so only for a plugin that surely qualifies (its own checks, in
+        ``plugin_health/runtime/runner.py``), and the outcomes of its ``initialize``, ``start`` and ``health_check``
+        come back in ``Placed.up``, each held to the plugin's own timeout; a phase that brings the runner down is
+        blamed on its plugin (``Placed.up_lost``), as a call is."""
         limits = limits if limits is not None else self.settings.load_limits
         answers: queue.SimpleQueue[Placed | Exception] = queue.SimpleQueue()
         stop = threading.Event()
@@ -688,15 +689,15 @@ class RunnerPool:
             with runner.lock:
                 replies = runner.request_many([(request, limits.timeout) for _, request in requests],
                                               follow=any(up is not None for _, up in chunk))
-                for (source, _), (handle, _) in zip(chunk, requests, strict=True):
+                for (source, up), (handle, _) in zip(chunk, requests, strict=True):
                     try:
                         answer = next(replies)
                     except RunnerLostError as err:
                         lost = (source, err)
                         break
                     one = self._placed(handle, answer, False, locked=True)
-                    if one.handle is not None and answer.get("up") is True:
-                        one, loss = self._brought_up(one, handle, source, answer["id"])
+                    if one.handle is not None and answer.get("up") is True and up is not None:
+                        one, loss = self._brought_up(one, handle, source, answer["id"], up)
                     placed.append(one)
                     if loss is not None:
                         break
@@ -709,16 +710,16 @@ class RunnerPool:
                 pending.extendleft(reversed(chunk[len(placed) + 1:]))  # never ran: loaded again in a new runner
                 answers.put(self._lost_loading(runner, *lost))
 
-    def _brought_up(self, placed: Placed, handle: RunnerHandle, source: PluginSource,
-                    ident: int) -> tuple[Placed, RunnerLoss | None]:
+    def _brought_up(self, placed: Placed, handle: RunnerHandle, source: PluginSource, ident: int,
+                    up: Mapping[str, Any]) -> tuple[Placed, RunnerLoss | None]:
         """Read the answers of a plugin the runner brings up with its load (the caller holds the runner's lock): its
-        ``initialize``, then its ``start`` unless the first did not pass; each held to the plugin's own timeout (the
-        load's answer declared it) plus the grace, and judged as a call's answer is (a runner lost meanwhile, or
-        killed for memory the plugin kept, blames it)."""
+        ``initialize``, then its ``start``, then (``up["check"]``) its first ``health_check``, each only if the one
+        before passed; each held to the plugin's own timeout (the load's answer declared it) plus the grace, and
+        judged as a call's answer is (a runner lost meanwhile, or killed for memory the plugin kept, blames it)."""
         runner = handle.runner
         results: list[PluginSandboxResult] = []
         loss: RunnerLoss | None = None
-        for method in ("initialize", "start"):
+        for method in ("initialize", "start", "health_check")[:3 if up.get("check") is True else 2]:
             started = time.perf_counter()
             timeout = handle.limits.timeout if handle.limits.timeout is not None else self.settings.longest
             try:
@@ -737,7 +738,7 @@ class RunnerPool:
             results.append(result)
             if loss is not None or not result.ok or result.result is False:
                 break
-        return dataclasses.replace(placed, up=tuple(results), up_blamed=loss is not None), loss
+        return dataclasses.replace(placed, up=tuple(results), up_lost=None if loss is None else loss.cause), loss
 
     def _load_request(self, runner: RunnerProcess, source: PluginSource, limits: SandboxLimits,
                       up: Mapping[str, Any] | None = None) -> tuple[RunnerHandle, dict[str, Any]]:

@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +26,7 @@ from typing import Protocol
 from plugin_health.errors import IllegalTransitionError, PluginError, UnknownPluginError
 from plugin_health.health import HealthResult
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord, UnavailableReason
-from plugin_health.loader.loader import ACTIVE, PluginLoader
+from plugin_health.loader.loader import ACTIVE, FirstCheck, PluginLoader
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.supervision.policy import (
     RESTART_LIMIT_REACHED,
@@ -185,9 +185,9 @@ class Supervisor:
 
     # -- health checks -----------------------------------------------------------------------------------
 
-    def check(self, name: str, result: PluginSandboxResult | None = None) -> bool:
-        """Run ``name``'s health check now (or judge ``result``, the outcome of one just run); whether it did not
-        fail (``pass`` or ``warn``).
+    def check(self, name: str, result: PluginSandboxResult | None = None, at: datetime | None = None) -> bool:
+        """Run ``name``'s health check now (or judge ``result``, the outcome of one that ended ``at``, or just now);
+        whether it did not fail (``pass`` or ``warn``).
 
         ``warn`` counts no failure; False, a ``fail`` result, any value that means nothing, an exception or a
         timeout counts as one (``policy.check_outcome``).
@@ -203,7 +203,7 @@ class Supervisor:
         with self._lock:
             watch = self._watch(name)
             before = watch.last_result
-            watch.last_check = datetime.now(UTC)
+            watch.last_check = at if at is not None else datetime.now(UTC)
             watch.last_check_ok = outcome.ok
             watch.last_result = found
         if self.record_outcome(name, outcome, "health check") is Verdict.HEALTHY:
@@ -213,15 +213,27 @@ class Supervisor:
             self._changed(name, urgent=moved)
         return outcome.ok
 
-    def check_many(self, names: list[str]) -> None:
+    def check_many(self, names: list[str], made: Mapping[str, FirstCheck] | None = None) -> None:
         """The health checks of several RUNNING plugins now (the first ones, at start-up), the calls of those that
         share a runner sent together (``PluginLoader.call_many``); each judged as ``check`` does, and its next one
-        scheduled an interval later. A check that did not run stays due, for ``tick``."""
+        scheduled an interval later. A check that did not run stays due, for ``tick``.
+
+        ``made``: checks already made, by plugin (as each came up with its load), judged instead of calling again;
+        one that brought its runner down fails its plugin as a check in flight then would (``runner_lost``)."""
+        made = made or {}
         running = [name for name in names if self.manager.get_state(name) is RUNNING]
-        for name, result in zip(running, self.loader.call_many(running, "health_check"), strict=True):
+        calls = [name for name in running if name not in made]
+        results = dict(zip(calls, self.loader.call_many(calls, "health_check"), strict=True))
+        for name in running:
+            first = made.get(name)
+            result = first.result if first is not None else results[name]
             if result is None:
                 continue
-            self.check(name, result)
+            if first is not None and first.lost is not None:
+                self.fail(name, f"quarantined into a runner of its own: {first.lost}", result.error_type,
+                          result.error)
+                continue
+            self.check(name, result, None if first is None else first.at)
             with self._lock:
                 watch = self._watch(name)
                 if watch.next_check_at is not None and self.manager.state_of(name) is RUNNING:
