@@ -90,6 +90,10 @@ class RunnerLoss:
     error: str = ""
 
 
+#: A source to load, and what to bring it up with in the same request (None: only load it).
+_Load = tuple[PluginSource, Mapping[str, Any] | None]
+
+
 class RunnerLostError(Exception):
     """Internal: the runner of a request is gone."""
 
@@ -189,6 +193,14 @@ class RunnerProcess:
         ``follow``: an answer may be followed by more answers to its request (a load that brings its plugin up),
         which the caller reads (``answer``) before asking for the next request's.
         """
+        sent = self.send_many(messages)
+        for index, (ident, timeout) in enumerate(sent, 1):
+            yield self._answer(ident, timeout, more=follow or index < len(sent))
+
+    def send_many(self, messages: list[tuple[dict[str, Any], float | None]]) -> list[tuple[int, float]]:
+        """Send several requests at once, without waiting for any answer (the caller holds :attr:`lock`, and reads
+        each answer with :meth:`answer`, in order); each request's id and timeout. :class:`ValueError` for a request
+        that cannot be sent (nothing was), :class:`RunnerLostError` when the runner is lost."""
         if self.dead is not None:
             raise RunnerLostError(CRASHED, self.dead)
         if not self.ready:
@@ -200,8 +212,7 @@ class RunnerProcess:
         first = framed[0][2] if framed else 0.0
         frames = b"".join(frame for _, frame, _ in framed)
         self._exchange(lambda: self._send(frames, time.monotonic() + first + self.settings.grace), first)
-        for index, (ident, _, timeout) in enumerate(framed, 1):
-            yield self._answer(ident, timeout, more=follow or index < len(framed))
+        return [(ident, timeout) for ident, _, timeout in framed]
 
     def answer(self, ident: int, timeout: float) -> dict[str, Any]:
         """One more answer to the request ``ident`` (one of ``request_many(..., follow=True)``), within ``timeout``
@@ -622,7 +633,9 @@ class RunnerPool:
             except RunnerLostError as err:
                 lost = err
         if lost is not None:
-            return self._lost_loading(runner, source, lost)
+            placed, loss = self._lost_loading(runner, source, lost)
+            self.tell(loss)
+            return placed
         return self._placed(handle, answer, own)
 
     def load_many(self, sources: list[PluginSource], limits: SandboxLimits | None = None,
@@ -666,14 +679,14 @@ class RunnerPool:
                 if not sender.is_alive() and answers.empty():
                     return RuntimeError("the thread sending loads to the runner ended without their outcomes")
 
-    def _pipeline_loads(self, work: list[tuple[PluginSource, Mapping[str, Any] | None]], limits: SandboxLimits,
+    def _pipeline_loads(self, work: list[_Load], limits: SandboxLimits,
                         answers: queue.SimpleQueue[Placed | Exception], stop: threading.Event) -> None:
         try:
             self._send_loads(work, limits, answers, stop)
         except Exception as err:  # noqa: BLE001 - a bug here must reach the caller waiting for answers, not hang it
             answers.put(err)
 
-    def _send_loads(self, work: list[tuple[PluginSource, Mapping[str, Any] | None]], limits: SandboxLimits,
+    def _send_loads(self, work: list[_Load], limits: SandboxLimits,
                     answers: queue.SimpleQueue[Placed | Exception], stop: threading.Event) -> None:
         pending = collections.deque(work)
         while pending and not stop.is_set():
@@ -681,34 +694,55 @@ class RunnerPool:
                 answers.put(self.load(pending.popleft()[0], False, limits))
                 continue
             runner = self._runner_for(pending[0][0], False)
-            chunk = [pending.popleft() for _ in range(min(PIPELINE, len(pending)))]
-            requests = [self._load_request(runner, source, limits, up) for source, up in chunk]
-            lost: tuple[PluginSource, RunnerLostError] | None = None
-            loss: RunnerLoss | None = None
-            placed: list[Placed] = []
             with runner.lock:
-                replies = runner.request_many([(request, limits.timeout) for _, request in requests],
-                                              follow=any(up is not None for _, up in chunk))
-                for (source, up), (handle, _) in zip(chunk, requests, strict=True):
-                    try:
-                        answer = next(replies)
-                    except RunnerLostError as err:
-                        lost = (source, err)
-                        break
-                    one = self._placed(handle, answer, False, locked=True)
-                    if one.handle is not None and answer.get("up") is True and up is not None:
-                        one, loss = self._brought_up(one, handle, source, answer["id"], up)
-                    placed.append(one)
-                    if loss is not None:
-                        break
-            for one in placed:
-                answers.put(one)
-            if loss is not None:  # blamed on the plugin whose phase was in flight (the last placed)
-                pending.extendleft(reversed(chunk[len(placed):]))  # never ran: loaded again in a new runner
+                loss = self._stream_loads(runner, pending, limits, answers, stop)
+            if loss is not None:
                 self.tell(loss)
-            if lost is not None:
-                pending.extendleft(reversed(chunk[len(placed) + 1:]))  # never ran: loaded again in a new runner
-                answers.put(self._lost_loading(runner, *lost))
+
+    def _stream_loads(self, runner: RunnerProcess, pending: collections.deque[_Load], limits: SandboxLimits,
+                      answers: queue.SimpleQueue[Placed | Exception], stop: threading.Event) -> RunnerLoss | None:
+        """Load ``pending`` sources in ``runner`` (the caller holds its lock), each outcome put in ``answers`` as it
+        is read: the next :data:`PIPELINE` requests are sent while the runner still works on the ones before, so
+        that it never waits for the core. Ends when none is left, at a source blamed before (it loads in a runner
+        of its own), or when ``runner`` is lost: its loss then (to tell once the lock is given back), the source in
+        flight blamed, and the ones sent after it back in ``pending``: they never ran."""
+        inflight: collections.deque[tuple[PluginSource, Mapping[str, Any] | None, RunnerHandle, int, float]] = (
+            collections.deque())
+        try:
+            while pending or inflight:
+                if len(inflight) <= PIPELINE and pending and not stop.is_set():
+                    chunk: list[_Load] = []
+                    while pending and len(chunk) < PIPELINE and pending[0][0].origin not in self.quarantined:
+                        chunk.append(pending.popleft())
+                    if chunk:
+                        requests = [self._load_request(runner, one, limits, up) for one, up in chunk]
+                        try:
+                            sent = runner.send_many([(request, limits.timeout) for _, request in requests])
+                        except RunnerLostError:
+                            pending.extendleft(reversed(chunk))  # none of them was sent
+                            raise
+                        inflight.extend((one, up, handle, ident, timeout) for (one, up), (handle, _), (ident, timeout)
+                                        in zip(chunk, requests, sent, strict=True))
+                if not inflight:
+                    return None
+                source, up, handle, ident, timeout = inflight[0]
+                answer = runner.answer(ident, timeout)
+                inflight.popleft()
+                placed = self._placed(handle, answer, False, locked=True)
+                loss: RunnerLoss | None = None
+                if placed.handle is not None and answer.get("up") is True and up is not None:
+                    placed, loss = self._brought_up(placed, handle, source, ident, up)
+                answers.put(placed)
+                if loss is not None:  # blamed on the plugin whose phase was in flight
+                    pending.extendleft((one, up) for one, up, *_ in reversed(inflight))  # never ran: to a new runner
+                    return loss
+        except RunnerLostError as err:  # the source in flight (the first unanswered, or unsent) is blamed
+            culprit = inflight.popleft()[0] if inflight else pending.popleft()[0]
+            pending.extendleft((one, up) for one, up, *_ in reversed(inflight))  # never ran: to a new runner
+            placed, loss = self._lost_loading(runner, culprit, err)
+            answers.put(placed)
+            return loss
+        return None
 
     def _brought_up(self, placed: Placed, handle: RunnerHandle, source: PluginSource, ident: int,
                     up: Mapping[str, Any]) -> tuple[Placed, RunnerLoss | None]:
@@ -754,12 +788,14 @@ class RunnerPool:
             request["up"] = dict(up)
         return handle, request
 
-    def _lost_loading(self, runner: RunnerProcess, source: PluginSource, lost: RunnerLostError) -> Placed:
-        """``runner`` was lost while it loaded ``source``: the source is blamed, the runner's others recovered."""
+    def _lost_loading(self, runner: RunnerProcess, source: PluginSource,
+                      lost: RunnerLostError) -> tuple[Placed, RunnerLoss]:
+        """``runner`` was lost while it loaded ``source``: the source is blamed (quarantined); the loss to tell (with
+        no lock held), so that the runner's others are recovered."""
         self.quarantined.add(source.origin)
         cause = f"loading {source.label}: {lost.message}"
-        self.tell(self.lose(runner, None, cause, lost.error_type, lost.message))
-        return Placed(None, phase="import", error_type=lost.error_type, error=lost.message)
+        loss = self.lose(runner, None, cause, lost.error_type, lost.message)
+        return Placed(None, phase="import", error_type=lost.error_type, error=lost.message), loss
 
     def _placed(self, handle: RunnerHandle, answer: dict[str, Any], own: bool, locked: bool = False) -> Placed:
         """What a load's answer gives: the handle (its instance kept in the runner) and the declaration, or the
