@@ -193,14 +193,17 @@ class RunnerProcess:
         ``follow``: an answer may be followed by more answers to its request (a load that brings its plugin up),
         which the caller reads (``answer``) before asking for the next request's.
         """
-        sent = self.send_many(messages)
+        sent, _ = self.send_many(messages)
         for index, (ident, timeout) in enumerate(sent, 1):
             yield self._answer(ident, timeout, more=follow or index < len(sent))
 
-    def send_many(self, messages: list[tuple[dict[str, Any], float | None]]) -> list[tuple[int, float]]:
+    def send_many(self, messages: list[tuple[dict[str, Any], float | None]]) -> tuple[list[tuple[int, float]], bool]:
         """Send several requests at once, without waiting for any answer (the caller holds :attr:`lock`, and reads
-        each answer with :meth:`answer`, in order); each request's id and timeout. :class:`ValueError` for a request
-        that cannot be sent (nothing was), :class:`RunnerLostError` when the runner is lost."""
+        each answer with :meth:`answer`, in order): each request's id and timeout, and whether they were sent. Not
+        when the runner's end is closed (it died): the answers it sent before are still read, and the first one
+        missing says whose request was in flight. :class:`ValueError` for a request that cannot be sent (none
+        was), :class:`RunnerLostError` when the runner is lost otherwise (it did not start, or took no request
+        within the first one's timeout plus the grace)."""
         if self.dead is not None:
             raise RunnerLostError(CRASHED, self.dead)
         if not self.ready:
@@ -211,12 +214,21 @@ class RunnerProcess:
                   for (message, timeout), ident in zip(messages, idents, strict=True)]
         first = framed[0][2] if framed else 0.0
         frames = b"".join(frame for _, frame, _ in framed)
-        self._exchange(lambda: self._send(frames, time.monotonic() + first + self.settings.grace), first)
-        return [(ident, timeout) for ident, _, timeout in framed]
+        deadline = time.monotonic() + first + self.settings.grace
+
+        def send() -> bool:
+            try:
+                self._send(frames, deadline)
+            except wire.PeerClosedError:
+                return False
+            return True
+
+        return [(ident, timeout) for ident, _, timeout in framed], self._exchange(send, first)
 
     def answer(self, ident: int, timeout: float) -> dict[str, Any]:
-        """One more answer to the request ``ident`` (one of ``request_many(..., follow=True)``), within ``timeout``
-        plus the grace from now; :class:`RunnerLostError` when the runner is lost meanwhile."""
+        """The next answer, which must be to the request ``ident`` (sent by ``send_many``, or one more to a request of
+        ``request_many(..., follow=True)``), within ``timeout`` plus the grace from now; :class:`RunnerLostError`
+        when the runner is lost meanwhile."""
         return self._answer(ident, timeout, more=True)
 
     def _frame(self, message: dict[str, Any], ident: int | None = None) -> tuple[int, bytes]:
@@ -708,21 +720,24 @@ class RunnerPool:
         flight blamed, and the ones sent after it back in ``pending``: they never ran."""
         inflight: collections.deque[tuple[PluginSource, Mapping[str, Any] | None, RunnerHandle, int, float]] = (
             collections.deque())
+        stop_sending = False
         try:
             while pending or inflight:
-                if len(inflight) <= PIPELINE and pending and not stop.is_set():
+                if len(inflight) <= PIPELINE and pending and not stop.is_set() and not stop_sending:
                     chunk: list[_Load] = []
                     while pending and len(chunk) < PIPELINE and pending[0][0].origin not in self.quarantined:
                         chunk.append(pending.popleft())
                     if chunk:
                         requests = [self._load_request(runner, one, limits, up) for one, up in chunk]
                         try:
-                            sent = runner.send_many([(request, limits.timeout) for _, request in requests])
+                            sent, delivered = runner.send_many([(request, limits.timeout) for _, request in requests])
                         except RunnerLostError:
                             pending.extendleft(reversed(chunk))  # none of them was sent
                             raise
                         inflight.extend((one, up, handle, ident, timeout) for (one, up), (handle, _), (ident, timeout)
                                         in zip(chunk, requests, sent, strict=True))
+                        if not delivered:  # it died: what it answered is read, the first unanswered is blamed
+                            stop_sending = True
                 if not inflight:
                     return None
                 source, up, handle, ident, timeout = inflight[0]
