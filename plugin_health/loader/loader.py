@@ -33,7 +33,7 @@ from plugin_health.loader.registry import PluginEntry, PluginRegistry, PluginSpe
 from plugin_health.loader.sources import PluginSource, declared_attribute, declared_attributes
 from plugin_health.plugin import Plugin, PluginContext
 from plugin_health.sandbox import PluginSandboxResult, Sandbox, SandboxLimits
-from plugin_health.sandbox.results import failed
+from plugin_health.sandbox.results import describe, failed
 
 logger = logging.getLogger(__name__)
 
@@ -310,10 +310,7 @@ class PluginLoader:
         handle = placed.handle
         assert handle is not None
         try:
-            spec = self._phase(
-                source, "declaration", Sandbox().run(PluginSpec.from_mapping, placed.declaration or {}, source.name),
-                key,
-            )
+            spec = self._phase(source, "declaration", _validated(placed.declaration or {}, source.name), key)
             if (spec.isolation == "process" or spec.singleton) and handle.isolation != "process":
                 handle.close()  # declared in a way the source scan could not read: move it to a runner of its own
                 placed = self.placement.load(source, True, self._limits(None, None))
@@ -626,6 +623,17 @@ class PluginLoader:
         except IllegalTransitionError:
             return False
         return True
+
+
+def _validated(declaration: Mapping[str, Any], default_name: str) -> PluginSandboxResult:
+    """A runner's declaration checked (``PluginSpec.from_mapping``) as an outcome: the spec, or why it is refused.
+
+    The core's own code on plain data (JSON values from the safe codec) needs no sandbox: a try is enough (a
+    sandbox's timer and bookkeeping were a tenth of registering a plugin)."""
+    try:
+        return PluginSandboxResult(True, PluginSpec.from_mapping(declaration, default_name))
+    except Exception as err:  # noqa: BLE001 - any refusal of the declaration is its phase's failure
+        return failed(type(err).__name__, describe(err), 0.0)
 
 
 def _plain(config: Mapping[str, Any]) -> bool:
