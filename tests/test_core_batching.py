@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from plugin_health.config import load_settings
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
-from plugin_health.runtime.core import Core
+from plugin_health.runtime.core import DISABLED_KEY, Core
 from plugin_health.runtime.runners import RunnerProcess
 from plugin_health.store import MemoryStore, PluginSnapshot
 
@@ -274,5 +275,63 @@ def test_a_setup_that_hangs_past_its_own_timeout_is_stopped_by_it_when_brought_u
         last = core.manager.last("p010_hang")
         assert (core.manager.state_of("p010_hang"), last.reason, last.error_type) == (
             S.FAILED, "initialize failed", "PluginTimeoutError")
+    finally:
+        core.shutdown()
+
+
+#: A plugin that leaves a line in ``<its file>.log`` for each of its setup calls (what ran, and its config).
+LOGGED = """
+from pathlib import Path
+from plugin_health import Plugin
+
+class P(Plugin):
+    def initialize(self, context):
+        with open(Path(__file__).with_suffix(".log"), "a") as log:
+            log.write(f"initialize {dict(context.config)}\\n")
+
+    def start(self):
+        with open(Path(__file__).with_suffix(".log"), "a") as log:
+            log.write("start\\n")
+"""
+
+
+def test_no_plugin_runs_a_setup_the_core_would_not_have_run(tmp_path: Path) -> None:
+    """Brought up with its load or not, a plugin gets its own configuration; a second source of a taken name is
+    refused before its initialize (only its import ran), and a plugin an operator disabled is never set up."""
+    first, second = plugin_directory(tmp_path, 5, same=LOGGED, off=LOGGED, configured=LOGGED), tmp_path / "b"
+    second.mkdir()
+    (second / "same.py").write_text(LOGGED.replace(".log", ".second.log"))
+    settings = load_settings({"plugin_path": f"{first}:{second}", "health_interval": 3600,
+                              "plugins": {"configured": {"region": "eu", "retries": 3}}}, environ={})
+    store = MemoryStore()
+    store.set_meta(DISABLED_KEY, '["off"]')
+    core = Core(settings, store)
+    try:
+        core.start(background=False)
+        assert (core.manager.state_of("same"), core.manager.state_of("configured")) == (S.RUNNING, S.RUNNING)
+        assert (core.manager.state_of("off"), core.manager.last("off").reason) == (S.UNAVAILABLE, "disabled")
+        assert (first / "configured.log").read_text() == "initialize {'region': 'eu', 'retries': 3}\nstart\n"
+        assert (first / "same.log").read_text() == "initialize {}\nstart\n"
+        assert not (second / "same.second.log").exists()
+        assert not (first / "off.log").exists()
+    finally:
+        core.shutdown()
+
+
+def test_a_configuration_that_cannot_travel_fails_its_plugin_as_before(tmp_path: Path) -> None:
+    """A configuration JSON cannot carry (a TOML date, say) is not sent with the load: the plugin comes up the usual
+    way, whose initialize fails naming the arguments, and the others come up with their loads."""
+    directory = plugin_directory(tmp_path, 5, dated=LOGGED)
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0,
+                              "plugins": {"dated": {"since": datetime(2026, 1, 1, tzinfo=UTC)}}},
+                             environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start(background=False)
+        last = core.manager.last("dated")
+        assert (core.manager.state_of("dated"), last.reason, last.error_type) == (
+            S.FAILED, "initialize failed", "UnencodableArgumentsError")
+        assert not (directory / "dated.log").exists()
+        assert sum(core.manager.state_of(f"p{i:03d}") is S.RUNNING for i in range(5)) == 5
     finally:
         core.shutdown()
