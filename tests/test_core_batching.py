@@ -335,3 +335,23 @@ def test_a_configuration_that_cannot_travel_fails_its_plugin_as_before(tmp_path:
         assert sum(core.manager.state_of(f"p{i:03d}") is S.RUNNING for i in range(5)) == 5
     finally:
         core.shutdown()
+
+
+class _Tagged(str):
+    """A str subclass: JSON writes it as a string, but the core's requests (``marshal``) cannot carry it."""
+
+
+def test_a_configuration_only_json_could_carry_fails_its_plugin_as_before(tmp_path: Path) -> None:
+    directory = plugin_directory(tmp_path, 5, tagged=LOGGED)
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0,
+                              "plugins": {"tagged": {"zone": _Tagged("eu")}}}, environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start(background=False)
+        last = core.manager.last("tagged")
+        assert (core.manager.state_of("tagged"), last.reason, last.error_type) == (
+            S.FAILED, "initialize failed", "UnencodableArgumentsError")
+        assert not (directory / "tagged.log").exists()
+        assert sum(core.manager.state_of(f"p{i:03d}") is S.RUNNING for i in range(5)) == 5
+    finally:
+        core.shutdown()

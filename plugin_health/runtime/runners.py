@@ -728,9 +728,8 @@ class RunnerPool:
                     while pending and len(chunk) < PIPELINE and pending[0][0].origin not in self.quarantined:
                         chunk.append(pending.popleft())
                     if chunk:
-                        requests = [self._load_request(runner, one, limits, up) for one, up in chunk]
                         try:
-                            sent, delivered = runner.send_many([(request, limits.timeout) for _, request in requests])
+                            chunk, requests, sent, delivered = self._send_loads_of(runner, chunk, limits)
                         except RunnerLostError:
                             pending.extendleft(reversed(chunk))  # none of them was sent
                             raise
@@ -758,6 +757,22 @@ class RunnerPool:
             answers.put(placed)
             return loss
         return None
+
+    def _send_loads_of(self, runner: RunnerProcess, chunk: list[_Load], limits: SandboxLimits) -> tuple[
+            list[_Load], list[tuple[RunnerHandle, dict[str, Any]]], list[tuple[int, float]], bool]:
+        """Send the loads of ``chunk`` (``RunnerProcess.send_many``): the chunk as sent, each source's handle and
+        request, each request's id and timeout, and whether they were delivered. A chunk whose ``up`` the requests
+        cannot carry (a configuration of some type only JSON writes) goes without any: its plugins come up the usual
+        way, which reports that configuration as their failure."""
+        requests = [self._load_request(runner, one, limits, up) for one, up in chunk]
+        try:
+            return chunk, requests, *runner.send_many([(request, limits.timeout) for _, request in requests])
+        except ValueError:
+            if all(up is None for _, up in chunk):
+                raise
+        chunk = [(one, None) for one, _ in chunk]
+        requests = [self._load_request(runner, one, limits) for one, _ in chunk]
+        return chunk, requests, *runner.send_many([(request, limits.timeout) for _, request in requests])
 
     def _brought_up(self, placed: Placed, handle: RunnerHandle, source: PluginSource, ident: int,
                     up: Mapping[str, Any]) -> tuple[Placed, RunnerLoss | None]:
