@@ -289,3 +289,39 @@ def test_over_a_sqlite_store_a_core_loads_no_flask_and_a_worker_no_redis(env: di
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip().splitlines()[-1] == expected
+
+
+def test_the_core_says_loaded_only_once_it_takes_actions_and_tool_calls(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/readyz`` turns 200 on the ``loaded`` mark: were it written before the control server listens, a load
+    balancer would send tool calls to an instance that answers them 503 (no plugin host) for a moment."""
+    import threading
+
+    from plugin_health.config import load_settings
+    from plugin_health.runtime import hosting
+    from plugin_health.runtime.core import LOADED_KEY
+
+    seen: list[str] = []
+    start, set_meta = hosting.ControlServer.start, SQLiteStore.set_meta
+
+    def control_start(self: hosting.ControlServer) -> None:
+        start(self)
+        seen.append("control listens")
+
+    def mark(self: SQLiteStore, key: str, value: str) -> None:
+        set_meta(self, key, value)
+        if key == LOADED_KEY and value:
+            seen.append("loaded")
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()  # then stop serve()
+
+    monkeypatch.setattr(hosting.ControlServer, "start", control_start)
+    monkeypatch.setattr(SQLiteStore, "set_meta", mark)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        settings = load_settings(environ={k: v for k, v in env.items() if k.startswith("PLUGIN_HEALTH_")})
+        assert hosting.serve(settings) == 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert seen == ["control listens", "loaded"]

@@ -126,11 +126,12 @@ class Core:
         #: Singletons on standby here: their snapshot as their owner last published it.
         self.mirrors: dict[str, PluginSnapshot] = {}
 
-    def start(self, background: bool = True) -> None:
+    def start(self, background: bool = True, announce: bool = True) -> None:
         """Discover and load every plugin (directories, then entry points), then supervise them.
 
         ``background=False`` leaves supervision to the caller (``supervisor.run_forever()`` on the main
-        thread of the host process).
+        thread of the host process). ``announce=False`` leaves marking loading finished (``announce_loaded``,
+        which turns ``/readyz`` 200) to the caller too, once it takes what workers forward (the control server).
         """
         self.store.set_meta(LOADED_KEY, "")
         self.loader.disabled = disabled_plugins(self.store)
@@ -158,11 +159,16 @@ class Core:
             self._write_batch(last=True)  # what fails to be written stops the start here
         self.store.begin(list(self.manager))
         self.flush()
-        self.store.set_meta(LOADED_KEY, "1")
+        if announce:
+            self.announce_loaded()
         self._flusher = threading.Thread(target=self._flush_loop, name="plugin-health-publisher", daemon=True)
         self._flusher.start()
         if background:
             self.supervisor.start()
+
+    def announce_loaded(self) -> None:
+        """Mark loading finished in the store: readiness may pass from now on."""
+        self.store.set_meta(LOADED_KEY, "1")
 
     def warn_if_empty(self) -> None:
         """Say so, naming ``PLUGIN_HEALTH_PLUGIN_PATH``, when nothing at all was found to host (the service calls

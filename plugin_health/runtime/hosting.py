@@ -177,7 +177,7 @@ def serve(settings: Settings) -> int:
     control: ControlServer | None = None
     link: ClusterLink | None = None
     try:
-        host.start(background=False)
+        host.start(background=False, announce=False)
         host.warn_if_empty()
         operations = Operations(host)
         listen = socket_path(settings)
@@ -185,6 +185,9 @@ def serve(settings: Settings) -> int:
             control = ControlServer(listen, operations.answer)
             control.start()
         link = start_link(settings, store, operations, singletons)
+        # Only now: /readyz passes on this mark, and a ready instance takes the tool calls and actions its workers
+        # forward (marked before the control server listened, they were 503 for a moment).
+        host.announce_loaded()
         logger.info("plugin host %d serves %d plugins", os.getpid(), len(host.manager))
         if not stopping.is_set():
             host.supervisor.run_forever()
