@@ -318,40 +318,25 @@ def test_no_plugin_runs_a_setup_the_core_would_not_have_run(tmp_path: Path) -> N
         core.shutdown()
 
 
-def test_a_configuration_that_cannot_travel_fails_its_plugin_as_before(tmp_path: Path) -> None:
-    """A configuration JSON cannot carry (a TOML date, say) is not sent with the load: the plugin comes up the usual
-    way, whose initialize fails naming the arguments, and the others come up with their loads."""
-    directory = plugin_directory(tmp_path, 5, dated=LOGGED)
-    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0,
-                              "plugins": {"dated": {"since": datetime(2026, 1, 1, tzinfo=UTC)}}},
-                             environ={})
-    core = Core(settings, MemoryStore())
-    try:
-        core.start(background=False)
-        last = core.manager.last("dated")
-        assert (core.manager.state_of("dated"), last.reason, last.error_type) == (
-            S.FAILED, "initialize failed", "UnencodableArgumentsError")
-        assert not (directory / "dated.log").exists()
-        assert sum(core.manager.state_of(f"p{i:03d}") is S.RUNNING for i in range(5)) == 5
-    finally:
-        core.shutdown()
-
-
 class _Tagged(str):
     """A str subclass: JSON writes it as a string, but the core's requests (``marshal``) cannot carry it."""
 
 
-def test_a_configuration_only_json_could_carry_fails_its_plugin_as_before(tmp_path: Path) -> None:
-    directory = plugin_directory(tmp_path, 5, tagged=LOGGED)
+@pytest.mark.parametrize("value", [datetime(2026, 1, 1, tzinfo=UTC), _Tagged("eu")], ids=["date", "str-subclass"])
+def test_a_configuration_that_cannot_travel_fails_its_plugin_as_before(tmp_path: Path, value: object) -> None:
+    """A configuration the core's requests cannot carry (a TOML date; a ``str`` subclass, which JSON would write but
+    ``marshal`` refuses) goes with no load: the plugin comes up the usual way, whose initialize fails naming the
+    arguments, and the others come up with their loads."""
+    directory = plugin_directory(tmp_path, 5, odd=LOGGED)
     settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0,
-                              "plugins": {"tagged": {"zone": _Tagged("eu")}}}, environ={})
+                              "plugins": {"odd": {"value": value}}}, environ={})
     core = Core(settings, MemoryStore())
     try:
         core.start(background=False)
-        last = core.manager.last("tagged")
-        assert (core.manager.state_of("tagged"), last.reason, last.error_type) == (
+        last = core.manager.last("odd")
+        assert (core.manager.state_of("odd"), last.reason, last.error_type) == (
             S.FAILED, "initialize failed", "UnencodableArgumentsError")
-        assert not (directory / "tagged.log").exists()
+        assert not (directory / "odd.log").exists()
         assert sum(core.manager.state_of(f"p{i:03d}") is S.RUNNING for i in range(5)) == 5
     finally:
         core.shutdown()
