@@ -151,31 +151,3 @@ def test_a_warmed_worker_answers_its_first_list_in_front_of_flask_and_counts_no_
     assert [entry["name"] for entry in json.loads(body)] == NAMES
     assert reached == []  # answered in front of Flask: the worker's first client request
     assert counted() == before + 1
-
-
-def test_a_worker_booted_while_plugins_load_warms_again_once_they_are_loaded(
-    app: Flask, post_worker_init: Callable[[Any], None]
-) -> None:
-    """Workers boot while the core loads (10,000 plugins take seconds): what they warm then is soon stale, and each
-    worker's first list and scrape after the load would read every snapshot on a client's request. So a worker that
-    boots before loading has finished warms again once it has."""
-    import time
-
-    from plugin_health.runtime.core import LOADED_KEY
-
-    store = service(app).store
-    store.set_meta(LOADED_KEY, "")
-    worker = Worker(app)
-    post_worker_init(worker)
-    try:
-        store.put_many([snapshot(f"late{i:02d}") for i in range(30)])  # the rest of the load
-        store.set_meta(LOADED_KEY, "1")
-        version = store.version()
-        deadline = time.monotonic() + 10
-        collector = app.extensions[COLLECTOR]
-        while collector._cached is None or collector._cached[0] != version:
-            assert time.monotonic() < deadline, "not warmed again once loaded"
-            time.sleep(0.02)
-        assert service(app).cache._current(LIST_KEY, version) is not None
-    finally:
-        worker.alive = False

@@ -12,9 +12,7 @@ once and builds one answer: 63 ms with 1,000 plugins, 0.54 s with 10,000 (``benc
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from flask import Flask, request
@@ -22,7 +20,6 @@ from werkzeug.test import EnvironBuilder
 
 from plugin_health.api.fastpath import FastReads
 from plugin_health.metrics import COLLECTOR, WARMING, StoreCollector
-from plugin_health.runtime.core import LOADED_KEY
 
 if TYPE_CHECKING:
     from plugin_health.service import Service
@@ -66,32 +63,3 @@ def warm(app: Flask) -> float:
     took = time.perf_counter() - began
     logger.info("warmed the list and the metrics gauges at store version %d in %.0f ms", version, took * 1e3)
     return took
-
-
-#: Seconds between two looks at whether loading has finished, for a worker that booted before it had.
-LOADED_EVERY = 0.25
-
-
-def warm_once_loaded(app: Flask, alive: Callable[[], bool], every: float = LOADED_EVERY) -> threading.Thread | None:
-    """Warm ``app`` again once the core has finished loading its plugins, if it has not yet (None then: nothing to
-    wait for): a worker boots while the core loads (10,000 plugins take seconds), so what it warmed then is stale by
-    the end, and its first list and ``/metrics`` scrape after the load would read and parse every snapshot on a
-    client's request (150 ms with 10,000 plugins). A thread (a greenlet in a gevent worker) looks every ``every``
-    seconds while ``alive()``; anything failing in it ends it (the worker builds on demand, as it would have)."""
-    service: Service = app.extensions["plugin_health"]
-    if service.store.get_meta(LOADED_KEY):
-        return None
-
-    def wait_then_warm() -> None:
-        try:
-            while alive():
-                if service.store.get_meta(LOADED_KEY):
-                    warm(app)
-                    return
-                time.sleep(every)
-        except Exception:  # a store closed as the worker stops, or a failed build: the requests build instead
-            logger.debug("the worker was not warmed again once loaded", exc_info=True)
-
-    thread = threading.Thread(target=wait_then_warm, name="plugin-health-warm", daemon=True)
-    thread.start()
-    return thread

@@ -230,11 +230,10 @@ def post_worker_init(worker: Any) -> None:
 
         sys.exit(Arbiter.WORKER_BOOT_ERROR)  # the master stops ("Worker failed to boot")
     if service is not None:
-        from plugin_health.api.warm import warm, warm_once_loaded
+        from plugin_health.api.warm import warm
 
         try:
             took = warm(worker.wsgi)
-            warm_once_loaded(worker.wsgi, lambda: bool(worker.alive))  # booted while the core loads: again after
         # Warming only saves the first requests a build: whatever fails in it, the worker serves and builds on
         # demand as it would have; an exception out of this hook would be a boot error, which stops the master.
         except Exception:
