@@ -210,8 +210,9 @@ def test_an_initialize_that_raises_ends_the_request(runner: Runner, tmp_path: Pa
 
 @pytest.mark.parametrize("declares", [
     "requires = ('other',)", "name = 'another'", "isolation = 'process'", "singleton = True", "version = '1.0rc1'",
-    "timeout = 30", "critical = 1",
-], ids=["requires", "other-name", "process", "singleton", "pre-release", "longer-timeout", "odd-critical"])
+    "timeout = 30", "critical = 1", "memory_limit_mb = 64.5",
+], ids=["requires", "other-name", "process", "singleton", "pre-release", "longer-timeout", "odd-critical",
+        "fractional-memory"])
 def test_a_plugin_that_may_not_come_up_early_is_only_loaded(runner: Runner, tmp_path: Path, declares: str) -> None:
     """Only a plugin that surely passes the core's checks and needs nothing of another comes up with its load:
     the others come up as the core decides, one phase at a time."""

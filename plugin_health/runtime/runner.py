@@ -343,13 +343,13 @@ def _may_come_up(declared: dict[str, Any], source_name: str, longest: object) ->
     surely accept its declaration (``PluginSpec.from_mapping``: checked here on a strict subset of what it accepts,
     without its libraries) and bring it up next, as it needs no other plugin, runs in this shared runner, is known
     by its source's name, and takes no longer than ``longest`` seconds a phase. Any other comes up the core's way."""
-    timeout = declared["timeout"]
+    timeout, memory = declared["timeout"], declared["memory_limit_mb"]
     return (
         declared["name"] == source_name and _PLAIN_NAME.fullmatch(source_name) is not None
         and declared["requires"] == [] and declared["isolation"] == "inline" and declared["singleton"] in (None, False)
         and type(declared["critical"]) is bool
         and isinstance(declared["version"], str) and _PLAIN_VERSION.fullmatch(declared["version"]) is not None
-        and (declared["memory_limit_mb"] is None or _positive(declared["memory_limit_mb"], int, _MAX_MEMORY_MB))
+        and (memory is None or (type(memory) is int and _positive(memory, int, _MAX_MEMORY_MB) is not None))
         and isinstance(longest, int | float) and not isinstance(longest, bool) and 0 < longest <= _MAX_TIMEOUT
         and (timeout is None or (_positive(timeout, float, longest) is not None))
         and not LIFECYCLE_METHODS.intersection(declared["tools"])
