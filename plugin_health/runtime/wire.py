@@ -93,8 +93,8 @@ def decode_request(body: bytes) -> Any:
 
 
 class FrameReader:
-    """Reads one frame at a time from a non-blocking socket, once ``poll`` said it is readable: a frame usually
-    arrives in one ``recv``, header and body together."""
+    """Reads one frame at a time from a non-blocking socket (``poll`` first only when nothing has arrived): a frame
+    usually arrives in one ``recv``, header and body together."""
 
     __slots__ = ("_rest", "limit", "sock")
 
@@ -104,9 +104,10 @@ class FrameReader:
         self._rest = bytearray()  # what came after the last frame read, when more were awaited
 
     def read(self, wait: Callable[[], None], more: bool = False) -> Any:
-        """The next frame's value; ``wait()`` blocks until the socket is readable (or raises). ``more``: further
-        frames are awaited (requests sent ahead), so bytes after this one are kept for the next read; otherwise
-        nobody asked for them, and they are a broken protocol."""
+        """The next frame's value; ``wait()`` blocks until the socket is readable (or raises), called only when
+        nothing is there to read (the answers of a runner ahead of the core are read without a poll each).
+        ``more``: further frames are awaited (requests sent ahead), so bytes after this one are kept for the next
+        read; otherwise nobody asked for them, and they are a broken protocol."""
         buffer, self._rest = self._rest, bytearray()
         need = -1
         while True:
@@ -121,10 +122,10 @@ class FrameReader:
                         raise WireError("bytes after the answer: nobody asked for them")
                     self._rest = buffer[need:]
                 return decode(bytes(buffer[_HEADER.size:need]))
-            wait()
-            try:
+            try:  # what has arrived is read at once: ``wait()`` (a poll) only when nothing has
                 chunk = self.sock.recv(max(_CHUNK, need - len(buffer)))
             except BlockingIOError:
+                wait()
                 continue
             except OSError as err:
                 raise PeerClosedError(f"cannot read: {err.strerror or err}") from None
