@@ -8,7 +8,6 @@ makes its dependents UNAVAILABLE, and its return to RUNNING brings them back.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -230,18 +229,19 @@ class PluginLoader:
     def _ups(self, picked: list[PluginSource], sources: list[PluginSource]) -> list[Mapping[str, Any] | None] | None:
         """What each of ``picked`` may be brought up with in the step that loads it (``Placement.load_many``): its
         configuration and the longest a phase may take. None for a source that must come up the usual way whatever
-        it declares: its name is not its own among ``sources`` (a duplicate is refused before anything runs), an
-        operator disabled it, or its configuration is no JSON. Whether it needs another plugin, runs apart or is
-        known by another name, the runner finds out as it loads it, and then only loads it."""
+        it declares: its name is not its own among ``sources`` (a duplicate is refused before anything runs), or an
+        operator disabled it. Whether it needs another plugin, runs apart or is known by another name, the runner
+        finds out as it loads it, and then only loads it (and a configuration the requests cannot carry, the
+        placement finds out as it sends it)."""
         longest = self.settings.default_timeout
         if longest is None:
             return None
         seen = Counter(source.name for source in sources)
         ups: list[Mapping[str, Any] | None] = []
         for source in picked:
-            config = dict(self.settings.plugin_config.get(source.name, {}))
-            ups.append(None if seen[source.name] > 1 or source.name in self.disabled or not _plain(config)
-                       else {"config": config, "timeout": longest, "check": self.check_with_load})
+            ups.append(None if seen[source.name] > 1 or source.name in self.disabled else {
+                "config": dict(self.settings.plugin_config.get(source.name, {})), "timeout": longest,
+                "check": self.check_with_load})
         return ups
 
     def _came_up(self, entry: PluginEntry, placed: Placed) -> None:
@@ -634,15 +634,6 @@ def _validated(declaration: Mapping[str, Any], default_name: str) -> PluginSandb
         return PluginSandboxResult(True, PluginSpec.from_mapping(declaration, default_name))
     except Exception as err:  # noqa: BLE001 - any refusal of the declaration is its phase's failure
         return failed(type(err).__name__, describe(err), 0.0)
-
-
-def _plain(config: Mapping[str, Any]) -> bool:
-    """Whether ``config`` can travel to a runner as it is (JSON)."""
-    try:
-        json.dumps(config, allow_nan=False)
-    except (TypeError, ValueError, RecursionError):
-        return False
-    return True
 
 
 class _DeclaredView(Mapping[str, Declared]):

@@ -182,20 +182,17 @@ class RunnerProcess:
         self._exchange(lambda: self._send(frame, time.monotonic() + timeout + self.settings.grace), timeout)
         return self._answer(ident, timeout)
 
-    def request_many(self, messages: list[tuple[dict[str, Any], float | None]],
-                     follow: bool = False) -> Iterator[dict[str, Any]]:
+    def request_many(self, messages: list[tuple[dict[str, Any], float | None]]) -> Iterator[dict[str, Any]]:
         """Send several requests at once, then yield their answers in order; :class:`RunnerLostError` at the one in
         flight when the runner is lost (the caller holds :attr:`lock` throughout).
 
         The runner answers one request at a time, in order, so the one in flight is always the first unanswered:
         each has its own hard deadline, its timeout plus the grace counted from the answer before it, and the ones
         after it never ran. Nothing waits between two requests, so the runner works while the core reads.
-        ``follow``: an answer may be followed by more answers to its request (a load that brings its plugin up),
-        which the caller reads (``answer``) before asking for the next request's.
         """
         sent, _ = self.send_many(messages)
         for index, (ident, timeout) in enumerate(sent, 1):
-            yield self._answer(ident, timeout, more=follow or index < len(sent))
+            yield self._answer(ident, timeout, more=index < len(sent))
 
     def send_many(self, messages: list[tuple[dict[str, Any], float | None]]) -> tuple[list[tuple[int, float]], bool]:
         """Send several requests at once, without waiting for any answer (the caller holds :attr:`lock`, and reads
@@ -226,9 +223,9 @@ class RunnerProcess:
         return [(ident, timeout) for ident, _, timeout in framed], self._exchange(send, first)
 
     def answer(self, ident: int, timeout: float) -> dict[str, Any]:
-        """The next answer, which must be to the request ``ident`` (sent by ``send_many``, or one more to a request of
-        ``request_many(..., follow=True)``), within ``timeout`` plus the grace from now; :class:`RunnerLostError`
-        when the runner is lost meanwhile."""
+        """The next answer, which must be to the request ``ident`` (sent by ``send_many``; a load that brings its
+        plugin up has several), within ``timeout`` plus the grace from now; :class:`RunnerLostError` when the runner
+        is lost meanwhile."""
         return self._answer(ident, timeout, more=True)
 
     def _frame(self, message: dict[str, Any], ident: int | None = None) -> tuple[int, bytes]:
@@ -761,17 +758,17 @@ class RunnerPool:
     def _send_loads_of(self, runner: RunnerProcess, chunk: list[_Load], limits: SandboxLimits) -> tuple[
             list[_Load], list[tuple[RunnerHandle, dict[str, Any]]], list[tuple[int, float]], bool]:
         """Send the loads of ``chunk`` (``RunnerProcess.send_many``): the chunk as sent, each source's handle and
-        request, each request's id and timeout, and whether they were delivered. A chunk whose ``up`` the requests
-        cannot carry (a configuration of some type only JSON writes) goes without any: its plugins come up the usual
-        way, which reports that configuration as their failure."""
+        request, each request's id and timeout, and whether they were delivered. A source whose ``up`` the requests
+        cannot carry (a configuration of a type ``marshal`` refuses: a date, a ``str`` subclass) goes without it: its
+        plugin comes up the usual way, which reports that configuration as its failure."""
         requests = [self._load_request(runner, one, limits, up) for one, up in chunk]
         try:
             return chunk, requests, *runner.send_many([(request, limits.timeout) for _, request in requests])
         except ValueError:
             if all(up is None for _, up in chunk):
                 raise
-        chunk = [(one, None) for one, _ in chunk]
-        requests = [self._load_request(runner, one, limits) for one, _ in chunk]
+        chunk = [(one, up if up is None or _carried(up, self.settings.max_message) else None) for one, up in chunk]
+        requests = [self._load_request(runner, one, limits, up) for one, up in chunk]
         return chunk, requests, *runner.send_many([(request, limits.timeout) for _, request in requests])
 
     def _brought_up(self, placed: Placed, handle: RunnerHandle, source: PluginSource, ident: int,
@@ -1004,6 +1001,15 @@ class RunnerPool:
     def _retire(self, runner: RunnerProcess) -> None:
         self._forget(runner)
         runner.stop()
+
+
+def _carried(up: Mapping[str, Any], limit: int) -> bool:
+    """Whether a load request can carry ``up`` (what ``marshal`` and a frame's size allow)."""
+    try:
+        wire.encode_request(dict(up), limit)
+    except (ValueError, wire.MessageTooLargeError):
+        return False
+    return True
 
 
 def _number(value: object, default: float | None) -> float | None:
