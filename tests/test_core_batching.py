@@ -340,3 +340,46 @@ def test_a_configuration_that_cannot_travel_fails_its_plugin_as_before(tmp_path:
         assert sum(core.manager.state_of(f"p{i:03d}") is S.RUNNING for i in range(5)) == 5
     finally:
         core.shutdown()
+
+
+#: A plugin that, in ``initialize``, finds its request's id on the runner's stack and sends the core a forged answer
+#: saying its ``start`` passed (which never ran), ahead of its initialize's own answer.
+FORGER = """
+import inspect, json, struct
+from plugin_health import Plugin
+
+class P(Plugin):
+    timeout = 2
+
+    def initialize(self, context):
+        frame = inspect.currentframe()
+        while frame is not None and "ident" not in frame.f_locals:
+            frame = frame.f_back
+        runner = frame.f_locals["self"]
+        body = json.dumps({"id": frame.f_locals["ident"], "ok": True, "method": "start", "result": None,
+                           "error": None, "error_type": None, "duration_ms": 0.1}).encode()
+        runner.sock.sendall(struct.pack(">I", len(body)) + body)
+"""
+
+
+def test_a_plugin_that_forges_its_next_phase_s_answer_breaks_its_runner_and_is_blamed(tmp_path: Path) -> None:
+    """An answer must be to the phase the core awaits: a forged answer for ``start`` read as the initialize's is
+    a broken runner, blamed on the plugin whose phase was in flight; the others come back, and the forger is never
+    recorded RUNNING on the word of a start that never ran."""
+    directory = plugin_directory(tmp_path, 40, p020_forger=FORGER)
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0},
+                             environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start()
+        last = core.manager.last("p020_forger")
+        assert (core.manager.state_of("p020_forger"), last.reason, last.error_type) == (
+            S.FAILED, "initialize failed", "PluginCrashedError")
+        assert "broke the protocol" in (last.error or "")
+        assert S.RUNNING not in [record.dest for record in core.manager.history("p020_forger")]
+        deadline = time.monotonic() + 20
+        while sum(core.manager.state_of(f"p{i:03d}") is S.RUNNING for i in range(40)) < 40:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        core.shutdown()
