@@ -222,11 +222,11 @@ class RunnerProcess:
 
         return [(ident, timeout) for ident, _, timeout in framed], self._exchange(send, first)
 
-    def answer(self, ident: int, timeout: float) -> dict[str, Any]:
+    def answer(self, ident: int, timeout: float, method: str | None = None) -> dict[str, Any]:
         """The next answer, which must be to the request ``ident`` (sent by ``send_many``; a load that brings its
-        plugin up has several), within ``timeout`` plus the grace from now; :class:`RunnerLostError` when the runner
-        is lost meanwhile."""
-        return self._answer(ident, timeout, more=True)
+        plugin up has several, each naming its ``method``, which must be the one awaited), within ``timeout`` plus
+        the grace from now; :class:`RunnerLostError` when the runner is lost meanwhile, or breaks the protocol."""
+        return self._answer(ident, timeout, more=True, method=method)
 
     def _frame(self, message: dict[str, Any], ident: int | None = None) -> tuple[int, bytes]:
         # A random id the answer must carry back: an answer a plugin forged cannot pass for another call's.
@@ -236,14 +236,17 @@ class RunnerProcess:
         except (ValueError, wire.MessageTooLargeError) as err:
             raise ValueError(f"the request cannot be sent to the runner: {err}") from err
 
-    def _answer(self, ident: int, timeout: float, more: bool = False) -> dict[str, Any]:
-        """Wait for the next answer, which must be the request ``ident``'s, until ``timeout`` plus the grace
-        (``more``: answers to further requests may follow it)."""
+    def _answer(self, ident: int, timeout: float, more: bool = False, method: str | None = None) -> dict[str, Any]:
+        """Wait for the next answer, which must be the request ``ident``'s (and, with ``method``, that phase's),
+        until ``timeout`` plus the grace (``more``: answers to further requests may follow it)."""
         deadline = time.monotonic() + timeout + self.settings.grace
         answer: Any = self._exchange(lambda: self._reader.read(lambda: self._wait_readable(deadline), more), timeout)
         if not isinstance(answer, dict) or answer.get("id") != ident:
             self.kill("it broke the protocol: an answer that is not the request's")
             raise RunnerLostError(CRASHED, "its runner broke the protocol (an answer that is not the request's)")
+        if method is not None and answer.get("method") != method:
+            self.kill("it broke the protocol: an answer to another phase")
+            raise RunnerLostError(CRASHED, "its runner broke the protocol (an answer to another phase)")
         return answer
 
     def _exchange(self, step: Callable[[], Any], timeout: float) -> Any:
@@ -784,18 +787,12 @@ class RunnerPool:
             started = time.perf_counter()
             timeout = handle.limits.timeout if handle.limits.timeout is not None else self.settings.longest
             try:
-                answer = runner.answer(ident, timeout)
+                answer = runner.answer(ident, timeout, method)
             except RunnerLostError as err:
                 result, loss = handle._lost(method, err, started, who=source.name)
             else:
                 runner.last = (handle, time.monotonic())
-                if answer.get("method") == method:
-                    result, loss = handle._result(method, answer, started)
-                else:
-                    runner.kill("it broke the protocol: an answer to another phase")
-                    problem = "its runner broke the protocol (an answer to another phase)"
-                    loss = self.lose(runner, handle, f"plugin {source.name!r} {method}: {problem}", CRASHED, problem)
-                    result = failed(CRASHED, problem, _since(started))
+                result, loss = handle._result(method, answer, started)
             results.append(result)
             if loss is not None or not result.ok or result.result is False:
                 break
