@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
@@ -39,6 +40,9 @@ def tool_names(cls: type[Plugin]) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
+#: Plugin names are addressable in URLs: letters, digits, "_", "-", ".", at most 100 characters (the loader checks
+#: every declared name against it; a runner, which loads none of the loader's libraries, uses it too).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 #: The methods the lifecycle calls: none of them can be a tool.
 LIFECYCLE_METHODS = frozenset({"initialize", "start", "stop", "health_check"})
 #: The class attributes a plugin declares (validated by ``PluginSpec`` in the loader).

@@ -28,7 +28,7 @@ from plugin_health.api import health
 from plugin_health.api.auth import visible_with
 from plugin_health.api.cache import ALWAYS, GZIP, Cached, matching_tag, takes_gzip
 from plugin_health.api.plugins import JSON, list_key
-from plugin_health.loader.registry import NAME_PATTERN
+from plugin_health.plugin import NAME_PATTERN
 
 if TYPE_CHECKING:
     from plugin_health.service import Service

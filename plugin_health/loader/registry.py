@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,10 +12,8 @@ from packaging.version import InvalidVersion, Version
 from plugin_health.errors import DuplicatePluginError, InvalidPluginError, UnknownPluginError
 from plugin_health.loader.dependencies import Declared
 from plugin_health.loader.sources import PluginSource
-from plugin_health.plugin import LIFECYCLE_METHODS, Plugin, tool_names
+from plugin_health.plugin import LIFECYCLE_METHODS, NAME_PATTERN, Plugin, tool_names
 
-#: Plugin names are addressable in URLs: letters, digits, "_", "-", ".", at most 100 characters.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 ISOLATIONS = ("inline", "process")
 
 #: The longest timeout a plugin may declare, in seconds (a day): waits on longer ones overflow ``poll()``.

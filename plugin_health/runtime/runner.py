@@ -33,7 +33,7 @@ from plugin_health.errors import InvalidHealthResultError
 from plugin_health.health import HealthResult
 from plugin_health.loader.importing import find_plugin_class, import_source
 from plugin_health.loader.sources import PluginSource
-from plugin_health.plugin import LIFECYCLE_METHODS, Plugin, PluginContext, raw_declaration
+from plugin_health.plugin import LIFECYCLE_METHODS, NAME_PATTERN, Plugin, PluginContext, raw_declaration
 from plugin_health.runtime import wire
 from plugin_health.sandbox import memory
 from plugin_health.sandbox.inline import Sandbox
@@ -335,7 +335,6 @@ class Runner:
 #: What a version must look like for its plugin to come up with its load (a strict subset of PEP 440's: the core,
 #: which checks every version with ``packaging``, accepts all of these; any other goes the core's own way up).
 _PLAIN_VERSION = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){0,5}")
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 
 def _may_come_up(declared: dict[str, Any], source_name: str, longest: object) -> bool:
@@ -345,7 +344,7 @@ def _may_come_up(declared: dict[str, Any], source_name: str, longest: object) ->
     by its source's name, and takes no longer than ``longest`` seconds a phase. Any other comes up the core's way."""
     timeout, memory = declared["timeout"], declared["memory_limit_mb"]
     return (
-        declared["name"] == source_name and _PLAIN_NAME.fullmatch(source_name) is not None
+        declared["name"] == source_name and NAME_PATTERN.fullmatch(source_name) is not None
         and declared["requires"] == [] and declared["isolation"] == "inline" and declared["singleton"] in (None, False)
         and type(declared["critical"]) is bool
         and isinstance(declared["version"], str) and _PLAIN_VERSION.fullmatch(declared["version"]) is not None
