@@ -367,3 +367,66 @@ def test_declared_attributes_read_the_source_once_and_agree_with_each_alone(
     monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or read_bytes(self))
     assert declared_attributes(source, ("isolation", "singleton")) == alone
     assert reads == [path]
+
+
+class _ClaimedUp:
+    """A placed plugin whose runner claims it brought it up with its load."""
+
+    isolation = "inline"
+
+    def __init__(self) -> None:
+        from plugin_health.sandbox import SandboxLimits
+
+        self.name = ""
+        self.lost = False
+        self.closed = False
+        self.limits = SandboxLimits(1.0, 64)
+
+    def close(self) -> None:
+        self.closed = self.lost = True
+
+    def uses_process_of(self, other: object) -> bool:
+        return False
+
+
+class _Claiming:
+    """A placement whose runner says it initialized and started every plugin it loaded, whatever they declare."""
+
+    def __init__(self, declaration: dict[str, object]) -> None:
+        self.declaration = declaration
+        self.handles: list[_ClaimedUp] = []
+
+    def load_many(self, sources: list[object], limits: object, ups: object = None) -> object:
+        from plugin_health.loader.handles import Placed
+        from plugin_health.sandbox import PluginSandboxResult
+
+        for _ in sources:
+            self.handles.append(_ClaimedUp())
+            yield Placed(self.handles[-1], dict(self.declaration),  # type: ignore[arg-type]
+                         up=(PluginSandboxResult(True, None), PluginSandboxResult(True, None)))
+
+    def load(self, source: object, dedicated: bool, limits: object) -> object:
+        from plugin_health.loader.handles import Placed
+
+        return Placed(None, phase="import", error_type="RunnerError", error="no second runner in this test")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("declares", [{"requires": ["other"]}, {"name": "another"}],
+                         ids=["requires-another", "another-name"])
+def test_a_runner_that_says_it_brought_up_a_plugin_the_core_would_not_have_is_not_believed(
+    tmp_path: Path, declares: dict[str, object]
+) -> None:
+    """The core records INITIALIZED and RUNNING only on its own judgement: a plugin whose validated declaration
+    needs another plugin (or is known by another name) is never brought up with its load, whatever its runner says;
+    that instance is dropped and the plugin goes the usual way (here: UNAVAILABLE, its requirement missing)."""
+    (tmp_path / "liar.py").write_text("from plugin_health import Plugin\nclass P(Plugin):\n    pass\n")
+    placement = _Claiming({"name": "liar", "version": "1.0", "requires": [], "isolation": "inline", **declares})
+    loader = PluginLoader(settings=LoaderSettings(default_timeout=1.0), placement=placement)  # type: ignore[arg-type]
+    loader.load(discover([tmp_path], group=None))
+    name = str(declares.get("name", "liar"))
+    assert [record.dest for record in loader.manager.history(name)][:1] == [PluginLifecycleState.LOADED]
+    assert PluginLifecycleState.INITIALIZED not in [record.dest for record in loader.manager.history(name)]
+    assert placement.handles[0].closed
