@@ -184,9 +184,9 @@ def test_a_plain_plugin_is_loaded_initialized_and_started_in_one_request(runner:
     assert log.read_text() == "initialize plugin\nstart\n"
 
 
-@pytest.mark.parametrize(("initialized", "error_type"), [(False, None), ("oops", None)])
+@pytest.mark.parametrize("initialized", [False, "oops"], ids=["false", "another-value"])
 def test_an_initialize_that_returns_false_ends_the_request_and_start_never_runs(
-    runner: Runner, tmp_path: Path, initialized: object, error_type: str | None
+    runner: Runner, tmp_path: Path, initialized: object
 ) -> None:
     log = tmp_path / "plugin.log"
     last = load(runner, tmp_path, PLAIN.format(initialized=initialized), up={**UP, "config": {"log": str(log)}})
