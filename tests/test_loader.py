@@ -78,6 +78,33 @@ def test_discovery_skips_private_hidden_and_non_python() -> None:
     assert "pkgplugin" in names
 
 
+def test_discovery_follows_links_finds_packages_and_names_each_source_by_its_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a listing must keep, whatever reads the directory: a link to a plugin file is a plugin, a broken link
+    or a directory named like a module is not, a package is found by its ``__init__.py``, and each source's origin
+    is the directory it was found in joined with its name (a relative directory stays relative)."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "plain.py").write_text("")
+    (tmp_path / "elsewhere.py").write_text("")
+    (plugins / "linked.py").symlink_to(tmp_path / "elsewhere.py")
+    (plugins / "broken.py").symlink_to(tmp_path / "missing.py")
+    (plugins / "odd.py").mkdir()
+    (plugins / "pkg").mkdir()
+    (plugins / "pkg" / "__init__.py").write_text("")
+    (plugins / "not-a-package").mkdir()
+    (plugins / "not-a-package" / "__init__.py").write_text("")
+    (plugins / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    found = scan_directory(Path("plugins"))
+    assert [(s.name, s.origin, s.path) for s in found] == [
+        ("linked", "plugins/linked.py", Path("plugins/linked.py")),
+        ("pkg", "plugins/pkg", Path("plugins/pkg/__init__.py")),
+        ("plain", "plugins/plain.py", Path("plugins/plain.py")),
+    ]
+    assert scan_directory(tmp_path / "nowhere") == []
+
+
 def test_every_fault_plugin_is_listed_with_its_state(faults: PluginLoader) -> None:
     listed = {
         name: (state, faults.manager.last(name).reason, faults.manager.last(name).error_type)
