@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from plugin_health import PluginLifecycleState
+from plugin_health.loader import sources
 from plugin_health.loader.loader import LoaderSettings, PluginLoader
 from plugin_health.loader.sources import (
     PluginSource,
@@ -390,8 +391,8 @@ def test_declared_attributes_read_the_source_once_and_agree_with_each_alone(
     source = PluginSource("p", str(path), path=path)
     alone = {name: declared_attribute(source, name) for name in ("isolation", "singleton")}
     reads = []
-    read_bytes = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or read_bytes(self))
+    read = sources._read
+    monkeypatch.setattr(sources, "_read", lambda path: reads.append(path) or read(path))
     assert declared_attributes(source, ("isolation", "singleton")) == alone
     assert reads == [path]
 
