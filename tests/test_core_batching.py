@@ -383,3 +383,29 @@ def test_a_plugin_that_forges_its_next_phase_s_answer_breaks_its_runner_and_is_b
             time.sleep(0.05)
     finally:
         core.shutdown()
+
+
+def test_memory_kept_by_each_phase_of_a_plugin_brought_up_with_its_load_adds_up(tmp_path: Path) -> None:
+    """A plugin that keeps 40 MiB in ``initialize`` and 40 more in ``start`` has kept 80 MiB, past its 64: its start
+    fails for memory and its runner is replaced (what each phase kept is counted, the readings between phases
+    shared), while a neighbour that keeps 40 MiB in one phase comes up."""
+    keeper = ("from plugin_health import Plugin\nclass P(Plugin):\n    memory_limit_mb = 64\n    kept = []\n"
+              "    def initialize(self, context):\n        self.kept.append(bytearray(40 << 20))\n")
+    directory = plugin_directory(
+        tmp_path, 10,
+        p004_keeps_twice=keeper + "    def start(self):\n        self.kept.append(bytearray(40 << 20))\n",
+        p005_keeps_once=keeper,
+    )
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0},
+                             environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start(background=False)
+        last = core.manager.last("p004_keeps_twice")
+        assert (core.manager.state_of("p004_keeps_twice"), last.reason, last.error_type) == (
+            S.FAILED, "start failed", "PluginMemoryError")
+        assert "kept 80 MiB" in (last.error or "")
+        assert core.manager.state_of("p005_keeps_once") is S.RUNNING
+        assert {state for name, state in core.manager.all_states().items() if name.startswith("p0")} >= {S.RUNNING}
+    finally:
+        core.shutdown()
