@@ -105,10 +105,9 @@ class PluginLoader:
         self.observers: list[Callable[[str, str, str, PluginSandboxResult], None]] = []
         #: Decides where singletons run (None: no cluster, every singleton runs here as any plugin).
         self.singletons: SingletonGate | None = None
-        #: Whether a plugin brought up with its load is also checked once then (its owner runs first checks after
-        #: loading: ``first_checks`` holds those already made, by plugin, for it to judge).
-        self.check_with_load = False
-        self.first_checks: dict[str, FirstCheck] = {}
+        #: Who judges the first health check of a plugin brought up with its load, made then too and judged as soon
+        #: as it is known (its owner checks the others once loading is over). None: no check is made with a load.
+        self.judge_first: Callable[[str, FirstCheck], None] | None = None
         self._cascade: deque[TransitionRecord] = deque()
         self._cycles: dict[str, str] = {}
         self._draining = threading.local()
@@ -241,12 +240,12 @@ class PluginLoader:
         for source in picked:
             ups.append(None if seen[source.name] > 1 or source.name in self.disabled else {
                 "config": dict(self.settings.plugin_config.get(source.name, {})), "timeout": longest,
-                "check": self.check_with_load})
+                "check": self.judge_first is not None})
         return ups
 
     def _came_up(self, entry: PluginEntry, placed: Placed) -> None:
         """Judge the ``initialize`` and ``start`` that ran with ``entry``'s load, in order, as ``bring_up`` judges
-        its own calls, and keep its first health check for the supervisor (``first_checks``). Unless its instance is
+        its own calls, and hand its first health check to ``judge_first``. Unless its instance is
         gone since (its runner was lost after them, and it was not to blame): then it stays LOADED and comes up again
         in a fresh runner, the usual way. And a plugin the core would not have brought up early (a runner that says
         otherwise is not believed) loses that instance and comes up the usual way too."""
@@ -264,7 +263,8 @@ class PluginLoader:
         if len(placed.up) == 3:
             # Its time is the core's, as its transitions' are: when the core learned of it, not before it was RUNNING.
             self._observe(entry, "health_check", placed.up[2])
-            self.first_checks[entry.name] = FirstCheck(placed.up[2], datetime.now(UTC), placed.up_lost)
+            if self.judge_first is not None:
+                self.judge_first(entry.name, FirstCheck(placed.up[2], datetime.now(UTC), placed.up_lost))
 
     def _limits(self, timeout: float | None, memory_limit_mb: int | None) -> SandboxLimits:
         return SandboxLimits(

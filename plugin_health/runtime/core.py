@@ -22,7 +22,7 @@ from plugin_health.errors import UnknownPluginError
 from plugin_health.lifecycle import PluginLifecycleManager, PluginLifecycleState, TransitionRecord, UnavailableReason
 from plugin_health.lifecycle.machine import allowed_triggers
 from plugin_health.lifecycle.manager import ROUTINE
-from plugin_health.loader.loader import LoaderSettings, PluginLoader
+from plugin_health.loader.loader import FirstCheck, LoaderSettings, PluginLoader
 from plugin_health.loader.registry import PluginRegistry
 from plugin_health.loader.sources import discover
 from plugin_health.runtime.runners import RunnerPool, RunnerSettings
@@ -102,7 +102,10 @@ class Core:
             ),
         )
         self.runners.on_lost = self.supervisor.runner_lost
-        self.loader.check_with_load = True  # its first checks, made as each plugin comes up with its load
+        # A plugin brought up with its load is checked once then too, and the check judged as soon as it is known:
+        # its snapshot is written once, in the batch with its transitions, the check included.
+        self.loader.judge_first = self._judge_first
+        self._judged_first: set[str] = set()
         self.supervisor.subscribe(self._publish)
         self.manager.subscribe(metrics.observe_transition)
         self.loader.observers.append(metrics.observe_call)
@@ -147,8 +150,8 @@ class Core:
             # The first health checks run before loading counts as finished, so that ``healthy`` speaks of a check
             # from the first answer on: those of the plugins sharing a runner many at a time, the others side by
             # side; a few slow ones cannot hold start-up past FIRST_CHECKS_WAIT.
-            made, self.loader.first_checks = self.loader.first_checks, {}
-            self.supervisor.check_many(list(self.manager), made)
+            judged, self._judged_first = self._judged_first, set()
+            self.supervisor.check_many([name for name in self.manager if name not in judged])
             self.supervisor.tick()
             self.supervisor.wait_idle(FIRST_CHECKS_WAIT)
         finally:
@@ -331,15 +334,22 @@ class Core:
                         ", ".join(f"{n} to {state}" for state, n in counts.items()) or "none routine",
                         extra={"counts": dict(counts)})
 
+    def _judge_first(self, name: str, first: FirstCheck) -> None:
+        """While loading: judge the first check of a plugin made as it came up with its load, now (it is RUNNING,
+        and its transitions are in the batch not yet written, which then shows the check too)."""
+        self._judged_first.add(name)
+        self.supervisor.check_made(name, first)
+
     def _publish(self, name: str, urgent: bool) -> None:
         with self._publishing:
+            if self._batch is not None:  # while loading: with the batch, in its order (a batch is due in 0.1 s)
+                self._pending.discard(name)
+                self._batch_names[name] = None
+                return
             if not urgent:
                 self._pending.add(name)
                 return
             self._pending.discard(name)
-            if self._batch is not None:  # while loading: in the batch's order
-                self._batch_names[name] = None
-                return
             try:
                 self.store.put(self.snapshot(name))
             except UnknownPluginError:

@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -213,32 +213,33 @@ class Supervisor:
             self._changed(name, urgent=moved)
         return outcome.ok
 
-    def check_many(self, names: list[str], made: Mapping[str, FirstCheck] | None = None) -> None:
+    def check_many(self, names: list[str]) -> None:
         """The health checks of several RUNNING plugins now (the first ones, at start-up), the calls of those that
         share a runner sent together (``PluginLoader.call_many``); each judged as ``check`` does, and its next one
-        scheduled an interval later. A check that did not run stays due, for ``tick``.
-
-        ``made``: checks already made, by plugin (as each came up with its load), judged instead of calling again;
-        one that brought its runner down fails its plugin as a check in flight then would (``runner_lost``)."""
-        made = made or {}
+        scheduled an interval later. A check that did not run stays due, for ``tick``."""
         running = [name for name in names if self.manager.get_state(name) is RUNNING]
-        calls = [name for name in running if name not in made]
-        results = dict(zip(calls, self.loader.call_many(calls, "health_check"), strict=True))
-        for name in running:
-            first = made.get(name)
-            result = first.result if first is not None else results[name]
-            if result is None:
-                continue
-            if first is not None and first.lost is not None:
-                self.fail(name, f"quarantined into a runner of its own: {first.lost}", result.error_type,
-                          result.error)
-                continue
-            self.check(name, result, None if first is None else first.at)
-            with self._lock:
-                watch = self._watch(name)
-                if watch.next_check_at is not None and self.manager.state_of(name) is RUNNING:
-                    watch.next_check_at = self._clock() + self.settings.health_interval
-                    self._schedule(watch.next_check_at, name, "check")  # the one due now is skipped when popped
+        for name, result in zip(running, self.loader.call_many(running, "health_check"), strict=True):
+            if result is not None:
+                self._first(name, result, None)
+
+    def check_made(self, name: str, first: FirstCheck) -> None:
+        """Judge the first check of ``name`` made as it came up with its load (``PluginLoader.judge_first``), as
+        ``check_many`` judges the ones it makes; one that brought its runner down fails its plugin as a check in
+        flight then would (``runner_lost``)."""
+        if self.manager.get_state(name) is RUNNING:
+            self._first(name, first.result, first)
+
+    def _first(self, name: str, result: PluginSandboxResult, first: FirstCheck | None) -> None:
+        """Judge a first check (``first``: made with the load), and schedule the next one an interval later."""
+        if first is not None and first.lost is not None:
+            self.fail(name, f"quarantined into a runner of its own: {first.lost}", result.error_type, result.error)
+            return
+        self.check(name, result, None if first is None else first.at)
+        with self._lock:
+            watch = self._watch(name)
+            if watch.next_check_at is not None and self.manager.state_of(name) is RUNNING:
+                watch.next_check_at = self._clock() + self.settings.health_interval
+                self._schedule(watch.next_check_at, name, "check")  # the one due now is skipped when popped
 
     # -- restarts ------------------------------------------------------------------------------------------
 
