@@ -4,6 +4,7 @@ that fails in a batch of many fails alone."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -17,7 +18,7 @@ import pytest
 
 from plugin_health.config import load_settings
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
-from plugin_health.runtime.core import DISABLED_KEY, Core
+from plugin_health.runtime.core import DISABLED_KEY, LOADING_GC_THRESHOLD, Core
 from plugin_health.runtime.runners import RunnerProcess
 from plugin_health.store import MemoryStore, PluginSnapshot
 
@@ -428,3 +429,15 @@ def test_memory_kept_by_each_phase_of_a_plugin_brought_up_with_its_load_adds_up(
         assert {state for name, state in core.manager.all_states().items() if name.startswith("p0")} >= {S.RUNNING}
     finally:
         core.shutdown()
+
+
+def test_the_collector_runs_less_often_while_the_core_loads_and_as_before_after(core: Core) -> None:
+    """While loading, the first generation is collected every LOADING_GC_THRESHOLD allocations (the core then only
+    adds long-lived state, and each full collection walks all of it); the process's thresholds come back after."""
+    before = gc.get_threshold()
+    during: list[tuple[int, int, int]] = []
+    core.manager.subscribe(lambda record: during.append(gc.get_threshold()))
+    core.start(background=False)
+    assert during
+    assert set(during[:300]) == {(max(before[0], LOADING_GC_THRESHOLD), *before[1:])}
+    assert gc.get_threshold() == before
