@@ -441,3 +441,24 @@ def test_the_collector_runs_less_often_while_the_core_loads_and_as_before_after(
     assert during
     assert set(during[:300]) == {(max(before[0], LOADING_GC_THRESHOLD), *before[1:])}
     assert gc.get_threshold() == before
+
+
+@pytest.mark.parametrize("body", ["x = 1" + "+1" * 200_000, "x = " + "not " * 100_000 + "1"],
+                         ids=["too-deep-for-the-parser", "too-big-for-the-parser"])
+def test_a_source_the_core_cannot_parse_for_its_declaration_fails_alone(tmp_path: Path, body: str) -> None:
+    """Before it loads a source, the core reads it for ``isolation`` and ``singleton`` (``ast``), and a source can be
+    built so that the parser runs out of stack or memory: that plugin fails to import (in its runner, where the same
+    text cannot compile either), and the start goes on for the others."""
+    source = f"from plugin_health import Plugin\nclass P(Plugin):\n    isolation = 'inline'\n{body}\n"
+    directory = plugin_directory(tmp_path, 20, p005_deep=source)
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0},
+                             environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start(background=False)
+        assert core.manager.state_of("p005_deep") is S.FAILED
+        assert core.manager.last("p005_deep").reason == "import failed"
+        assert [name for name, state in core.manager.all_states().items() if state is S.RUNNING] == [
+            f"p{i:03d}" for i in range(20)]
+    finally:
+        core.shutdown()

@@ -458,3 +458,14 @@ def test_a_runner_that_says_it_brought_up_a_plugin_the_core_would_not_have_is_no
     assert [record.dest for record in loader.manager.history(name)][:1] == [PluginLifecycleState.LOADED]
     assert PluginLifecycleState.INITIALIZED not in [record.dest for record in loader.manager.history(name)]
     assert placement.handles[0].closed
+
+
+@pytest.mark.parametrize("body", ["x = 1" + "+1" * 200_000, "x = " + "not " * 100_000 + "1",
+                                  "isolation = " + "-" * 100_000 + "1"])
+def test_a_source_built_to_exhaust_the_parser_declares_nothing(tmp_path: Path, body: str) -> None:
+    """The parser gives up on such text (RecursionError, or MemoryError from its own stack limit) before any code
+    runs: nothing is declared, and no error leaves the reading."""
+    path = tmp_path / "p.py"
+    path.write_text(f"class P:\n    isolation = 'process'\n    singleton = True\n{body}\n", encoding="utf-8")
+    source = PluginSource("p", str(path), path=path)
+    assert declared_attributes(source, ("isolation", "singleton")) == {"isolation": None, "singleton": None}

@@ -149,7 +149,10 @@ def declared_attributes(source: PluginSource, attributes: Sequence[str],
         if not wanted:
             return found
         tree = ast.parse(text, filename=str(path))
-    except (OSError, SyntaxError, ValueError):
+    # A source can be built to exhaust the parser (a chain of 200,000 operators: RecursionError; 100,000 nested
+    # ``not``: MemoryError, from the parser's own stack limit): nothing is declared then, and the same text cannot
+    # compile where the plugin is imported either, which fails it there.
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
         return found
     for node in tree.body:
         if not isinstance(node, ast.ClassDef) or (class_names and node.name not in class_names):
@@ -166,7 +169,7 @@ def declared_attributes(source: PluginSource, attributes: Sequence[str],
                     wanted.discard(target.id)
                     try:
                         found[target.id] = ast.literal_eval(value)
-                    except ValueError:
+                    except (ValueError, TypeError, RecursionError, MemoryError):  # not a literal, or built to hurt
                         found[target.id] = None
                     if not wanted:
                         return found
