@@ -18,6 +18,8 @@ import pytest
 
 from plugin_health.config import load_settings
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
+from plugin_health.loader.loader import PluginLoader
+from plugin_health.loader.sources import PluginSource
 from plugin_health.runtime.core import DISABLED_KEY, LOADING_GC_THRESHOLD, Core
 from plugin_health.runtime.runners import RunnerProcess
 from plugin_health.store import MemoryStore, PluginSnapshot
@@ -460,5 +462,40 @@ def test_a_source_the_core_cannot_parse_for_its_declaration_fails_alone(tmp_path
         assert core.manager.last("p005_deep").reason == "import failed"
         assert [name for name, state in core.manager.all_states().items() if state is S.RUNNING] == [
             f"p{i:03d}" for i in range(20)]
+    finally:
+        core.shutdown()
+
+
+def test_the_first_loads_go_out_before_the_last_source_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a source runs apart is read (from its text) as the loads reach it, so the shared runner imports the
+    first plugins while the core still reads the last sources; one that runs apart loads in its own runner, in its
+    place in the order."""
+    directory = plugin_directory(
+        tmp_path, 300, p100_apart="from plugin_health import Plugin\nclass P(Plugin):\n    isolation = 'process'\n")
+    events: list[str] = []
+    read, send_many = PluginLoader._dedicated, RunnerProcess.send_many
+
+    def reading(self: PluginLoader, source: PluginSource) -> bool:
+        events.append(f"read {source.name}")
+        return read(self, source)
+
+    def sending(self: RunnerProcess, requests: list[tuple[dict[str, Any], float | None]]) -> Any:
+        events.append(f"send {len(requests)}")
+        return send_many(self, requests)
+
+    monkeypatch.setattr(PluginLoader, "_dedicated", reading)
+    monkeypatch.setattr(RunnerProcess, "send_many", sending)
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600}, environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start(background=False)
+        assert set(core.manager.all_states().values()) == {S.RUNNING}
+        first_send = next(i for i, event in enumerate(events) if event.startswith("send"))
+        assert first_send <= 70  # a chunk's worth of sources read, of 301
+        handle = core.registry.get("p100_apart").handle
+        assert getattr(handle, "isolation", None) == "process"
+        assert list(core.manager)[:3] == ["p000", "p001", "p002"]
     finally:
         core.shutdown()

@@ -424,11 +424,15 @@ class _Claiming:
         self.declaration = declaration
         self.handles: list[_ClaimedUp] = []
 
-    def load_many(self, sources: list[object], limits: object, ups: object = None) -> object:
+    def load_many(self, sources: list[object], limits: object, ups: object = None,
+                  apart: Callable[[object], bool] | None = None) -> object:
         from plugin_health.loader.handles import Placed
         from plugin_health.sandbox import PluginSandboxResult
 
-        for _ in sources:
+        for source in sources:
+            if apart is not None and apart(source):
+                yield None
+                continue
             self.handles.append(_ClaimedUp())
             yield Placed(self.handles[-1], dict(self.declaration),  # type: ignore[arg-type]
                          up=(PluginSandboxResult(True, None), PluginSandboxResult(True, None)))

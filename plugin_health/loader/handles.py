@@ -7,7 +7,7 @@ loader only knows it through this protocol, so the loader never depends on the r
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -110,11 +110,13 @@ class Placement(Protocol):
         ...
 
     def load_many(self, sources: list[PluginSource], limits: SandboxLimits,
-                  ups: list[Mapping[str, Any] | None] | None = None) -> Iterator[Placed]:
+                  ups: list[Mapping[str, Any] | None] | None = None,
+                  apart: Callable[[PluginSource], bool] | None = None) -> Iterator[Placed | None]:
         """``load(source, False, limits)`` of each source, in order, the next ones while the caller handles one;
         with ``ups`` (one per source, or None: ``{"config": ..., "timeout": ..., "check": bool}``), a plugin that
         needs nothing of another is brought up in the same step (and checked once, with ``check``), the outcomes in
-        ``Placed.up``."""
+        ``Placed.up``. A source for which ``apart`` (asked as the sources are reached, not all first) is true is not
+        loaded: None comes in its place."""
         ...
 
     def call_many(self, handles: list[Any], method: str,

@@ -119,15 +119,16 @@ class PluginLoader:
         """Load every source, resolve dependencies, then initialize and start in dependency order."""
         sources = list(sources)
         # The sources that share a runner are sent to it ahead, so that it imports the next ones while the
-        # core registers one (one round trip each, waited for, was most of loading 10,000 plugins).
-        shared = [self.everything_placed and not self._dedicated(source) for source in sources]
-        ahead: Iterator[Placed] = iter(())
-        if self.placement is not None and any(shared):
-            picked = [s for s, ok in zip(sources, shared, strict=True) if ok]
-            ahead = self.placement.load_many(picked, self._limits(None, None), self._ups(picked, sources))
+        # core registers one (one round trip each, waited for, was most of loading 10,000 plugins); whether a source
+        # runs apart is read as the sending reaches it (reading 10,000 sources first held the runner up 0.2-0.7 s).
+        placing = self.everything_placed and bool(sources)
+        ahead: Iterator[Placed | None] = iter(())
+        if self.placement is not None and placing:
+            ahead = self.placement.load_many(sources, self._limits(None, None), self._ups(sources, sources),
+                                             apart=self._dedicated)
         try:
-            for source, placed in zip(sources, shared, strict=True):
-                self._load_source(source, next(ahead) if placed else None)
+            for source in sources:
+                self._load_source(source, next(ahead) if placing else None)
         finally:
             close = getattr(ahead, "close", None)
             if close is not None:

@@ -651,7 +651,8 @@ class RunnerPool:
         return self._placed(handle, answer, own)
 
     def load_many(self, sources: list[PluginSource], limits: SandboxLimits | None = None,
-                  ups: list[Mapping[str, Any] | None] | None = None) -> Iterator[Placed]:
+                  ups: list[Mapping[str, Any] | None] | None = None,
+                  apart: Callable[[PluginSource], bool] | None = None) -> Iterator[Placed | None]:
         """Load each source as ``load(source, False, limits)`` would, in order, the next ones while the caller
         handles one: a thread sends them to the shared runner :data:`PIPELINE` at a time, without waiting for each
         answer, so the runner never waits for the core nor the core for the runner. A source whose load brings
@@ -663,12 +664,16 @@ class RunnerPool:
         runner does so only for a plugin that surely qualifies (its own checks, in
         ``plugin_health/runtime/runner.py``), and the outcomes of its ``initialize``, ``start`` and ``health_check``
         come back in ``Placed.up``, each held to the plugin's own timeout; a phase that brings the runner down is
-        blamed on its plugin (``Placed.up_lost``), as a call is."""
+        blamed on its plugin (``Placed.up_lost``), as a call is.
+
+        ``apart``: whether a source runs apart (in a runner of its own), asked by the sending thread as it reaches
+        each source, so that the first loads go out before the last source is read; such a source is not loaded
+        here: None comes in its place, in order, and the caller loads it."""
         limits = limits if limits is not None else self.settings.load_limits
-        answers: queue.SimpleQueue[Placed | Exception] = queue.SimpleQueue()
+        answers: queue.SimpleQueue[Placed | Exception | None] = queue.SimpleQueue()
         stop = threading.Event()
         work = list(zip(sources, ups if ups is not None else [None] * len(sources), strict=True))
-        thread = threading.Thread(target=self._pipeline_loads, args=(work, limits, answers, stop),
+        thread = threading.Thread(target=self._pipeline_loads, args=(work, limits, answers, stop, apart),
                                   name="plugin-health-loads", daemon=True)
         thread.start()
         try:
@@ -681,7 +686,8 @@ class RunnerPool:
             stop.set()  # a caller that stops early: what is in flight ends, nothing more is sent
 
     @staticmethod
-    def _next_load(answers: queue.SimpleQueue[Placed | Exception], sender: threading.Thread) -> Placed | Exception:
+    def _next_load(answers: queue.SimpleQueue[Placed | Exception | None],
+                   sender: threading.Thread) -> Placed | Exception | None:
         """The sender's next outcome. Each load it waits on has a hard deadline, but a sender that ended without a
         word (a ``BaseException`` it does not catch) would leave nobody to answer: that is an error, not a wait."""
         while True:
@@ -692,32 +698,47 @@ class RunnerPool:
                     return RuntimeError("the thread sending loads to the runner ended without their outcomes")
 
     def _pipeline_loads(self, work: list[_Load], limits: SandboxLimits,
-                        answers: queue.SimpleQueue[Placed | Exception], stop: threading.Event) -> None:
+                        answers: queue.SimpleQueue[Placed | Exception | None], stop: threading.Event,
+                        apart: Callable[[PluginSource], bool] | None) -> None:
         try:
-            self._send_loads(work, limits, answers, stop)
+            self._send_loads(work, limits, answers, stop, apart)
         except Exception as err:  # noqa: BLE001 - a bug here must reach the caller waiting for answers, not hang it
             answers.put(err)
 
     def _send_loads(self, work: list[_Load], limits: SandboxLimits,
-                    answers: queue.SimpleQueue[Placed | Exception], stop: threading.Event) -> None:
+                    answers: queue.SimpleQueue[Placed | Exception | None], stop: threading.Event,
+                    apart: Callable[[PluginSource], bool] | None) -> None:
         pending = collections.deque(work)
+        decided: dict[int, bool] = {}  # by the source's id: each is asked once, a source sent back again included
+
+        def runs_apart(load: _Load) -> bool:
+            found = decided.get(id(load[0]))
+            if found is None:
+                found = decided[id(load[0])] = apart is not None and apart(load[0])
+            return found
+
         while pending and not stop.is_set():
+            if runs_apart(pending[0]):  # not for this pool's shared runner: the caller loads it
+                pending.popleft()
+                answers.put(None)
+                continue
             if pending[0][0].origin in self.quarantined:  # blamed before: a runner of its own
                 answers.put(self.load(pending.popleft()[0], False, limits))
                 continue
             runner = self._runner_for(pending[0][0], False)
             with runner.lock:
-                loss = self._stream_loads(runner, pending, limits, answers, stop)
+                loss = self._stream_loads(runner, pending, limits, answers, stop, runs_apart)
             if loss is not None:
                 self.tell(loss)
 
     def _stream_loads(self, runner: RunnerProcess, pending: collections.deque[_Load], limits: SandboxLimits,
-                      answers: queue.SimpleQueue[Placed | Exception], stop: threading.Event) -> RunnerLoss | None:
+                      answers: queue.SimpleQueue[Placed | Exception | None], stop: threading.Event,
+                      runs_apart: Callable[[_Load], bool]) -> RunnerLoss | None:
         """Load ``pending`` sources in ``runner`` (the caller holds its lock), each outcome put in ``answers`` as it
         is read: the next :data:`PIPELINE` requests are sent while the runner still works on the ones before, so
-        that it never waits for the core. Ends when none is left, at a source blamed before (it loads in a runner
-        of its own), or when ``runner`` is lost: its loss then (to tell once the lock is given back), the source in
-        flight blamed, and the ones sent after it back in ``pending``: they never ran."""
+        that it never waits for the core. Ends when none is left, at a source that runs apart or was blamed before
+        (it loads in a runner of its own), or when ``runner`` is lost: its loss then (to tell once the lock is given
+        back), the source in flight blamed, and the ones sent after it back in ``pending``: they never ran."""
         inflight: collections.deque[tuple[PluginSource, Mapping[str, Any] | None, RunnerHandle, int, float]] = (
             collections.deque())
         stop_sending = False
@@ -725,7 +746,8 @@ class RunnerPool:
             while pending or inflight:
                 if len(inflight) <= PIPELINE and pending and not stop.is_set() and not stop_sending:
                     chunk: list[_Load] = []
-                    while pending and len(chunk) < PIPELINE and pending[0][0].origin not in self.quarantined:
+                    while (pending and len(chunk) < PIPELINE and pending[0][0].origin not in self.quarantined
+                           and not runs_apart(pending[0])):
                         chunk.append(pending.popleft())
                     if chunk:
                         try:
