@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import json
 import os
 import subprocess
@@ -473,3 +475,39 @@ def test_a_source_built_to_exhaust_the_parser_declares_nothing(tmp_path: Path, b
     path.write_text(f"class P:\n    isolation = 'process'\n    singleton = True\n{body}\n", encoding="utf-8")
     source = PluginSource("p", str(path), path=path)
     assert declared_attributes(source, ("isolation", "singleton")) == {"isolation": None, "singleton": None}
+
+
+def _plugin_file(directory: Path, said: str) -> Path:
+    directory.mkdir(exist_ok=True)
+    path = directory / "speaks.py"
+    path.write_text(f"from plugin_health import Plugin\nclass P(Plugin):\n    said = {said!r}\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("write_bytecode", [False, True])
+def test_a_plugin_imports_from_its_bytecode_cache_when_it_has_one_and_from_its_source_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_bytecode: bool
+) -> None:
+    """As Python imports a module: a valid cache in ``__pycache__`` is used (shown here by a cache of other code that
+    Python still takes as valid: same size and time as the source), a source without one is compiled, and the cache
+    is written when bytecode is written; the module knows its file, its cache and its source either way."""
+    from plugin_health.loader import importing
+
+    monkeypatch.setattr(importing, "_pycache", {}, raising=False)
+    monkeypatch.setattr(sys, "dont_write_bytecode", not write_bytecode)
+    cached = _plugin_file(tmp_path / "cached", "old")
+    subprocess.run([sys.executable, "-m", "py_compile", str(cached)], check=True)
+    stat = cached.stat()
+    cached.write_text(cached.read_text().replace("'old'", "'new'"), encoding="utf-8")
+    os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    plain = _plugin_file(tmp_path / "plain", "new")
+
+    module = importing.import_source(PluginSource("speaks", str(cached), path=cached))
+    assert module.P.said == "old"  # the cache, as Python's own loader would have read it
+    module = importing.import_source(PluginSource("speaks", str(plain), path=plain))
+    assert module.P.said == "new"
+    assert module.__file__ == str(plain)
+    assert getattr(module.__spec__, "origin", None) == str(plain)
+    assert module.__cached__ == importlib.util.cache_from_source(str(plain))
+    assert "said = 'new'" in inspect.getsource(module.P)
+    assert (plain.parent / "__pycache__").exists() is write_bytecode

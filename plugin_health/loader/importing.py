@@ -7,7 +7,9 @@ the standard library's or the application's modules, and its directory is never 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
+import os
 import sys
 import threading
 import types
@@ -38,6 +40,33 @@ def _free_module_name(stem: str) -> str:
     return name
 
 
+class _SourceLoader(importlib.machinery.SourceFileLoader):
+    """Python's loader of a source file, but for one thing: where no bytecode cache can be read (the file's directory
+    has no ``__pycache__``) and none would be written (``sys.dont_write_bytecode``, ``PYTHONDONTWRITEBYTECODE``), it
+    compiles the source without looking for one first (a path worked out, a ``stat`` and an ``open`` that fails: a
+    fifth of importing a small plugin in a runner). Otherwise, and for everything else, it is that loader."""
+
+    def get_code(self, fullname: str) -> types.CodeType | None:
+        path = self.get_filename(fullname)
+        if not sys.dont_write_bytecode or _may_hold_bytecode(os.path.dirname(path)):
+            return super().get_code(fullname)
+        return self.source_to_code(self.get_data(path), path)
+
+
+def _may_hold_bytecode(directory: str) -> bool:
+    """Whether ``directory`` has a ``__pycache__``, or cannot be told: looked at once a directory (``_pycache``)."""
+    found = _pycache.get(directory)
+    if found is None:
+        cache = os.path.join(directory, "__pycache__")
+        found = _pycache[directory] = os.path.isdir(cache) or not os.path.isdir(directory)
+    return found
+
+
+#: Whether each directory imported from had a ``__pycache__`` when first asked (a cache made since is not read: the
+#: source, compiled, is what it holds anyway).
+_pycache: dict[str, bool] = {}
+
+
 def _drop_modules(module_name: str) -> None:
     for loaded in [m for m in sys.modules if m == module_name or m.startswith(module_name + ".")]:
         del sys.modules[loaded]
@@ -53,7 +82,10 @@ def import_source(source: PluginSource) -> types.ModuleType:
         _namespace()
         module_name = _free_module_name(source.name)
         search = [str(source.path.parent)] if source.is_package else None
-        spec = importlib.util.spec_from_file_location(module_name, source.path, submodule_search_locations=search)
+        location = str(source.path)
+        loader = _SourceLoader(module_name, location)
+        spec = importlib.util.spec_from_file_location(module_name, location, loader=loader,
+                                                      submodule_search_locations=search)
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot import {source.label}")
         module = importlib.util.module_from_spec(spec)
