@@ -291,6 +291,13 @@ class HostProcess:
         self._watcher = threading.Thread(target=self._watch, name="plugin-health-host-watcher", daemon=True)
         self._watcher.start()
 
+    def stopping(self) -> None:
+        """The service is going down: a host that exits from now on is not started again (``stop`` ends the one
+        that runs). A signal to the whole process group (systemd's ``KillMode=control-group``, Ctrl-C) reaches the
+        host as it reaches the master, and the host exits before the master has begun to stop."""
+        with self._spawning:
+            self._stopping.set()
+
     def stop(self, timeout: float = 30.0) -> int | None:
         """Ask the host to stop its plugins and exit (``SIGTERM``); ``SIGKILL`` after ``timeout`` seconds."""
         with self._spawning:

@@ -14,6 +14,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import sys
 import warnings
@@ -53,6 +54,7 @@ __all__ = [
     "pre_request",
     "threads",
     "timeout",
+    "when_ready",
     "worker_class",
     "worker_connections",
     "workers",
@@ -135,6 +137,29 @@ def on_starting(server: Any) -> None:
     _host.start()
     os.environ["PLUGIN_HEALTH_HOST_MODE"] = "external"  # the workers, forked from here, only read
     server.log.info("plugin-health: plugin host running as pid %s", _host.pid)
+
+
+#: The master's signals that end the service (SIGHUP reloads the workers and SIGUSR2 starts a new master: the host
+#: goes on through both).
+_ENDING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def when_ready(server: Any) -> None:
+    """From now on (gunicorn has set its own signal handlers), a signal that ends the master first tells the host
+    process that the service is going down: a host that exits then (it got the same signal, sent to the whole
+    process group) is not started again, its plugins set up once more while everything stops."""
+    if _host is None:
+        return
+    for ending in _ENDING:
+        handler = signal.getsignal(ending)
+        if callable(handler):
+            signal.signal(ending, functools.partial(_ending, handler))
+
+
+def _ending(handler: Callable[[int, Any], Any], signum: int, frame: Any) -> None:
+    if _host is not None:
+        _host.stopping()
+    handler(signum, frame)
 
 
 def on_exit(server: Any) -> None:

@@ -160,10 +160,12 @@ def start_gunicorn(tmp: Path, plugin_dir: Path, env: Mapping[str, str], workers:
     return server
 
 
-def spawn_gunicorn(tmp: Path, plugin_dir: Path, env: Mapping[str, str], workers: int = 3) -> Server:
+def spawn_gunicorn(tmp: Path, plugin_dir: Path, env: Mapping[str, str], workers: int = 3,
+                   session: bool = False) -> Server:
     """Like ``start_gunicorn``, but answers at once, before the server is ready (see ``gunicorn_ready``).
 
     The caller owns the server from its first moment: whatever happens while it starts, it can still be stopped.
+    ``session``: in a session (and process group) of its own, so that a signal can go to the whole group.
     """
     port = free_port()
     log = tmp / "gunicorn.log"
@@ -175,6 +177,7 @@ def spawn_gunicorn(tmp: Path, plugin_dir: Path, env: Mapping[str, str], workers:
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
              "-b", f"127.0.0.1:{port}", "wsgi:app"],
             cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=session,
         )
     return Server(process, port, log, run_dir)
 

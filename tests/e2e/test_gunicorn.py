@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.server import ROOT, Server, alive, wait_for
+from e2e.server import ROOT, Server, alive, gunicorn_ready, spawn_gunicorn, wait_for
 from plugin_health.diagrams import MEDIA_TYPES
 
 PLUGINS = {
@@ -222,6 +222,39 @@ def test_shutdown_stops_every_process(server: Server) -> None:
         t for t in transitions if t["plugin"] == "flappy" and t["to"] == "FAILED").items()
     assert not any("hunter2" in line for line in log.splitlines() if '"event":"transition"' in line)
     assert "Traceback" not in log.split("Shutting down")[-1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_group_stops_the_service_without_starting_its_host_again(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """What systemd's default ``KillMode=control-group`` (SIGTERM) and Ctrl-C in a terminal (SIGINT) do: every
+    process of the service gets the signal at once. The plugin host stops with it, and the master, stopping too,
+    must not start a new host meanwhile: its plugins would be set up again, for nothing, while the service ends."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    setups = tmp_path / "setups.log"
+    (plugins / "counted.py").write_text(textwrap.dedent(f"""
+        from plugin_health import Plugin
+
+        class P(Plugin):
+            def initialize(self, context):
+                with open({str(setups)!r}, "a") as log:
+                    log.write("setup\\n")
+        """))
+    server = spawn_gunicorn(tmp_path, plugins, {}, workers=2, session=True)
+    try:
+        wait_for(lambda: gunicorn_ready(server, 2), 60, "gunicorn to start")
+        processes = server.descendants()
+        os.killpg(server.process.pid, sig)
+        assert server.process.wait(30) == 0
+        wait_for(lambda: not any(alive(pid) for pid in processes | server.descendants()), 10, "every process to exit")
+        log = server.log.read_text()
+        assert "restarting it" not in log
+        assert log.count("serves 1 plugins") == 1
+        assert setups.read_text().splitlines() == ["setup"]
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("command", [["gunicorn", "wsgi:app"], ["flask", "--app", "wsgi", "plugins", "list"]])
