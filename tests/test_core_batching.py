@@ -499,3 +499,29 @@ def test_the_first_loads_go_out_before_the_last_source_is_read(
         assert list(core.manager)[:3] == ["p000", "p001", "p002"]
     finally:
         core.shutdown()
+
+
+def test_first_checks_that_fail_plugins_at_once_are_judged_after_the_loads(tmp_path: Path) -> None:
+    """With ``failure_threshold`` 1, a first check that fails fails its plugin, which stops it: a call into the shared
+    runner, which the load stream holds until its last load. Such a check is judged once loading ends (a passing
+    one at once): each of them FAILED for its check after every plugin was loaded, every other plugin RUNNING."""
+    failing = {f"p{i:03d}_false": "from plugin_health import Plugin\nclass P(Plugin):\n    def health_check(self):\n"
+                                  "        return False\n" for i in range(10, 300, 30)}
+    directory = plugin_directory(tmp_path, 300, **failing)
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0,
+                              "failure_threshold": 1}, environ={})
+    core = Core(settings, MemoryStore())
+    seen: list[TransitionRecord] = []
+    core.manager.subscribe(seen.append)
+    try:
+        core.start(background=False)
+        for name in failing:
+            last = core.manager.last(name)
+            assert (core.manager.state_of(name), last.reason) == (S.FAILED, "1 consecutive failures (health check)")
+        assert [name for name, state in core.manager.all_states().items() if state is S.RUNNING] == [
+            f"p{i:03d}" for i in range(300)]
+        triggers = [record.trigger for record in seen]
+        last_load = len(triggers) - 1 - triggers[::-1].index("load")
+        assert triggers.index("fail") > last_load
+    finally:
+        core.shutdown()

@@ -50,12 +50,12 @@ FIRST_CHECKS_WAIT = 1.0
 #: While loading, transitions are written to the store in batches (one transaction each), at least this often
 #: (seconds) and whenever this many wait (one transaction per transition was a third of a 10,000-plugin start).
 BATCH_EVERY = 0.1
+BATCH_SIZE = 2000
 #: While loading, the cyclic garbage collector's first generation is collected every this many allocations (not
 #: Python's 700): the core only adds long-lived state then (plugins, models, records), and each full collection
 #: walked all of it: 10,000 plugins took 450 + 40 + 4 collections, 0.39 s of the core's 3.8 s of CPU (with this:
 #: 28 + 2 + 0, 0.1 s). The core runs no plugin code, so nothing but its own bookkeeping sees the difference.
 LOADING_GC_THRESHOLD = 10_000
-BATCH_SIZE = 2000
 
 
 def disabled_plugins(store: StateStore) -> set[str]:
@@ -112,6 +112,7 @@ class Core:
         # its snapshot is written once, in the batch with its transitions, the check included.
         self.loader.judge_first = self._judge_first
         self._judged_first: set[str] = set()
+        self._failed_first: dict[str, FirstCheck] = {}
         self.supervisor.subscribe(self._publish)
         self.manager.subscribe(metrics.observe_transition)
         self.loader.observers.append(metrics.observe_call)
@@ -158,7 +159,10 @@ class Core:
             # from the first answer on: those of the plugins sharing a runner many at a time, the others side by
             # side; a few slow ones cannot hold start-up past FIRST_CHECKS_WAIT.
             judged, self._judged_first = self._judged_first, set()
-            self.supervisor.check_many([name for name in self.manager if name not in judged])
+            failed, self._failed_first = self._failed_first, {}
+            self.supervisor.check_many([name for name in self.manager if name not in judged and name not in failed])
+            for name, first in failed.items():
+                self.supervisor.check_made(name, first)
             self.supervisor.tick()
             self.supervisor.wait_idle(FIRST_CHECKS_WAIT)
         finally:
@@ -342,10 +346,15 @@ class Core:
                         extra={"counts": dict(counts)})
 
     def _judge_first(self, name: str, first: FirstCheck) -> None:
-        """While loading: judge the first check of a plugin made as it came up with its load, now (it is RUNNING,
-        and its transitions are in the batch not yet written, which then shows the check too)."""
-        self._judged_first.add(name)
-        self.supervisor.check_made(name, first)
+        """While loading: judge the first check of a plugin made as it came up with its load, now if it passed (the
+        plugin is RUNNING, and its transitions are in the batch not yet written, which then shows the check too).
+        One that failed is judged once loading ends, as before: its judgement may stop the plugin, a call into the
+        runner that the load stream holds until its last load."""
+        if self.supervisor.passed(first):
+            self._judged_first.add(name)
+            self.supervisor.check_made(name, first)
+        else:
+            self._failed_first[name] = first
 
     def _publish(self, name: str, urgent: bool) -> None:
         with self._publishing:

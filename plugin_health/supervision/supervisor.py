@@ -229,6 +229,12 @@ class Supervisor:
         if self.manager.get_state(name) is RUNNING:
             self._first(name, first.result, first)
 
+    @staticmethod
+    def passed(first: FirstCheck) -> bool:
+        """Whether a first check made with a load passed (``pass`` or ``warn``): judging it moves no plugin, and so
+        calls into no runner (a failed one may stop its plugin)."""
+        return first.lost is None and check_outcome(first.result)[1].ok
+
     def _first(self, name: str, result: PluginSandboxResult, first: FirstCheck | None) -> None:
         """Judge a first check (``first``: made with the load), and schedule the next one an interval later."""
         if first is not None and first.lost is not None:
