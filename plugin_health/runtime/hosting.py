@@ -275,6 +275,7 @@ class HostProcess:
         self.restart_max = restart_max
         self.process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
+        self._ending = False  # the service is going down (``stopping``): no host is started again
         self._spawning = threading.Lock()  # a respawn never races a stop
         self._watcher: threading.Thread | None = None
 
@@ -294,9 +295,9 @@ class HostProcess:
     def stopping(self) -> None:
         """The service is going down: a host that exits from now on is not started again (``stop`` ends the one
         that runs). A signal to the whole process group (systemd's ``KillMode=control-group``, Ctrl-C) reaches the
-        host as it reaches the master, and the host exits before the master has begun to stop."""
-        with self._spawning:
-            self._stopping.set()
+        host as it reaches the master, and the host exits before the master has begun to stop. Called from the
+        master's signal handlers: it only sets a flag (a lock could be held by the very code it interrupted)."""
+        self._ending = True
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """Ask the host to stop its plugins and exit (``SIGTERM``); ``SIGKILL`` after ``timeout`` seconds."""
@@ -320,7 +321,7 @@ class HostProcess:
     def _spawn(self) -> None:
         env = {**self.environ, "PLUGIN_HEALTH_OWNER_PID": str(os.getpid()), "PLUGIN_HEALTH_HOST_MODE": "external"}
         with self._spawning:
-            if self._stopping.is_set():
+            if self._stopping.is_set() or self._ending:
                 return
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "plugin_health.runtime.core_main"],
@@ -349,12 +350,12 @@ class HostProcess:
             assert self.process is not None
             started = time.monotonic()
             code = self.process.wait()
-            if self._stopping.is_set():
+            if self._stopping.is_set() or self._ending:
                 return
             if time.monotonic() - started > 60:
                 delay = 0.5
             logger.error("plugin host %d exited with %s; restarting it in %.1f s", self.process.pid, code, delay)
-            if self._stopping.wait(delay):
+            if self._stopping.wait(delay) or self._ending:
                 return
             delay = min(delay * 2, self.restart_max)
             self._spawn()
