@@ -422,13 +422,16 @@ def test_memory_kept_by_each_phase_of_a_plugin_brought_up_with_its_load_adds_up(
                              environ={})
     core = Core(settings, MemoryStore())
     try:
-        core.start(background=False)
+        core.start()
         last = core.manager.last("p004_keeps_twice")
         assert (core.manager.state_of("p004_keeps_twice"), last.reason, last.error_type) == (
             S.FAILED, "start failed", "PluginMemoryError")
         assert "kept 80 MiB" in (last.error or "")
         assert core.manager.state_of("p005_keeps_once") is S.RUNNING
-        assert {state for name, state in core.manager.all_states().items() if name.startswith("p0")} >= {S.RUNNING}
+        deadline = time.monotonic() + 20  # the plugins of the runner it brought down come back in a new one
+        while [core.manager.state_of(f"p{i:03d}") for i in range(10)] != [S.RUNNING] * 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
     finally:
         core.shutdown()
 
