@@ -394,17 +394,27 @@ def test_a_plugin_that_forges_its_next_phase_s_answer_breaks_its_runner_and_is_b
     core = Core(settings, MemoryStore())
     try:
         core.start()
-        last = core.manager.last("p020_forger")
-        assert (core.manager.state_of("p020_forger"), last.reason, last.error_type) == (
-            S.FAILED, "initialize failed", "PluginCrashedError")
-        assert "broke the protocol" in (last.error or "")
+        assert "broke the protocol" in failed_as(core, "p020_forger", "initialize failed", "PluginCrashedError")
         assert S.RUNNING not in [record.dest for record in core.manager.history("p020_forger")]
-        deadline = time.monotonic() + 20
-        while sum(core.manager.state_of(f"p{i:03d}") is S.RUNNING for i in range(40)) < 40:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_all_running(core, 40)
     finally:
         core.shutdown()
+
+
+def failed_as(core: Core, name: str, reason: str, error_type: str) -> str:
+    """Assert that ``name`` is FAILED for ``reason`` with ``error_type``; its error message."""
+    last = core.manager.last(name)
+    assert (core.manager.state_of(name), last.reason, last.error_type) == (S.FAILED, reason, error_type)
+    return last.error or ""
+
+
+def wait_all_running(core: Core, trivial: int) -> None:
+    """Wait until the ``trivial`` plugins ``p000``... are all RUNNING (those of a runner a neighbour brought down
+    come back in a new one), for at most 20 s."""
+    deadline = time.monotonic() + 20
+    while [core.manager.state_of(f"p{i:03d}") for i in range(trivial)] != [S.RUNNING] * trivial:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 def test_memory_kept_by_each_phase_of_a_plugin_brought_up_with_its_load_adds_up(tmp_path: Path) -> None:
@@ -423,15 +433,9 @@ def test_memory_kept_by_each_phase_of_a_plugin_brought_up_with_its_load_adds_up(
     core = Core(settings, MemoryStore())
     try:
         core.start()
-        last = core.manager.last("p004_keeps_twice")
-        assert (core.manager.state_of("p004_keeps_twice"), last.reason, last.error_type) == (
-            S.FAILED, "start failed", "PluginMemoryError")
-        assert "kept 80 MiB" in (last.error or "")
+        assert "kept 80 MiB" in failed_as(core, "p004_keeps_twice", "start failed", "PluginMemoryError")
         assert core.manager.state_of("p005_keeps_once") is S.RUNNING
-        deadline = time.monotonic() + 20  # the plugins of the runner it brought down come back in a new one
-        while [core.manager.state_of(f"p{i:03d}") for i in range(10)] != [S.RUNNING] * 10:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_all_running(core, 10)
     finally:
         core.shutdown()
 
