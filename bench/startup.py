@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--sizes", default="10,10000", help="baseline,figure (default 10,10000)")
     parser.add_argument("--probe-always", action="store_true",
-                        help=f"probe /readyz every {PROBE_EVERY * 1e3:.0f} ms from the spawn (before Dec 02: the only way)")
+                        help=f"probe /readyz every {PROBE_EVERY * 1e3:.0f} ms from the spawn (as before Dec 02)")
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     base, big = (int(n) for n in args.sizes.split(","))
@@ -211,6 +211,7 @@ def main() -> None:
     for n in (base, big):
         per = " ".join(fmt_time(r.ready) for r in results[n])
         print(f" {n:>8,}  {fmt_time(median[n]):>14}  {median[n] / median[base]:>6.2f}  {probing[n].sent:>6}  {per}")
+    print(f" (probes: the /readyz requests sent, in all {rounds} round(s) of that size)")
     labels = [label for label, _, _ in PHASES]
     print("\nthe core's phases, from its log (seconds after gunicorn was spawned, median of the rounds)")
     print(f" {'plugins':>8}  " + "  ".join(f"{label:>16}" for label in labels))
