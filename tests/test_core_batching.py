@@ -452,6 +452,20 @@ def test_the_collector_runs_less_often_while_the_core_loads_and_as_before_after(
     assert gc.get_threshold() == before
 
 
+def test_a_collector_turned_off_by_threshold_stays_off_while_the_core_loads(core: Core) -> None:
+    """A host app that set the first generation's threshold to 0 (no automatic collection) keeps it so."""
+    before = gc.get_threshold()
+    during: list[tuple[int, int, int]] = []
+    core.manager.subscribe(lambda record: during.append(gc.get_threshold()))
+    gc.set_threshold(0, *before[1:])
+    try:
+        core.start(background=False)
+    finally:
+        gc.set_threshold(*before)
+    assert during
+    assert {threshold[0] for threshold in during[:300]} == {0}
+
+
 @pytest.mark.parametrize("body", ["x = 1" + "+1" * 200_000, "x = " + "not " * 100_000 + "1"],
                          ids=["too-deep-for-the-parser", "too-big-for-the-parser"])
 def test_a_source_the_core_cannot_parse_for_its_declaration_fails_alone(tmp_path: Path, body: str) -> None:

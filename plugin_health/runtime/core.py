@@ -375,8 +375,12 @@ class Core:
 @contextlib.contextmanager
 def _fewer_collections() -> Iterator[None]:
     """Collect the first generation every :data:`LOADING_GC_THRESHOLD` allocations, as long as the block runs (the
-    thresholds are the process's: put back as they were, unless someone changed them meanwhile)."""
+    thresholds are the process's: put back as they were, unless someone changed them meanwhile). A threshold of 0
+    (a host app that turned collection off that way) is left alone: fewer collections, never more."""
     before = gc.get_threshold()
+    if before[0] == 0:
+        yield
+        return
     raised = (max(before[0], LOADING_GC_THRESHOLD), *before[1:])
     gc.set_threshold(*raised)
     try:
