@@ -124,7 +124,7 @@ class PluginLoader:
         placing = self.everything_placed and bool(sources)
         ahead: Iterator[Placed | None] = iter(())
         if self.placement is not None and placing:
-            ahead = self.placement.load_many(sources, self._limits(None, None), self._ups(sources, sources),
+            ahead = self.placement.load_many(sources, self._limits(None, None), self._ups(sources),
                                              apart=self._dedicated)
         try:
             for source in sources:
@@ -226,8 +226,8 @@ class PluginLoader:
             self._came_up(entry, placed)
         return entry
 
-    def _ups(self, picked: list[PluginSource], sources: list[PluginSource]) -> list[Mapping[str, Any] | None] | None:
-        """What each of ``picked`` may be brought up with in the step that loads it (``Placement.load_many``): its
+    def _ups(self, sources: list[PluginSource]) -> list[Mapping[str, Any] | None] | None:
+        """What each source may be brought up with in the step that loads it (``Placement.load_many``): its
         configuration and the longest a phase may take. None for a source that must come up the usual way whatever
         it declares: its name is not its own among ``sources`` (a duplicate is refused before anything runs), or an
         operator disabled it. Whether it needs another plugin, runs apart or is known by another name, the runner
@@ -238,7 +238,7 @@ class PluginLoader:
             return None
         seen = Counter(source.name for source in sources)
         ups: list[Mapping[str, Any] | None] = []
-        for source in picked:
+        for source in sources:
             ups.append(None if seen[source.name] > 1 or source.name in self.disabled else {
                 "config": dict(self.settings.plugin_config.get(source.name, {})), "timeout": longest,
                 "check": self.judge_first is not None})
