@@ -198,9 +198,23 @@ def _is_gevent(worker: Any) -> bool:
     return ggevent is not None and isinstance(worker, ggevent.GeventWorker)
 
 
+#: A signal that ended the service while this worker booted (post_fork to post_worker_init), to handle once booted.
+_ended_while_booting: list[int] = []
+
+
+def _end_once_booted(signum: int, frame: Any) -> None:
+    _ended_while_booting.append(signum)
+
+
 def post_fork(server: Any, worker: Any) -> None:
-    """In a gevent worker, patch the standard library first thing, and give it the descriptors its connections
-    need (gunicorn's own patch, in the worker's init_process, then finds it done)."""
+    """Keep a signal that ends the service until the worker has handlers of its own (post_worker_init). In a gevent
+    worker, patch the standard library first thing, and give it the descriptors its connections need (gunicorn's own
+    patch, in the worker's init_process, then finds it done)."""
+    # Until gunicorn's init_signals, a worker runs the master's handlers it was forked with, which drop the signal
+    # (they queue it for a master this is not): one sent to the whole group (systemd, Ctrl-C) as a worker booted
+    # left it running until the graceful timeout killed it, 30 s later.
+    for ending in _ENDING:
+        signal.signal(ending, _end_once_booted)
     if not _is_gevent(worker):
         return
     from gevent import monkey
@@ -243,7 +257,12 @@ def post_worker_init(worker: Any) -> None:
     """Refuse a gevent worker whose app runs a core of its own (``-k gevent`` with host mode ``embedded`` or a
     ``memory://`` store): the master stops, saying so, instead of plugins failing as their runners get lost.
     Otherwise tell the app when its worker stops (recycled or shut down), so that its event streams end then, and
-    warm it before it accepts: its first list is served from the cache, not built on a client's request."""
+    warm it before it accepts: its first list is served from the cache, not built on a client's request. A signal
+    that ended the service while the worker booted (post_fork) goes to its own handlers now, and nothing is warmed."""
+    if _ended_while_booting:
+        for signum in dict.fromkeys(_ended_while_booting):
+            os.kill(os.getpid(), signum)
+        return
     service: Any = getattr(worker.wsgi, "extensions", {}).get("plugin_health")
     if service is not None:
         service.serving = lambda: worker.alive
