@@ -325,3 +325,20 @@ def test_the_core_says_loaded_only_once_it_takes_actions_and_tool_calls(
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     assert seen == ["control listens", "loaded"]
+
+
+def test_the_master_works_meanwhile_while_its_host_starts(env: dict[str, str]) -> None:
+    """``start(meanwhile=...)`` runs after the host is spawned and before its first beat is awaited: the master
+    imports what its workers import while the core imports its own, on the other core, instead of sleeping."""
+    host = HostProcess(env)
+    seen: list[tuple[int | None, bool]] = []
+    store = open_store(None, env["PLUGIN_HEALTH_RUN_DIR"])
+    try:
+        host.start(meanwhile=lambda: seen.append((host.pid, read_beat(store) is not None)))
+        assert seen == [(host.pid, False)]  # spawned, not yet beating: the wait came after
+        beat = read_beat(store)
+        assert beat is not None
+        assert beat.pid == host.pid
+    finally:
+        assert host.stop() == 0
+        store.close()

@@ -284,10 +284,14 @@ class HostProcess:
         """The pid of the running host process, if any."""
         return None if self.process is None else self.process.pid
 
-    def start(self, wait: float = 10.0) -> None:
-        """Start the host; return once it beats (or after ``wait`` seconds); then keep it running."""
+    def start(self, wait: float = 10.0, *, meanwhile: Callable[[], object] | None = None) -> None:
+        """Start the host; return once it beats (or after ``wait`` seconds); then keep it running. ``meanwhile``
+        is called once the host is spawned, before its first beat is awaited: what the caller would do next, done
+        while the host imports and opens its store, instead of after."""
         settings = load_settings(environ=self.environ)  # a bad setting stops the master here, named
         self._spawn()
+        if meanwhile is not None:
+            meanwhile()
         self._wait_for_beat(settings, wait)
         self._watcher = threading.Thread(target=self._watch, name="plugin-health-host-watcher", daemon=True)
         self._watcher.start()

@@ -10,6 +10,7 @@ worker answers the same, and a worker that dies or is recycled takes nothing wit
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import re
 import resource
@@ -132,11 +133,46 @@ def on_starting(server: Any) -> None:
         raise SystemExit(f"plugin-health: {err}") from None
     if _workers_host_plugins():
         server.log.info("plugin-health: each worker hosts its own plugins (host mode %s)", settings.host_mode)
+        _import_for_workers(server)
         return
     _host = HostProcess()
-    _host.start()
+    _host.start(meanwhile=functools.partial(_import_for_workers, server))
     os.environ["PLUGIN_HEALTH_HOST_MODE"] = "external"  # the workers, forked from here, only read
     server.log.info("plugin-health: plugin host running as pid %s", _host.pid)
+
+
+#: What a gevent worker's ``monkey.patch_all()`` imports (post_fork): gevent's own modules, which patch nothing
+#: until asked to.
+_GEVENT_PATCHES_WITH = ("gevent.events", "gevent.local", "gevent.lock", "gevent.queue", "gevent.select",
+                        "gevent.selectors", "gevent.signal", "gevent.socket", "gevent.ssl", "gevent.subprocess",
+                        "gevent.thread", "gevent.threading", "gevent.time")
+
+
+def import_for_workers(patching: bool) -> None:
+    """Import in the master what every worker imports: the app's modules (not the app: each worker builds its own,
+    with its own store connections) and, for ``patching`` (gevent) workers, what their patching imports. A module
+    imported here is one that five workers forked from here do not import each (0.3-0.5 s of CPU apiece, all at
+    once while the core loads its plugins), as gunicorn's ``--preload`` would spare them, without building the app
+    in the master. Nothing imported here may have taken a blocking call by name (``from time import sleep``):
+    gevent patches after the fork (tests/test_serving_imports.py scans for it). Code upgrades then need a new
+    master (SIGUSR2, or a restart), as with ``--preload``: SIGHUP's new workers get the master's modules."""
+    import plugin_health.api.warm  # post_worker_init warms each worker with it
+    import plugin_health.app  # noqa: F401  (create_app's)
+
+    if patching:
+        for module in _GEVENT_PATCHES_WITH:
+            importlib.import_module(module)
+
+
+def _import_for_workers(server: Any) -> None:
+    # A module that fails to import here fails in each worker too, where gunicorn reports it as a boot error with
+    # its traceback: the master only says that its workers import it themselves.
+    ggevent = sys.modules.get("gunicorn.workers.ggevent")  # imported by gunicorn only for a gevent worker class
+    patching = ggevent is not None and issubclass(server.worker_class, ggevent.GeventWorker)
+    try:
+        import_for_workers(patching)
+    except Exception:
+        server.log.exception("plugin-health: the master could not import the app; each worker imports it")
 
 
 #: The master's signals that end the service (SIGHUP reloads the workers and SIGUSR2 starts a new master: the host

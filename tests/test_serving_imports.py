@@ -1,0 +1,83 @@
+"""What the gunicorn master imports for its workers before it forks them, and why a gevent worker may inherit it.
+
+The workers are forked from the master, so a module the master has imported is one a worker does not import (each
+worker importing the app took 0.3-0.5 s of CPU, five at once while the core loads its plugins). But a gevent worker
+patches the standard library only after the fork: a module imported before that which took a blocking function by
+name (``from time import sleep``, ``from socket import socket``) keeps the blocking one, and would stall every
+connection of its worker. The scan below fails if one of those gets into what the master imports.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+#: Names gevent patches that a module may hold from before the patch, harmless under gevent: a thread lock held
+#: for a few instructions and never across a switch (prometheus_client's values, werkzeug's URL map, jinja2's
+#: cache), and the thread id (one thread under gevent). Everything else (sockets, sleeping, selecting, processes,
+#: queues, ssl, thread-local storage) must be looked up through its module at call time.
+HARMLESS = {"threading.Lock", "threading.RLock", "threading._CRLock", "threading.get_ident"}
+#: And where: click's context stack, a thread-local only its command line uses (``flask``, ``plugin-health``
+#: commands), never a request in a worker.
+HARMLESS_WHERE = {("click.globals.local", "threading.local")}
+
+SCAN = textwrap.dedent("""
+    import json, sys
+    from plugin_health.serving import gunicorn_conf
+    gunicorn_conf.import_for_workers(True)
+    from gevent import monkey
+    monkey.patch_all()
+    originals = {}
+    for module, names in monkey.saved.items():
+        for name, value in names.items():
+            if callable(value):
+                originals[id(value)] = (f"{module}.{name}", value)
+    held = []
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None) or ""
+        if name.startswith("gevent") or not ("site-packages" in path or name.startswith("plugin_health")):
+            continue
+        for attribute, value in list(vars(module).items()):
+            original = originals.get(id(value))
+            if original is not None and original[1] is value:
+                held.append([f"{name}.{attribute}", original[0]])
+    print(json.dumps({"held": held, "modules": sorted(sys.modules)}))
+    """)
+
+
+def scan(env: dict[str, str] | None = None) -> dict[str, list[str]]:
+    done = subprocess.run([sys.executable, "-c", SCAN], capture_output=True, text=True, timeout=120, check=False,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, list[str]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_the_master_imports_the_app_and_what_a_gevent_worker_patches_with() -> None:
+    modules = set(scan()["modules"])
+    assert {"plugin_health.app", "plugin_health.api", "plugin_health.api.warm", "flask", "marshmallow",
+            "gevent.socket", "gevent.ssl"} <= modules
+    # Building the app is each worker's own (its store connections, its threads): never done in the master.
+    assert "plugin_health.serving.wsgi" not in modules
+
+
+def test_nothing_the_master_imports_keeps_a_blocking_call_gevent_would_have_patched() -> None:
+    held = [(where, what) for where, what in scan()["held"]
+            if what not in HARMLESS and (where, what) not in HARMLESS_WHERE]
+    assert held == []
+
+
+def test_the_scan_sees_a_blocking_call_taken_by_name(tmp_path: Path) -> None:
+    """The scan above can fail: a module that took ``time.sleep`` by name before the patch is reported."""
+    package = tmp_path / "site-packages"
+    package.mkdir()
+    (package / "sleepy.py").write_text("from time import sleep\n")
+    (package / "sitecustomize.py").write_text("import sleepy\n")
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package), *sys.path])}
+    assert ["sleepy.sleep", "time.sleep"] in scan(env)["held"]
+
