@@ -511,3 +511,12 @@ def test_a_plugin_imports_from_its_bytecode_cache_when_it_has_one_and_from_its_s
     assert module.__cached__ == importlib.util.cache_from_source(str(plain))
     assert "said = 'new'" in inspect.getsource(module.P)
     assert (plain.parent / "__pycache__").exists() is write_bytecode
+
+
+@pytest.mark.parametrize("source", ["/plugins/speaks.py", "/plugins/pkg/__init__.py", "/a.b/c.d/speaks.tar.py",
+                                    "/plugins/no_suffix", "/plugins/.hidden", "relative/speaks.py", "speaks.py",
+                                    "/speaks.py", "/plugins//speaks.py", "/plugins/trailing."])
+def test_a_plugin_s_cache_path_is_python_s(source: str) -> None:
+    from plugin_health.loader.importing import cache_path
+
+    assert cache_path(source) == importlib.util.cache_from_source(source)

@@ -67,6 +67,19 @@ def _may_hold_bytecode(directory: str) -> bool:
 _pycache: dict[str, bool] = {}
 
 
+def cache_path(source: str) -> str:
+    """``importlib.util.cache_from_source(source)``, the path of a source's bytecode cache: worked out in one step
+    where nothing but the usual applies (no ``sys.pycache_prefix``, no optimization level, one path separator), as
+    importlib's own path helpers took 7% of importing a small plugin in a runner (setting its ``__cached__``)."""
+    head, separator, tail = source.rpartition(os.sep)
+    head = head.rstrip(separator)  # as importlib joins paths
+    tag = sys.implementation.cache_tag
+    if sys.pycache_prefix is not None or sys.flags.optimize or os.altsep or not head or tag is None:
+        return importlib.util.cache_from_source(source)
+    base, dot, rest = tail.rpartition(".")
+    return f"{head}{separator}__pycache__{separator}{base or rest}{dot}{tag}.pyc"
+
+
 def _drop_modules(module_name: str) -> None:
     for loaded in [m for m in sys.modules if m == module_name or m.startswith(module_name + ".")]:
         del sys.modules[loaded]
@@ -88,6 +101,7 @@ def import_source(source: PluginSource) -> types.ModuleType:
                                                       submodule_search_locations=search)
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot import {source.label}")
+        spec.cached = cache_path(location)  # what the module's __cached__ would have worked out, cheaper
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module  # before exec, so that relative imports inside a package work
     try:
