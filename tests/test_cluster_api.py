@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from plugin_health.api import cluster as cluster_api
 from plugin_health.api.schemas import ClusterDocument, MultiInstanceResult
 from plugin_health.app import EXTENSION, Service
-from plugin_health.coordination.control import HostUnavailableError
+from plugin_health.coordination.control import HostTimeoutError, HostUnavailableError
 from plugin_health.errors import IllegalTransitionError, PluginError, UnknownInstanceError
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
 from plugin_health.runtime.core import LOADED_KEY
@@ -359,9 +359,10 @@ def test_all_acts_on_every_live_instance(client: FlaskClient, controls: Controls
 
 @pytest.mark.parametrize(("error", "status", "slug"), [
     (IllegalTransitionError("core", "RUNNING", "enable", ("fail", "make_unavailable")), 409, "illegal-transition"),
-    (HostUnavailableError("no answer within 20 s"), 503, "host-unavailable"),
+    (HostUnavailableError("redis cannot carry the request"), 503, "host-unavailable"),
+    (HostTimeoutError("no answer within 20 s"), 504, "host-timeout"),
     (UnknownInstanceError("c-3"), 404, "unknown-instance"),
-], ids=["illegal", "unavailable", "left"])
+], ids=["illegal", "unavailable", "late", "left"])
 def test_all_is_207_when_an_instance_fails_and_gives_its_problem(
     client: FlaskClient, controls: Controls, error: PluginError, status: int, slug: str
 ) -> None:

@@ -177,7 +177,8 @@ def _operations(spec: APISpec) -> None:
             "400": _problem("invalid name, or an ?instance= that is neither an instance id nor all"),
             "404": _problem("no such plugin, or no such instance"),
             "409": _problem("not a legal move from the plugin's state (state and allowed given)"),
-            "503": _problem("no plugin host can act now (with ?instance=all: no live instance)")}))
+            "503": _problem("no plugin host can act now (with ?instance=all: no live instance)"),
+            "504": _problem("the plugin host took the action but did not answer in time (host-timeout)")}))
     body = {"required": False, "content": {"application/json": {"schema": "ToolCall"}}}
     spec.path("/v1/plugins/{name}/tools/{tool}", operations=_operator("Call a RUNNING plugin's tool", [NAME, TOOL], {
         "200": _json("the tool's result", "ToolResult"),
@@ -187,7 +188,8 @@ def _operations(spec: APISpec) -> None:
                            "Retry-After seconds", "ToolFailure"), "headers": RETRY_AFTER},
         "502": _problem("the tool raised, crashed or returned what JSON cannot carry (tool-failed)", "ToolFailure"),
         "503": _problem("the plugin is not RUNNING, or no plugin host can act now"),
-        "504": _problem("the tool passed its timeout (tool-timeout)", "ToolFailure"),
+        "504": _problem("the tool passed its timeout (tool-timeout), or the plugin host did not answer before the "
+                        "call's deadline (host-timeout)", "ToolFailure"),
     }, body))
 
 

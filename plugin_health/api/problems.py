@@ -15,7 +15,7 @@ from flask import Blueprint, Response
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, default_exceptions
 
-from plugin_health.coordination.control import HostUnavailableError
+from plugin_health.coordination.control import HostTimeoutError, HostUnavailableError
 from plugin_health.diagrams import RendererUnavailableError, UnknownFormatError
 from plugin_health.errors import (
     DependencyNotReadyError,
@@ -64,6 +64,7 @@ PROBLEM_TYPES: dict[str, str] = {
     "too-many-streams": "503: this process serves as many `/v1/events` streams as it can (`Retry-After`; poll "
                         "meanwhile)",
     "tool-timeout": "504: the tool passed its timeout",
+    "host-timeout": "504: the plugin host took the request but did not answer before the request's deadline",
     "http-error": "any other HTTP error (its status says which)",
 }
 
@@ -79,6 +80,7 @@ PROBLEM_OF: dict[type[Exception], tuple[int, str]] = {
     ToolArgumentsError: (422, "invalid-arguments"),
     UnknownFormatError: (400, "unknown-format"),
     RendererUnavailableError: (501, "renderer-unavailable"),
+    HostTimeoutError: (504, "host-timeout"),  # before its base class: the first that matches answers
     HostUnavailableError: (503, "host-unavailable"),
 }
 

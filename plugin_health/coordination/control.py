@@ -49,6 +49,11 @@ class HostUnavailableError(PluginError):
         self.detail = detail
 
 
+class HostTimeoutError(HostUnavailableError):
+    """A plugin host took the request but did not answer before the asker's deadline (a tool call the core admitted
+    that ended late on a busy machine, or a core too busy to answer): a gateway timeout, not a missing host."""
+
+
 class Control(Protocol):
     """What the API asks of whoever hosts the plugins."""
 
@@ -214,7 +219,7 @@ class RemoteControl(Asking):
                 with conn.makefile("rb") as reader:
                     line = reader.readline()
         except TimeoutError:
-            raise HostUnavailableError(f"no answer within {self.timeout:g} s") from None
+            raise HostTimeoutError(f"no answer within {self.timeout:g} s") from None
         except OSError as err:
             raise HostUnavailableError(f"no plugin host is listening ({err.strerror or err})") from None
         if not line:
