@@ -21,7 +21,7 @@ for a healthy one (``deploy/prometheus`` alerts on it).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -161,16 +161,22 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """The gauges, fresh."""
+        yield from self.work_out()
+        host_up = 1 if self.service.host_problem() is None else 0
+        yield GaugeMetricFamily("plugin_health_host_up", "1 while a live process hosts the plugins", value=host_up)
+
+    def work_out(self, pause: Callable[[], None] | None = None, step: int = 250) -> list[Metric]:
+        """The gauges of the plugins, from the cache if they still hold; worked out again otherwise, with ``pause()``
+        after each ``step`` plugins if given (a worker warming while it serves gives way to its requests)."""
         now = datetime.now(UTC)
         version = self.service.store.version()  # before reading: a move during the build makes the next one build
         cached = self._cached
         if cached is None or cached[0] != version or (cached[1] is not None and now >= cached[1]):
-            cached = self._cached = (version, *self._plugins(now))
-        yield from cached[2]
-        host_up = 1 if self.service.host_problem() is None else 0
-        yield GaugeMetricFamily("plugin_health_host_up", "1 while a live process hosts the plugins", value=host_up)
+            cached = self._cached = (version, *self._plugins(now, pause, step))
+        return cached[2]
 
-    def _plugins(self, now: datetime) -> tuple[datetime | None, list[Metric]]:
+    def _plugins(self, now: datetime, pause: Callable[[], None] | None = None,
+                 step: int = 250) -> tuple[datetime | None, list[Metric]]:
         """The gauges of the plugins at ``now``, and the first moment after it that a RUNNING plugin turns stale."""
         counts = dict.fromkeys(PluginLifecycleState, 0)
         healthy, until = 0, None
@@ -178,7 +184,9 @@ class StoreCollector(Collector):
             "plugin_health_plugin_unhealthy", "1 for each plugin that is not healthy (none for a healthy one), by why",
             labels=["plugin", "state", "critical", "problem"],
         )
-        for snapshot in self.service.store.snapshots():
+        for done, snapshot in enumerate(self.service.store.snapshots(), 1):
+            if pause is not None and done % step == 0:
+                pause()
             if snapshot.standby:  # a singleton another instance runs: UNAVAILABLE here (its owner counts its run)
                 counts[PluginLifecycleState.UNAVAILABLE] += 1
                 continue

@@ -320,3 +320,27 @@ def post_worker_init(worker: Any) -> None:
             worker.log.exception("plugin-health: worker %s not warmed; its first requests build", worker.pid)
         else:
             worker.log.info("plugin-health: worker %s warmed in %.0f ms", worker.pid, took * 1e3)
+        # Booted while the core loads: warm again once it has, in steps that give way to the worker's requests.
+        if _is_gevent(worker):
+            import gevent
+
+            gevent.spawn(_warm_once_loaded, worker, gevent.sleep)
+        else:
+            import threading
+            import time
+
+            threading.Thread(target=_warm_once_loaded, args=(worker, time.sleep), name="plugin-health-warm",
+                             daemon=True).start()
+
+
+def _warm_once_loaded(worker: Any, pause: Callable[[float], None]) -> None:
+    from plugin_health.api.warm import warm_once_loaded
+
+    try:
+        took = warm_once_loaded(worker.wsgi, pause)
+    except Exception:  # its first requests build, as they would have
+        worker.log.exception("plugin-health: worker %s not warmed again once the core loaded", worker.pid)
+    else:
+        if took is not None:
+            worker.log.info("plugin-health: worker %s warmed again once the core loaded, over %.0f ms", worker.pid,
+                            took * 1e3)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -183,6 +183,12 @@ class StateStore(Protocol):
 
     def critical_snapshots(self) -> list[PluginSnapshot]:
         """Every current critical plugin, ordered by name (what ``/readyz`` judges: a few among many)."""
+        ...
+
+    def parse_ahead(self, pause: Callable[[], None], step: int) -> int:
+        """Parse every current plugin's snapshot that the next ``snapshots()`` would parse, calling ``pause()`` after
+        each ``step`` of them (to give way to other work); how many were parsed. A store that parses nothing (it
+        keeps objects): 0."""
         ...
 
     def snapshot(self, name: str) -> PluginSnapshot | None:

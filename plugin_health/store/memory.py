@@ -6,7 +6,7 @@ import heapq
 import itertools
 import threading
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 
 from plugin_health.lifecycle import TransitionRecord
@@ -76,6 +76,10 @@ class MemoryStore:
         """Every plugin, by name."""
         with self._lock:
             return [self._snapshots[name] for name in sorted(self._snapshots)]
+
+    def parse_ahead(self, pause: Callable[[], None], step: int) -> int:
+        """Nothing to parse: the snapshots are kept as objects."""
+        return 0
 
     def critical_snapshots(self) -> list[PluginSnapshot]:
         """Every critical plugin, by name."""
