@@ -54,8 +54,22 @@ _GRAPHVIZ_ENGINES: Final[tuple[_Engine, ...]] = (_PYGRAPHVIZ, _GRAPHVIZ)
 #: What a Graphviz engine raises when it cannot draw: pygraphviz ValueError (layout or render error), the
 #: graphviz package ExecutableNotFound (a RuntimeError) or CalledProcessError, and OSError from either.
 _RENDER_ERRORS: Final = (ValueError, RuntimeError, OSError, subprocess.SubprocessError)
-# Graphviz's C library keeps global state (error buffers, the HTML-label lexer): one layout at a time.
-_GRAPHVIZ_LOCK = threading.Lock()
+# Graphviz's C library keeps global state (error buffers, the HTML-label lexer): one layout at a time. The lock is
+# made at its first use: a gevent worker has patched threading by then, and the master may import this module
+# before (for its workers): a thread lock made then would block the whole worker while a greenlet holding it waits
+# on `dot`, and another asked for it. _MAKING only guards the making (held for an assignment, never across I/O).
+_graphviz_lock: threading.Lock | None = None
+_MAKING = threading.Lock()
+
+
+def _layout_lock() -> threading.Lock:
+    global _graphviz_lock
+    if _graphviz_lock is None:
+        with _MAKING:
+            if _graphviz_lock is None:
+                _graphviz_lock = threading.Lock()
+    return _graphviz_lock
+
 
 S = PluginLifecycleState
 #: A move of the diagram: (from, to). Each has exactly one trigger in the lifecycle table.
@@ -267,7 +281,7 @@ def _draw(fmt: str, engine: _Engine, picture: _Picture) -> bytes:
         # plain placeholder and write the real title into the front matter afterwards.
         graph = _graph(engine, picture, "title")
         return _mermaid_front_matter(str(graph.draw(None)), picture.title).encode("utf-8")
-    with _GRAPHVIZ_LOCK:
+    with _layout_lock():
         graph = _graph(engine, picture, _graphviz_label(picture.title))
         if fmt == "dot":
             source = graph.string() if engine == _PYGRAPHVIZ else graph.source

@@ -21,11 +21,21 @@ from pathlib import Path
 #: queues, ssl, thread-local storage) must be looked up through its module at call time.
 HARMLESS = {"threading.Lock", "threading.RLock", "threading._CRLock", "threading.get_ident"}
 #: And where: click's context stack, a thread-local only its command line uses (``flask``, ``plugin-health``
-#: commands), never a request in a worker.
-HARMLESS_WHERE = {("click.globals.local", "threading.local")}
+#: commands), never a request in a worker; and the thread locks our modules make when imported, each held for a
+#: few instructions with nothing that could wait inside (a lock made at import in the master is a thread lock in a
+#: gevent worker: one held while its greenlet waits blocks every other greenlet that asks for it, for good).
+HARMLESS_WHERE = {
+    ("click.globals.local", "threading.local"),
+    ("click.globals._local", "threading.local()"),
+    ("plugin_health.sandbox.memory._statm_lock", "_thread.LockType()"),  # opens /proc/self/statm (a file, no wait)
+    ("plugin_health.sandbox.watchdog._create_lock", "_thread.LockType()"),  # starts a thread; workers never do
+    ("plugin_health.loader.importing._lock", "_thread.LockType()"),  # workers import no plugin
+    ("plugin_health.diagrams._MAKING", "_thread.LockType()"),  # makes the layout lock (at first use)
+    ("plugin_health.api.events.slots._lock", "_thread.LockType()"),  # counts the streams open
+}
 
 SCAN = textwrap.dedent("""
-    import json, sys
+    import json, sys, types
     from plugin_health.serving import gunicorn_conf
     gunicorn_conf.import_for_workers(True)
     from gevent import monkey
@@ -35,15 +45,40 @@ SCAN = textwrap.dedent("""
         for name, value in names.items():
             if callable(value):
                 originals[id(value)] = (f"{module}.{name}", value)
+    classes = {id(value): where for where, value in originals.values() if isinstance(value, type)}
     held = []
+
+    def check(where, value):
+        original = originals.get(id(value))
+        if original is not None and original[1] is value:
+            held.append([where, original[0]])  # taken by name: the function or class from before the patch
+        elif id(type(value)) in classes:
+            held.append([where, classes[id(type(value))] + "()"])  # made from it: an Event, a Queue, a socket
+
+    def defaults(where, function):
+        if type(function) in (staticmethod, classmethod):
+            function = function.__func__
+        if not isinstance(function, types.FunctionType):  # never getattr on anything else: lazy modules import
+            return
+        for value in function.__defaults__ or ():
+            check(f"{where} (a default)", value)
+        for key, value in (function.__kwdefaults__ or {}).items():
+            check(f"{where} (default of {key})", value)
+
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None) or ""
         if name.startswith("gevent") or not ("site-packages" in path or name.startswith("plugin_health")):
             continue
         for attribute, value in list(vars(module).items()):
-            original = originals.get(id(value))
-            if original is not None and original[1] is value:
-                held.append([f"{name}.{attribute}", original[0]])
+            where = f"{name}.{attribute}"
+            check(where, value)
+            defaults(where, value)  # sleep=time.sleep in a signature is bound when the module is imported
+            if isinstance(value, type) and value.__module__ == name:
+                for member, inner in list(vars(value).items()):
+                    defaults(f"{where}.{member}", inner)
+            elif name.startswith("plugin_health") and type(value).__module__.startswith("plugin_health"):
+                for member, inner in list(getattr(value, "__dict__", {}).items()):  # what our objects hold
+                    check(f"{where}.{member}", inner)
     print(json.dumps({"held": held, "modules": sorted(sys.modules)}))
     """)
 
@@ -71,13 +106,22 @@ def test_nothing_the_master_imports_keeps_a_blocking_call_gevent_would_have_patc
 
 
 def test_the_scan_sees_a_blocking_call_taken_by_name(tmp_path: Path) -> None:
-    """The scan above can fail: a module that took ``time.sleep`` by name before the patch is reported."""
+    """The scan above can fail: a module that took ``time.sleep`` by name before the patch is reported, as is one
+    bound as a default argument (of a function or a method), and a primitive made at import (a ``threading.Event``
+    whose ``wait`` would block the whole worker)."""
     package = tmp_path / "site-packages"
     package.mkdir()
-    (package / "sleepy.py").write_text("from time import sleep\n")
+    (package / "sleepy.py").write_text("import threading, time\nfrom time import sleep\n"
+                                       "def wait(pause=time.sleep): pass\n"
+                                       "class Napper:\n    def nap(self, *, pause=time.sleep): pass\n"
+                                       "woken = threading.Event()\n")
     (package / "sitecustomize.py").write_text("import sleepy\n")
     import os
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package), *sys.path])}
-    assert ["sleepy.sleep", "time.sleep"] in scan(env)["held"]
+    held = scan(env)["held"]
+    assert ["sleepy.sleep", "time.sleep"] in held
+    assert ["sleepy.wait (a default)", "time.sleep"] in held
+    assert ["sleepy.Napper.nap (default of pause)", "time.sleep"] in held
+    assert ["sleepy.woken", "threading.Event()"] in held
 

@@ -112,10 +112,12 @@ def event_stream(
     limits: Limits,
     stopping: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> Iterator[str]:
     """The text of the stream: each transition ``feed`` reads, as an event; heartbeats while idle; the end after
-    ``limits.lifetime`` seconds or once ``stopping()``."""
+    ``limits.lifetime`` seconds or once ``stopping()``. ``sleep``: ``time.sleep`` as it is when the stream starts
+    (gevent's, in a patched worker; a default bound when this module was imported could be the blocking one)."""
+    sleep = time.sleep if sleep is None else sleep
     started = beat = clock()
     # The retry field first: a client that loses the stream comes back after a second, not its own default (3 s).
     yield f"retry: {RETRY_MS}\n: transitions of instance {instance} after {feed.position}\n\n"
