@@ -6,7 +6,8 @@ paid it again on some client's request. The gunicorn configuration's ``post_work
 the worker accepts: the store's snapshots are parsed once (``SQLiteStore``'s cache by row text), the list is built
 through its view into the response cache under the key and version a request looks up (so it is as correct as any
 cached answer: the next version builds again), compressed, and the gauges worked out. Bounded: it reads the store
-once and builds one answer: 63 ms with 1,000 plugins, 0.54 s with 10,000 (``bench/README.md``).
+once and builds one answer: 63 ms with 1,000 plugins, 0.54 s with 10,000 (``bench/README.md``). A worker that
+booted while the core loaded warms again once it has (:func:`warm_once_loaded`), in steps.
 """
 
 from __future__ import annotations
@@ -82,9 +83,10 @@ def warm_once_loaded(app: Flask, pause: Callable[[float], None], every: float = 
     """In a worker that ``warm`` warmed while the core still loaded (or not at all): wait until the core has loaded,
     then parse the snapshots again (``StateStore.parse_ahead``: the rows parsed at boot have all moved since) and
     work out the ``/metrics`` gauges, ``step`` plugins at a time with ``pause(0)`` after each; the seconds it took
-    (None: nothing to warm again). ``pause``
-    is how the caller gives way (``gevent.sleep`` in a gevent worker, so that its other connections are served
-    meanwhile); it also waits ``every`` seconds between looks at the store. Gives up when the worker stops serving.
+    (None: nothing to warm again). ``pause`` is how the caller gives way (``gevent.sleep`` in a gevent worker, so
+    that its other connections are served meanwhile); it also waits ``every`` seconds between looks at the store.
+    Gives up when the worker stops serving. Once a worker: a core that loads again later (it was restarted) is not
+    waited for; the first scrape after it parses what moved, as any scrape does.
 
     Every worker forked while the core loads 10,000 plugins otherwise paid 150-170 ms on its first scrape, the p90
     of ``/metrics``; warmed in one block, five workers on 2 CPUs held their event loops for up to 2 s (probes
