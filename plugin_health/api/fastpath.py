@@ -5,17 +5,19 @@ per-request machinery (contexts, routing, hooks, the response object) cost more 
 :class:`FastReads` wraps the app's ``wsgi_app`` and answers, from the same cache and with the same judgements,
 exactly these requests: ``GET`` with no query string and no ``Range`` of ``<prefix>/v1/plugins/<name>/health``
 (a valid name whose answer is cached at the store's current version), ``<prefix>/v1/health`` and the whole list
-``<prefix>/v1/plugins/`` (their answers cached, or a 304 the cache can tell without them), ``<prefix>/readyz``
-and ``<prefix>/livez``. The answers are the Flask
+``<prefix>/v1/plugins/`` (their answers cached, or a 304 the cache can tell without them), a page of the list
+asked plainly (``?limit=500&continue=...``, ``?state=``: :func:`page_query`; the one query string answered here),
+``<prefix>/readyz`` and ``<prefix>/livez``. The answers are the Flask
 views' to the byte: the same status, headers (in the same order) and body, ETags and 304s compared the same way,
 gzip negotiated the same way, and each request counted in the same series (method, URL rule, status; its
 duration by rule). Everything else goes to Flask unchanged: a miss (Flask builds and caches it), another method
-or path, a query string, an invalid name, and any request of an app that has hooks or host checks other than
+or path, any other query string, an invalid name, and any request of an app that has hooks or host checks other than
 ours (a host app's own ``before_request`` must see every request it saw before).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -27,7 +29,10 @@ from plugin_health import metrics
 from plugin_health.api import health
 from plugin_health.api.auth import visible_with
 from plugin_health.api.cache import ALWAYS, GZIP, Cached, matching_tag, takes_gzip
+from plugin_health.api.pages import MAX_LIMIT, decode_token
 from plugin_health.api.plugins import JSON, list_key
+from plugin_health.api.schemas import parse_state
+from plugin_health.lifecycle import PluginLifecycleState
 from plugin_health.plugin import NAME_PATTERN
 
 if TYPE_CHECKING:
@@ -124,13 +129,17 @@ class FastReads:
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """Answer a cached read, or hand the request to Flask."""
         began = time.perf_counter()
-        if (not self._ours or environ.get("REQUEST_METHOD") != "GET" or environ.get("QUERY_STRING")
-                or "HTTP_RANGE" in environ or any(self.app.config.get(key) for key in _HOST_KEYS)):
+        if (not self._ours or environ.get("REQUEST_METHOD") != "GET" or "HTTP_RANGE" in environ
+                or any(self.app.config.get(key) for key in _HOST_KEYS)):
             return self._to_flask(environ, start_response)
         path: str = environ.get("PATH_INFO", "")
         view = self._routes.get(path)
         rule = path
-        if view is None:
+        if environ.get("QUERY_STRING"):  # only a page of the list, asked plainly (page_query)
+            if path != self._plugins:
+                return self._to_flask(environ, start_response)
+            view = self._page
+        elif view is None:
             if not (path.startswith(self._plugins) and path.endswith(HEALTH_TAIL)):
                 return self._to_flask(environ, start_response)
             view, rule = self._health, f"{self.prefix}{HEALTH_RULE}"
@@ -167,6 +176,14 @@ class FastReads:
         return _held_or_cached(service, list_key(None, None, None, visible), JSON, environ)
 
     @staticmethod
+    def _page(service: Service, environ: Environ) -> Answer | None:
+        query = page_query(environ["QUERY_STRING"])
+        if query is None:
+            return None  # Flask reads it (and refuses what it must)
+        visible = visible_with(service.settings, environ.get("HTTP_AUTHORIZATION", ""))
+        return _held_or_cached(service, list_key(*query, visible), JSON, environ)
+
+    @staticmethod
     def _readyz(service: Service, environ: Environ) -> Answer:
         with service.store.look():  # see health.readiness
             checks, notes, absent = health.readiness(service)
@@ -176,6 +193,33 @@ class FastReads:
     @staticmethod
     def _livez(service: Service, environ: Environ) -> Answer:
         return _LIVE
+
+
+#: ``limit`` as the fast path takes it: a plain number of 1 to 4 digits, no sign, no leading zero.
+_LIMIT = re.compile(r"[1-9][0-9]{0,3}")
+_PAGE_NAMES = frozenset({"limit", "continue", "state"})
+
+
+def page_query(query: str) -> tuple[PluginLifecycleState | None, int | None, str | None] | None:
+    """The state, limit and place after which a list query asks for, as the list's view reads them
+    (``schemas.ListQuery``), when it asks plainly: ``limit``, ``continue`` and ``state`` each at most once, with a
+    value and nothing else, no escapes (``%``, ``+``), the limit a plain number in range, the token well-formed, the
+    state a state's name. None for anything else: Flask reads it, as it does every query it answers itself."""
+    found: dict[str, str] = {}
+    for part in query.split("&"):
+        name, equals, value = part.partition("=")
+        if not equals or not value or name not in _PAGE_NAMES or name in found or "%" in value or "+" in value:
+            return None
+        found[name] = value
+    limit = found.get("limit")
+    if limit is not None and (_LIMIT.fullmatch(limit) is None or int(limit) > MAX_LIMIT):
+        return None
+    try:
+        after = None if "continue" not in found else decode_token(found["continue"])
+        state = None if "state" not in found else parse_state(found["state"])
+    except ValueError:
+        return None
+    return state, None if limit is None else int(limit), after
 
 
 def _held_or_cached(service: Service, key: Hashable, media_type: str, environ: Environ) -> Answer | None:
