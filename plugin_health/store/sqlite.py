@@ -286,30 +286,33 @@ class SQLiteStore:
 
     def snapshots(self) -> list[PluginSnapshot]:
         """Every plugin, by name."""
-        rows = self._read("SELECT data FROM plugins ORDER BY name")
-        # Between two reads few plugins change: the rows kept as they were are not parsed again (with 10,000
-        # plugins parsing was 70 of the 100 ms a read took, and every worker reads them all after each change).
-        parsed = self._parsed
-        fresh = {data: parsed.get(data) or PluginSnapshot.from_json(data) for (data,) in rows}
-        self._parsed = fresh
-        return list(fresh.values())
+        return list(self._reparsed()[0].values())
 
     def parse_ahead(self, pause: Callable[[], None], step: int) -> int:
         """Parse the rows the cache of ``snapshots()`` does not hold, ``step`` at a time with ``pause()`` after each:
         a worker that booted while the core loaded (and parsed rows that have all changed since) warms again in
         steps, not in one block of its event loop (10,000 rows took 100-150 ms)."""
+        return self._reparsed(pause, step)[1]
+
+    def _reparsed(self, pause: Callable[[], None] | None = None,
+                  step: int = 0) -> tuple[dict[str, PluginSnapshot], int]:
+        """Every row as its snapshot, by row text, kept for the next read; and how many rows were parsed. Between two
+        reads few plugins change: the rows kept as they were are not parsed again (with 10,000 plugins parsing was
+        70 of the 100 ms a read took, and every worker reads them all after each change)."""
         rows = self._read("SELECT data FROM plugins ORDER BY name")
-        known, fresh, parsed = self._parsed, {}, 0
+        known: dict[str, PluginSnapshot] = self._parsed
+        fresh: dict[str, PluginSnapshot] = {}
+        parsed = 0
         for (data,) in rows:
             snapshot = known.get(data)
             if snapshot is None:
                 snapshot = PluginSnapshot.from_json(data)
                 parsed += 1
-                if parsed % step == 0:
+                if pause is not None and parsed % step == 0:
                     pause()
             fresh[data] = snapshot
         self._parsed = fresh
-        return parsed
+        return fresh, parsed
 
     def critical_snapshots(self) -> list[PluginSnapshot]:
         """Every critical plugin, by name: only their rows are read and parsed (SQLite's ``json_extract``), or, where
