@@ -421,3 +421,38 @@ def test_a_pin_changes_nothing_after_it(store: StateStore) -> None:
         store.put(snap("p"))
         assert store.version() >= before
     assert store.version() == before + 1
+
+
+def test_opening_waits_for_another_process_making_the_file(tmp_path: Path) -> None:
+    """Two processes open a new store at once (the gunicorn master reads the core's beat while the core makes the
+    file): SQLite answers a switch to WAL "database is locked" at once, with no busy wait, while another connection
+    writes to a file still in rollback mode. Opening waits for it, as any other statement does."""
+    path = tmp_path / "state.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE first (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO first VALUES (1)")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        store = SQLiteStore(path)
+    finally:
+        release.join()
+        other.close()
+    store.put(snap("after"))
+    assert [s.name for s in store.snapshots()] == ["after"]
+    store.close()
+
+
+def test_opening_gives_up_after_the_busy_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "state.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("CREATE TABLE first (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO first VALUES (1)")
+    monkeypatch.setattr(SQLiteStore, "BUSY_WAIT", 0.2)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            SQLiteStore(path)
+    finally:
+        other.close()

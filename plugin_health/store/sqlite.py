@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -76,6 +77,8 @@ class SQLiteStore:
 
     #: Idle connections kept open per process (more are opened while more calls run at once, then closed).
     KEEP_IDLE = 4
+    #: How long a statement waits for another connection's lock, in seconds (SQLite's busy timeout).
+    BUSY_WAIT = 10.0
 
     def __init__(self, path: str | Path, history_limit: int = 100, shared: bool = False) -> None:
         self.path = Path(path)
@@ -108,10 +111,10 @@ class SQLiteStore:
 
     def _open(self) -> sqlite3.Connection:
         # Used by one call at a time, but not always on the thread that opened it.
-        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn = sqlite3.connect(self.path, timeout=self.BUSY_WAIT, isolation_level=None, check_same_thread=False)
+        _into_wal(conn, time.monotonic() + self.BUSY_WAIT)
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(f"PRAGMA busy_timeout={int(self.BUSY_WAIT * 1000)}")
         return conn
 
     @contextmanager
@@ -369,6 +372,23 @@ class SQLiteStore:
             self._watch, self._data_version = None, None
         for conn in idle:
             conn.close()
+
+
+def _into_wal(conn: sqlite3.Connection, deadline: float) -> None:
+    """Put the file in WAL mode (kept in the file: a no-op once done). While another connection writes to a file
+    still in rollback mode (a new store, made by another process at this moment), SQLite answers the switch
+    ``SQLITE_BUSY`` at once, without its busy wait (the switch would upgrade a shared lock another writer waits
+    on), so wait here as any other statement waits: until ``deadline``, then raise what SQLite said."""
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)  # looked up at each call: gevent's in a patched worker
+        pause = min(pause * 2, 0.05)
 
 
 class _Pin:
