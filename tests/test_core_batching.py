@@ -20,6 +20,7 @@ from plugin_health.config import load_settings
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
 from plugin_health.loader.loader import PluginLoader
 from plugin_health.loader.sources import PluginSource
+from plugin_health.loader.sources import discover as listing
 from plugin_health.runtime.core import DISABLED_KEY, LOADING_GC_THRESHOLD, Core
 from plugin_health.runtime.runners import RunnerProcess
 from plugin_health.store import MemoryStore, PluginSnapshot
@@ -544,5 +545,47 @@ def test_first_checks_that_fail_plugins_at_once_are_judged_after_the_loads(tmp_p
         triggers = [record.trigger for record in seen]
         last_load = len(triggers) - 1 - triggers[::-1].index("load")
         assert triggers.index("fail") > last_load
+    finally:
+        core.shutdown()
+
+
+def test_the_shared_runner_boots_while_the_core_discovers_its_plugins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core starts its shared runner before it lists its plugins (10,000 files: 0.1 s, as long as a runner's
+    boot); the plugins load in that runner."""
+    directory = plugin_directory(tmp_path, 3)
+    started_when_listing: list[int] = []
+
+    def discover(*args: Any) -> Any:
+        started_when_listing.extend(runner.pid for runner in made.runners.runners())
+        return listing(*args)
+
+    monkeypatch.setattr("plugin_health.runtime.core.discover", discover)
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600}, environ={})
+    made = Core(settings, MemoryStore())
+    try:
+        made.start(background=False)
+        assert set(made.manager.all_states().values()) == {S.RUNNING}
+        shared = made.runners.shared_runner()
+        assert shared is not None
+        assert started_when_listing == [shared.pid]
+        assert all(made.registry.get(name).handle.runner is shared for name in made.manager)
+    finally:
+        made.shutdown()
+
+
+@pytest.mark.parametrize("apart", [0, 1], ids=["no-plugin", "process-plugin-only"])
+def test_a_shared_runner_no_plugin_needs_is_stopped_once_loaded(tmp_path: Path, apart: int) -> None:
+    directory = plugin_directory(
+        tmp_path, 0, **({"alone": "from plugin_health import Plugin\nclass P(Plugin):\n    isolation = 'process'\n"}
+                        if apart else {}))
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600}, environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start(background=False)
+        assert core.runners.shared_runner() is None
+        assert len(core.runners.runners()) == apart
+        assert all(state is S.RUNNING for state in core.manager.all_states().values())
     finally:
         core.shutdown()

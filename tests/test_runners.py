@@ -169,6 +169,42 @@ def test_inline_plugins_share_one_runner_and_a_dedicated_one_has_its_own(harness
     assert len(harness.pool.runners()) == 2
 
 
+def test_the_shared_runner_started_ahead_is_the_one_plugins_load_in(harness: Harness) -> None:
+    """Started before the first load (the core discovers its plugins meanwhile), it boots on its own: the first load
+    waits for its boot, as for a runner started by that load."""
+    harness.pool.start_shared()
+    ahead = harness.pool.shared_runner()
+    assert ahead is not None
+    harness.pool.start_shared()  # one is running: nothing more is started
+    assert harness.pool.runners() == [ahead]
+    tools = harness.place("tools")
+    assert tools.runner is ahead
+    assert tools.call("count").result == 1
+
+
+def test_a_shared_runner_started_ahead_for_nothing_is_stopped(harness: Harness) -> None:
+    harness.pool.start_shared()
+    ahead = harness.pool.shared_runner()
+    assert ahead is not None
+    harness.pool.stop_unused_shared()
+    assert harness.pool.runners() == []
+    assert ahead.process.poll() is not None  # it exited, and was reaped
+    assert not group_members(ahead.pgid)
+    tools = harness.place("tools")  # a later load starts one again
+    assert tools.runner is not ahead
+    assert tools.call("count").result == 1
+
+
+def test_a_shared_runner_that_was_used_is_kept_even_with_no_plugin_left(harness: Harness) -> None:
+    """Once handed to a load, a runner may be in use in a moment (a load about to send): it is never stopped."""
+    harness.pool.start_shared()
+    tools = harness.place("tools")
+    harness.pool.release(tools)
+    harness.pool.stop_unused_shared()
+    assert harness.pool.runners() == [tools.runner]
+    assert tools.runner.dead is None
+
+
 @pytest.mark.parametrize(
     ("name", "directory", "phase", "error_type", "error"),
     [

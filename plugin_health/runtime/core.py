@@ -143,6 +143,7 @@ class Core:
         thread of the host process). ``announce=False`` leaves marking loading finished (``announce_loaded``,
         which turns ``/readyz`` 200) to the caller too, once it takes what workers forward (the control server).
         """
+        self.runners.start_shared()  # boots while the plugins are discovered; stopped below if none shares it
         self.store.set_meta(LOADED_KEY, "")
         self.loader.disabled = disabled_plugins(self.store)
         batching = threading.Event()
@@ -155,6 +156,7 @@ class Core:
         try:
             with _fewer_collections():
                 self.loader.load(discover(self.settings.plugin_dirs, self.settings.entry_point_group))
+            self.runners.stop_unused_shared()
             # The first health checks run before loading counts as finished, so that ``healthy`` speaks of a check
             # from the first answer on: those of the plugins sharing a runner many at a time, the others side by
             # side; a few slow ones cannot hold start-up past FIRST_CHECKS_WAIT.

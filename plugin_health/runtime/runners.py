@@ -138,6 +138,8 @@ class RunnerProcess:
         self.handles: dict[int, RunnerHandle] = {}
         self.dead: str | None = None
         self.ready = False  # until its first frame says it booted
+        #: Whether the pool ever handed it to a load (a runner started ahead, never used, may be stopped).
+        self.used = False
         #: The handle whose call was answered last, and when (monotonic): blamed for a death right after it.
         self.last: tuple[RunnerHandle | None, float] = (None, 0.0)
         ours, theirs = socket.socketpair()
@@ -977,18 +979,46 @@ class RunnerPool:
 
     # -- placement and loss -------------------------------------------------------------------------------
 
+    def start_shared(self) -> None:
+        """Start the shared runner now, unless one runs, without waiting for it to boot (the first request to it
+        waits): it boots while the caller does what comes before its first load (the core discovers its plugins)."""
+        with self._lock:
+            if not self._closed:
+                self._shared_runner()
+
+    def stop_unused_shared(self) -> None:
+        """Stop the shared runner if no load was ever sent its way (``start_shared`` started it for plugins that
+        all run apart, or for none). One handed to a load is kept: that load may be about to send to it."""
+        with self._lock:
+            runner = self._shared
+            if runner is None or runner.used:
+                return
+            self._shared = None
+        runner.stop()
+
     def _runner_for(self, source: PluginSource, own: bool) -> RunnerProcess:
         with self._lock:
-            if self._watch is None:
-                self._watch = threading.Thread(target=self._watch_idle, name="plugin-health-runners", daemon=True)
-                self._watch.start()
             if own:
+                self._watching()
                 runner = RunnerProcess(f"plugin:{source.name}", self.settings)
                 self._dedicated.add(runner)
                 return runner
-            if self._shared is None or self._shared.dead is not None:
-                self._shared = RunnerProcess("shared", self.settings)
-            return self._shared
+            shared = self._shared_runner()
+            shared.used = True
+            return shared
+
+    def _shared_runner(self) -> RunnerProcess:
+        """The shared runner, started if there is none or it died (the caller holds ``_lock``)."""
+        self._watching()
+        if self._shared is None or self._shared.dead is not None:
+            self._shared = RunnerProcess("shared", self.settings)
+        return self._shared
+
+    def _watching(self) -> None:
+        """Start the thread that notices idle runners dying, once (the caller holds ``_lock``)."""
+        if self._watch is None:
+            self._watch = threading.Thread(target=self._watch_idle, name="plugin-health-runners", daemon=True)
+            self._watch.start()
 
     def _watch_idle(self) -> None:
         """Notice at once a runner that dies while no call is in flight (a call in flight notices it itself)."""
