@@ -18,7 +18,8 @@ from plugin_health.coordination.control import Control, HostUnavailableError, Re
 from plugin_health.coordination.locks import HostLock, Lock, lock_is_free
 from plugin_health.errors import ConfigError, UnknownInstanceError
 from plugin_health.runtime.core import Core
-from plugin_health.runtime.hosting import Heartbeat, host_problem, lock_path, read_beat, start_link
+from plugin_health.runtime.host_process import read_beat
+from plugin_health.runtime.hosting import Heartbeat, host_problem, lock_path, start_link
 from plugin_health.runtime.operations import Operations
 from plugin_health.store import SQLiteStore, StateStore, is_shared, open_instance_store
 from plugin_health.store.cluster import ClusterView, InstanceInfo, LocalCluster

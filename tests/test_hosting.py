@@ -17,7 +17,8 @@ from waiting import wait_for
 from plugin_health import create_app
 from plugin_health.app import EXTENSION, Service
 from plugin_health.coordination.locks import HostLock, lock_is_free
-from plugin_health.runtime.hosting import EXIT_LOCKED, HostProcess, host_problem, read_beat
+from plugin_health.runtime.host_process import HostProcess, read_beat
+from plugin_health.runtime.hosting import EXIT_LOCKED, host_problem
 from plugin_health.store import SQLiteStore, open_store
 from plugin_health.store.cluster import InstanceInfo
 

@@ -20,7 +20,7 @@ from waiting import wait_for
 from plugin_health import create_app, metrics
 from plugin_health.app import EXTENSION
 from plugin_health.lifecycle import PluginLifecycleState
-from plugin_health.runtime.hosting import HostProcess
+from plugin_health.runtime.host_process import HostProcess
 from plugin_health.store import PluginSnapshot
 from plugin_health.store.memory import MemoryStore
 from plugin_health.supervision import RESTART_LIMIT_REACHED

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from plugin_health import create_app
 from plugin_health.app import EXTENSION
 from plugin_health.config import load_settings
-from plugin_health.runtime.hosting import HostProcess
+from plugin_health.runtime.host_process import HostProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "plugin-health.rules.yml"

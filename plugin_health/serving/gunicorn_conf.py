@@ -36,7 +36,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 
 from plugin_health.config import load_settings  # after the metrics directory is chosen
 from plugin_health.errors import ConfigError
-from plugin_health.runtime.hosting import HostProcess
+from plugin_health.runtime.host_process import HostProcess  # not hosting: the core's modules would delay its spawn
 from plugin_health.store import check_url
 
 #: What gunicorn reads from this module (and what ``./gunicorn.conf.py`` re-exports): its settings and hooks.

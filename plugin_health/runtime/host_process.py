@@ -1,0 +1,130 @@
+"""The core as a child process of the gunicorn master: started before any worker is forked, restarted if it dies,
+stopped when the master exits (:class:`HostProcess`), and its heartbeat read (:func:`read_beat`).
+
+A module of its own, apart from :mod:`plugin_health.runtime.hosting` (what runs inside the core process), so that the
+master imports only this before it spawns the core: the core's own modules (loader, supervision, metrics: 0.13 s of
+imports here) would hold the spawn back, on the path of every start. The master imports them afterwards, while the
+core starts, for its workers (``import_for_workers`` in :mod:`plugin_health.serving.gunicorn_conf`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from plugin_health.config import Settings, load_settings
+from plugin_health.store import StateStore, open_instance_store
+from plugin_health.store.cluster import InstanceInfo, read_instance
+
+logger = logging.getLogger("plugin_health.runtime.hosting")  # the name its lines always had
+
+
+def read_beat(store: StateStore) -> InstanceInfo | None:
+    """The last heartbeat of this instance's core, or None (no core ever, or one that stopped cleanly)."""
+    info = read_instance(store)
+    return None if info is None or info.stopped else info
+
+
+
+class HostProcess:
+    """The host as a child process of the gunicorn master: started, restarted if it dies, stopped."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None, restart_max: float = 30.0) -> None:
+        self.environ = dict(os.environ if environ is None else environ)
+        self.restart_max = restart_max
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._ending = False  # the service is going down (``stopping``): no host is started again
+        self._spawning = threading.Lock()  # a respawn never races a stop
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the running host process, if any."""
+        return None if self.process is None else self.process.pid
+
+    def start(self, wait: float = 10.0, *, meanwhile: Callable[[], object] | None = None) -> None:
+        """Start the host; return once it beats (or after ``wait`` seconds); then keep it running. ``meanwhile``
+        is called once the host is spawned, before its first beat is awaited: what the caller would do next, done
+        while the host imports and opens its store, instead of after."""
+        settings = load_settings(environ=self.environ)  # a bad setting stops the master here, named
+        self._spawn()
+        if meanwhile is not None:
+            meanwhile()
+        self._wait_for_beat(settings, wait)
+        self._watcher = threading.Thread(target=self._watch, name="plugin-health-host-watcher", daemon=True)
+        self._watcher.start()
+
+    def stopping(self) -> None:
+        """The service is going down: a host that exits from now on is not started again (``stop`` ends the one
+        that runs). A signal to the whole process group (systemd's ``KillMode=control-group``, Ctrl-C) reaches the
+        host as it reaches the master, and the host exits before the master has begun to stop. Called from the
+        master's signal handlers: it only sets a flag (a lock could be held by the very code it interrupted)."""
+        self._ending = True
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """Ask the host to stop its plugins and exit (``SIGTERM``); ``SIGKILL`` after ``timeout`` seconds."""
+        with self._spawning:
+            self._stopping.set()
+            process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.error("plugin host %d did not stop within %.0f s; killing it", process.pid, timeout)
+                process.kill()
+                process.wait()
+        if self._watcher is not None:
+            self._watcher.join(timeout)
+        return process.returncode
+
+    def _spawn(self) -> None:
+        env = {**self.environ, "PLUGIN_HEALTH_OWNER_PID": str(os.getpid()), "PLUGIN_HEALTH_HOST_MODE": "external"}
+        with self._spawning:
+            if self._stopping.is_set() or self._ending:
+                return
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "plugin_health.runtime.core_main"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        logger.info("plugin host started as pid %d", self.process.pid)
+
+    def _wait_for_beat(self, settings: Settings, wait: float) -> None:
+        """Until our host beats, so workers start on a loaded store."""
+        assert self.process is not None
+        store = open_instance_store(settings)
+        try:
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and self.process.poll() is None:
+                beat = read_beat(store)
+                if beat is not None and beat.pid == self.process.pid:
+                    return
+                time.sleep(0.02)
+        finally:
+            store.close()  # never hand a SQLite connection to the workers forked after this
+
+    def _watch(self) -> None:
+        delay = 0.5
+        while not self._stopping.is_set():
+            assert self.process is not None
+            started = time.monotonic()
+            code = self.process.wait()
+            if self._stopping.is_set() or self._ending:
+                return
+            if time.monotonic() - started > 60:
+                delay = 0.5
+            logger.error("plugin host %d exited with %s; restarting it in %.1f s", self.process.pid, code, delay)
+            if self._stopping.wait(delay) or self._ending:
+                return
+            delay = min(delay * 2, self.restart_max)
+            self._spawn()
