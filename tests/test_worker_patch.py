@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin_health.serving.gunicorn_conf import _entry_points_read_once
+from plugin_health.serving.patching import entry_points_read_once
 
 
 def test_entry_points_are_read_once_in_the_block_and_answer_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,7 +27,7 @@ def test_entry_points_are_read_once_in_the_block_and_answer_as_before(monkeypatc
     expected = {group: sorted(original().select(group=group).names)
                 for group in ("console_scripts", "gevent.plugins.monkey.will_patch_all", "pytest11")}
     monkeypatch.setattr(importlib.metadata, "distributions", counted)
-    with _entry_points_read_once():
+    with entry_points_read_once():
         answers = {group: sorted(importlib.metadata.entry_points(group=group).names)
                    for group in expected for _ in range(25)}
     assert len(reads) == 1
@@ -38,7 +38,7 @@ def test_entry_points_are_read_once_in_the_block_and_answer_as_before(monkeypatc
 
 def test_the_original_is_back_after_an_error() -> None:
     original = importlib.metadata.entry_points
-    with pytest.raises(ZeroDivisionError), _entry_points_read_once():
+    with pytest.raises(ZeroDivisionError), entry_points_read_once():
         1 / 0  # noqa: B018
     assert importlib.metadata.entry_points is original
 
@@ -60,8 +60,8 @@ def test_a_gevent_plugin_still_hears_the_patch(tmp_path: Path) -> None:
         import sys
         sys.path.insert(0, {str(tmp_path)!r})
         from gevent import monkey
-        from plugin_health.serving.gunicorn_conf import _entry_points_read_once
-        with _entry_points_read_once():
+        from plugin_health.serving.patching import entry_points_read_once
+        with entry_points_read_once():
             monkey.patch_all()
     """)
     (tmp_path / "metrics").mkdir()

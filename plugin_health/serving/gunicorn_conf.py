@@ -9,10 +9,8 @@ worker answers the same, and a worker that dies or is recycled takes nothing wit
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
-import importlib.metadata
 import os
 import re
 import resource
@@ -21,7 +19,7 @@ import signal
 import socket
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 from plugin_health.config import load_settings  # after the metrics directory is chosen
 from plugin_health.errors import ConfigError
 from plugin_health.runtime.host_process import HostProcess  # not hosting: the core's modules would delay its spawn
+from plugin_health.serving.patching import entry_points_read_once
 from plugin_health.store import check_url
 
 #: What gunicorn reads from this module (and what ``./gunicorn.conf.py`` re-exports): its settings and hooks.
@@ -257,7 +256,7 @@ def post_fork(server: Any, worker: Any) -> None:
         return
     from gevent import monkey
 
-    with warnings.catch_warnings(), _entry_points_read_once():
+    with warnings.catch_warnings(), entry_points_read_once():
         warnings.filterwarnings("ignore", _REDIS_ASYNCIO_SSL_ONLY, monkey.MonkeyPatchWarning)
         monkey.patch_all()
     for (module, name), (patched, attribute) in _DIRECT_IMPORTS.items():
@@ -289,26 +288,6 @@ def pre_request(worker: Any, req: Any) -> None:
     worker.log.debug("%s %s", req.method, req.path)  # what gunicorn's default pre_request does
     if _take_turn is not None:
         _take_turn()
-
-
-@contextlib.contextmanager
-def _entry_points_read_once() -> Iterator[None]:
-    """While the block runs, ``importlib.metadata.entry_points(...)`` answers from one reading of the installed
-    packages' entry points, taken as it begins. gevent's ``patch_all`` looks up the plugins of each event it sends
-    (25 of them), and each look-up read every installed package's metadata again: 0.13 of a worker's 0.16 CPU s of
-    patching, five workers at once while the core loads its plugins. The packages installed do not change within
-    one call; the function is the standard library's again once the block ends, whatever happened in it."""
-    original = importlib.metadata.entry_points
-    everything = original()
-
-    def entry_points(**params: Any) -> Any:
-        return everything.select(**params)
-
-    importlib.metadata.entry_points = entry_points
-    try:
-        yield
-    finally:
-        importlib.metadata.entry_points = original
 
 
 def post_worker_init(worker: Any) -> None:
