@@ -1,4 +1,4 @@
-"""Who runs the core: the host lock, the heartbeat, and the core process beside gunicorn's workers.
+"""Inside the core process: the host lock, the heartbeat, and ``serve`` (the core beside gunicorn's workers).
 
 Exactly one core serves the plugins of a store: it holds an exclusive ``flock`` on a file beside the store
 (:class:`HostLock`) and beats a heartbeat into the store every :data:`HEARTBEAT` seconds. Every other process
@@ -6,9 +6,10 @@ Exactly one core serves the plugins of a store: it holds an exclusive ``flock`` 
 or is recycled takes nothing with it.
 
 Under gunicorn, its configuration (:mod:`plugin_health.serving.gunicorn_conf`) starts the core as a process of
-its own (:class:`HostProcess`, ``python -m plugin_health.runtime.core_main``) from the master, before any worker is
-forked, restarts it if it dies, and stops it when the master exits. The core runs no plugin code (its runners do);
-it is the child subreaper of what plugins fork, and exits by itself when its owner (the master) is gone.
+its own (``HostProcess`` in :mod:`plugin_health.runtime.host_process`, ``python -m plugin_health.runtime.core_main``)
+from the master, before any worker is forked, restarts it if it dies, and stops it when the master exits. The core
+runs no plugin code (its runners do); it is the child subreaper of what plugins fork, and exits by itself when its
+owner (the master) is gone.
 """
 
 from __future__ import annotations
