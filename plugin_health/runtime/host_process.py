@@ -31,7 +31,6 @@ def read_beat(store: StateStore) -> InstanceInfo | None:
     return None if info is None or info.stopped else info
 
 
-
 class HostProcess:
     """The host as a child process of the gunicorn master: started, restarted if it dies, stopped."""
 

@@ -112,9 +112,13 @@ class SQLiteStore:
     def _open(self) -> sqlite3.Connection:
         # Used by one call at a time, but not always on the thread that opened it.
         conn = sqlite3.connect(self.path, timeout=self.BUSY_WAIT, isolation_level=None, check_same_thread=False)
-        _into_wal(conn, time.monotonic() + self.BUSY_WAIT)
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(f"PRAGMA busy_timeout={int(self.BUSY_WAIT * 1000)}")
+        try:
+            _into_wal(conn, time.monotonic() + self.BUSY_WAIT)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(self.BUSY_WAIT * 1000)}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     @contextmanager
@@ -385,7 +389,8 @@ def _into_wal(conn: sqlite3.Connection, deadline: float) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as error:
-            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+            busy = error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # SQLITE_BUSY_RECOVERY and the like too
+            if not busy or time.monotonic() >= deadline:
                 raise
         time.sleep(pause)  # looked up at each call: gevent's in a patched worker
         pause = min(pause * 2, 0.05)
