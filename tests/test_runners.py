@@ -195,6 +195,27 @@ def test_a_shared_runner_started_ahead_for_nothing_is_stopped(harness: Harness) 
     assert tools.call("count").result == 1
 
 
+def test_a_shared_runner_started_ahead_that_died_before_any_load_blames_nobody(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It never ran plugin code: the first load goes to a fresh runner, and no plugin is failed or quarantined for it.
+    The pool looks at it before its first load, rather than counting on the idle watcher to have noticed (here it
+    has not: its look is taken away)."""
+    monkeypatch.setattr(harness.pool, "_died_idle", lambda runner: None)
+    harness.pool.start_shared()
+    ahead = harness.pool.shared_runner()
+    assert ahead is not None
+    os.killpg(ahead.pgid, signal.SIGKILL)
+    wait_for(lambda: not alive(ahead.pid), timeout=5)
+    tools = harness.place("tools")
+    assert tools.runner is not ahead
+    assert tools.call("count").result == 1
+    assert not harness.pool.quarantined
+    assert not harness.losses  # nothing of a plugin was lost
+    assert ahead.dead is not None
+    assert not group_members(ahead.pgid)
+
+
 def test_a_shared_runner_that_was_used_is_kept_even_with_no_plugin_left(harness: Harness) -> None:
     """Once handed to a load, a runner may be in use in a moment (a load about to send): it is never stopped."""
     harness.pool.start_shared()

@@ -997,6 +997,7 @@ class RunnerPool:
         runner.stop()
 
     def _runner_for(self, source: PluginSource, own: bool) -> RunnerProcess:
+        gone: RunnerProcess | None = None
         with self._lock:
             if own:
                 self._watching()
@@ -1004,8 +1005,17 @@ class RunnerPool:
                 self._dedicated.add(runner)
                 return runner
             shared = self._shared_runner()
+            if not shared.used and shared.process.poll() is not None:
+                # Started ahead and gone before any load: no plugin ran in it, so none is blamed for it (sent a load,
+                # it would fail that plugin for a death it did not cause). The idle watcher may not have seen it yet.
+                gone, self._shared = shared, None
+                shared = self._shared_runner()
             shared.used = True
-            return shared
+        if gone is not None:
+            logger.warning("the shared runner died before its first load (%s); another was started",
+                           _death(gone.process.returncode))
+            gone.kill("it died before its first load")
+        return shared
 
     def _shared_runner(self) -> RunnerProcess:
         """The shared runner, started if there is none or it died (the caller holds ``_lock``)."""
