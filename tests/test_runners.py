@@ -216,6 +216,25 @@ def test_a_shared_runner_started_ahead_that_died_before_any_load_blames_nobody(
     assert not group_members(ahead.pgid)
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["load", "load_many"])
+def test_a_runner_that_never_booted_fails_the_load_but_quarantines_nobody(
+    make: Callable[..., Harness], streamed: bool
+) -> None:
+    """A runner lost before its first frame (it did not start in time, or died starting) imported nothing: the load
+    sent to it fails, saying so, but its source is not moved into a runner of its own, as one that brought a booted
+    runner down is."""
+    harness = make(RunnerSettings(boot_timeout=0.001))  # no interpreter starts in a millisecond
+    if streamed:
+        placed = next(iter(harness.pool.load_many([source("tools")], SandboxLimits(5.0, 256))))
+    else:
+        placed = harness.pool.load(source("tools"), False, SandboxLimits(5.0, 256))
+    assert placed is not None
+    assert (placed.handle, placed.phase, placed.error_type) == (None, "import", "PluginCrashedError")
+    assert placed.error is not None
+    assert "did not start within" in placed.error
+    assert not harness.pool.quarantined
+
+
 def test_a_shared_runner_that_was_used_is_kept_even_with_no_plugin_left(harness: Harness) -> None:
     """Once handed to a load, a runner may be in use in a moment (a load about to send): it is never stopped."""
     harness.pool.start_shared()

@@ -851,9 +851,11 @@ class RunnerPool:
 
     def _lost_loading(self, runner: RunnerProcess, source: PluginSource,
                       lost: RunnerLostError) -> tuple[Placed, RunnerLoss]:
-        """``runner`` was lost while it loaded ``source``: the source is blamed (quarantined); the loss to tell (with
-        no lock held), so that the runner's others are recovered."""
-        self.quarantined.add(source.origin)
+        """``runner`` was lost while it loaded ``source``: the source is blamed (quarantined) if the runner had booted,
+        as its code may have brought it down; one lost before its first frame imported nothing, and the load only
+        fails, saying so. The loss to tell (with no lock held), so that the runner's others are recovered."""
+        if runner.ready:
+            self.quarantined.add(source.origin)
         cause = f"loading {source.label}: {lost.message}"
         loss = self.lose(runner, None, cause, lost.error_type, lost.message)
         return Placed(None, phase="import", error_type=lost.error_type, error=lost.message), loss
@@ -1006,8 +1008,8 @@ class RunnerPool:
                 return runner
             shared = self._shared_runner()
             if not shared.used and shared.process.poll() is not None:
-                # Started ahead and gone before any load: no plugin ran in it, so none is blamed for it (sent a load,
-                # it would fail that plugin for a death it did not cause). The idle watcher may not have seen it yet.
+                # Started ahead and gone before any load (the idle watcher may not have seen it yet): sent a load, it
+                # would fail that plugin for a death it did not cause (_lost_loading blames none, but the load fails).
                 gone, self._shared = shared, None
                 shared = self._shared_runner()
             shared.used = True
