@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -451,8 +452,10 @@ def test_opening_gives_up_after_the_busy_wait(tmp_path: Path, monkeypatch: pytes
     other.execute("BEGIN IMMEDIATE")
     other.execute("INSERT INTO first VALUES (1)")
     monkeypatch.setattr(SQLiteStore, "BUSY_WAIT", 0.2)
+    began = time.monotonic()
     try:
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             SQLiteStore(path)
     finally:
         other.close()
+    assert 0.2 <= time.monotonic() - began < 5.0  # it waited its busy wait, and no longer than a bounded while
