@@ -230,3 +230,70 @@ def test_a_plugin_brought_up_with_its_load_is_checked_once_when_asked(runner: Ru
     assert [frame.get("method") for frame in sent(runner)] == [None, "initialize", "start"]
     assert (last["ok"], last["method"], last[runner_module.HEALTH_RESULT]) == (True, "health_check", True)
     assert json.loads(last["result_json"])["status"] == "warn"
+
+
+TRIVIAL = "from plugin_health import Plugin\nclass P(Plugin):\n    pass\n"
+
+
+def test_a_plugin_that_overrides_no_lifecycle_method_comes_up_in_one_write(runner: Runner, tmp_path: Path) -> None:
+    """``Plugin``'s own ``initialize``, ``start`` and ``health_check`` are no-ops whose outcome is known: answered
+    without a sandboxed call, and since no plugin code runs between its answers, they go to the core together, in
+    one write, once the request is answered (``serve`` flushes before it reads the next request)."""
+    last = load(runner, tmp_path, TRIVIAL, up={**UP, "check": True})
+    assert sent(runner) == []  # nothing written yet: no plugin code ran since the load's answer
+    assert (last["ok"], last["method"], last["result_json"], last["duration_ms"]) == (True, "health_check", "true", 0.0)
+    runner.flush()
+    loaded, initialized, started = sent(runner)
+    assert (loaded["ok"], loaded["up"]) == (True, True)
+    assert [(frame["method"], frame["ok"], frame["result"], frame["duration_ms"]) for frame in (initialized, started)
+            ] == [("initialize", True, None, 0.0), ("start", True, None, 0.0)]
+
+
+def test_the_answers_before_a_phase_that_runs_plugin_code_are_written_before_it_runs(
+    runner: Runner, tmp_path: Path
+) -> None:
+    """A plugin that overrides only ``start``: its load's and its (inherited) initialize's answers are with the core
+    before ``start`` runs, so a ``start`` that brings the runner down is blamed on ``start``."""
+    core_end = runner.core_end.fileno()  # type: ignore[attr-defined]
+    code = ("import select\nfrom plugin_health import Plugin\nclass P(Plugin):\n    def start(self):\n"
+            f"        raise RuntimeError(str(len(select.select([{core_end}], [], [], 0)[0])))\n")
+    last = load(runner, tmp_path, code, up=UP)
+    # start saw the core's end readable: the two answers before it had been written
+    assert (last["ok"], last["method"], last["error_type"], last["error"]) == (False, "start", "RuntimeError", "1")
+    assert [frame.get("method") for frame in sent(runner)] == [None, "initialize"]
+
+
+@pytest.mark.parametrize("code", [
+    # Plugin's own method replaced, by the plugin, in the runner it shares
+    "from plugin_health import Plugin\nPlugin.initialize = lambda self, context: 1 / 0\nclass P(Plugin):\n    pass\n",
+    # an instance attribute shadows the class's method
+    "from plugin_health import Plugin\nclass P(Plugin):\n    def __init__(self):\n"
+    "        self.initialize = lambda context: 1 / 0\n",
+    # every attribute read is plugin code
+    "from plugin_health import Plugin\nclass P(Plugin):\n    def __getattribute__(self, name):\n"
+    "        if name == 'initialize':\n            return lambda context: 1 / 0\n"
+    "        return object.__getattribute__(self, name)\n",
+    # a mixin before Plugin defines it
+    "from plugin_health import Plugin\nclass M:\n    def initialize(self, context):\n        1 / 0\n"
+    "class P(M, Plugin):\n    pass\n",
+], ids=["base-replaced", "instance-attribute", "getattribute", "mixin"])
+def test_an_initialize_found_any_other_way_is_called(runner: Runner, tmp_path: Path, code: str) -> None:
+    from plugin_health.plugin import Plugin
+
+    inherited = Plugin.__dict__["initialize"]
+    try:
+        last = load(runner, tmp_path, code, up=UP)
+    finally:
+        Plugin.initialize = inherited  # type: ignore[method-assign]
+    assert (last["ok"], last["method"], last["error_type"]) == (False, "initialize", "ZeroDivisionError")
+
+
+def test_an_inherited_health_check_called_later_is_answered_as_plugin_health_s_own(
+    runner: Runner, tmp_path: Path
+) -> None:
+    assert load(runner, tmp_path, TRIVIAL)["ok"]
+    answer = runner.call({"op": "call", "slot": 1, "method": "health_check", "id": 8})
+    assert (answer["ok"], answer["result_json"], answer["duration_ms"]) == (True, "true", 0.0)
+    # arguments the method does not take are not answered for it: it is called, and fails as it would
+    answer = runner.call({"op": "call", "slot": 1, "method": "health_check", "args": [1], "id": 9})
+    assert (answer["ok"], answer["error_type"]) == (False, "TypeError")

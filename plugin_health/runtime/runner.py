@@ -64,6 +64,14 @@ _exit = os._exit
 _dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=lambda value: _refuse(value)).encode
 _loads = wire.decode_request
 _frame_text = wire.frame_text
+#: ``Plugin``'s own lifecycle methods (taken before any plugin is imported), no-ops whose outcome is known: a
+#: plugin that inherits one is answered this result (as JSON) without a call, as no plugin code would run in it.
+_INHERITED = {"initialize": ("null", 1), "start": ("null", 0), "stop": ("null", 0), "health_check": ("true", 0)}
+_BASE_METHODS = {method: Plugin.__dict__[method] for method in _INHERITED}
+# The lookups Python itself makes, read off ``type`` and ``Plugin`` so that a plugin's class cannot answer them.
+_mro_of = type.__dict__["__mro__"].__get__
+_namespace_of = type.__dict__["__dict__"].__get__
+_instance_dict = Plugin.__dict__["__dict__"].__get__
 
 
 @dataclass(slots=True)
@@ -114,6 +122,8 @@ class Runner:
     def __init__(self, sock: socket.socket, max_message: int) -> None:
         self.sock = sock
         self.max_message = max_message
+        #: Answers not written yet: they go in one write before any plugin code runs next (``flush``).
+        self._outbox: list[bytes] = []
         self.loaded: dict[int, _Loaded] = {}
         # The allowances of the loaded plugins, kept as they come and go: the runner's cap is worked out after every
         # load from their sum and their largest, in time that does not grow with the plugins loaded (a walk of every
@@ -137,12 +147,22 @@ class Runner:
             except BaseException as err:  # noqa: BLE001 - the runner's own boundary: it answers, whatever happened
                 answer = {"ok": False, "error_type": "RunnerError", "error": f"the runner failed: {describe(err)}"}
             self._send(answer, request.get("id") if isinstance(request, dict) else None)
+            self.flush()
 
     def _send(self, answer: dict[str, Any], ident: object) -> None:
-        """Send one answer to the request ``ident`` (a request brought up with its load has several)."""
+        """Queue one answer to the request ``ident`` (a request brought up with its load has several) for the next
+        ``flush``: it must be written before any plugin code runs again, so that a runner lost in that code blames
+        the call that ran it, never one answered before."""
         answer["id"] = ident
+        self._outbox.append(self._frame(answer))
+
+    def flush(self) -> None:
+        """Write every answer queued, in one write (the core reads them as separate frames)."""
+        if not self._outbox:
+            return
+        frames, self._outbox = self._outbox, []
         try:
-            wire.send(self.sock, self._frame(answer))
+            wire.send(self.sock, frames[0] if len(frames) == 1 else b"".join(frames))
         except wire.PeerClosedError:
             _exit(0)
 
@@ -216,19 +236,23 @@ class Runner:
 
     def _bring_up(self, loaded: _Loaded, up: dict[str, Any], ident: object, answer: dict[str, Any]) -> dict[str, Any]:
         """``initialize``, then ``start`` if it passed, then (``up["check"]``) its first ``health_check``, of a plugin
-        just loaded, as the core's ``call`` requests would run them; each answer before the last sent at once
-        (``answer``, the load's, first), so that the core always knows the phase in flight and holds each to its own
-        deadline. The last answer is returned (``serve`` sends it): the last phase's, or the initialize's or start's
-        that failed or returned False."""
-        context = self._context(loaded, {"config": up.get("config") or {}})
-        phases: list[tuple[str, list[Any]]] = [("initialize", [context]), ("start", [])]
-        if up.get("check") is True:
-            phases.append(("health_check", []))
+        just loaded, as the core's ``call`` requests would run them; each answer before the last written before the
+        next phase runs plugin code (``answer``, the load's, first), so that the core always knows the phase in
+        flight and holds each to its own deadline. The last answer is returned (``serve`` sends it): the last
+        phase's, or the initialize's or start's that failed or returned False. A phase ``Plugin`` itself answers
+        (:data:`_INHERITED`) runs no plugin code, so nothing is written for it: a plugin that overrides none of them
+        comes up in one write."""
+        phases = ["initialize", "start", "health_check"] if up.get("check") is True else ["initialize", "start"]
         before = None
-        for method, args in phases:
+        for method in phases:
             self._send(answer, ident)
-            # Each phase's reading after it is the next one's before it: only this sending ran in between.
-            answer, before = self._measured(loaded, method, args, {}, None, before)
+            if _inherited(loaded.instance, method, _INHERITED[method][1]):
+                answer = _known(method)
+            else:
+                self.flush()
+                args = [self._context(loaded, {"config": up.get("config") or {}})] if method == "initialize" else []
+                # Each phase's reading after it is the next one's before it: only this sending ran in between.
+                answer, before = self._measured(loaded, method, args, {}, None, before)
             answer["method"] = method
             if not answer["ok"] or answer.get("result_json") == "false":  # as the core judges a setup: not passed
                 break
@@ -255,6 +279,8 @@ class Runner:
                   timeout: float | None, before: int | None) -> tuple[dict[str, Any], int | None]:
         """``run``, given the memory reading just before it if one was taken (None: read it here), and giving the
         reading just after it too (a /proc read each, 5-9 us)."""
+        if not kwargs and _inherited(loaded.instance, method, len(args)):
+            return _known(method), before
         timeout = timeout or loaded.limits.timeout
         allowance = loaded.limits.memory_limit_mb
         sandbox = self._sandboxes.get(timeout)
@@ -363,6 +389,37 @@ def _may_come_up(declared: dict[str, Any], source_name: str, longest: object) ->
         and (timeout is None or (_positive(timeout, float, longest) is not None))
         and not LIFECYCLE_METHODS.intersection(declared["tools"])
     )
+
+
+def _inherited(instance: Plugin, method: str, arguments: int) -> bool:
+    """Whether calling ``method`` of ``instance`` with ``arguments`` positional arguments would run ``Plugin``'s own
+    no-op and nothing else: it is one of :data:`_INHERITED`, taking that many arguments, found on ``Plugin`` (as
+    ``Plugin`` had it before any plugin was imported) the plain way: no class before ``Plugin`` defines it, no
+    class defines ``__getattribute__``, the instance has no attribute of that name, and no metaclass is involved.
+    Any doubt: False, and the method is called as any other."""
+    known = _INHERITED.get(method)
+    cls = type(instance)
+    if known is None or known[1] != arguments or type(cls) is not type:
+        return False
+    below = False
+    for klass in _mro_of(cls):
+        if klass is object:
+            continue
+        namespace = _namespace_of(klass)
+        if "__getattribute__" in namespace:
+            return False
+        if klass is Plugin:
+            if namespace.get(method) is not _BASE_METHODS[method]:
+                return False
+            below = True
+        elif not below and method in namespace:
+            return False
+    return below and method not in _instance_dict(instance)
+
+
+def _known(method: str) -> dict[str, Any]:
+    """The answer to a call of ``Plugin``'s own ``method`` (:func:`_inherited`): passed, in no time."""
+    return {"ok": True, "error": None, "error_type": None, "duration_ms": 0.0, "result_json": _INHERITED[method][0]}
 
 
 def _positive(value: object, kind: type, most: float) -> Any:
