@@ -21,6 +21,9 @@ for a healthy one (``deploy/prometheus`` alerts on it).
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
+from collections import Counter as Tallies
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -111,6 +114,79 @@ def observe_call(plugin: str, method: str, isolation: str, result: PluginSandbox
     series(CALL_SECONDS, isolation, call).observe(result.duration_ms / 1000.0)
     if outcome != "ok":
         PLUGIN_FAILED_CALLS.labels(plugin).inc()
+
+
+def observe_many(child: Histogram, amounts: list[float]) -> None:
+    """``child.observe(amount)`` for each of ``amounts`` (a labelled histogram's child), in one update of its sum and
+    one of each bucket reached: prometheus_client keeps a histogram as a sum and a count per bucket (the first whose
+    upper bound is at least the amount; none for NaN), and has no call for many at once, so those are updated here
+    (``_sum``, ``_buckets``, ``_upper_bounds``: tests/test_metrics.py holds the result to ``observe``'s)."""
+    if not amounts:
+        return
+    bounds = child._upper_bounds
+    reached = Tallies(bisect_left(bounds, amount) for amount in amounts if amount == amount)  # NaN reaches none
+    child._sum.inc(sum(amounts))
+    for index, count in reached.items():
+        child._buckets[index].inc(count)
+
+
+class Tally:
+    """Transitions and calls counted in memory while the core loads, added to the metrics a batch at a time
+    (``flush``, with each batch the store takes): a plugin's load made twelve metric updates, each a lock and a write
+    to this process's file, a twentieth of the core's start-up. Outside ``defer`` ... ``flush(deferring=False)``,
+    each is counted at once, as ``observe_transition`` and ``observe_call`` count it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deferring = False
+        self._transitions: Tallies[tuple[str, str, str]] = Tallies()
+        self._calls: Tallies[tuple[str, str]] = Tallies()
+        self._failed: Tallies[str] = Tallies()
+        self._durations: dict[tuple[str, str], list[float]] = {}
+
+    def defer(self) -> None:
+        """Count in memory from now on, until ``flush(deferring=False)``."""
+        with self._lock:
+            self._deferring = True
+
+    def transition(self, record: TransitionRecord) -> None:
+        """Count one transition (a manager listener)."""
+        with self._lock:
+            if self._deferring:
+                source = "" if record.source is None else record.source.value
+                self._transitions[source, record.dest.value, record.trigger] += 1
+                return
+        observe_transition(record)
+
+    def call(self, plugin: str, method: str, isolation: str, result: PluginSandboxResult) -> None:
+        """Count one call into plugin code and its duration (a loader observer)."""
+        with self._lock:
+            if self._deferring:
+                outcome = OUTCOMES.get(result.error_type, "error")
+                call = method if method in LIFECYCLE_CALLS else "tool"
+                self._calls[call, outcome] += 1
+                self._durations.setdefault((isolation, call), []).append(result.duration_ms / 1000.0)
+                if outcome != "ok":
+                    self._failed[plugin] += 1
+                return
+        observe_call(plugin, method, isolation, result)
+
+    def flush(self, deferring: bool = True) -> None:
+        """Add what was counted in memory to the metrics; ``deferring=False``: and count each at once from now on."""
+        with self._lock:
+            transitions, self._transitions = self._transitions, Tallies()
+            calls, self._calls = self._calls, Tallies()
+            failed, self._failed = self._failed, Tallies()
+            durations, self._durations = self._durations, {}
+            self._deferring = deferring
+        for moved, count in transitions.items():
+            series(TRANSITIONS, *moved).inc(count)
+        for called, count in calls.items():
+            series(CALLS, *called).inc(count)
+        for plugin, count in failed.items():
+            PLUGIN_FAILED_CALLS.labels(plugin).inc(count)
+        for timed, amounts in durations.items():
+            observe_many(series(CALL_SECONDS, *timed), amounts)
 
 
 def observe_runner_lost(error_type: str) -> None:

@@ -589,3 +589,62 @@ def test_a_shared_runner_no_plugin_needs_is_stopped_once_loaded(tmp_path: Path, 
         assert all(state is S.RUNNING for state in core.manager.all_states().values())
     finally:
         core.shutdown()
+
+
+def counted(name: str, **labels: str) -> float:
+    """This process's count of one metric sample (0 when it has none yet)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+WATCHED = [("plugin_health_transitions_total", {"from_state": "", "to_state": "LOADED", "trigger": "load"}),
+           ("plugin_health_transitions_total", {"from_state": "LOADED", "to_state": "INITIALIZED",
+                                                "trigger": "initialize"}),
+           ("plugin_health_transitions_total", {"from_state": "INITIALIZED", "to_state": "RUNNING",
+                                                "trigger": "start"}),
+           ("plugin_health_transitions_total", {"from_state": "INITIALIZED", "to_state": "FAILED", "trigger": "fail"}),
+           ("plugin_health_sandbox_calls_total", {"call": "initialize", "outcome": "ok"}),
+           ("plugin_health_sandbox_calls_total", {"call": "start", "outcome": "ok"}),
+           ("plugin_health_sandbox_calls_total", {"call": "start", "outcome": "error"}),
+           ("plugin_health_sandbox_calls_total", {"call": "health_check", "outcome": "ok"}),
+           ("plugin_health_plugin_failed_calls_total", {"plugin": "p150_raises"}),
+           ("plugin_health_sandbox_call_duration_seconds_count", {"isolation": "inline", "call": "start"}),
+           ("plugin_health_sandbox_call_duration_seconds_bucket", {"isolation": "inline", "call": "start",
+                                                                   "le": "0.0001"}),
+           ("plugin_health_sandbox_call_duration_seconds_bucket", {"isolation": "inline", "call": "start",
+                                                                   "le": "+Inf"})]
+
+
+def test_what_a_load_counts_reaches_the_metrics_with_its_batches_and_all_of_it_by_the_end(core: Core) -> None:
+    """While loading, calls and transitions are counted in memory and added to the metrics with each batch the store
+    takes (one step a series, not one a call): nothing is lost, nothing counted twice, and once loading is over every
+    count is in."""
+    before = {(name, tuple(labels.items())): counted(name, **labels) for name, labels in WATCHED}
+    lagging: list[tuple[float, int]] = []
+    store = core.store
+    assert isinstance(store, Recording)
+    put_many = store.put_many
+
+    def watching(*args: Any, **kwargs: Any) -> None:
+        put_many(*args, **kwargs)
+        written = sum(record.source is None and record.dest is S.LOADED for step in store.steps for record in step)
+        metric = counted(WATCHED[0][0], **WATCHED[0][1]) - before[WATCHED[0][0], tuple(WATCHED[0][1].items())]
+        if metric < written:
+            lagging.append((metric, written))
+
+    store.put_many = watching  # type: ignore[method-assign]
+    core.start(background=False)
+    grew = {name_labels: counted(name_labels[0], **dict(name_labels[1])) - was for name_labels, was in before.items()}
+    values = list(grew.values())
+    running = sum(state is S.RUNNING for state in core.manager.all_states().values())
+    assert running == 300
+    loaded_entries = 300 + 3  # every plugin but the one that cannot be imported entered LOADED
+    # p151 failed its initialize, p150 its start, p153 waits for p150 (never initialized)
+    assert values[:4] == [loaded_entries, running + 1, running, 1]
+    assert values[4:9] == [running + 1, running, 1, running, 1]
+    assert values[9] == running + 1  # every start timed, the inherited ones in no time
+    assert values[10] >= running
+    assert values[11] == running + 1
+    # counted while loading: each transition the store holds was already counted when the store took it
+    assert lagging == []

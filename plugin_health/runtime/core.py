@@ -75,7 +75,12 @@ class Core:
         self.settings = settings
         self.store: StateStore = store if store is not None else MemoryStore(settings.history_limit)
         self.manager = PluginLifecycleManager(history_limit=settings.history_limit)
-        # Subscribed first: the store sees each plugin's transitions in the order they happen, before the
+        #: Counts transitions and calls into the metrics; while loading, a batch at a time. Told of a transition
+        #: before the batch takes it, so that the metrics count what the store holds by the time it holds it
+        #: (it only counts: the order the others below see transitions in is the same).
+        self.tally = metrics.Tally()
+        self.manager.subscribe(self.tally.transition)
+        # Subscribed next: the store sees each plugin's transitions in the order they happen, before the
         # cascade that a transition may set off.
         self.manager.subscribe(self._publish_record)
         self.registry = PluginRegistry()
@@ -114,8 +119,7 @@ class Core:
         self._judged_first: set[str] = set()
         self._failed_first: dict[str, FirstCheck] = {}
         self.supervisor.subscribe(self._publish)
-        self.manager.subscribe(metrics.observe_transition)
-        self.loader.observers.append(metrics.observe_call)
+        self.loader.observers.append(self.tally.call)
         self.tools = ToolRunner(self.supervisor)
         self._shutdown = threading.Lock()
         self._stopped = False
@@ -152,6 +156,7 @@ class Core:
         with self._publishing:
             self._batch = []
         self.manager.routine_level = logging.DEBUG  # counted per batch instead (_write_batch)
+        self.tally.defer()
         writer.start()
         try:
             with _fewer_collections():
@@ -172,7 +177,10 @@ class Core:
             self._batch_due.set()
             writer.join()
             self.manager.routine_level = logging.INFO
-            self._write_batch(last=True)  # what fails to be written stops the start here
+            try:
+                self._write_batch(last=True)  # what fails to be written stops the start here
+            finally:
+                self.tally.flush(deferring=False)
         self.store.begin(list(self.manager))
         self.flush()
         if announce:
@@ -330,6 +338,8 @@ class Core:
                 records, names = self._batch, self._batch_names
                 self._batch, self._batch_names = (None if last else []), {}
                 snapshots = self._snapshots_of(names)
+            if not last:
+                self.tally.flush()  # every transition of this batch was counted before the batch took it
             if not records and not snapshots:
                 return
             try:
