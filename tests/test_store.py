@@ -9,8 +9,11 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from plugin_health.errors import ConfigError
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
@@ -459,3 +462,39 @@ def test_opening_gives_up_after_the_busy_wait(tmp_path: Path, monkeypatch: pytes
     finally:
         other.close()
     assert 0.2 <= time.monotonic() - began < 5.0  # it waited its busy wait, and no longer than a bounded while
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=40)
+
+
+@given(plugin=_TEXT, reason=st.none() | _TEXT, error=st.none() | _TEXT, output=st.none() | _TEXT,
+       observed=st.none() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | _TEXT,
+       tools=st.lists(_TEXT, max_size=3).map(tuple))
+def test_records_and_snapshots_are_kept_as_json_dumps_writes_them(
+    plugin: str, reason: str | None, error: str | None, output: str | None, observed: object, tools: tuple[str, ...]
+) -> None:
+    """The stores keep records and snapshots as compact JSON made by one encoder made once: the very text
+    ``json.dumps(..., separators=(",", ":"))`` writes, whatever the strings and numbers in them."""
+    import json
+
+    from plugin_health.store.base import record_to_json
+
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    record = TransitionRecord.now(plugin, PluginLifecycleState.LOADED, PluginLifecycleState.FAILED, "fail", reason,
+                                  "OSError", error)
+    assert record_to_json(record) == dumps(record.to_dict())
+    snapshot = PluginSnapshot(name=plugin, state=PluginLifecycleState.RUNNING, since=record.at, version="1.0",
+                              reason=reason, error_type=None, error=error, tools=tools, check_output=output,
+                              observed_value=observed)  # type: ignore[arg-type]
+    assert snapshot.to_json() == _standard_snapshot_json(snapshot, dumps)
+
+
+def _standard_snapshot_json(snapshot: PluginSnapshot, dumps: Any) -> str:
+    import dataclasses
+
+    data = {field.name: getattr(snapshot, field.name) for field in dataclasses.fields(snapshot)}
+    data["state"] = snapshot.state.value
+    data["since"] = snapshot.since.isoformat()
+    data["last_check"] = None if snapshot.last_check is None else snapshot.last_check.isoformat()
+    data["stale_after"] = None if snapshot.stale_after is None else snapshot.stale_after.isoformat()
+    return str(dumps(data))
