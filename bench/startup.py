@@ -37,7 +37,7 @@ from pathlib import Path
 from types import FrameType
 
 from _figures import report
-from _serve import Server, describe, fetch, fmt_time, gunicorn_settings, plugins_service
+from _serve import PLUGIN_SOURCE, Server, describe, fetch, fmt_time, gunicorn_settings, plugins_service
 
 GOAL_SECONDS = 3.0
 GOAL_RATIO = 4.0
@@ -48,6 +48,22 @@ READY_WITHIN = 300.0  # seconds allowed for /readyz with 10,000 plugins on a bus
 _LOADED, _RUNNING = re.compile(r"(to|->) LOADED"), re.compile(r"(to|->) RUNNING")
 PHASES = (("first LOADED", _LOADED, "first"), ("last LOADED", _LOADED, "last"), ("last RUNNING", _RUNNING, "last"),
           ("core serving", re.compile("plugin host"), "first"))
+
+
+#: A plugin with its own ``initialize``, ``start`` and ``health_check`` (each doing nothing): the runner calls each
+#: under the sandbox, where the trivial plugin's are ``Plugin``'s own, answered without a call (docs/architecture.md,
+#: "A runner"). Measured beside the figure (``--hooks``), so that it is not read as every plugin's start-up.
+HOOKS_SOURCE = PLUGIN_SOURCE.replace(
+    "    pass\n",
+    "    def initialize(self, context):\n        pass\n\n    def start(self):\n        pass\n\n"
+    "    def health_check(self):\n        return True\n")
+
+
+def write_hooked(directory: Path, count: int) -> None:
+    """``count`` plugins with hooks of their own (HOOKS_SOURCE), one module each."""
+    directory.mkdir()
+    for i in range(count):
+        (directory / f"p{i:05d}.py").write_text(HOOKS_SOURCE)
 
 
 @dataclass
@@ -146,10 +162,11 @@ def phases(log: Path, spawned: float) -> dict[str, float]:
     return seen
 
 
-def measure(plugins: int, keep: list[Server], probing: Probing) -> Round:
-    """One round with ``plugins`` trivial plugins."""
+def measure(plugins: int, keep: list[Server], probing: Probing, hooked: bool = False) -> Round:
+    """One round with ``plugins`` trivial plugins (``hooked``: plugins with hooks of their own)."""
     with tempfile.TemporaryDirectory(prefix=f"bench-startup-{plugins}-") as tmp:
-        server = plugins_service(plugins, Path(tmp), ready_within=READY_WITHIN)
+        server = plugins_service(plugins, Path(tmp), ready_within=READY_WITHIN,
+                                 **({"write": write_hooked} if hooked else {}))
         keep.append(server)
         try:
             seconds, spawned, cpu = ready(server, probing)
@@ -184,6 +201,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one round of each size instead of three")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--sizes", default="10,10000", help="baseline,figure (default 10,10000)")
+    parser.add_argument("--no-hooks", action="store_true",
+                        help="skip the rounds of plugins with their own initialize, start and health_check")
     parser.add_argument("--probe-always", action="store_true",
                         help=f"probe /readyz every {PROBE_EVERY * 1e3:.0f} ms from the spawn (as before Dec 02)")
     args = parser.parse_args()
@@ -198,6 +217,8 @@ def main() -> None:
     print(f"time from spawning gunicorn to the first /readyz 200 (probed {how}); {rounds} alternating round(s), "
           "medians\n")
     results: dict[int, list[Round]] = {base: [], big: []}
+    hooked: list[Round] = []
+    hooked_probing = Probing(args.probe_always)
     servers: list[Server] = []
     with stopped_on_signal(servers):
         for _ in range(rounds):
@@ -205,12 +226,20 @@ def main() -> None:
                 found = measure(plugins, servers, probing[plugins])
                 results[plugins].append(found)
                 print(f"  round: {plugins:>6,} plugins  {fmt_time(found.ready)}", flush=True)
+            if not args.no_hooks:
+                hooked.append(measure(big, servers, hooked_probing, hooked=True))
+                print(f"  round: {big:>6,} plugins with hooks of their own  {fmt_time(hooked[-1].ready)}", flush=True)
     median = {n: statistics.median(r.ready for r in rs) for n, rs in results.items()}
     ratio = median[big] / median[base]
     print(f"\n {'plugins':>8}  {'to /readyz 200':>14}  {'ratio':>6}  {'probes':>6}  per round")
     for n in (base, big):
         per = " ".join(fmt_time(r.ready) for r in results[n])
         print(f" {n:>8,}  {fmt_time(median[n]):>14}  {median[n] / median[base]:>6.2f}  {probing[n].sent:>6}  {per}")
+    if hooked:
+        own = statistics.median(r.ready for r in hooked)
+        per = " ".join(fmt_time(r.ready) for r in hooked)
+        print(f" {big:>8,}  {fmt_time(own):>14}  {own / median[base]:>6.2f}  {hooked_probing.sent:>6}  {per}"
+              "  (plugins with their own initialize, start and health_check)")
     print(f" (probes: the /readyz requests sent, in all {rounds} round(s) of that size)")
     labels = [label for label, _, _ in PHASES]
     print("\nthe core's phases, from its log (seconds after gunicorn was spawned, median of the rounds)")
@@ -227,6 +256,9 @@ def main() -> None:
     for n in (base, big):
         print(f" {n:>8,}  " + "  ".join(f"{statistics.median(r.cpu[role] for r in results[n]):>10.2f}"
                                           for role in roles))
+    if hooked:
+        print(f" {big:>8,}  " + "  ".join(f"{statistics.median(r.cpu[role] for r in hooked):>10.2f}"
+                                          for role in roles) + "  (with hooks of their own)")
     under = median[big] < GOAL_SECONDS
     within = ratio <= GOAL_RATIO
     print(f"\n{big:,} plugins: {fmt_time(median[big])} ({'met' if under else 'missed'}: under {GOAL_SECONDS:.0f} s);"
