@@ -9,7 +9,9 @@ The child answers one request at a time, on its main thread, so every call gets 
 (``SIGALRM`` timeouts, ``RLIMIT_DATA`` caps): ``load`` imports a plugin source, finds and validates its class and
 instantiates it; ``call`` runs one method; ``drop`` forgets an instance. Answers are plain JSON
 (:mod:`plugin_health.runtime.wire`); a result that JSON cannot carry, or that is larger than a frame may be, is a
-failed call. When the core closes its end, the runner exits at once, whatever threads plugins left running.
+failed call. Answers are written when plugin code is about to run next (and once a request is answered), several
+in one write; ``Plugin``'s own no-op hooks, where a plugin inherits them, are answered without a call. When the core
+closes its end, the runner exits at once, whatever threads plugins left running.
 """
 
 from __future__ import annotations
