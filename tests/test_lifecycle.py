@@ -293,3 +293,17 @@ def test_concurrent_first_entry_tracks_once() -> None:
 TestLifecycleStateMachine = LifecycleStateMachine.TestCase
 TestBoundedHistoryStateMachine = lifecycle_state_machine(history_limit=3).TestCase
 TestBoundedHistoryStateMachine.settings = settings(max_examples=30)
+
+
+def test_a_model_shows_the_machine_s_state_as_the_enum_and_it_cannot_be_assigned() -> None:
+    """The machine keeps each plugin's state as plain text (``transitions`` is a third faster so); what anyone reads
+    is the enum, and the attribute read is no way around the table."""
+    manager = PluginLifecycleManager()
+    manager.set_state("p", S.LOADED)
+    manager.trigger("p", "initialize")
+    model = manager._plugins["p"].model
+    assert model.state is S.INITIALIZED
+    assert manager.get_state("p") is S.INITIALIZED
+    with pytest.raises(AttributeError):
+        model.state = S.RUNNING  # type: ignore[misc]
+    assert manager.get_state("p") is S.INITIALIZED
