@@ -156,9 +156,9 @@ class Core:
         with self._publishing:
             self._batch = []
         self.manager.routine_level = logging.DEBUG  # counted per batch instead (_write_batch)
-        self.tally.defer()
         writer.start()
         try:
+            self.tally.defer()
             with _fewer_collections():
                 self.loader.load(discover(self.settings.plugin_dirs, self.settings.entry_point_group))
             self.runners.stop_unused_shared()
