@@ -297,3 +297,43 @@ def test_an_inherited_health_check_called_later_is_answered_as_plugin_health_s_o
     # arguments the method does not take are not answered for it: it is called, and fails as it would
     answer = runner.call({"op": "call", "slot": 1, "method": "health_check", "args": [1], "id": 9})
     assert (answer["ok"], answer["error_type"]) == (False, "TypeError")
+
+
+def test_a_class_whose_instances_need_no_plugin_code_is_instantiated_outside_a_sandbox(
+    runner: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin class with no ``__init__`` or ``__new__`` of its own (nor any class it derives from but ``object``)
+    and no metaclass is made as ``object`` makes it: no plugin code runs, so no sandbox is armed for it (a tenth of
+    loading a small plugin)."""
+    armed: list[object] = []
+
+    class Counting(runner_module.Sandbox):
+        def run(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            armed.append(fn)
+            return super().run(fn, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "Sandbox", Counting)
+    assert load(runner, tmp_path, TRIVIAL)["ok"]
+    assert armed == [runner_module._declare]
+    assert type(runner.loaded[1].instance).__name__ == "P"
+
+
+@pytest.mark.parametrize("code", [
+    "from plugin_health import Plugin\nclass P(Plugin):\n    def __new__(cls):\n        raise KeyError('new')\n",
+    "from plugin_health import Plugin\nclass M:\n    def __init__(self):\n        raise KeyError('mixin')\n"
+    "class P(M, Plugin):\n    pass\n",
+    "from plugin_health import Plugin\ndef init(self):\n    raise KeyError('replaced')\nPlugin.__init__ = init\n"
+    "class P(Plugin):\n    pass\n",
+    "from plugin_health import Plugin\nclass Meta(type):\n    def __call__(cls):\n        raise KeyError('meta')\n"
+    "class P(Plugin, metaclass=Meta):\n    pass\n",
+], ids=["new", "mixin-init", "base-init-replaced", "metaclass-call"])
+def test_a_class_made_any_other_way_is_instantiated_in_its_sandbox(runner: Runner, tmp_path: Path, code: str) -> None:
+    from plugin_health.plugin import Plugin
+
+    try:
+        answer = load(runner, tmp_path, code)
+    finally:
+        if "__init__" in vars(Plugin):
+            del Plugin.__init__  # type: ignore[misc]
+    ok, phase, error_type, _ = failure(answer)
+    assert (ok, phase, error_type) == (False, "instantiation", "KeyError")
