@@ -1,0 +1,85 @@
+"""``wire.FrameReader``: a runner's answers read one frame at a time, however they arrive, and a broken stream
+refused."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from plugin_health.runtime import wire
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    with ours, theirs:
+        yield ours, theirs
+
+
+def nothing_more() -> None:
+    raise TimeoutError("nothing more arrived")
+
+
+def frames(count: int, size: int = 0) -> tuple[list[dict[str, object]], bytes]:
+    answers: list[dict[str, object]] = [{"id": i, "text": "é" * (i % 7) + "x" * size} for i in range(count)]
+    return answers, b"".join(wire.frame_text(json.dumps(answer)) for answer in answers)
+
+
+def test_frames_that_arrive_together_are_read_one_at_a_time_in_order(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    answers, data = frames(300)
+    theirs.sendall(data)
+    reader = wire.FrameReader(ours, 1 << 20)
+    assert [reader.read(nothing_more, more=True) for _ in answers] == answers
+    with pytest.raises(TimeoutError):
+        reader.read(nothing_more, more=True)
+
+
+@pytest.mark.parametrize("step", [1, 3, 4, 5, 113, 4096])
+def test_frames_cut_anywhere_are_put_back_together(pair: tuple[socket.socket, socket.socket], step: int) -> None:
+    ours, theirs = pair
+    answers, data = frames(40, size=50)
+    reader = wire.FrameReader(ours, 1 << 20)
+    read: list[object] = []
+    sent = 0
+
+    def send_more() -> None:
+        nonlocal sent
+        if sent >= len(data):
+            raise TimeoutError("all sent")
+        theirs.sendall(data[sent:sent + step])
+        sent += step
+        time.sleep(0.0005 if step < 100 else 0)
+
+    while len(read) < len(answers):
+        read.append(reader.read(send_more, more=True))
+    assert read == answers
+
+
+def test_bytes_after_an_answer_nobody_awaits_are_a_broken_protocol(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    _, data = frames(2)
+    theirs.sendall(data)
+    with pytest.raises(wire.WireError, match="nobody asked"):
+        wire.FrameReader(ours, 1 << 20).read(nothing_more)
+
+
+def test_a_frame_larger_than_the_limit_is_refused_before_it_is_read(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    theirs.sendall(wire.frame_text("[" + "1," * 1000 + "1]"))
+    with pytest.raises(wire.MessageTooLargeError):
+        wire.FrameReader(ours, 100).read(nothing_more)
+
+
+def test_a_frame_that_is_not_json_is_a_broken_protocol(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    theirs.sendall(wire.frame_text('{"a": NaN}') + wire.frame_text("{]"))
+    reader = wire.FrameReader(ours, 1 << 20)
+    for _ in range(2):
+        with pytest.raises(wire.WireError, match="not JSON"):
+            reader.read(nothing_more, more=True)
