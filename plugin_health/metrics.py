@@ -101,15 +101,25 @@ def series(metric: _M, *labels: str) -> _M:
     return cast(_M, kept)
 
 
+def transition_labels(record: TransitionRecord) -> tuple[str, str, str]:
+    """The labels a transition is counted under: from, to and trigger (from ``""`` for a first state)."""
+    return "" if record.source is None else record.source.value, record.dest.value, record.trigger
+
+
+def call_labels(method: str, result: PluginSandboxResult) -> tuple[str, str]:
+    """The labels a call is counted under: the lifecycle method, or ``tool`` (tool names are the plugins': not a
+    label of their own), and its outcome."""
+    return method if method in LIFECYCLE_CALLS else "tool", OUTCOMES.get(result.error_type, "error")
+
+
 def observe_transition(record: TransitionRecord) -> None:
     """Count one transition (a manager listener)."""
-    series(TRANSITIONS, "" if record.source is None else record.source.value, record.dest.value, record.trigger).inc()
+    series(TRANSITIONS, *transition_labels(record)).inc()
 
 
 def observe_call(plugin: str, method: str, isolation: str, result: PluginSandboxResult) -> None:
     """Count one call into plugin code and its duration (a loader observer)."""
-    outcome = OUTCOMES.get(result.error_type, "error")
-    call = method if method in LIFECYCLE_CALLS else "tool"  # tool names are the plugins': not a label of their own
+    call, outcome = call_labels(method, result)
     series(CALLS, call, outcome).inc()
     series(CALL_SECONDS, isolation, call).observe(result.duration_ms / 1000.0)
     if outcome != "ok":
@@ -153,8 +163,7 @@ class Tally:
         """Count one transition (a manager listener)."""
         with self._lock:
             if self._deferring:
-                source = "" if record.source is None else record.source.value
-                self._transitions[source, record.dest.value, record.trigger] += 1
+                self._transitions[transition_labels(record)] += 1
                 return
         observe_transition(record)
 
@@ -162,8 +171,7 @@ class Tally:
         """Count one call into plugin code and its duration (a loader observer)."""
         with self._lock:
             if self._deferring:
-                outcome = OUTCOMES.get(result.error_type, "error")
-                call = method if method in LIFECYCLE_CALLS else "tool"
+                call, outcome = call_labels(method, result)
                 self._calls[call, outcome] += 1
                 self._durations.setdefault((isolation, call), []).append(result.duration_ms / 1000.0)
                 if outcome != "ok":
