@@ -50,6 +50,20 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> Iterator[Runner]:
         yield made
 
 
+@pytest.fixture
+def plugin_class_kept() -> Iterator[None]:
+    """``Plugin`` as it was, after a test whose plugin changes it (a runner's plugins share it, as here the test's)."""
+    from plugin_health.plugin import Plugin
+
+    before = dict(vars(Plugin))
+    yield
+    for name in set(vars(Plugin)) - set(before):
+        delattr(Plugin, name)
+    for name, value in before.items():
+        if vars(Plugin).get(name) is not value:
+            setattr(Plugin, name, value)
+
+
 def load(runner: Runner, tmp_path: Path, code: str, name: str = "plugin", **extra: Any) -> dict[str, Any]:
     path = tmp_path / f"{name}.py"
     path.write_text(textwrap.dedent(code))
@@ -277,14 +291,9 @@ def test_the_answers_before_a_phase_that_runs_plugin_code_are_written_before_it_
     "from plugin_health import Plugin\nclass M:\n    def initialize(self, context):\n        1 / 0\n"
     "class P(M, Plugin):\n    pass\n",
 ], ids=["base-replaced", "instance-attribute", "getattribute", "mixin"])
+@pytest.mark.usefixtures("plugin_class_kept")
 def test_an_initialize_found_any_other_way_is_called(runner: Runner, tmp_path: Path, code: str) -> None:
-    from plugin_health.plugin import Plugin
-
-    inherited = Plugin.__dict__["initialize"]
-    try:
-        last = load(runner, tmp_path, code, up=UP)
-    finally:
-        Plugin.initialize = inherited  # type: ignore[method-assign]
+    last = load(runner, tmp_path, code, up=UP)
     assert (last["ok"], last["method"], last["error_type"]) == (False, "initialize", "ZeroDivisionError")
 
 
@@ -327,13 +336,7 @@ def test_a_class_whose_instances_need_no_plugin_code_is_instantiated_outside_a_s
     "from plugin_health import Plugin\nclass Meta(type):\n    def __call__(cls):\n        raise KeyError('meta')\n"
     "class P(Plugin, metaclass=Meta):\n    pass\n",
 ], ids=["new", "mixin-init", "base-init-replaced", "metaclass-call"])
+@pytest.mark.usefixtures("plugin_class_kept")
 def test_a_class_made_any_other_way_is_instantiated_in_its_sandbox(runner: Runner, tmp_path: Path, code: str) -> None:
-    from plugin_health.plugin import Plugin
-
-    try:
-        answer = load(runner, tmp_path, code)
-    finally:
-        if "__init__" in vars(Plugin):
-            del Plugin.__init__  # type: ignore[misc]
-    ok, phase, error_type, _ = failure(answer)
+    ok, phase, error_type, _ = failure(load(runner, tmp_path, code))
     assert (ok, phase, error_type) == (False, "instantiation", "KeyError")
