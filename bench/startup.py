@@ -52,7 +52,8 @@ PHASES = (("first LOADED", _LOADED, "first"), ("last LOADED", _LOADED, "last"), 
 
 #: A plugin with its own ``initialize``, ``start`` and ``health_check`` (each doing nothing): the runner calls each
 #: under the sandbox, where the trivial plugin's are ``Plugin``'s own, answered without a call (docs/architecture.md,
-#: "A runner"). Measured beside the figure (``--hooks``), so that it is not read as every plugin's start-up.
+#: "Hard deadlines, blame, quarantine and recovery"). Measured beside the figure (``--no-hooks`` skips it), so that
+#: the figure is not read as every plugin's start-up.
 HOOKS_SOURCE = PLUGIN_SOURCE.replace(
     "    pass\n",
     "    def initialize(self, context):\n        pass\n\n    def start(self):\n        pass\n\n"

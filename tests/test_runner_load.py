@@ -312,8 +312,7 @@ def test_a_class_whose_instances_need_no_plugin_code_is_instantiated_outside_a_s
     runner: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A plugin class with no ``__init__`` or ``__new__`` of its own (nor any class it derives from but ``object``)
-    and no metaclass is made as ``object`` makes it: no plugin code runs, so no sandbox is armed for it (a tenth of
-    loading a small plugin)."""
+    and no metaclass is made as ``object`` makes it: no plugin code runs, so no sandbox is armed for it."""
     armed: list[object] = []
 
     class Counting(runner_module.Sandbox):
