@@ -400,6 +400,30 @@ def test_a_call_past_its_hard_deadline_kills_its_runner_and_is_blamed(harness: H
     assert again.call("count").result == 1
 
 
+def test_an_inherited_health_check_is_no_pass_when_its_runner_cannot_answer(harness: Harness, tmp_path: Path) -> None:
+    """``Plugin``'s own ``health_check`` is answered without a call, but still by the runner: a runner that another
+    plugin's thread wedges in C (holding the GIL) answers nothing, and the check is a timeout, never a pass."""
+    (tmp_path / "trivial.py").write_text("from plugin_health import Plugin\nclass P(Plugin):\n    pass\n")
+    (tmp_path / "wedger.py").write_text(textwrap.dedent("""
+        import threading, time
+        from plugin_health import Plugin, tool
+
+        class P(Plugin):
+            @tool
+            def wedge(self):
+                threading.Thread(target=lambda: (time.sleep(0.2), sum(range(10**12))), daemon=True).start()
+    """))
+    trivial = harness.place("trivial", directory=tmp_path)
+    assert trivial.call("health_check").ok  # answered at once while the runner is free
+    wedger = harness.place("wedger", directory=tmp_path)
+    assert wedger.call("wedge").ok
+    time.sleep(0.5)  # the thread now holds the GIL in C
+    result, elapsed = timed(lambda: trivial.call("health_check", timeout=0.3))
+    assert_failed(result, "PluginTimeoutError")
+    assert elapsed >= 0.3 + GRACE
+    wait_for(lambda: not alive(trivial.runner.pid), timeout=2)
+
+
 def test_an_exception_whose_str_never_returns_is_a_timeout(harness: Harness) -> None:
     tools = harness.place()
     pid = tools.call("pid").result
