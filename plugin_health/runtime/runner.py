@@ -397,6 +397,15 @@ def _may_come_up(declared: dict[str, Any], source_name: str, longest: object) ->
     )
 
 
+def _namespaces(cls: type) -> list[tuple[type, Any]] | None:
+    """Each class Python looks an attribute of ``cls``'s instances up in, in order, with its namespace (``object``
+    left out: it cannot change); None for a class with a metaclass (its ``__call__`` and lookups can be plugin code).
+    Read through ``type``'s own descriptors, so that no class can answer for itself."""
+    if type(cls) is not type:
+        return None
+    return [(klass, _namespace_of(klass)) for klass in _mro_of(cls) if klass is not object]
+
+
 def _inherited(instance: Plugin, method: str, arguments: int) -> bool:
     """Whether calling ``method`` of ``instance`` with ``arguments`` positional arguments would run ``Plugin``'s own
     no-op and nothing else: it is one of :data:`_INHERITED`, taking that many arguments, found on ``Plugin`` (as
@@ -404,36 +413,21 @@ def _inherited(instance: Plugin, method: str, arguments: int) -> bool:
     class defines ``__getattribute__``, the instance has no attribute of that name, and no metaclass is involved.
     Any doubt: False, and the method is called as any other."""
     known = _INHERITED.get(method)
-    cls = type(instance)
-    if known is None or known[1] != arguments or type(cls) is not type:
+    classes = None if known is None or known[1] != arguments else _namespaces(type(instance))
+    if classes is None or any("__getattribute__" in namespace for _, namespace in classes):
         return False
-    below = False
-    for klass in _mro_of(cls):
-        if klass is object:
-            continue
-        namespace = _namespace_of(klass)
-        if "__getattribute__" in namespace:
-            return False
-        if klass is Plugin:
-            if namespace.get(method) is not _BASE_METHODS[method]:
-                return False
-            below = True
-        elif not below and method in namespace:
-            return False
-    return below and method not in _instance_dict(instance)
+    for klass, namespace in classes:
+        if klass is Plugin or method in namespace:  # the first that has it, or Plugin
+            return klass is Plugin and namespace.get(method) is _BASE_METHODS[method] and (
+                method not in _instance_dict(instance))
+    return False
 
 
 def _made_as_object_makes_it(cls: type) -> bool:
     """Whether ``cls()`` runs no plugin code: no metaclass, and no class it derives from but ``object`` defines
     ``__new__`` or ``__init__`` (``Plugin`` defines neither, unless a plugin gave it one)."""
-    if type(cls) is not type:
-        return False
-    for klass in _mro_of(cls):
-        if klass is not object:
-            namespace = _namespace_of(klass)
-            if "__new__" in namespace or "__init__" in namespace:
-                return False
-    return True
+    classes = _namespaces(cls)
+    return classes is not None and not any("__new__" in ns or "__init__" in ns for _, ns in classes)
 
 
 def _known(method: str) -> dict[str, Any]:
