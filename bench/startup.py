@@ -37,7 +37,16 @@ from pathlib import Path
 from types import FrameType
 
 from _figures import report
-from _serve import PLUGIN_SOURCE, Server, describe, fetch, fmt_time, gunicorn_settings, plugins_service
+from _serve import (
+    PLUGIN_SOURCE,
+    Server,
+    describe,
+    fetch,
+    fmt_time,
+    gunicorn_settings,
+    plugins_service,
+    write_plugins,
+)
 
 GOAL_SECONDS = 3.0
 GOAL_RATIO = 4.0
@@ -167,7 +176,7 @@ def measure(plugins: int, keep: list[Server], probing: Probing, hooked: bool = F
     """One round with ``plugins`` trivial plugins (``hooked``: plugins with hooks of their own)."""
     with tempfile.TemporaryDirectory(prefix=f"bench-startup-{plugins}-") as tmp:
         server = plugins_service(plugins, Path(tmp), ready_within=READY_WITHIN,
-                                 **({"write": write_hooked} if hooked else {}))
+                                 write=write_hooked if hooked else write_plugins)
         keep.append(server)
         try:
             seconds, spawned, cpu = ready(server, probing)
