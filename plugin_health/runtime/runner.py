@@ -278,15 +278,16 @@ class Runner:
     def run(self, loaded: _Loaded, method: str, args: list[Any], kwargs: dict[str, Any],
             timeout: float | None) -> dict[str, Any]:
         """Run ``method`` of ``loaded`` under its limits (``timeout``: a shorter one the core asked for); the
-        outcome as plain data, its result already encoded (``result_json``)."""
+        outcome as plain data, its result already encoded (``result_json``). ``Plugin``'s own no-op hooks are
+        answered without a call (:func:`_inherited`)."""
+        if not kwargs and _inherited(loaded.instance, method, len(args)):
+            return _known(method)
         return self._measured(loaded, method, args, kwargs, timeout, None)[0]
 
     def _measured(self, loaded: _Loaded, method: str, args: list[Any], kwargs: dict[str, Any],
                   timeout: float | None, before: int | None) -> tuple[dict[str, Any], int | None]:
         """``run``, given the memory reading just before it if one was taken (None: read it here), and giving the
         reading just after it too (a /proc read each, 5-9 us)."""
-        if not kwargs and _inherited(loaded.instance, method, len(args)):
-            return _known(method), before
         timeout = timeout or loaded.limits.timeout
         allowance = loaded.limits.memory_limit_mb
         sandbox = self._sandboxes.get(timeout)
