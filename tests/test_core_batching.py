@@ -402,6 +402,47 @@ def test_a_plugin_that_forges_its_next_phase_s_answer_breaks_its_runner_and_is_b
         core.shutdown()
 
 
+RIDING_FORGER = """
+import inspect, json, struct
+from plugin_health import Plugin
+
+class P(Plugin):
+    timeout = 2
+
+    def initialize(self, context):
+        frame = inspect.currentframe()
+        while frame is not None and "ident" not in frame.f_locals:
+            frame = frame.f_back
+        runner = frame.f_locals["self"]
+        body = json.dumps({{"id": frame.f_locals["ident"], "ok": True, "method": "initialize", "result": None,
+                           "error": None, "error_type": None, "duration_ms": 0.1, "then": {then}}}).encode()
+        runner.sock.sendall(struct.pack(">I", len(body)) + body)
+"""
+
+
+@pytest.mark.parametrize(("then", "phase"), [
+    ('"not a list"', "initialize"),
+    ('[{"method": "health_check", "ok": True, "result": True}]', "start"),
+    ('[None]', "start"),
+], ids=["not-a-list", "another-phase", "not-an-answer"])
+def test_answers_riding_in_a_forged_frame_break_the_runner_and_blame_the_phase(
+    tmp_path: Path, then: str, phase: str
+) -> None:
+    """The answers of phases that ran no plugin code ride in the frame before them (``then``): what rides must be a
+    list of the awaited phases' answers, or the runner is broken, blamed on the plugin whose phase it was."""
+    directory = plugin_directory(tmp_path, 40, p020_forger=RIDING_FORGER.format(then=then))
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0},
+                             environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start()
+        assert "broke the protocol" in failed_as(core, "p020_forger", f"{phase} failed", "PluginCrashedError")
+        assert S.RUNNING not in [record.dest for record in core.manager.history("p020_forger")]
+        wait_all_running(core, 40)
+    finally:
+        core.shutdown()
+
+
 def failed_as(core: Core, name: str, reason: str, error_type: str) -> str:
     """Assert that ``name`` is FAILED for ``reason`` with ``error_type``; its error message."""
     last = core.manager.last(name)

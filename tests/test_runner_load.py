@@ -241,7 +241,9 @@ def test_a_plugin_brought_up_with_its_load_is_checked_once_when_asked(runner: Ru
     code = "from plugin_health import HealthResult, Plugin\nclass P(Plugin):\n    def health_check(self):\n" \
            "        return HealthResult(status='warn', output='slow disk')\n"
     last = load(runner, tmp_path, code, up={**UP, "check": True})
-    assert [frame.get("method") for frame in sent(runner)] == [None, "initialize", "start"]
+    (loaded,) = sent(runner)  # the inherited initialize and start ride in the load's frame
+    assert [(answer["method"], answer["ok"], answer["result"]) for answer in loaded["then"]] == [
+        ("initialize", True, None), ("start", True, None)]
     assert (last["ok"], last["method"], last[runner_module.HEALTH_RESULT]) == (True, "health_check", True)
     assert json.loads(last["result_json"])["status"] == "warn"
 
@@ -249,18 +251,29 @@ def test_a_plugin_brought_up_with_its_load_is_checked_once_when_asked(runner: Ru
 TRIVIAL = "from plugin_health import Plugin\nclass P(Plugin):\n    pass\n"
 
 
-def test_a_plugin_that_overrides_no_lifecycle_method_comes_up_in_one_write(runner: Runner, tmp_path: Path) -> None:
+def test_a_plugin_that_overrides_no_lifecycle_method_comes_up_in_one_frame(runner: Runner, tmp_path: Path) -> None:
     """``Plugin``'s own ``initialize``, ``start`` and ``health_check`` are no-ops whose outcome is known: answered
-    without a sandboxed call, and since no plugin code runs between its answers, they go to the core together, in
-    one write, once the request is answered (``serve`` flushes before it reads the next request)."""
+    without a sandboxed call, and since no plugin code runs between its answers, they ride in the load's frame (its
+    ``then``), written once the request is answered (``serve`` flushes before it reads the next request)."""
     last = load(runner, tmp_path, TRIVIAL, up={**UP, "check": True})
     assert sent(runner) == []  # nothing written yet: no plugin code ran since the load's answer
-    assert (last["ok"], last["method"], last["result_json"], last["duration_ms"]) == (True, "health_check", "true", 0.0)
+    runner._send(last, 7)
     runner.flush()
-    loaded, initialized, started = sent(runner)
-    assert (loaded["ok"], loaded["up"]) == (True, True)
-    assert [(frame["method"], frame["ok"], frame["result"], frame["duration_ms"]) for frame in (initialized, started)
-            ] == [("initialize", True, None, 0.0), ("start", True, None, 0.0)]
+    (loaded,) = sent(runner)
+    assert (loaded["ok"], loaded["up"], loaded["id"], loaded["result"]["name"]) == (True, True, 7, "plugin")
+    assert loaded["then"] == [
+        {"method": "initialize", "ok": True, "error": None, "error_type": None, "duration_ms": 0.0, "result": None},
+        {"method": "start", "ok": True, "error": None, "error_type": None, "duration_ms": 0.0, "result": None},
+        {"method": "health_check", "ok": True, "error": None, "error_type": None, "duration_ms": 0.0, "result": True},
+    ]
+
+
+def test_a_plugin_not_checked_with_its_load_has_two_answers_riding(runner: Runner, tmp_path: Path) -> None:
+    last = load(runner, tmp_path, TRIVIAL, up=UP)
+    runner._send(last, 7)
+    runner.flush()
+    (loaded,) = sent(runner)
+    assert [answer["method"] for answer in loaded["then"]] == ["initialize", "start"]
 
 
 def test_the_answers_before_a_phase_that_runs_plugin_code_are_written_before_it_runs(
@@ -274,7 +287,8 @@ def test_the_answers_before_a_phase_that_runs_plugin_code_are_written_before_it_
     last = load(runner, tmp_path, code, up=UP)
     # start saw the core's end readable: the two answers before it had been written
     assert (last["ok"], last["method"], last["error_type"], last["error"]) == (False, "start", "RuntimeError", "1")
-    assert [frame.get("method") for frame in sent(runner)] == [None, "initialize"]
+    (loaded,) = sent(runner)
+    assert [answer["method"] for answer in loaded["then"]] == ["initialize"]
 
 
 @pytest.mark.parametrize("code", [

@@ -56,6 +56,9 @@ ARGUMENTS = "ToolArgumentsError"
 #: ``error_type`` of a result larger than a message may be.
 TOO_LARGE = "ResultTooLargeError"
 HEALTH_RESULT = wire.HEALTH_RESULT
+#: Member of an answer, until it is framed, holding the answers (already encoded) that ride in its frame: a bring-up's
+#: phases that ran no plugin code since it (their list is the frame's ``then``).
+RIDING = "riding_json"
 _PR_SET_PDEATHSIG = 1
 _MIB = 1024 * 1024
 #: What the loader's declaration checks allow (``plugin_health.loader.registry``), mirrored to stay light here.
@@ -171,13 +174,17 @@ class Runner:
     def _frame(self, answer: dict[str, Any]) -> bytes:
         """The answer as one frame; a result that no frame can carry becomes a failed call saying why.
 
-        A call's result comes already encoded (``result_json``, encoded in the call's sandbox) and is spliced in.
+        A call's result comes already encoded (``result_json``, encoded in the call's sandbox) and is spliced in, and so
+        are the answers riding with it (:data:`RIDING`, already encoded: ``then``).
         """
         encoded = answer.pop("result_json", None)
+        riding = answer.pop(RIDING, None)
         try:
             text = _dumps(answer)
             if encoded is not None:
                 text = f'{text[:-1]},"result":{encoded}}}'
+            if riding:
+                text = f'{text[:-1]},"then":[{",".join(riding)}]}}'
             return _frame_text(text, self.max_message)
         except wire.MessageTooLargeError as err:
             error_type, error = TOO_LARGE, f"the result is {err.size} bytes, larger than the limit of {err.limit}"
@@ -245,24 +252,28 @@ class Runner:
         just loaded, as the core's ``call`` requests would run them; each answer before the last written before the
         next phase runs plugin code (``answer``, the load's, first), so that the core always knows the phase in
         flight and holds each to its own deadline. The last answer is returned (``serve`` sends it): the last
-        phase's, or the initialize's or start's that failed or returned False. A phase ``Plugin`` itself answers
-        (:data:`_INHERITED`) runs no plugin code, so nothing is written for it: a plugin that overrides none of them
-        comes up in one write."""
+        phase's, or the initialize's or start's that failed or returned False.
+
+        A phase ``Plugin`` itself answers (:data:`_INHERITED`) runs no plugin code: its answer rides in the frame of
+        the answer before it (its ``then``, in order), so that a plugin that overrides none of them comes up in one
+        frame, and the core reads one answer of it, not four."""
         phases = ["initialize", "start", "health_check"] if up.get("check") is True else ["initialize", "start"]
+        riding: list[str] = []
         before = None
         for method in phases:
-            self._send(answer, ident)
             if _inherited(loaded.instance, method, _INHERITED[method][1]):
-                answer = _known(method)
-            else:
-                self.flush()
-                args = [self._context(loaded, {"config": up.get("config") or {}})] if method == "initialize" else []
-                # Each phase's reading after it is the next one's before it: only this sending ran in between.
-                answer, before = self._measured(loaded, method, args, {}, None, before)
+                riding.append(_KNOWN[method])
+                continue
+            self._send(_with_riding(answer, riding), ident)
+            riding = []
+            self.flush()
+            args = [self._context(loaded, {"config": up.get("config") or {}})] if method == "initialize" else []
+            # Each phase's reading after it is the next one's before it: only this sending ran in between.
+            answer, before = self._measured(loaded, method, args, {}, None, before)
             answer["method"] = method
             if not answer["ok"] or answer.get("result_json") == "false":  # as the core judges a setup: not passed
                 break
-        return answer
+        return _with_riding(answer, riding)
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
         """Run one method of a loaded instance under its limits; the outcome as plain data."""
@@ -434,6 +445,18 @@ def _made_as_object_makes_it(cls: type) -> bool:
 def _known(method: str) -> dict[str, Any]:
     """The answer to a call of ``Plugin``'s own ``method`` (:func:`_inherited`): passed, in no time."""
     return {"ok": True, "error": None, "error_type": None, "duration_ms": 0.0, "result_json": _INHERITED[method][0]}
+
+
+#: The answers of ``Plugin``'s own lifecycle methods as they ride in a bring-up's frame (``then``), encoded once.
+_KNOWN = {method: _dumps({"method": method, "ok": True, "error": None, "error_type": None, "duration_ms": 0.0})[:-1]
+          + f',"result":{result}}}' for method, (result, _) in _INHERITED.items()}
+
+
+def _with_riding(answer: dict[str, Any], riding: list[str]) -> dict[str, Any]:
+    """``answer`` with the answers after it that ride in its frame (encoded, in order; ``then`` on the wire)."""
+    if riding:
+        answer[RIDING] = riding
+    return answer
 
 
 def _positive(value: object, kind: type, most: float) -> Any:

@@ -252,12 +252,30 @@ class RunnerProcess:
         answer: Any = self._exchange(
             lambda: self._reader.read(lambda: self._wait_readable(deadline, settle), more), timeout)
         if not isinstance(answer, dict) or answer.get("id") != ident:
-            self.kill("it broke the protocol: an answer that is not the request's")
-            raise RunnerLostError(CRASHED, "its runner broke the protocol (an answer that is not the request's)")
+            raise self.broke("an answer that is not the request's")
         if method is not None and answer.get("method") != method:
-            self.kill("it broke the protocol: an answer to another phase")
-            raise RunnerLostError(CRASHED, "its runner broke the protocol (an answer to another phase)")
+            raise self.broke("an answer to another phase")
         return answer
+
+    def riding(self, answer: dict[str, Any]) -> list[Any]:
+        """The answers that ride in ``answer``'s frame (a bring-up's phases that ran no plugin code after it: its
+        ``then``), taken out of it, in order (read each with :meth:`next_riding`)."""
+        riding = answer.pop("then", [])
+        if not isinstance(riding, list):
+            raise self.broke("answers riding in another's frame that are no list")
+        return riding
+
+    def next_riding(self, riding: list[Any], method: str) -> dict[str, Any]:
+        """The first of ``riding`` (taken out), which must be the answer of ``method``."""
+        answer = riding.pop(0)
+        if not isinstance(answer, dict) or answer.get("method") != method:
+            raise self.broke("an answer to another phase")
+        return answer
+
+    def broke(self, what: str) -> RunnerLostError:
+        """Kill the runner, which broke the protocol (``what`` it sent): the error to raise for it."""
+        self.kill(f"it broke the protocol: {what}")
+        return RunnerLostError(CRASHED, f"its runner broke the protocol ({what})")
 
     def _exchange(self, step: Callable[[], Any], timeout: float) -> Any:
         """Run one step of talking to the runner (a send or a read); a runner lost meanwhile is killed, reaped
@@ -776,11 +794,12 @@ class RunnerPool:
                     return None
                 source, up, handle, ident, timeout = inflight[0]
                 answer = runner.answer(ident, timeout)
+                riding = runner.riding(answer)  # a broken one blames this source, still the first in flight
                 inflight.popleft()
                 placed = self._placed(handle, answer, False, locked=True)
                 loss: RunnerLoss | None = None
                 if placed.handle is not None and answer.get("up") is True and up is not None:
-                    placed, loss = self._brought_up(placed, handle, source, ident, up)
+                    placed, loss = self._brought_up(placed, handle, source, ident, up, riding)
                 answers.put(placed)
                 if loss is not None:  # blamed on the plugin whose phase was in flight
                     pending.extendleft((one, up) for one, up, *_ in reversed(inflight))  # never ran: to a new runner
@@ -810,11 +829,12 @@ class RunnerPool:
         return chunk, requests, *runner.send_many([(request, limits.timeout) for _, request in requests])
 
     def _brought_up(self, placed: Placed, handle: RunnerHandle, source: PluginSource, ident: int,
-                    up: Mapping[str, Any]) -> tuple[Placed, RunnerLoss | None]:
+                    up: Mapping[str, Any], riding: list[Any]) -> tuple[Placed, RunnerLoss | None]:
         """Read the answers of a plugin the runner brings up with its load (the caller holds the runner's lock): its
         ``initialize``, then its ``start``, then (``up["check"]``) its first ``health_check``, each only if the one
         before passed; each held to the plugin's own timeout (the load's answer declared it) plus the grace, and
-        judged as a call's answer is (a runner lost meanwhile, or killed for memory the plugin kept, blames it)."""
+        judged as a call's answer is (a runner lost meanwhile, or killed for memory the plugin kept, blames it).
+        The answers of phases that ran no plugin code ride in the frame before them (``riding``: the load's)."""
         runner = handle.runner
         results: list[PluginSandboxResult] = []
         loss: RunnerLoss | None = None
@@ -822,7 +842,11 @@ class RunnerPool:
             started = time.perf_counter()
             timeout = handle.limits.timeout if handle.limits.timeout is not None else self.settings.longest
             try:
-                answer = runner.answer(ident, timeout, method)
+                if riding:  # it ran no plugin code: its answer came in the frame before
+                    answer = runner.next_riding(riding, method)
+                else:
+                    answer = runner.answer(ident, timeout, method)
+                    riding = runner.riding(answer)
             except RunnerLostError as err:
                 result, loss = handle._lost(method, err, started, who=source.name)
             else:
