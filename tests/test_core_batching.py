@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.version import Version
 
 from plugin_health.config import load_settings
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
@@ -689,3 +690,35 @@ def test_what_a_load_counts_reaches_the_metrics_with_its_batches_and_all_of_it_b
     assert values[11] == running + 1
     # counted while loading: each transition the store holds was already counted when the store took it
     assert lagging == []
+
+
+SWAPPED_IN = "import os\nfrom plugin_health import Plugin\nos._exit(3)\nclass P(Plugin):\n    isolation = 'process'\n"
+
+
+def test_the_shared_runner_imports_the_text_the_core_scanned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a plugin runs is decided on its text (``isolation = "process"`` takes it out of the shared runner): the
+    shared runner imports the very bytes the core read to decide, sent with the load, never the file as it is by
+    then. A file swapped just after the core read it, for one that asks to run apart and ends its process at
+    import, does not run in the shared runner: the plugin runs as scanned and no neighbour is touched."""
+    directory = plugin_directory(tmp_path, 30, p015_swapped="from plugin_health import Plugin\nclass P(Plugin):\n"
+                                                           "    version = '1.0'\n")
+    scan = PluginLoader._placing
+
+    def swap_after_scan(source: PluginSource) -> tuple[bool, bytes | None]:
+        placing = scan(source)
+        if source.name == "p015_swapped":
+            (directory / "p015_swapped.py").write_text(SWAPPED_IN)
+        return placing
+
+    monkeypatch.setattr(PluginLoader, "_placing", staticmethod(swap_after_scan))
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600}, environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start()
+        assert (core.manager.state_of("p015_swapped"), core.registry.get("p015_swapped").spec.version) == (
+            S.RUNNING, Version("1.0"))
+        for i in range(30):  # each came up once, in the one shared runner: nobody was lost
+            assert [record.dest for record in core.manager.history(f"p{i:03d}")] == [S.LOADED, S.INITIALIZED, S.RUNNING]
+        assert len(core.runners.runners()) == 1
+    finally:
+        core.shutdown()

@@ -18,10 +18,12 @@ from plugin_health import PluginLifecycleState
 from plugin_health.loader import sources
 from plugin_health.loader.loader import LoaderSettings, PluginLoader
 from plugin_health.loader.sources import (
+    CARRIED_TEXT,
     PluginSource,
     declared_attribute,
     declared_attributes,
     discover,
+    scan,
     scan_directory,
 )
 from plugin_health.testing import PluginHostFactory, assert_history
@@ -427,12 +429,12 @@ class _Claiming:
         self.handles: list[_ClaimedUp] = []
 
     def load_many(self, sources: list[object], limits: object, ups: object = None,
-                  apart: Callable[[object], bool] | None = None) -> object:
+                  apart: Callable[[object], tuple[bool, bytes | None]] | None = None) -> object:
         from plugin_health.loader.handles import Placed
         from plugin_health.sandbox import PluginSandboxResult
 
         for source in sources:
-            if apart is not None and apart(source):
+            if apart is not None and apart(source)[0]:
                 yield None
                 continue
             self.handles.append(_ClaimedUp())
@@ -520,3 +522,17 @@ def test_a_plugin_s_cache_path_is_python_s(source: str) -> None:
     from plugin_health.loader.importing import cache_path
 
     assert cache_path(source) == importlib.util.cache_from_source(source)
+
+
+def test_a_scan_carries_the_text_it_read_unless_it_is_large(tmp_path: Path) -> None:
+    """``scan`` gives the bytes it read with what they declare, so that they can be imported as read; a source
+    past ``CARRIED_TEXT`` is left to be read again where it is imported (a runner's request stays small)."""
+    small, large = tmp_path / "small.py", tmp_path / "large.py"
+    small.write_bytes(b"class P:\n    isolation = 'process'\n")
+    large.write_bytes(b"class P:\n    isolation = 'process'\n" + b"#" * CARRIED_TEXT)
+    scanned = scan(PluginSource("small", str(small), path=small), ("isolation",))
+    assert (scanned.declared, scanned.text) == ({"isolation": "process"}, small.read_bytes())
+    scanned = scan(PluginSource("large", str(large), path=large), ("isolation",))
+    assert (scanned.declared, scanned.text) == ({"isolation": "process"}, None)
+    missing = tmp_path / "gone.py"
+    assert scan(PluginSource("gone", str(missing), path=missing), ("isolation",)).text is None

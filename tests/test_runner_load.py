@@ -353,3 +353,16 @@ def test_a_class_whose_instances_need_no_plugin_code_is_instantiated_outside_a_s
 def test_a_class_made_any_other_way_is_instantiated_in_its_sandbox(runner: Runner, tmp_path: Path, code: str) -> None:
     ok, phase, error_type, _ = failure(load(runner, tmp_path, code))
     assert (ok, phase, error_type) == (False, "instantiation", "KeyError")
+
+
+def test_a_load_with_the_source_s_text_imports_that_text_not_the_file(runner: Runner, tmp_path: Path) -> None:
+    """The core sends the bytes it read to decide where the plugin runs: those are imported, the file is not read
+    (it may have changed since), and the module still knows its file."""
+    path = tmp_path / "plugin.py"
+    path.write_text("raise RuntimeError('the file as it is now')\n")
+    text = b"from plugin_health import Plugin\nclass P(Plugin):\n    version = '2.0'\n    where = __file__\n"
+    answer = runner.load({"op": "load", "slot": 1, "timeout": TIMEOUT, "memory_limit_mb": 64, "id": 7,
+                          "source": {"name": "plugin", "origin": str(path), "path": str(path), "entry_point": None,
+                                     "text": text}})
+    assert (answer["ok"], answer["result"]["version"]) == (True, "2.0")
+    assert type(runner.loaded[1].instance).where == str(path)

@@ -111,12 +111,14 @@ class Placement(Protocol):
 
     def load_many(self, sources: list[PluginSource], limits: SandboxLimits,
                   ups: list[Mapping[str, Any] | None] | None = None,
-                  apart: Callable[[PluginSource], bool] | None = None) -> Iterator[Placed | None]:
+                  apart: Callable[[PluginSource], tuple[bool, bytes | None]] | None = None,
+                  ) -> Iterator[Placed | None]:
         """``load(source, False, limits)`` of each source, in order, the next ones while the caller handles one;
         with ``ups`` (one per source, or None: ``{"config": ..., "timeout": ..., "check": bool}``), a plugin that
         needs nothing of another is brought up in the same step (and checked once, with ``check``), the outcomes in
-        ``Placed.up``. A source for which ``apart`` (asked as the sources are reached, not all first) is true is not
-        loaded: None comes in its place."""
+        ``Placed.up``. ``apart`` (asked as the sources are reached, not all first) tells whether a source runs apart,
+        and gives the text to import it from (the bytes read to tell; None: read where it is imported): one that runs
+        apart is not loaded, None comes in its place."""
         ...
 
     def call_many(self, handles: list[Any], method: str,

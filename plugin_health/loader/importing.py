@@ -41,13 +41,21 @@ def _free_module_name(stem: str) -> str:
 
 
 class _SourceLoader(importlib.machinery.SourceFileLoader):
-    """Python's loader of a source file, but for one thing: where no bytecode cache can be read (the file's directory
-    has no ``__pycache__``) and none would be written (``sys.dont_write_bytecode``, ``PYTHONDONTWRITEBYTECODE``), it
-    compiles the source without looking for one first (a path worked out, a ``stat`` and an ``open`` that fails: a
-    fifth of importing a small plugin in a runner). Otherwise, and for everything else, it is that loader."""
+    """Python's loader of a source file, but for two things: given the source's bytes (``text``, as the core read
+    them), it compiles those, and reads neither the file nor a bytecode cache (what runs is what the core scanned);
+    and where no bytecode cache can be read (the file's directory has no ``__pycache__``) and none would be written
+    (``sys.dont_write_bytecode``, ``PYTHONDONTWRITEBYTECODE``), it compiles the source without looking for one first
+    (a path worked out, a ``stat`` and an ``open`` that fails: a fifth of importing a small plugin in a runner).
+    Otherwise, and for everything else, it is that loader."""
+
+    def __init__(self, fullname: str, path: str, text: bytes | None = None) -> None:
+        super().__init__(fullname, path)
+        self.text = text
 
     def get_code(self, fullname: str) -> types.CodeType | None:
         path = self.get_filename(fullname)
+        if self.text is not None:
+            return self.source_to_code(self.text, path)
         if not sys.dont_write_bytecode or _may_hold_bytecode(os.path.dirname(path)):
             return super().get_code(fullname)
         return self.source_to_code(self.get_data(path), path)
@@ -85,8 +93,9 @@ def _drop_modules(module_name: str) -> None:
         del sys.modules[loaded]
 
 
-def import_source(source: PluginSource) -> types.ModuleType:
-    """Run the source's module code and return the module; whatever it raises propagates."""
+def import_source(source: PluginSource, text: bytes | None = None) -> types.ModuleType:
+    """Run the source's module code (compiled from ``text``, its bytes as read already, if given: a file source's
+    only) and return the module; whatever it raises propagates."""
     if source.entry_point is not None:
         module_name = source.entry_point.partition(":")[0].strip()
         return importlib.import_module(module_name)
@@ -96,7 +105,7 @@ def import_source(source: PluginSource) -> types.ModuleType:
         module_name = _free_module_name(source.name)
         search = [str(source.path.parent)] if source.is_package else None
         location = str(source.path)
-        loader = _SourceLoader(module_name, location)
+        loader = _SourceLoader(module_name, location, text)
         spec = importlib.util.spec_from_file_location(module_name, location, loader=loader,
                                                       submodule_search_locations=search)
         if spec is None or spec.loader is None:

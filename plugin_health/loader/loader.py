@@ -29,7 +29,7 @@ from plugin_health.loader.dependencies import Declared, own_problem, resolve
 from plugin_health.loader.handles import InlineHandle, Placed, Placement, PluginHandle
 from plugin_health.loader.importing import find_plugin_class, import_source
 from plugin_health.loader.registry import PluginEntry, PluginRegistry, PluginSpec
-from plugin_health.loader.sources import PluginSource, declared_attribute, declared_attributes
+from plugin_health.loader.sources import PluginSource, declared_attribute, scan
 from plugin_health.plugin import Plugin, PluginContext
 from plugin_health.sandbox import PluginSandboxResult, Sandbox, SandboxLimits
 from plugin_health.sandbox.results import describe, failed
@@ -125,7 +125,7 @@ class PluginLoader:
         ahead: Iterator[Placed | None] = iter(())
         if self.placement is not None and placing:
             ahead = self.placement.load_many(sources, self._limits(None, None), self._ups(sources),
-                                             apart=self._dedicated)
+                                             apart=self._placing)
         try:
             for source in sources:
                 self._load_source(source, next(ahead) if placing else None)
@@ -292,8 +292,15 @@ class PluginLoader:
     def _dedicated(self, source: PluginSource) -> bool:
         """Whether the source text asks for a runner of its own: ``isolation = "process"``, or a singleton (when
         its lease is in doubt, its runner can be ended without touching any other plugin)."""
-        declared = declared_attributes(source, ("isolation", "singleton"))  # the source read once for both
-        return declared["isolation"] == "process" or declared["singleton"] is True
+        return self._placing(source)[0]
+
+    @staticmethod
+    def _placing(source: PluginSource) -> tuple[bool, bytes | None]:
+        """``_dedicated``, and the source's text as read to tell (None: not carried): the shared runner imports those
+        very bytes, so that what runs there is what was scanned here."""
+        scanned = scan(source, ("isolation", "singleton"))  # the source read once for both
+        declared = scanned.declared
+        return declared["isolation"] == "process" or declared["singleton"] is True, scanned.text
 
     def _instantiate_placed(self, source: PluginSource, key: str | None,
                             placed: Placed | None = None) -> tuple[PluginSpec, PluginHandle]:

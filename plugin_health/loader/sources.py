@@ -133,27 +133,50 @@ def _read(path: Path) -> bytes:
         os.close(fd)
 
 
+#: The largest source text the core hands on to be imported as it read it (``Scanned.text``); a larger one is read
+#: again where it is imported, so that a request to a runner stays small.
+CARRIED_TEXT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Scanned:
+    """What a source declares, read from its text without running it, and that text (its bytes as read, up to
+    :data:`CARRIED_TEXT`; else None): importing those bytes runs exactly what was scanned, and spares a second read."""
+
+    declared: dict[str, object]
+    text: bytes | None = None
+
+
 def declared_attributes(source: PluginSource, attributes: Sequence[str],
                         class_names: Sequence[str] = ()) -> dict[str, object]:
     """``declared_attribute`` of each of ``attributes``, the source read (and parsed, if need be) once: the
     first literal assignment of each in a class body, or None."""
+    return scan(source, attributes, class_names).declared
+
+
+def scan(source: PluginSource, attributes: Sequence[str], class_names: Sequence[str] = ()) -> Scanned:
+    """``declared_attributes``, with the text it read (``Scanned``)."""
     found: dict[str, object] = dict.fromkeys(attributes)
     path = source_file(source)
     if path is None:
-        return found
+        return Scanned(found)
     try:
         text = _read(path)
+    except OSError:
+        return Scanned(found)
+    scanned = Scanned(found, text if len(text) <= CARRIED_TEXT and path == source.path else None)
+    try:
         # Parsing is most of a load's cost in the core: an ASCII source that never spells the name cannot assign it
         # (identifiers are NFKC-normalised, so another spelling of it needs a non-ASCII character).
         wanted = {a for a in attributes if not text.isascii() or a.encode() in text}
         if not wanted:
-            return found
+            return scanned
         tree = ast.parse(text, filename=str(path))
     # A source can be built to exhaust the parser (a chain of 200,000 operators: RecursionError; 100,000 nested
     # ``not``: MemoryError, from the parser's own stack limit): nothing is declared then, and the same text cannot
     # compile where the plugin is imported either, which fails it there.
-    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
-        return found
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return scanned
     for node in tree.body:
         if not isinstance(node, ast.ClassDef) or (class_names and node.name not in class_names):
             continue
@@ -172,5 +195,5 @@ def declared_attributes(source: PluginSource, attributes: Sequence[str],
                     except (ValueError, TypeError, RecursionError, MemoryError):  # not a literal, or built to hurt
                         found[target.id] = None
                     if not wanted:
-                        return found
-    return found
+                        return scanned
+    return scanned

@@ -221,8 +221,9 @@ class Runner:
         path = raw.get("path")
         source = PluginSource(raw["name"], raw["origin"], Path(path) if path else None, raw.get("entry_point"))
         defaults = SandboxLimits(request.get("timeout"), request.get("memory_limit_mb"))
+        text = raw.get("text")
         reached = ["import"]
-        result = Sandbox(defaults).run(_declare, source, reached)
+        result = Sandbox(defaults).run(_declare, source, reached, text if isinstance(text, bytes) else None)
         if not result.ok:
             return {"ok": False, "phase": reached[0], "error_type": result.error_type, "error": result.error}
         cls, declared = result.result
@@ -466,10 +467,11 @@ def _positive(value: object, kind: type, most: float) -> Any:
     return kind(value)
 
 
-def _declare(source: PluginSource, reached: list[str]) -> tuple[type[Plugin], dict[str, Any]]:
-    """Import ``source``, find its class and read its declaration, in the caller's sandbox: ``reached[0]`` names the
-    phase running, set before each starts, so whatever stops it is blamed on that phase."""
-    module = import_source(source)
+def _declare(source: PluginSource, reached: list[str], text: bytes | None) -> tuple[type[Plugin], dict[str, Any]]:
+    """Import ``source`` (from ``text``, its bytes as the core read them, if given), find its class and read its
+    declaration, in the caller's sandbox: ``reached[0]`` names the phase running, set before each starts, so whatever
+    stops it is blamed on that phase."""
+    module = import_source(source, text)
     reached[0] = "class lookup"
     cls = find_plugin_class(module, source)
     reached[0] = "declaration"

@@ -683,7 +683,8 @@ class RunnerPool:
 
     def load_many(self, sources: list[PluginSource], limits: SandboxLimits | None = None,
                   ups: list[Mapping[str, Any] | None] | None = None,
-                  apart: Callable[[PluginSource], bool] | None = None) -> Iterator[Placed | None]:
+                  apart: Callable[[PluginSource], tuple[bool, bytes | None]] | None = None,
+                  ) -> Iterator[Placed | None]:
         """Load each source as ``load(source, False, limits)`` would, in order, the next ones while the caller
         handles one: a thread sends them to the shared runner :data:`PIPELINE` at a time, without waiting for each
         answer, so the runner never waits for the core nor the core for the runner. A source whose load brings
@@ -699,7 +700,9 @@ class RunnerPool:
 
         ``apart``: whether a source runs apart (in a runner of its own), asked by the sending thread as it reaches
         each source, so that the first loads go out before the last source is read; such a source is not loaded
-        here: None comes in its place, in order, and the caller loads it."""
+        here: None comes in its place, in order, and the caller loads it. With it comes the text to import the source
+        from (the bytes read to tell, sent with the request: the runner imports what was scanned, and reads nothing;
+        None: the runner reads the file)."""
         limits = limits if limits is not None else self.settings.load_limits
         answers: queue.SimpleQueue[Placed | Exception | None] = queue.SimpleQueue()
         stop = threading.Event()
@@ -730,7 +733,7 @@ class RunnerPool:
 
     def _pipeline_loads(self, work: list[_Load], limits: SandboxLimits,
                         answers: queue.SimpleQueue[Placed | Exception | None], stop: threading.Event,
-                        apart: Callable[[PluginSource], bool] | None) -> None:
+                        apart: Callable[[PluginSource], tuple[bool, bytes | None]] | None) -> None:
         try:
             self._send_loads(work, limits, answers, stop, apart)
         except Exception as err:  # noqa: BLE001 - a bug here must reach the caller waiting for answers, not hang it
@@ -738,18 +741,19 @@ class RunnerPool:
 
     def _send_loads(self, work: list[_Load], limits: SandboxLimits,
                     answers: queue.SimpleQueue[Placed | Exception | None], stop: threading.Event,
-                    apart: Callable[[PluginSource], bool] | None) -> None:
+                    apart: Callable[[PluginSource], tuple[bool, bytes | None]] | None) -> None:
         pending = collections.deque(work)
-        decided: dict[int, bool] = {}  # by the source's id: each is asked once, a source sent back again included
+        # By the source's id: each is asked once, a source sent back again included.
+        decided: dict[int, tuple[bool, bytes | None]] = {}
 
-        def runs_apart(load: _Load) -> bool:
+        def placing(load: _Load) -> tuple[bool, bytes | None]:
             found = decided.get(id(load[0]))
             if found is None:
-                found = decided[id(load[0])] = apart is not None and apart(load[0])
+                found = decided[id(load[0])] = (False, None) if apart is None else apart(load[0])
             return found
 
         while pending and not stop.is_set():
-            if runs_apart(pending[0]):  # not for this pool's shared runner: the caller loads it
+            if placing(pending[0])[0]:  # not for this pool's shared runner: the caller loads it
                 pending.popleft()
                 answers.put(None)
                 continue
@@ -758,13 +762,13 @@ class RunnerPool:
                 continue
             runner = self._runner_for(pending[0][0], False)
             with runner.lock:
-                loss = self._stream_loads(runner, pending, limits, answers, stop, runs_apart)
+                loss = self._stream_loads(runner, pending, limits, answers, stop, placing)
             if loss is not None:
                 self.tell(loss)
 
     def _stream_loads(self, runner: RunnerProcess, pending: collections.deque[_Load], limits: SandboxLimits,
                       answers: queue.SimpleQueue[Placed | Exception | None], stop: threading.Event,
-                      runs_apart: Callable[[_Load], bool]) -> RunnerLoss | None:
+                      placing: Callable[[_Load], tuple[bool, bytes | None]]) -> RunnerLoss | None:
         """Load ``pending`` sources in ``runner`` (the caller holds its lock), each outcome put in ``answers`` as it
         is read: the next :data:`PIPELINE` requests are sent while the runner still works on the ones before, so
         that it never waits for the core. Ends when none is left, at a source that runs apart or was blamed before
@@ -778,11 +782,11 @@ class RunnerPool:
                 if len(inflight) <= PIPELINE and pending and not stop.is_set() and not stop_sending:
                     chunk: list[_Load] = []
                     while (pending and len(chunk) < PIPELINE and pending[0][0].origin not in self.quarantined
-                           and not runs_apart(pending[0])):
+                           and not placing(pending[0])[0]):
                         chunk.append(pending.popleft())
                     if chunk:
                         try:
-                            chunk, requests, sent, delivered = self._send_loads_of(runner, chunk, limits)
+                            chunk, requests, sent, delivered = self._send_loads_of(runner, chunk, limits, placing)
                         except RunnerLostError:
                             pending.extendleft(reversed(chunk))  # none of them was sent
                             raise
@@ -812,20 +816,21 @@ class RunnerPool:
             return loss
         return None
 
-    def _send_loads_of(self, runner: RunnerProcess, chunk: list[_Load], limits: SandboxLimits) -> tuple[
+    def _send_loads_of(self, runner: RunnerProcess, chunk: list[_Load], limits: SandboxLimits,
+                       placing: Callable[[_Load], tuple[bool, bytes | None]]) -> tuple[
             list[_Load], list[tuple[RunnerHandle, dict[str, Any]]], list[tuple[int, float]], bool]:
         """Send the loads of ``chunk`` (``RunnerProcess.send_many``): the chunk as sent, each source's handle and
         request, each request's id and timeout, and whether they were delivered. A source whose ``up`` the requests
         cannot carry (a configuration of a type ``marshal`` refuses: a date, a ``str`` subclass) goes without it: its
         plugin comes up the usual way, which reports that configuration as its failure."""
-        requests = [self._load_request(runner, one, limits, up) for one, up in chunk]
+        requests = [self._load_request(runner, one, limits, up, placing((one, up))[1]) for one, up in chunk]
         try:
             return chunk, requests, *runner.send_many([(request, limits.timeout) for _, request in requests])
         except ValueError:
             if all(up is None for _, up in chunk):
                 raise
         chunk = [(one, up if up is None or _carried(up, self.settings.max_message) else None) for one, up in chunk]
-        requests = [self._load_request(runner, one, limits, up) for one, up in chunk]
+        requests = [self._load_request(runner, one, limits, up, placing((one, up))[1]) for one, up in chunk]
         return chunk, requests, *runner.send_many([(request, limits.timeout) for _, request in requests])
 
     def _brought_up(self, placed: Placed, handle: RunnerHandle, source: PluginSource, ident: int,
@@ -858,17 +863,21 @@ class RunnerPool:
         return dataclasses.replace(placed, up=tuple(results), up_lost=None if loss is None else loss.cause), loss
 
     def _load_request(self, runner: RunnerProcess, source: PluginSource, limits: SandboxLimits,
-                      up: Mapping[str, Any] | None = None) -> tuple[RunnerHandle, dict[str, Any]]:
+                      up: Mapping[str, Any] | None = None, text: bytes | None = None,
+                      ) -> tuple[RunnerHandle, dict[str, Any]]:
         """A handle for ``source`` in ``runner`` (a new slot) and the request that loads it there (and brings it up,
-        with ``up``)."""
+        with ``up``; ``text``: the source's bytes to import, as the core read them)."""
         slot = next(self._slots)
         handle = RunnerHandle(self, runner, slot, source.origin, limits)
         # The path made absolute as text (the runner shares the core's working directory): ``Path.resolve()``'s walk
         # of every component was a sixth of the core's work while it loaded 10,000 plugins.
+        raw: dict[str, Any] = {"name": source.name, "origin": source.origin,
+                               "path": None if source.path is None else os.path.abspath(source.path),
+                               "entry_point": source.entry_point}
+        if text is not None:
+            raw["text"] = text
         request = {"op": "load", "slot": slot, "timeout": limits.timeout, "memory_limit_mb": limits.memory_limit_mb,
-                   "source": {"name": source.name, "origin": source.origin,
-                              "path": None if source.path is None else os.path.abspath(source.path),
-                              "entry_point": source.entry_point}}
+                   "source": raw}
         if up is not None:
             request["up"] = dict(up)
         return handle, request
