@@ -83,3 +83,17 @@ def test_a_frame_that_is_not_json_is_a_broken_protocol(pair: tuple[socket.socket
     for _ in range(2):
         with pytest.raises(wire.WireError, match="not JSON"):
             reader.read(nothing_more, more=True)
+
+
+def test_requests_sent_together_are_read_from_a_blocking_socket_one_at_a_time() -> None:
+    """A runner reads the core's requests (``marshal`` frames) from a blocking socket, many per ``recv``: each read
+    gives the next request, in order."""
+    core, runner = socket.socketpair()
+    with core, runner:
+        requests = [{"op": "load", "slot": slot, "text": b"x" * slot} for slot in range(50)]
+        core.sendall(b"".join(wire.encode_request(request) for request in requests))
+        reader = wire.FrameReader(runner, 1 << 20, loads=wire.decode_request)
+        assert [reader.read(lambda: None, more=True) for _ in requests] == requests
+        core.close()
+        with pytest.raises(wire.PeerClosedError):  # the core closed its end: the runner's next read says so
+            reader.read(lambda: None, more=True)

@@ -141,10 +141,12 @@ class Runner:
         self.cap, self.hard = resource.getrlimit(memory.LIMIT)
 
     def serve(self) -> None:
-        """Answer requests until the core closes its end; then exit without waiting for anything."""
+        """Answer requests until the core closes its end; then exit without waiting for anything. The core sends
+        loads many at a time: they are read as they arrived, many in one ``recv``."""
+        reader = wire.FrameReader(self.sock, self.max_message, loads=_loads)
         while True:
             try:
-                request = wire.receive(self.sock, self.max_message, loads=_loads)
+                request = reader.read(_blocking, more=True)
             except (wire.WireError, TimeoutError):
                 _exit(0)
             try:
@@ -519,6 +521,10 @@ def _signature(cls: type, method: str, fn: Any) -> inspect.Signature:
     if found is None:
         found = _signatures[key] = inspect.signature(fn)
     return found
+
+
+def _blocking() -> None:
+    """What ``FrameReader`` calls when nothing has arrived: nothing, as the runner's socket blocks in ``recv``."""
 
 
 def _refuse(value: object) -> Any:

@@ -18,7 +18,6 @@ import json
 import marshal
 import socket
 import struct
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -97,16 +96,18 @@ def decode_request(body: bytes) -> Any:
 
 
 class FrameReader:
-    """Reads one frame at a time from a non-blocking socket (``poll`` first only when nothing has arrived): a frame
-    usually arrives in one ``recv``, header and body together, and a runner ahead of the core sends many at once.
-    What arrived is kept in one buffer read from an offset: the bytes after a frame are not copied at each read (a
-    ``recv`` of 64 KiB holds hundreds of answers, and copying the rest at each one made reading them quadratic)."""
+    """Reads one frame at a time from a socket (a non-blocking one: ``poll`` first only when nothing has arrived): a
+    frame usually arrives in one ``recv``, header and body together, and a runner ahead of the core sends many at
+    once (as the core sends a runner its loads). What arrived is kept in one buffer read from an offset: the bytes
+    after a frame are not copied at each read (a ``recv`` of 64 KiB holds hundreds of answers, and copying the rest
+    at each one made reading them quadratic). ``loads`` decodes a frame's body (answers' JSON by default)."""
 
-    __slots__ = ("_buffer", "_start", "limit", "sock")
+    __slots__ = ("_buffer", "_start", "limit", "loads", "sock")
 
-    def __init__(self, sock: socket.socket, limit: int) -> None:
+    def __init__(self, sock: socket.socket, limit: int, loads: Callable[[bytes], Any] = decode) -> None:
         self.sock = sock
         self.limit = limit
+        self.loads = loads
         self._buffer = bytearray()  # what has arrived and was not read yet, from ``_start`` on
         self._start = 0
 
@@ -135,7 +136,7 @@ class FrameReader:
                     self._start = 0
                 else:
                     self._start = start + need
-                return decode(body)
+                return self.loads(body)
             if start:  # a frame is cut: what was read goes, and the rest moves to the front, once
                 del buffer[:start]
                 self._start = 0
@@ -157,37 +158,3 @@ def send(sock: socket.socket, frame: bytes) -> None:
         sock.sendall(frame)
     except OSError as err:
         raise PeerClosedError(f"cannot send: {err.strerror or err}") from None
-
-
-def _read_exactly(sock: socket.socket, size: int, deadline: float | None) -> bytes:
-    """``size`` bytes, before ``deadline`` (monotonic; None: no deadline); ``TimeoutError`` after it."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    got = 0
-    while got < size:
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("no answer in time")
-            sock.settimeout(remaining)
-        try:
-            n = sock.recv_into(view[got:], size - got)
-        except TimeoutError:
-            raise
-        except OSError as err:
-            raise PeerClosedError(f"cannot read: {err.strerror or err}") from None
-        if n == 0:
-            raise PeerClosedError("the peer closed the connection")
-        got += n
-    return bytes(buffer)
-
-
-def receive(
-    sock: socket.socket, limit: int = MAX_MESSAGE, deadline: float | None = None,
-    loads: Callable[[bytes], Any] = decode,
-) -> Any:
-    """Read and decode one frame; ``TimeoutError`` past ``deadline``, :class:`WireError` for a bad frame."""
-    (size,) = _HEADER.unpack(_read_exactly(sock, _HEADER.size, deadline))
-    if size > limit:
-        raise MessageTooLargeError(size, limit)
-    return loads(_read_exactly(sock, size, deadline))
