@@ -293,7 +293,8 @@ def test_a_store_file_made_before_the_counts_is_counted_once(tmp_path: Path) -> 
     path = tmp_path / "old.db"
     SQLiteStore(path, history_limit=3).close()
     with sqlite3.connect(path) as conn:  # as a file of the previous version: history, no counts
-        conn.executescript("DROP TRIGGER history_counted; DROP TRIGGER history_uncounted; DROP TABLE moves;")
+        conn.executescript("DROP TRIGGER history_uncounted; DROP TABLE moves; "
+                           "DELETE FROM meta WHERE key = 'moves_counted';")
         conn.executemany("INSERT INTO history (plugin, data) VALUES (?, ?)", [
             ("p", record_to_json(rec("p", None, S.LOADED, "load"))),
             ("p", record_to_json(rec("p", S.LOADED, S.FAILED, "fail")))])
@@ -498,3 +499,35 @@ def _standard_snapshot_json(snapshot: PluginSnapshot, dumps: Any) -> str:
     data["last_check"] = None if snapshot.last_check is None else snapshot.last_check.isoformat()
     data["stale_after"] = None if snapshot.stale_after is None else snapshot.stale_after.isoformat()
     return str(dumps(data))
+
+
+#: The trigger the version before counted history rows with, one at a time.
+_OLD_COUNTING = """
+CREATE TRIGGER history_counted AFTER INSERT ON history BEGIN
+    INSERT INTO moves (source, dest, n)
+        VALUES (coalesce(json_extract(new.data, '$.from'), ''), json_extract(new.data, '$.to'), 1)
+        ON CONFLICT (source, dest) DO UPDATE SET n = n + 1;
+END;
+DELETE FROM meta WHERE key = 'moves_counted';
+"""
+
+
+def test_a_store_file_counted_by_a_trigger_is_counted_by_its_writer_from_then_on(tmp_path: Path) -> None:
+    """A file of the version that counted each history row by a trigger holds its counts already: they are kept,
+    not counted again, and the trigger goes (the writer counts a batch at a time, and would count twice with it)."""
+    path = tmp_path / "older.db"
+    SQLiteStore(path, history_limit=3).close()
+    with sqlite3.connect(path) as conn:  # as the version before left it: a trigger counted the rows
+        conn.executescript(_OLD_COUNTING)
+        conn.executemany("INSERT INTO history (plugin, data) VALUES (?, ?)", [
+            ("p", record_to_json(rec("p", None, S.LOADED, "load"))),
+            ("p", record_to_json(rec("p", S.LOADED, S.FAILED, "fail")))])
+    for _ in range(2):
+        store = SQLiteStore(path, history_limit=3)
+        assert store.transition_counts() == {(None, "LOADED"): 1, ("LOADED", "FAILED"): 1}
+        store.close()
+    store = SQLiteStore(path, history_limit=3)
+    store.put_many([snap("p"), snap("q")], [rec("p", S.FAILED, S.LOADED, "reset"), rec("q", None, S.LOADED, "load"),
+                                           rec("p", S.LOADED, S.FAILED, "fail")])  # p's load is trimmed
+    assert store.transition_counts() == {("LOADED", "FAILED"): 2, ("FAILED", "LOADED"): 1, (None, "LOADED"): 1}
+    store.close()

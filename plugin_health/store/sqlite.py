@@ -23,6 +23,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -41,9 +42,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('version', '0');
 INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(8))));
 """
-#: How many kept transitions went from each state to each other one (source '' for a first state): kept by
-#: triggers as history rows come and go, so that reading them costs nine rows whatever the history holds (a
-#: GROUP BY over 100,000 rows took 120 ms). A file made before them is counted once, in the same transaction.
+#: How many kept transitions went from each state to each other one (source '' for a first state), so that reading
+#: them costs nine rows whatever the history holds (a GROUP BY over 100,000 rows took 120 ms): counted by the writer
+#: as it inserts history rows, a batch at a time (``_count_moves``; a trigger a row, which read each row's JSON, was
+#: half the time of inserting it), and uncounted by a trigger as rows are trimmed. A file made before the counts is
+#: counted once, in the same transaction; one that a trigger counted (``history_counted``) is counted already, and
+#: its trigger goes (a file this version wrote is not to be written by an older one, whose trigger would count again).
 _MOVES = """
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS moves (
@@ -52,24 +56,30 @@ CREATE TABLE IF NOT EXISTS moves (
 INSERT INTO moves (source, dest, n)
     SELECT coalesce(json_extract(data, '$.from'), ''), json_extract(data, '$.to'), count(*) FROM history
     WHERE NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'history_counted')
+    AND NOT EXISTS (SELECT 1 FROM meta WHERE key = 'moves_counted')
     GROUP BY 1, 2;
-CREATE TRIGGER IF NOT EXISTS history_counted AFTER INSERT ON history BEGIN
-    INSERT INTO moves (source, dest, n)
-        VALUES (coalesce(json_extract(new.data, '$.from'), ''), json_extract(new.data, '$.to'), 1)
-        ON CONFLICT (source, dest) DO UPDATE SET n = n + 1;
-END;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('moves_counted', '1');
+DROP TRIGGER IF EXISTS history_counted;
 CREATE TRIGGER IF NOT EXISTS history_uncounted AFTER DELETE ON history BEGIN
     UPDATE moves SET n = n - 1
         WHERE source = coalesce(json_extract(old.data, '$.from'), '') AND dest = json_extract(old.data, '$.to');
 END;
 COMMIT;
 """
+_COUNT_MOVES = ("INSERT INTO moves (source, dest, n) VALUES (?, ?, ?) "
+                "ON CONFLICT (source, dest) DO UPDATE SET n = n + excluded.n")
 #: Meta key where the core says why its copy to the shared (Redis) store is behind ("" while it is not).
 SHARED_PROBLEM_KEY = "shared-store-problem"
 #: Forget a plugin's records past the history limit (its newest kept).
 _TRIM = ("DELETE FROM history WHERE plugin = ? AND seq <= "
          "(SELECT seq FROM history WHERE plugin = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)")
 _UPSERT = "INSERT INTO plugins (name, data) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET data = excluded.data"
+
+
+def _count_moves(conn: sqlite3.Connection, records: Iterable[TransitionRecord]) -> None:
+    """Count the moves of ``records``, just inserted into the history, into ``moves`` (a statement a kind of move)."""
+    moves = Counter(("" if record.source is None else record.source.value, record.dest.value) for record in records)
+    conn.executemany(_COUNT_MOVES, [(source, dest, n) for (source, dest), n in moves.items()])
 
 
 class SQLiteStore:
@@ -190,17 +200,20 @@ class SQLiteStore:
                 conn.execute(
                     "INSERT INTO history (plugin, data) VALUES (?, ?)", (record.plugin, record_to_json(record))
                 )
+                _count_moves(conn, (record,))
                 conn.execute(_TRIM, (record.plugin, record.plugin, self._history_limit))
 
     def put_many(self, snapshots: Iterable[PluginSnapshot], records: Iterable[TransitionRecord] = ()) -> None:
         """Publish several snapshots, and the transitions that led there (in the order they happened), in one
         transaction: a batch is recorded whole or not at all. Each plugin's history is trimmed once."""
         rows = [(snapshot.name, snapshot.to_json()) for snapshot in snapshots]
+        records = list(records)
         history = [(record.plugin, record_to_json(record)) for record in records]
         with self._write() as conn:
             conn.executemany(_UPSERT, rows)
             if history:
                 conn.executemany("INSERT INTO history (plugin, data) VALUES (?, ?)", history)
+                _count_moves(conn, records)
                 conn.executemany(_TRIM, [(name, name, self._history_limit) for name in dict.fromkeys(
                     plugin for plugin, _ in history)])
 
