@@ -307,3 +307,23 @@ def test_a_model_shows_the_machine_s_state_as_the_enum_and_it_cannot_be_assigned
     with pytest.raises(AttributeError):
         model.state = S.RUNNING  # type: ignore[misc]
     assert manager.get_state("p") is S.INITIALIZED
+
+
+def test_the_machine_runs_callbacks_and_conditions_given_to_its_transitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our transitions have no callbacks, and skip ``transitions``' walk of empty lists: one given a callback or a
+    condition (by someone extending the machine) takes the library's own way, and both run."""
+    from transitions.core import Condition
+
+    from plugin_health.lifecycle import machine
+
+    ran: list[str] = []
+    transition = machine._MACHINE.events["initialize"].transitions["LOADED"][0]
+    monkeypatch.setattr(transition, "after", [lambda: ran.append("after")])
+    model = machine.new_model("p", PluginLifecycleState.LOADED)
+    assert machine.fire(model, "initialize")
+    assert model.state is PluginLifecycleState.INITIALIZED
+    assert ran == ["after"]
+    monkeypatch.setattr(transition, "conditions", [Condition(lambda: False)])
+    model = machine.new_model("q", PluginLifecycleState.LOADED)
+    assert not machine.fire(model, "initialize")
+    assert model.state is PluginLifecycleState.LOADED
