@@ -722,3 +722,22 @@ def test_the_shared_runner_imports_the_text_the_core_scanned(tmp_path: Path, mon
         assert len(core.runners.runners()) == 1
     finally:
         core.shutdown()
+
+
+def test_a_phase_whose_result_is_too_large_to_send_fails_that_phase(tmp_path: Path) -> None:
+    """A plugin brought up with its load whose ``initialize`` returns more than a message may carry: its answer is
+    refused in the runner (``ResultTooLargeError``), as the initialize's, so that phase fails, and nobody's runner is
+    taken for broken."""
+    big = "from plugin_health import Plugin\nclass P(Plugin):\n    def initialize(self, context):\n" \
+          "        return 'x' * 100_000\n"
+    directory = plugin_directory(tmp_path, 20, p010_big=big)
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_message_bytes": 65536},
+                             environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start()
+        assert "larger than the limit" in failed_as(core, "p010_big", "initialize failed", "ResultTooLargeError")
+        for i in range(20):  # brought up once, in the one runner nobody broke
+            assert [record.dest for record in core.manager.history(f"p{i:03d}")] == [S.LOADED, S.INITIALIZED, S.RUNNING]
+    finally:
+        core.shutdown()

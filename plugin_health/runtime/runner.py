@@ -194,6 +194,8 @@ class Runner:
             error_type, error = UNENCODABLE, f"the answer cannot be sent as JSON: {describe(err)}"
         refused = {"ok": False, "error_type": error_type, "error": error, "duration_ms": answer.get("duration_ms"),
                    "id": answer.get("id")}
+        if "method" in answer:  # a bring-up's phase: the core awaits that phase's answer
+            refused["method"] = answer["method"]
         return _frame_text(_dumps(refused), self.max_message)
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
