@@ -367,7 +367,7 @@ def test_a_configuration_that_cannot_travel_fails_its_plugin_as_before(tmp_path:
 
 
 #: A plugin that, in ``initialize``, finds its request's id on the runner's stack and sends the core a forged answer
-#: saying its ``start`` passed (which never ran), ahead of its initialize's own answer.
+#: (``forged``: what it says besides the id), ahead of its initialize's own answer.
 FORGER = """
 import inspect, json, struct
 from plugin_health import Plugin
@@ -380,58 +380,24 @@ class P(Plugin):
         while frame is not None and "ident" not in frame.f_locals:
             frame = frame.f_back
         runner = frame.f_locals["self"]
-        body = json.dumps({"id": frame.f_locals["ident"], "ok": True, "method": "start", "result": None,
-                           "error": None, "error_type": None, "duration_ms": 0.1}).encode()
+        body = json.dumps({{"id": frame.f_locals["ident"], "ok": True, "result": None, "error": None,
+                           "error_type": None, "duration_ms": 0.1, {forged}}}).encode()
         runner.sock.sendall(struct.pack(">I", len(body)) + body)
 """
 
 
-def test_a_plugin_that_forges_its_next_phase_s_answer_breaks_its_runner_and_is_blamed(tmp_path: Path) -> None:
-    """An answer must be to the phase the core awaits: a forged answer for ``start`` read as the initialize's is
-    a broken runner, blamed on the plugin whose phase was in flight; the others come back, and the forger is never
-    recorded RUNNING on the word of a start that never ran."""
-    directory = plugin_directory(tmp_path, 40, p020_forger=FORGER)
-    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0},
-                             environ={})
-    core = Core(settings, MemoryStore())
-    try:
-        core.start()
-        assert "broke the protocol" in failed_as(core, "p020_forger", "initialize failed", "PluginCrashedError")
-        assert S.RUNNING not in [record.dest for record in core.manager.history("p020_forger")]
-        wait_all_running(core, 40)
-    finally:
-        core.shutdown()
-
-
-RIDING_FORGER = """
-import inspect, json, struct
-from plugin_health import Plugin
-
-class P(Plugin):
-    timeout = 2
-
-    def initialize(self, context):
-        frame = inspect.currentframe()
-        while frame is not None and "ident" not in frame.f_locals:
-            frame = frame.f_back
-        runner = frame.f_locals["self"]
-        body = json.dumps({{"id": frame.f_locals["ident"], "ok": True, "method": "initialize", "result": None,
-                           "error": None, "error_type": None, "duration_ms": 0.1, "then": {then}}}).encode()
-        runner.sock.sendall(struct.pack(">I", len(body)) + body)
-"""
-
-
-@pytest.mark.parametrize(("then", "phase"), [
-    ('"not a list"', "initialize"),
-    ('[{"method": "health_check", "ok": True, "result": True}]', "start"),
-    ('[None]', "start"),
-], ids=["not-a-list", "another-phase", "not-an-answer"])
-def test_answers_riding_in_a_forged_frame_break_the_runner_and_blame_the_phase(
-    tmp_path: Path, then: str, phase: str
-) -> None:
-    """The answers of phases that ran no plugin code ride in the frame before them (``then``): what rides must be a
-    list of the awaited phases' answers, or the runner is broken, blamed on the plugin whose phase it was."""
-    directory = plugin_directory(tmp_path, 40, p020_forger=RIDING_FORGER.format(then=then))
+@pytest.mark.parametrize(("forged", "phase"), [
+    ('"method": "start"', "initialize"),
+    ('"method": "initialize", "then": "not a list"', "initialize"),
+    ('"method": "initialize", "then": [{"method": "health_check", "ok": True, "result": True}]', "start"),
+    ('"method": "initialize", "then": [None]', "start"),
+], ids=["start-for-initialize", "riding-not-a-list", "riding-another-phase", "riding-not-an-answer"])
+def test_a_plugin_that_forges_answers_breaks_its_runner_and_is_blamed(tmp_path: Path, forged: str, phase: str) -> None:
+    """An answer must be to the phase the core awaits: a forged answer for ``start`` read as the initialize's is a
+    broken runner, and so are answers riding in a frame (``then``: the phases that ran no plugin code after it) that
+    are not a list of the awaited phases' answers; blamed on the plugin whose phase was in flight. The others come
+    back, and the forger is never recorded RUNNING on the word of a start that never ran."""
+    directory = plugin_directory(tmp_path, 40, p020_forger=FORGER.format(forged=forged))
     settings = load_settings({"plugin_path": str(directory), "health_interval": 3600, "max_restarts": 0},
                              environ={})
     core = Core(settings, MemoryStore())
