@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -705,5 +706,42 @@ def test_a_phase_whose_result_is_too_large_to_send_fails_that_phase(tmp_path: Pa
         assert "larger than the limit" in failed_as(core, "p010_big", "initialize failed", "ResultTooLargeError")
         for i in range(20):  # brought up once, in the one runner nobody broke
             assert [record.dest for record in core.manager.history(f"p{i:03d}")] == [S.LOADED, S.INITIALIZED, S.RUNNING]
+    finally:
+        core.shutdown()
+
+
+UNBLOCKER = """
+import inspect
+from plugin_health import Plugin
+
+class P(Plugin):
+    def initialize(self, context):
+        frame = inspect.currentframe()
+        while frame is not None and "ident" not in frame.f_locals:
+            frame = frame.f_back
+        frame.f_locals["self"].sock.setblocking(False)
+"""
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_plugin_that_unblocks_its_runner_s_socket_does_not_make_it_spin(tmp_path: Path) -> None:
+    """The runner waits for the core's next request in ``recv``; a plugin that makes its socket non-blocking does not
+    turn that wait into a busy loop: the runner still sleeps until a request comes, and answers it."""
+    directory = plugin_directory(tmp_path, 3, p001_unblocker=UNBLOCKER)
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600}, environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start()
+        assert core.manager.state_of("p001_unblocker") is S.RUNNING
+        (runner,) = core.runners.runners()
+        child = int(Path(f"/proc/{runner.pid}/task/{runner.pid}/children").read_text().split()[0])
+        before = _cpu_seconds(child)
+        time.sleep(0.5)
+        assert _cpu_seconds(child) - before < 0.1  # asleep, not spinning
+        assert core.supervisor.check("p001_unblocker")
     finally:
         core.shutdown()

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import resource
+import select
 import signal
 import socket
 import sys
@@ -146,7 +147,7 @@ class Runner:
         reader = wire.FrameReader(self.sock, self.max_message, loads=_loads)
         while True:
             try:
-                request = reader.read(_blocking, more=True)
+                request = reader.read(self._wait, more=True)
             except (wire.WireError, TimeoutError):
                 _exit(0)
             try:
@@ -155,6 +156,14 @@ class Runner:
                 answer = {"ok": False, "error_type": "RunnerError", "error": f"the runner failed: {describe(err)}"}
             self._send(answer, request.get("id") if isinstance(request, dict) else None)
             self.flush()
+
+    def _wait(self) -> None:
+        """Sleep until the core's next request arrives (``FrameReader`` asks only when nothing has): ``recv`` blocks
+        on the runner's socket, unless a plugin made it non-blocking, which must not turn the wait into a busy loop."""
+        try:
+            select.select([self.sock], [], [])
+        except (OSError, ValueError) as err:  # closed or replaced under us: as if the core had gone
+            raise wire.PeerClosedError(f"cannot wait for a request: {err}") from None
 
     def _send(self, answer: dict[str, Any], ident: object) -> None:
         """Queue one answer to the request ``ident`` (a request brought up with its load has several) for the next
@@ -523,10 +532,6 @@ def _signature(cls: type, method: str, fn: Any) -> inspect.Signature:
     if found is None:
         found = _signatures[key] = inspect.signature(fn)
     return found
-
-
-def _blocking() -> None:
-    """What ``FrameReader`` calls when nothing has arrived: nothing, as the runner's socket blocks in ``recv``."""
 
 
 def _refuse(value: object) -> Any:
