@@ -836,3 +836,28 @@ def test_loads_sent_ahead_never_wait_on_a_sender_that_died_without_a_word(
     loader.join(10)
     assert not loader.is_alive(), "load_many still waits on a sender that is gone"
     assert isinstance(outcome[0], RuntimeError), outcome
+
+
+def test_the_text_of_a_source_is_kept_only_until_its_load_is_answered() -> None:
+    """``load_many`` sends each source's text (as read to place it) with its load: kept for a load sent again to a new
+    runner (the first never ran it), dropped once its load is answered, so that 10,000 large plugins are never held
+    at once; whether a source runs apart is asked once."""
+    from plugin_health.runtime.runners import _Placing
+
+    asked: list[str] = []
+
+    def apart(source: PluginSource) -> tuple[bool, bytes | None]:
+        asked.append(source.name)
+        return source.name == "alone", f"text of {source.name}".encode()
+
+    placing = _Placing(apart)
+    shared, alone = PluginSource("shared", "shared.py"), PluginSource("alone", "alone.py")
+    assert (placing.apart((shared, None)), placing.apart((alone, None)), placing.apart((shared, None))) == (
+        False, True, False)
+    assert asked == ["shared", "alone"]
+    assert placing.text(shared) == b"text of shared"  # sent, and again to a new runner if the first is lost
+    assert placing.text(shared) == b"text of shared"
+    placing.loaded(shared)
+    assert placing.text(shared) is None
+    assert placing.apart((shared, None)) is False
+    assert asked == ["shared", "alone"]

@@ -611,6 +611,36 @@ class RunnerHandle:
         self.pool.release(self)
 
 
+class _Placing:
+    """Whether each source of a ``load_many`` runs apart, and the text to import it from (``apart``'s answers), asked
+    once a source, a source sent back again included; its text is kept until its load is answered, so that the
+    sources in flight hold at most :data:`PIPELINE` x 2 texts (10,000 plugins of 64 KiB would hold 640 MiB)."""
+
+    __slots__ = ("_apart", "_decided", "_texts")
+
+    def __init__(self, apart: Callable[[PluginSource], tuple[bool, bytes | None]] | None) -> None:
+        self._apart = apart
+        self._decided: dict[int, bool] = {}  # by the source's id
+        self._texts: dict[int, bytes | None] = {}
+
+    def apart(self, load: _Load) -> bool:
+        """Whether ``load``'s source runs apart (asked of ``apart`` the first time)."""
+        key = id(load[0])
+        found = self._decided.get(key)
+        if found is None:
+            found, self._texts[key] = (False, None) if self._apart is None else self._apart(load[0])
+            self._decided[key] = found
+        return found
+
+    def text(self, source: PluginSource) -> bytes | None:
+        """The text to import ``source`` from, as read when asked whether it runs apart (None: read it there)."""
+        return self._texts.get(id(source))
+
+    def loaded(self, source: PluginSource) -> None:
+        """``source``'s load is answered: its text is not needed again."""
+        self._texts.pop(id(source), None)
+
+
 def _random_idents(count: int) -> list[int]:
     """``count`` ids of 62 random bits each, as ``secrets.randbits(62)`` gives them, from one ``os.urandom``."""
     data = os.urandom(8 * count)
@@ -742,17 +772,9 @@ class RunnerPool:
                     answers: queue.SimpleQueue[Placed | Exception | None], stop: threading.Event,
                     apart: Callable[[PluginSource], tuple[bool, bytes | None]] | None) -> None:
         pending = collections.deque(work)
-        # By the source's id: each is asked once, a source sent back again included.
-        decided: dict[int, tuple[bool, bytes | None]] = {}
-
-        def placing(load: _Load) -> tuple[bool, bytes | None]:
-            found = decided.get(id(load[0]))
-            if found is None:
-                found = decided[id(load[0])] = (False, None) if apart is None else apart(load[0])
-            return found
-
+        placing = _Placing(apart)
         while pending and not stop.is_set():
-            if placing(pending[0])[0]:  # not for this pool's shared runner: the caller loads it
+            if placing.apart(pending[0]):  # not for this pool's shared runner: the caller loads it
                 pending.popleft()
                 answers.put(None)
                 continue
@@ -767,7 +789,7 @@ class RunnerPool:
 
     def _stream_loads(self, runner: RunnerProcess, pending: collections.deque[_Load], limits: SandboxLimits,
                       answers: queue.SimpleQueue[Placed | Exception | None], stop: threading.Event,
-                      placing: Callable[[_Load], tuple[bool, bytes | None]]) -> RunnerLoss | None:
+                      placing: _Placing) -> RunnerLoss | None:
         """Load ``pending`` sources in ``runner`` (the caller holds its lock), each outcome put in ``answers`` as it
         is read: the next :data:`PIPELINE` requests are sent while the runner still works on the ones before, so
         that it never waits for the core. Ends when none is left, at a source that runs apart or was blamed before
@@ -781,7 +803,7 @@ class RunnerPool:
                 if len(inflight) <= PIPELINE and pending and not stop.is_set() and not stop_sending:
                     chunk: list[_Load] = []
                     while (pending and len(chunk) < PIPELINE and pending[0][0].origin not in self.quarantined
-                           and not placing(pending[0])[0]):
+                           and not placing.apart(pending[0])):
                         chunk.append(pending.popleft())
                     if chunk:
                         try:
@@ -799,6 +821,7 @@ class RunnerPool:
                 answer = runner.answer(ident, timeout)
                 riding = runner.riding(answer)  # a broken one blames this source, still the first in flight
                 inflight.popleft()
+                placing.loaded(source)
                 placed = self._placed(handle, answer, False, locked=True)
                 loss: RunnerLoss | None = None
                 if placed.handle is not None and answer.get("up") is True and up is not None:
@@ -816,20 +839,20 @@ class RunnerPool:
         return None
 
     def _send_loads_of(self, runner: RunnerProcess, chunk: list[_Load], limits: SandboxLimits,
-                       placing: Callable[[_Load], tuple[bool, bytes | None]]) -> tuple[
+                       placing: _Placing) -> tuple[
             list[_Load], list[tuple[RunnerHandle, dict[str, Any]]], list[tuple[int, float]], bool]:
         """Send the loads of ``chunk`` (``RunnerProcess.send_many``): the chunk as sent, each source's handle and
         request, each request's id and timeout, and whether they were delivered. A source whose ``up`` the requests
         cannot carry (a configuration of a type ``marshal`` refuses: a date, a ``str`` subclass) goes without it: its
         plugin comes up the usual way, which reports that configuration as its failure."""
-        requests = [self._load_request(runner, one, limits, up, placing((one, up))[1]) for one, up in chunk]
+        requests = [self._load_request(runner, one, limits, up, placing.text(one)) for one, up in chunk]
         try:
             return chunk, requests, *runner.send_many([(request, limits.timeout) for _, request in requests])
         except ValueError:
             if all(up is None for _, up in chunk):
                 raise
         chunk = [(one, up if up is None or _carried(up, self.settings.max_message) else None) for one, up in chunk]
-        requests = [self._load_request(runner, one, limits, up, placing((one, up))[1]) for one, up in chunk]
+        requests = [self._load_request(runner, one, limits, up, placing.text(one)) for one, up in chunk]
         return chunk, requests, *runner.send_many([(request, limits.timeout) for _, request in requests])
 
     def _brought_up(self, placed: Placed, handle: RunnerHandle, source: PluginSource, ident: int,
