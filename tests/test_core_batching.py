@@ -506,17 +506,17 @@ def test_the_first_loads_go_out_before_the_last_source_is_read(
     directory = plugin_directory(
         tmp_path, 300, p100_apart="from plugin_health import Plugin\nclass P(Plugin):\n    isolation = 'process'\n")
     events: list[str] = []
-    read, send_many = PluginLoader._dedicated, RunnerProcess.send_many
+    read, send_many = PluginLoader._placing, RunnerProcess.send_many
 
-    def reading(self: PluginLoader, source: PluginSource) -> bool:
+    def reading(source: PluginSource) -> tuple[bool, bytes | None]:
         events.append(f"read {source.name}")
-        return read(self, source)
+        return read(source)
 
     def sending(self: RunnerProcess, requests: list[tuple[dict[str, Any], float | None]]) -> Any:
         events.append(f"send {len(requests)}")
         return send_many(self, requests)
 
-    monkeypatch.setattr(PluginLoader, "_dedicated", reading)
+    monkeypatch.setattr(PluginLoader, "_placing", staticmethod(reading))
     monkeypatch.setattr(RunnerProcess, "send_many", sending)
     settings = load_settings({"plugin_path": str(directory), "health_interval": 3600}, environ={})
     core = Core(settings, MemoryStore())
@@ -525,6 +525,7 @@ def test_the_first_loads_go_out_before_the_last_source_is_read(
         assert set(core.manager.all_states().values()) == {S.RUNNING}
         first_send = next(i for i, event in enumerate(events) if event.startswith("send"))
         assert first_send <= 70  # a chunk's worth of sources read, of 301
+        assert sum(event.startswith("read") for event in events) >= 301  # each source was read, through the spy
         handle = core.registry.get("p100_apart").handle
         assert getattr(handle, "isolation", None) == "process"
         assert list(core.manager)[:3] == ["p000", "p001", "p002"]
