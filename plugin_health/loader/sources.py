@@ -164,19 +164,19 @@ def scan(source: PluginSource, attributes: Sequence[str], class_names: Sequence[
         text = _read(path)
     except OSError:
         return Scanned(found)
-    scanned = Scanned(found, text if len(text) <= CARRIED_TEXT and path == source.path else None)
+    carried = text if len(text) <= CARRIED_TEXT and path == source.path else None
     try:
         # Parsing is most of a load's cost in the core: an ASCII source that never spells the name cannot assign it
         # (identifiers are NFKC-normalised, so another spelling of it needs a non-ASCII character).
         wanted = {a for a in attributes if not text.isascii() or a.encode() in text}
         if not wanted:
-            return scanned
+            return Scanned(found, carried)
         tree = ast.parse(text, filename=str(path))
     # A source can be built to exhaust the parser (a chain of 200,000 operators: RecursionError; 100,000 nested
     # ``not``: MemoryError, from the parser's own stack limit): nothing is declared then, and the same text cannot
     # compile where the plugin is imported either, which fails it there.
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return scanned
+        return Scanned(found, carried)
     for node in tree.body:
         if not isinstance(node, ast.ClassDef) or (class_names and node.name not in class_names):
             continue
@@ -195,5 +195,5 @@ def scan(source: PluginSource, attributes: Sequence[str], class_names: Sequence[
                     except (ValueError, TypeError, RecursionError, MemoryError):  # not a literal, or built to hurt
                         found[target.id] = None
                     if not wanted:
-                        return scanned
-    return scanned
+                        return Scanned(found, carried)
+    return Scanned(found, carried)
