@@ -861,3 +861,29 @@ def test_the_text_of_a_source_is_kept_only_until_its_load_is_answered() -> None:
     assert placing.text(shared) is None
     assert placing.apart((shared, None)) is False
     assert asked == ["shared", "alone"]
+
+
+def test_load_many_imports_each_text_it_is_given_and_drops_it_once_answered(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streamed loads carry the text ``apart`` gave for each source (the runner imports it, not the file), and each
+    text is let go as its load is answered."""
+    from plugin_health.runtime import runners
+
+    sources = []
+    for i in range(5):
+        path = tmp_path / f"p{i}.py"
+        path.write_text("raise RuntimeError('the file, not the text')\n")
+        sources.append(PluginSource(f"p{i}", str(path), path=path))
+    dropped: list[str] = []
+    loaded = runners._Placing.loaded
+
+    def dropping(self: runners._Placing, source: PluginSource) -> None:
+        dropped.append(source.name)
+        loaded(self, source)
+
+    monkeypatch.setattr(runners._Placing, "loaded", dropping)
+    text = b"from plugin_health import Plugin\nclass P(Plugin):\n    version = '3.0'\n"
+    placed = list(harness.pool.load_many(sources, SandboxLimits(5.0, 256), apart=lambda source: (False, text)))
+    assert [p.declaration["version"] if p and p.declaration else p for p in placed] == ["3.0"] * 5
+    assert dropped == [source.name for source in sources]
