@@ -712,7 +712,7 @@ def test_a_phase_whose_result_is_too_large_to_send_fails_that_phase(tmp_path: Pa
 
 
 UNBLOCKER = """
-import inspect
+import inspect, select
 from plugin_health import Plugin
 
 class P(Plugin):
@@ -721,6 +721,7 @@ class P(Plugin):
         while frame is not None and "ident" not in frame.f_locals:
             frame = frame.f_back
         frame.f_locals["self"].sock.setblocking(False)
+        {also}
 """
 
 
@@ -729,10 +730,13 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_a_plugin_that_unblocks_its_runner_s_socket_does_not_make_it_spin(tmp_path: Path) -> None:
-    """The runner waits for the core's next request in ``recv``; a plugin that makes its socket non-blocking does not
-    turn that wait into a busy loop: the runner still sleeps until a request comes, and answers it."""
-    directory = plugin_directory(tmp_path, 3, p001_unblocker=UNBLOCKER)
+@pytest.mark.parametrize("also", ["pass", "select.select = lambda *args: ([], [], [])"],
+                         ids=["unblocked", "and-select-patched"])
+def test_a_plugin_that_unblocks_its_runner_s_socket_does_not_make_it_spin(tmp_path: Path, also: str) -> None:
+    """The runner waits for the core's next request in ``recv``; a plugin that makes its socket non-blocking (and
+    replaces ``select.select``, which the runner bound before any plugin loaded) does not turn that wait into a busy
+    loop: the runner still sleeps until a request comes, and answers it."""
+    directory = plugin_directory(tmp_path, 3, p001_unblocker=UNBLOCKER.format(also=also))
     settings = load_settings({"plugin_path": str(directory), "health_interval": 3600}, environ={})
     core = Core(settings, MemoryStore())
     try:

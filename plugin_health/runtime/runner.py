@@ -67,6 +67,7 @@ _MAX_TIMEOUT = 86_400
 _MAX_MEMORY_MB = 1024 * 1024
 # Bound before any plugin is imported: a plugin that replaces these names elsewhere cannot reach the runner's.
 _exit = os._exit
+_select = select.select
 _dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=lambda value: _refuse(value)).encode
 _loads = wire.decode_request
 _frame_text = wire.frame_text
@@ -161,7 +162,7 @@ class Runner:
         """Sleep until the core's next request arrives (``FrameReader`` asks only when nothing has): ``recv`` blocks
         on the runner's socket, unless a plugin made it non-blocking, which must not turn the wait into a busy loop."""
         try:
-            select.select([self.sock], [], [])
+            _select([self.sock], [], [])
         except (OSError, ValueError) as err:  # closed or replaced under us: as if the core had gone
             raise wire.PeerClosedError(f"cannot wait for a request: {err}") from None
 
