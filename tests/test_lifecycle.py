@@ -327,3 +327,23 @@ def test_the_machine_runs_callbacks_and_conditions_given_to_its_transitions(monk
     model = machine.new_model("q", PluginLifecycleState.LOADED)
     assert not machine.fire(model, "initialize")
     assert model.state is PluginLifecycleState.LOADED
+
+
+def test_a_record_stamped_now_is_the_record_its_fields_make_and_stays_frozen() -> None:
+    """``TransitionRecord.now`` fills the slots itself (the frozen dataclass's ``__init__`` costs three times as
+    much, three times a plugin as thousands load): what it makes must be exactly what the constructor makes."""
+    before = datetime.now(UTC)
+    record = TransitionRecord.now("p", S.LOADED, S.FAILED, "fail", "initialize failed", "ValueError", "x" * 100_000)
+    fields = {name: getattr(record, name) for name in TransitionRecord.__dataclass_fields__}
+    assert record == TransitionRecord(**fields)
+    assert hash(record) == hash(TransitionRecord(**fields))
+    assert repr(record) == repr(TransitionRecord(**fields))
+    assert (fields["plugin"], fields["source"], fields["dest"]) == ("p", S.LOADED, S.FAILED)
+    assert (fields["trigger"], fields["reason"], fields["error_type"]) == ("fail", "initialize failed", "ValueError")
+    assert len(fields["error"]) == MAX_ERROR_LENGTH
+    assert before <= fields["at"] <= datetime.now(UTC)
+    assert fields["at"].tzinfo is UTC
+    entered = TransitionRecord.now("q", None, S.LOADED, "load")
+    assert (entered.source, entered.reason, entered.error_type, entered.error) == (None, None, None, None)
+    with pytest.raises(AttributeError):
+        record.trigger = "start"  # type: ignore[misc]
