@@ -468,25 +468,60 @@ def test_opening_gives_up_after_the_busy_wait(tmp_path: Path, monkeypatch: pytes
 _TEXT = st.text(st.characters(codec="utf-8"), max_size=40)
 
 
+_WHEN = st.datetimes(timezones=st.just(UTC))
+
+
 @given(plugin=_TEXT, reason=st.none() | _TEXT, error=st.none() | _TEXT, output=st.none() | _TEXT,
-       observed=st.none() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | _TEXT,
-       tools=st.lists(_TEXT, max_size=3).map(tuple))
+       observed=st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | _TEXT,
+       tools=st.lists(_TEXT, max_size=3).map(tuple), source=st.none() | st.sampled_from(PluginLifecycleState),
+       dest=st.sampled_from(PluginLifecycleState), when=st.none() | _WHEN, ok=st.none() | st.booleans(),
+       counts=st.tuples(st.integers(0, 10**12), st.integers(0, 10**12)), flags=st.tuples(*[st.booleans()] * 3))
 def test_records_and_snapshots_are_kept_as_json_dumps_writes_them(
-    plugin: str, reason: str | None, error: str | None, output: str | None, observed: object, tools: tuple[str, ...]
+    plugin: str, reason: str | None, error: str | None, output: str | None, observed: object, tools: tuple[str, ...],
+    source: PluginLifecycleState | None, dest: PluginLifecycleState, when: datetime | None, ok: bool | None,
+    counts: tuple[int, int], flags: tuple[bool, bool, bool],
 ) -> None:
-    """The stores keep records and snapshots as compact JSON made by one encoder made once: the very text
-    ``json.dumps(..., separators=(",", ":"))`` writes, whatever the strings and numbers in them."""
+    """The stores keep records and snapshots as compact JSON written field by field: the very text
+    ``json.dumps(..., separators=(",", ":"))`` writes of their dicts, whatever the strings, numbers and times."""
     import json
 
     from plugin_health.store.base import record_to_json
 
     dumps = json.JSONEncoder(separators=(",", ":")).encode
-    record = TransitionRecord.now(plugin, PluginLifecycleState.LOADED, PluginLifecycleState.FAILED, "fail", reason,
-                                  "OSError", error)
+
+    def text(field: str, value: str | None) -> str | None:  # each field its own text: none can pass for another
+        return None if value is None else f"{field}:{value}"
+
+    record = TransitionRecord.now(plugin, source, dest, "fail", text("reason", reason), text("type", reason), error)
     assert record_to_json(record) == dumps(record.to_dict())
-    snapshot = PluginSnapshot(name=plugin, state=PluginLifecycleState.RUNNING, since=record.at, version="1.0",
-                              reason=reason, error_type=None, error=error, tools=tools, check_output=output,
-                              observed_value=observed)  # type: ignore[arg-type]
+    snapshot = PluginSnapshot(name=plugin, state=dest, since=record.at, version=text("version", reason),
+                              reason=reason, error_type=text("type", reason), error=error, requires=tools,
+                              critical=flags[0], isolation=text("isolation", reason), tools=tools[1:],
+                              consecutive_failures=counts[0], restarts=counts[1], last_check=when, last_check_ok=ok,
+                              allowed=tools[:1], stale_after=None if when is None else when.replace(microsecond=1),
+                              singleton=flags[1], owner=text("owner", output), standby=flags[2],
+                              check_status=text("status", reason), check_output=output,
+                              observed_unit=text("unit", output), observed_value=observed)  # type: ignore[arg-type]
+    assert snapshot.to_json() == _standard_snapshot_json(snapshot, dumps)
+
+
+def test_a_record_or_snapshot_holding_what_its_fields_should_not_is_written_as_json_dumps_would() -> None:
+    """A value of another type than its field's (a subclass of ``str``, a number where text goes) is not refused:
+    it is written as ``json.dumps`` would write it, as before records and snapshots were written field by field."""
+    import json
+
+    from plugin_health.store.base import record_to_json
+
+    class Text(str):
+        pass
+
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    odd = TransitionRecord.now(Text("p"), None, PluginLifecycleState.LOADED, 5, reason=3.5)  # type: ignore[arg-type]
+    assert record_to_json(odd) == dumps(odd.to_dict())
+    since = datetime(2026, 12, 2, tzinfo=UTC)
+    snapshot = PluginSnapshot(name="p", state=PluginLifecycleState.RUNNING, since=since, version=2,  # type: ignore
+                              critical=1, requires=["a"], consecutive_failures=True, restarts=2.5,  # type: ignore
+                              allowed=(Text("stop"),), owner=Text("me"))
     assert snapshot.to_json() == _standard_snapshot_json(snapshot, dumps)
 
 

@@ -73,10 +73,30 @@ class PluginSnapshot:
         )
 
     def to_json(self) -> str:
-        """A compact JSON text (how the stores keep it)."""
-        # Not dataclasses.asdict: it deep-copies every value (40 us a snapshot, not 8 us; 13% of the time the host
-        # took to load 10,000 plugins). The values are flat (JSON scalars, datetimes, tuples of str), so a shallow
-        # read gives the same JSON.
+        """A compact JSON text (how the stores keep it): ``json.dumps(..., separators=(",", ":"))`` of its fields, the
+        times as ISO 8601 text, written field by field (two fifths of the time of building a dict and encoding it, a
+        snapshot written for each plugin as thousands load); a field holding another type than its own is written
+        as ``json.dumps`` would (``_as_dumped``)."""
+        try:
+            return (
+                f'{{"name":{_string(self.name)},"state":{_string(self.state.value)},'
+                f'"since":{_string(self.since.isoformat())},"version":{_maybe(self.version)},'
+                f'"reason":{_maybe(self.reason)},"error_type":{_maybe(self.error_type)},"error":{_maybe(self.error)},'
+                f'"requires":{_strings(self.requires)},"critical":{_flag(self.critical)},'
+                f'"isolation":{_maybe(self.isolation)},"tools":{_strings(self.tools)},'
+                f'"consecutive_failures":{_count(self.consecutive_failures)},"restarts":{_count(self.restarts)},'
+                f'"last_check":{_time(self.last_check)},"last_check_ok":{_maybe_flag(self.last_check_ok)},'
+                f'"allowed":{_strings(self.allowed)},"stale_after":{_time(self.stale_after)},'
+                f'"singleton":{_flag(self.singleton)},"owner":{_maybe(self.owner)},"standby":{_flag(self.standby)},'
+                f'"check_status":{_maybe(self.check_status)},"observed_value":{_compact(self.observed_value)},'
+                f'"observed_unit":{_maybe(self.observed_unit)},"check_output":{_maybe(self.check_output)}}}'
+            )
+        except TypeError:
+            return self._as_dumped()
+
+    def _as_dumped(self) -> str:
+        # Not dataclasses.asdict: it deep-copies every value (40 us a snapshot, not 8 us). The values are flat (JSON
+        # scalars, datetimes, tuples of str), so a shallow read gives the same JSON.
         data = {name: getattr(self, name) for name in _SNAPSHOT_FIELDS}
         data["state"] = self.state.value
         data["since"] = self.since.isoformat()
@@ -149,8 +169,56 @@ _compact = _flat_encoder()
 
 
 def record_to_json(record: TransitionRecord) -> str:
-    """A transition record as compact JSON (the history entry the HTTP API serves)."""
-    return _compact(record.to_dict())
+    """A transition record as compact JSON (the history entry the HTTP API serves): ``json.dumps`` of its
+    ``to_dict()``, written field by field (2 us, not 5: three records a plugin as thousands load)."""
+    source = record.source
+    try:
+        return (
+            f'{{"plugin":{_string(record.plugin)},"from":{"null" if source is None else _string(source.value)},'
+            f'"to":{_string(record.dest.value)},"trigger":{_string(record.trigger)},"reason":{_maybe(record.reason)},'
+            f'"error_type":{_maybe(record.error_type)},"error":{_maybe(record.error)},'
+            f'"at":{_string(record.at.isoformat())}}}'
+        )
+    except TypeError:  # a field of another type than its own: as json.dumps writes it
+        return _compact(record.to_dict())
+
+
+#: ``json.dumps`` of one ``str`` (a subclass too), quotes included; ``TypeError`` for anything else. The writers below
+#: raise ``TypeError`` for a value that is not of the one type they write, and their callers then write it the slow,
+#: general way: so a record or snapshot is always written as ``json.dumps`` writes its dict.
+_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _maybe(value: str | None) -> str:
+    return "null" if value is None else _string(value)
+
+
+def _flag(value: bool) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    raise TypeError(value)
+
+
+def _maybe_flag(value: bool | None) -> str:
+    return "null" if value is None else _flag(value)
+
+
+def _count(value: int) -> str:
+    if type(value) is int:
+        return int.__repr__(value)
+    raise TypeError(value)
+
+
+def _strings(values: tuple[str, ...]) -> str:
+    if type(values) is tuple or type(values) is list:
+        return f"[{','.join(map(_string, values))}]"
+    raise TypeError(values)
+
+
+def _time(value: datetime | None) -> str:
+    return "null" if value is None else _string(value.isoformat())
 
 
 def record_from_json(text: str | bytes) -> TransitionRecord:
