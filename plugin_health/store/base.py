@@ -211,8 +211,8 @@ def _count(value: int) -> str:
     raise TypeError(value)
 
 
-def _strings(values: tuple[str, ...]) -> str:
-    if type(values) is tuple or type(values) is list:
+def _strings(values: tuple[str, ...] | list[str]) -> str:
+    if type(values) in (tuple, list):
         return f"[{','.join(map(_string, values))}]"
     raise TypeError(values)
 
