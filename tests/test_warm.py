@@ -153,6 +153,41 @@ def test_a_warmed_worker_answers_its_first_list_in_front_of_flask_and_counts_no_
     assert counted() == before + 1
 
 
+def test_a_worker_that_boots_while_the_core_loads_builds_nothing_from_the_store_until_it_has(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, post_worker_init: Callable[[Any], None]
+) -> None:
+    """While the core loads, the store moves with every batch (ten times a second): a list built then is stale
+    before any client asks, and five workers building one of thousands of plugins at once took the CPU the core
+    loads with. A worker that boots then pays only its one-time costs (a request through the whole app: Flask's
+    first, the fast path's question of whose hooks the app has) and builds its list and gauges once the core has
+    loaded."""
+    from waiting import wait_for
+
+    from plugin_health.api.fastpath import FastReads
+    from plugin_health.runtime.core import LOADED_KEY
+
+    store = service(app).store
+    store.set_meta(LOADED_KEY, "")  # the core is loading
+    build_list, from_json = plugins.build_list, PluginSnapshot.__dict__["from_json"]
+    tried = refuse_builds(monkeypatch)
+    parsed = count_parses(monkeypatch)
+    post_worker_init(Worker(app))
+    assert tried == []
+    assert parsed == []
+    assert COLLECTOR not in app.extensions  # no gauges worked out either
+    fast = app.wsgi_app
+    assert isinstance(fast, FastReads)
+    assert fast._ours is True  # its first request went through Flask, marked as no client's
+    monkeypatch.setattr(plugins, "build_list", build_list)  # builds are the worker's own again
+    monkeypatch.setattr(PluginSnapshot, "from_json", from_json)
+    store.put_many([snapshot(name, S.FAILED) for name in NAMES])
+    store.set_meta(LOADED_KEY, "1")
+    wait_for(lambda: app.extensions[warm.WARMED_LOADED] is True, 5)
+    assert app.extensions[COLLECTOR]._cached[0] == store.version()
+    states = {entry["name"]: entry["state"] for entry in app.test_client().get("/v1/plugins/").get_json()}
+    assert set(states.values()) == {"FAILED"}
+
+
 def count_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record each snapshot parsed from its JSON text."""
     parsed: list[str] = []
