@@ -172,6 +172,7 @@ def test_a_worker_that_boots_while_the_core_loads_builds_nothing_from_the_store_
     tried = refuse_builds(monkeypatch)
     parsed = count_parses(monkeypatch)
     post_worker_init(Worker(app))
+    assert app.extensions[warm.FIRST_ONLY] is True
     assert tried == []
     assert parsed == []
     assert COLLECTOR not in app.extensions  # no gauges worked out either

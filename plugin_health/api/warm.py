@@ -38,6 +38,7 @@ def warm(app: Flask) -> float:
     service: Service = app.extensions["plugin_health"]
     loaded = service.store.get_meta(LOADED_KEY)  # before what it reads
     app.extensions[WARMED_LOADED] = bool(loaded)
+    app.extensions[FIRST_ONLY] = loaded == ""
     if loaded == "":
         return _first_request(app, service, began)
     version = service.store.version()
@@ -100,6 +101,8 @@ def _gauges(app: Flask, service: Service, pause: Callable[[], None] | None = Non
 
 #: Where ``warm`` notes whether the core had loaded when it began (``app.extensions``).
 WARMED_LOADED = "plugin_health.warmed_loaded"
+#: And whether it only took the app's first request, the core loading then (``app.extensions``).
+FIRST_ONLY = "plugin_health.warmed_first_only"
 
 
 def warm_once_loaded(app: Flask, pause: Callable[[float], None], every: float = 0.5,

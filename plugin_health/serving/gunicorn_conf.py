@@ -320,7 +320,13 @@ def post_worker_init(worker: Any) -> None:
         except Exception:
             worker.log.exception("plugin-health: worker %s not warmed; its first requests build", worker.pid)
         else:
-            worker.log.info("plugin-health: worker %s warmed in %.0f ms", worker.pid, took * 1e3)
+            from plugin_health.api.warm import FIRST_ONLY
+
+            if worker.wsgi.extensions.get(FIRST_ONLY):
+                worker.log.info("plugin-health: worker %s took its first request in %.0f ms (the core is loading: it "
+                                "warms once the core has loaded)", worker.pid, took * 1e3)
+            else:
+                worker.log.info("plugin-health: worker %s warmed in %.0f ms", worker.pid, took * 1e3)
         # Booted while the core loads: warm again once it has, in steps that give way to the worker's requests.
         if _is_gevent(worker):
             import gevent
