@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import re
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -347,3 +348,45 @@ def test_a_record_stamped_now_is_the_record_its_fields_make_and_stays_frozen() -
     assert (entered.source, entered.reason, entered.error_type, entered.error) == (None, None, None, None)
     with pytest.raises(AttributeError):
         record.trigger = "start"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("state", "trigger"), list(itertools.product(S, TRIGGERS)))
+def test_a_trigger_moves_a_model_as_the_library_s_own_event_does(state: S, trigger: str) -> None:
+    """Our events skip ``transitions``' event data, queue and callback walks where the machine has none: for every
+    state and trigger, the move (or the refusal, a ``MachineError``) is the one the library's own ``Event`` makes."""
+    from transitions import Event, MachineError
+
+    from plugin_health.lifecycle import machine
+
+    def outcome(fire: Callable[[object], object]) -> tuple[object, str]:
+        model = machine.new_model("p", state)
+        try:
+            result: object = fire(model)
+        except MachineError as err:
+            result = f"MachineError: {err.value}"
+        return result, model.machine_state
+
+    event = machine._MACHINE.events[trigger]
+    assert outcome(event.trigger) == outcome(lambda model: Event.trigger(event, model))
+
+
+def test_a_machine_given_callbacks_of_its_own_runs_them_on_every_trigger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the machine itself has callbacks (before and after every change, around every event: someone extending
+    it), our events take the library's own way, and every callback runs."""
+    from plugin_health.lifecycle import machine
+
+    ran: list[str] = []
+    for hook in ("prepare_event", "before_state_change", "after_state_change", "finalize_event"):
+        monkeypatch.setattr(machine._MACHINE, hook, [lambda *args, hook=hook: ran.append(hook)])
+        model = machine.new_model("p", S.LOADED)
+        assert machine.fire(model, "initialize")
+        assert model.state is S.INITIALIZED
+        assert ran == [hook]
+        ran.clear()
+        monkeypatch.setattr(machine._MACHINE, hook, [])
+    model = machine.new_model("q", S.LOADED)
+    monkeypatch.setattr(machine._MACHINE.states["INITIALIZED"], "on_enter", [lambda *args: ran.append("enter")])
+    assert machine.fire(model, "initialize")
+    assert ran == ["enter"]
+    assert not machine.fire(model, "initialize")  # from INITIALIZED: refused, as the library refuses it
+    assert model.state is S.INITIALIZED
