@@ -316,34 +316,33 @@ class Supervisor:
         with self._lock:
             watch = self._watch(record.plugin)
             counted = watch.consecutive_failures
-        self._update(record)
+            self._update(watch, record)
         if record.dest is RUNNING and counted:
             self._changed(record.plugin)  # the failure count went back to 0
 
-    def _update(self, record: TransitionRecord) -> None:
-        with self._lock:
-            watch = self._watch(record.plugin)
-            now = self._clock()
-            if record.dest is RUNNING:
-                watch.consecutive_failures = 0
-                watch.next_check_at = now
-                self._schedule(now, record.plugin, "check")
-            elif record.dest is FAILED:
-                watch.next_check_at = None
-                window, limit = self.settings.restart_window, self.settings.max_restarts
-                if limit == 0:
-                    return  # automatic restarts are off
-                while watch.restart_times and now - watch.restart_times[0] >= window:
-                    watch.restart_times.popleft()
-                if record.reason == RESTART_LIMIT_REACHED or not may_restart(watch.restart_times, now, window, limit):
-                    watch.gave_up = True
-                    return
-                attempt = restarts_in_window(watch.restart_times, now, window)
-                delay = backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_max, self._jitter())
-                watch.next_restart_at = now + delay
-                self._schedule(watch.next_restart_at, record.plugin, "restart")
-            else:
-                watch.next_check_at = None
+    def _update(self, watch: PluginWatch, record: TransitionRecord) -> None:
+        """Schedule what ``record`` makes due for ``watch``'s plugin (the caller holds ``_lock``)."""
+        now = self._clock()
+        if record.dest is RUNNING:
+            watch.consecutive_failures = 0
+            watch.next_check_at = now
+            self._schedule(now, record.plugin, "check")
+        elif record.dest is FAILED:
+            watch.next_check_at = None
+            window, limit = self.settings.restart_window, self.settings.max_restarts
+            if limit == 0:
+                return  # automatic restarts are off
+            while watch.restart_times and now - watch.restart_times[0] >= window:
+                watch.restart_times.popleft()
+            if record.reason == RESTART_LIMIT_REACHED or not may_restart(watch.restart_times, now, window, limit):
+                watch.gave_up = True
+                return
+            attempt = restarts_in_window(watch.restart_times, now, window)
+            delay = backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_max, self._jitter())
+            watch.next_restart_at = now + delay
+            self._schedule(watch.next_restart_at, record.plugin, "restart")
+        else:
+            watch.next_check_at = None
 
     def tick(self) -> float | None:
         """Do everything that is due now; returns when the next item is due (None: nothing scheduled)."""
