@@ -20,7 +20,7 @@ def caps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The allowances the runner asked to cap itself at (never applied to the test's own process)."""
     asked: list[int] = []
 
-    def cap_process(limit_mb: int) -> int | None:
+    def cap_process(limit_mb: int, current: int | None = None, hard: int | None = None) -> int | None:
         asked.append(limit_mb)
         return None
 
@@ -66,3 +66,35 @@ def test_a_plugin_without_an_allowance_leaves_the_runner_uncapped_until_it_is_dr
     runner.handle({"op": "drop", "slot": 2})
     load(runner, tmp_path, 4, 30)
     assert caps == [200, 150 + 100]
+
+
+def test_a_load_starts_from_the_reading_the_last_load_ended_with(
+    runner: Runner, caps: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load's memory guard needs a reading just before it, and the runner's cap one just after it: a load that
+    follows a load takes the reading that one ended with (only the runner's own sending and reading ran since),
+    one /proc read a load instead of two. A request in between takes its own."""
+    readings = iter(range(1 << 30, 1 << 40, 1 << 20))
+    taken: list[int] = []
+
+    def usage() -> int:
+        taken.append(next(readings))
+        return taken[-1]
+
+    monkeypatch.setattr(runner_module.memory, "usage", usage)
+    lowered: list[int] = []
+    monkeypatch.setattr(runner_module.resource, "setrlimit", lambda limit, pair: lowered.append(pair[0]))
+    for slot in (1, 2, 3):
+        runner.handle({"op": "load", "slot": slot, "timeout": 5.0, "memory_limit_mb": 64,
+                       "source": {"name": f"p{slot}", "origin": str(tmp_path / f"p{slot}.py"), "entry_point": None,
+                                  "path": str(tmp_path / f"p{slot}.py"), "text": b"from plugin_health import Plugin\n"
+                                  b"class P(Plugin):\n    pass\n"}})
+    assert len(taken) == 4  # before the first, then one after each
+    assert lowered[::2] == [reading + 64 * 1024 * 1024 for reading in taken[:3]]  # each guard from the last reading
+    runner.handle({"op": "drop", "slot": 1})
+    runner.handle({"op": "load", "slot": 4, "timeout": 5.0, "memory_limit_mb": 64,
+                   "source": {"name": "p4", "origin": str(tmp_path / "p4.py"), "path": str(tmp_path / "p4.py"),
+                              "entry_point": None, "text": b"from plugin_health import Plugin\nclass P(Plugin):\n"
+                              b"    pass\n"}})
+    assert len(taken) == 6  # a request came between: a reading of its own before the load
+    assert lowered[-2] == taken[4] + 64 * 1024 * 1024

@@ -42,7 +42,7 @@ HOG = "return bytearray(512 * 1024 * 1024)"
 
 @pytest.fixture
 def runner(monkeypatch: pytest.MonkeyPatch) -> Iterator[Runner]:
-    monkeypatch.setattr(runner_module.memory, "cap_process", lambda limit_mb: None)  # never cap the test's process
+    monkeypatch.setattr(runner_module.memory, "cap_process", lambda *limits: None)  # never cap the test's process
     ours, theirs = socket.socketpair()
     with ours, theirs:
         made = Runner(theirs, 1 << 20)

@@ -139,6 +139,8 @@ class Runner:
         self._allowance_total = 0
         self._unbounded = 0  # loaded plugins with no allowance (then the runner is not capped)
         self._sandboxes: dict[float | None, Sandbox] = {}
+        #: The memory reading the last load ended with, for the next request if it is a load (``handle``).
+        self._reading: int | None = None
         #: The runner's own soft and hard caps of ``RLIMIT_DATA`` (a call's guard lowers the soft one, then restores).
         self.cap, self.hard = resource.getrlimit(memory.LIMIT)
 
@@ -211,16 +213,19 @@ class Runner:
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """The answer to one request."""
         op = request.get("op")
+        # The memory reading taken as the last load ended, which the next load's guard may start from if this is
+        # that load (only the runner's own sending and reading ran since); any other request comes between.
+        reading, self._reading = self._reading, None
         if op == "call":
             return self.call(request)
         if op == "load":
-            return self.load(request)
+            return self.load(request, reading)
         if op == "drop":
             self._forget(int(request["slot"]))
             return {"ok": True}
         return {"ok": False, "error_type": "ProtocolError", "error": f"unknown op {op!r}"}
 
-    def load(self, request: dict[str, Any]) -> dict[str, Any]:
+    def load(self, request: dict[str, Any], before: int | None = None) -> dict[str, Any]:
         """Import a source, validate its class and instantiate it: its declaration, or the phase that failed.
 
         Import, class lookup and declaration run in one sandbox under the request's limits (:func:`_declare` notes
@@ -229,7 +234,9 @@ class Runner:
         for a class whose making runs no plugin code: :func:`_made_as_object_makes_it`). One sandbox
         rather than three saved 2 x 10 us of arming and disarming a load (of ~230 us for a trivial plugin). So the
         three share the request's timeout and memory allowance, as the core already holds the whole load to that
-        timeout (plus its grace) before it kills the runner.
+        timeout (plus its grace) before it kills the runner. Its memory guard is the runner's own (``_guarded``), from
+        ``before``, the reading the last load ended with if given; the reading it ends with is the one the runner's
+        cap is worked out from (``_recap``) when nothing ran after it, and the one the next load may start from.
         """
         raw = request["source"]
         path = raw.get("path")
@@ -237,7 +244,8 @@ class Runner:
         defaults = SandboxLimits(request.get("timeout"), request.get("memory_limit_mb"))
         text = raw.get("text")
         reached = ["import"]
-        result = Sandbox(defaults).run(_declare, source, reached, text if isinstance(text, bytes) else None)
+        result, _, after = self._guarded(_declare, (source, reached, text if isinstance(text, bytes) else None),
+                                         defaults.timeout, defaults.memory_limit_mb, before)
         if not result.ok:
             return {"ok": False, "phase": reached[0], "error_type": result.error_type, "error": result.error}
         cls, declared = result.result
@@ -249,14 +257,15 @@ class Runner:
         if _made_as_object_makes_it(cls):
             result = PluginSandboxResult(True, cls(), None, None, 0.0)  # only ``object``'s own C code runs
         else:
-            result = Sandbox(limits).run(cls)
+            result, after = Sandbox(limits).run(cls), None  # its code ran since that reading
         if not result.ok:
             return {"ok": False, "phase": "instantiation", "error_type": result.error_type, "error": result.error}
         slot = int(request["slot"])
         self._forget(slot)
         loaded = self.loaded[slot] = _Loaded(result.result, str(declared["name"]), limits)
         self._count(limits.memory_limit_mb, 1)
-        self._recap()
+        self._recap(after)
+        self._reading = after
         up = request.get("up")
         if not isinstance(up, dict) or not _may_come_up(declared, source.name, up.get("timeout")):
             return {"ok": True, "result": declared}
@@ -314,32 +323,12 @@ class Runner:
                   timeout: float | None, before: int | None) -> tuple[dict[str, Any], int | None]:
         """``run``, given the memory reading just before it if one was taken (None: read it here), and giving the
         reading just after it too (a /proc read each, 5-9 us)."""
-        timeout = timeout or loaded.limits.timeout
         allowance = loaded.limits.memory_limit_mb
-        sandbox = self._sandboxes.get(timeout)
-        if sandbox is None:
-            sandbox = self._sandboxes[timeout] = Sandbox(SandboxLimits(timeout))
-        # The memory guard, done here rather than by the sandbox: the reading it needs is also the one that tells
-        # what the call kept, and the runner knows its own cap (a /proc read or two and two setrlimit calls a call).
-        if before is None:
-            before = memory.usage()
-        lowered = allowance is not None and before is not None
-        if allowance is not None and before is not None:
-            target = before + allowance * _MIB
-            if self.cap != resource.RLIM_INFINITY:
-                target = min(target, self.cap)  # never above the runner's own cap
-            resource.setrlimit(memory.LIMIT, (target, self.hard))
-        try:
-            result = sandbox.run(_bound, loaded.instance, method, args, kwargs)
-        finally:
-            if lowered:
-                resource.setrlimit(memory.LIMIT, (self.cap, self.hard))
-        after = memory.usage()
+        result, before, after = self._guarded(_bound, (loaded.instance, method, args, kwargs),
+                                              timeout or loaded.limits.timeout, allowance, before)
         if result.ok and not result.result[0]:  # the plugin raised, its result is no JSON, or its arguments misfit
             _, error_type, error, *refused = result.result
             result = PluginSandboxResult(False, None, error, error_type, result.duration_ms, bool(refused))
-        elif result.error_type == "MemoryError" and allowance is not None:
-            result = failed(MEMORY, memory_message(allowance), result.duration_ms)
         answer: dict[str, Any] = {
             "ok": result.ok,
             "error": result.error,
@@ -360,6 +349,36 @@ class Runner:
                 answer[HEALTH_RESULT] = True
         return answer, after
 
+    def _guarded(self, fn: Any, args: tuple[Any, ...], timeout: float | None, allowance: int | None,
+                 before: int | None) -> tuple[PluginSandboxResult, int | None, int | None]:
+        """``fn(*args)`` in a sandbox of ``timeout``, with the runner's soft memory limit lowered to ``before`` (the
+        reading just before it; taken here if None) plus ``allowance`` MiB for its duration; the outcome (a
+        ``MemoryError`` then is ``PluginMemoryError``), and the readings just before and just after it.
+
+        The memory guard is done here rather than by the sandbox: the runner knows its own cap (no ``getrlimit``), and
+        the readings it needs also tell what a call kept and what the runner's cap is worked out from (a /proc read
+        each, 5-9 us, and two ``setrlimit`` calls a guarded run)."""
+        sandbox = self._sandboxes.get(timeout)
+        if sandbox is None:
+            sandbox = self._sandboxes[timeout] = Sandbox(SandboxLimits(timeout))
+        if before is None:
+            before = memory.usage()
+        lowered = allowance is not None and before is not None
+        if allowance is not None and before is not None:
+            target = before + allowance * _MIB
+            if self.cap != resource.RLIM_INFINITY:
+                target = min(target, self.cap)  # never above the runner's own cap
+            resource.setrlimit(memory.LIMIT, (target, self.hard))
+        try:
+            result = sandbox.run(fn, *args)
+        finally:
+            if lowered:
+                resource.setrlimit(memory.LIMIT, (self.cap, self.hard))
+        after = memory.usage()
+        if result.error_type == "MemoryError" and allowance is not None:
+            result = failed(MEMORY, memory_message(allowance), result.duration_ms)
+        return result, before, after
+
     def _context(self, loaded: _Loaded, raw: dict[str, Any]) -> PluginContext:
         import logging
         from types import MappingProxyType
@@ -374,15 +393,16 @@ class Runner:
             fencing_token=token if isinstance(token := raw.get("fencing_token"), int) else None,
         )
 
-    def _recap(self) -> None:
-        """Cap the whole runner at what it uses now plus every loaded plugin's allowance, and one call's more.
+    def _recap(self, usage: int | None = None) -> None:
+        """Cap the whole runner at what it uses now (``usage``: a reading taken since the last plugin code ran, if
+        given) plus every loaded plugin's allowance, and one call's more.
 
         That one more allowance is what lets a plugin keep past its limit and be seen doing it (its runner is then
         recycled): capped at the allowances alone, a plugin that keeps memory starves at the cap instead, every
         call failing, and the runner is never given back what it kept.
         """
         if self.loaded and not self._unbounded:
-            self.cap = memory.cap_process(self._allowance_total + max(self._allowances)) or self.cap
+            self.cap = memory.cap_process(self._allowance_total + max(self._allowances), usage, self.hard) or self.cap
 
     def _forget(self, slot: int) -> None:
         """Drop the instance in ``slot``, if any, and its allowance."""

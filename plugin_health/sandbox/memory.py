@@ -137,12 +137,15 @@ class MemoryGuard:
             self.exceeded = True
 
 
-def cap_process(limit_mb: int) -> int | None:
-    """Cap this whole process at its current usage plus ``limit_mb`` MiB; return the cap in bytes."""
-    current = usage()
+def cap_process(limit_mb: int, current: int | None = None, hard: int | None = None) -> int | None:
+    """Cap this whole process at its current usage (``current``, a reading just taken, if given) plus ``limit_mb``
+    MiB, under the hard limit (``hard``, if known); return the cap in bytes."""
+    if current is None:
+        current = usage()
     if current is None:
         return None
-    _soft, hard = resource.getrlimit(LIMIT)
+    if hard is None:
+        _soft, hard = resource.getrlimit(LIMIT)
     target = current + limit_mb * _MIB
     if hard != resource.RLIM_INFINITY:
         target = min(target, hard)
