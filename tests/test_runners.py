@@ -887,3 +887,24 @@ def test_load_many_imports_each_text_it_is_given_and_drops_it_once_answered(
     placed = list(harness.pool.load_many(sources, SandboxLimits(5.0, 256), apart=lambda source: (False, text)))
     assert [p.declaration["version"] if p and p.declaration else p for p in placed] == ["3.0"] * 5
     assert dropped == [source.name for source in sources]
+
+
+def test_streamed_loads_read_the_answers_that_arrive_while_they_wait_to_send_more(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loads are sent ahead, many at a time: a sender that waits for room on the socket while the runner, answering,
+    waits for room on its side would hold both until the deadline (the runner then killed, its plugins failed).
+    While it waits to send, the sender reads what has arrived. Here the window is large enough, and the requests
+    and answers big enough, that both sides' buffers fill long before the last request is sent."""
+    from plugin_health.runtime import runners
+
+    monkeypatch.setattr(runners, "PIPELINE", 3000)
+    text = (b"from plugin_health import Plugin\nclass P(Plugin):\n    version = '3.0'\n"
+            b"    critical = False  # " + b"x" * 1000 + b"\n")
+    sources = [PluginSource(f"p{i:04d}_{'y' * 60}", str(tmp_path / f"p{i}.py"), path=tmp_path / f"p{i}.py")
+               for i in range(3000)]
+    began = time.monotonic()
+    placed = list(harness.pool.load_many(sources, SandboxLimits(3.0, 256), apart=lambda source: (False, text)))
+    assert [p.declaration["version"] if p and p.declaration else p for p in placed] == ["3.0"] * 3000
+    assert harness.losses == []
+    assert time.monotonic() - began < 3.0  # not held until the first deadline

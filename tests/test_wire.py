@@ -3,6 +3,7 @@ refused."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -97,3 +98,36 @@ def test_requests_sent_together_are_read_from_a_blocking_socket_one_at_a_time() 
         core.close()
         with pytest.raises(wire.PeerClosedError):  # the core closed its end: the runner's next read says so
             reader.read(lambda: None, more=True)
+
+
+def test_what_arrives_while_a_writer_waits_is_read_ahead_and_then_read_in_order(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """``fill`` takes what has arrived (a writer waiting for room must not leave its peer blocked on its own writes),
+    and ``read`` then gives the frames in order, those filled first; with nothing there, or the peer gone, it reads
+    nothing."""
+    ours, theirs = pair
+    reader = wire.FrameReader(ours, 1 << 20)
+    assert reader.fill() == 0  # nothing yet
+    answers, data = frames(50)
+    theirs.sendall(data[:1000])
+    assert reader.fill() == 1000
+    theirs.sendall(data[1000:])
+    assert [reader.read(nothing_more, more=True) for _ in answers] == answers
+    theirs.close()
+    assert reader.fill() == 0
+
+
+def test_a_peer_sending_without_end_is_buffered_only_up_to_the_limit(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    theirs.setblocking(False)
+    reader = wire.FrameReader(ours, 100_000)
+    sent = 0
+    filled = 0
+    for _ in range(200):
+        with contextlib.suppress(BlockingIOError):
+            sent += theirs.send(b"\0\0\0\1x" * 4096)
+        filled += reader.fill()
+    assert sent > filled  # the rest stays on the socket: the sender is blocked, not buffered here
+    assert 100_000 <= filled <= 100_000 + 4 + 65_536
+    assert reader.fill() == 0

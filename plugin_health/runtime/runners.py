@@ -333,14 +333,22 @@ class RunnerProcess:
                 raise TimeoutError
 
     def _send(self, frame: bytes, deadline: float | None) -> None:
-        """Write a whole frame to the non-blocking socket, waiting for room until ``deadline``."""
+        """Write a whole frame to the non-blocking socket, waiting for room until ``deadline``. While it waits, what
+        the runner sends is read (``FrameReader.fill``): a runner answering requests sent ahead may itself be waiting
+        for room to send, and it reads no more requests until it has; neither would go on until the deadline."""
         view = memoryview(frame)
         while view:
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
                 remaining = -1 if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
-                if not select.select([], [self.sock], [], None if remaining < 0 else remaining / 1000)[1]:
+                wait = None if remaining < 0 else remaining / 1000
+                readable, writable, _ = select.select([self.sock], [self.sock], [], wait)
+                if readable and not writable and not self._reader.fill():  # gone, or sending without end
+                    writable = select.select([], [self.sock], [], wait)[1]
+                elif readable:
+                    continue
+                if not writable:
                     raise TimeoutError from None
                 continue
             except OSError as err:

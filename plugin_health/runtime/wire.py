@@ -152,6 +152,21 @@ class FrameReader:
             buffer += chunk
 
 
+    def fill(self) -> int:
+        """Read what has arrived into the buffer, for ``read`` to return later; how many bytes. A writer must not
+        leave its peer blocked on the peer's own writes meanwhile (``RunnerProcess._send``). Nothing is read past
+        ``limit`` bytes waiting (a peer that sends without end is not buffered without end: it stays blocked, and the
+        writer's deadline ends it), nor when nothing has arrived or the connection broke (``read`` reports that)."""
+        if len(self._buffer) - self._start >= self.limit + _HEADER.size:
+            return 0
+        try:
+            chunk = self.sock.recv(_CHUNK)
+        except OSError:  # nothing yet (non-blocking), or a broken connection
+            return 0
+        self._buffer += chunk
+        return len(chunk)
+
+
 def send(sock: socket.socket, frame: bytes) -> None:
     """Write one encoded frame; :class:`PeerClosedError` if the peer is gone."""
     try:
