@@ -98,3 +98,31 @@ def test_a_load_starts_from_the_reading_the_last_load_ended_with(
                               b"    pass\n"}})
     assert len(taken) == 6  # a request came between: a reading of its own before the load
     assert lowered[-2] == taken[4] + 64 * 1024 * 1024
+
+
+def test_a_load_after_one_whose_plugin_came_up_with_its_own_code_starts_from_the_reading_after_that_code(
+    runner: Runner, caps: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin brought up with its load may run its own ``start``, which may keep memory: the next load's guard
+    starts from the reading taken after that, never from the one taken as the load ended (which would hold the next
+    plugin to less than its allowance)."""
+    readings = iter(range(1 << 30, 1 << 40, 1 << 20))
+    taken: list[int] = []
+
+    def usage() -> int:
+        taken.append(next(readings))
+        return taken[-1]
+
+    monkeypatch.setattr(runner_module.memory, "usage", usage)
+    lowered: list[int] = []
+    monkeypatch.setattr(runner_module.resource, "setrlimit", lambda limit, pair: lowered.append(pair[0]))
+    own_start = b"from plugin_health import Plugin\nclass P(Plugin):\n    def start(self):\n        pass\n"
+    for slot, text in ((1, own_start), (2, own_start)):
+        runner.handle({"op": "load", "slot": slot, "timeout": 5.0, "memory_limit_mb": 64, "id": slot,
+                       "up": {"config": {}, "timeout": 5.0, "check": False},
+                       "source": {"name": f"p{slot}", "origin": str(tmp_path / f"p{slot}.py"), "entry_point": None,
+                                  "path": str(tmp_path / f"p{slot}.py"), "text": text}})
+        runner._outbox.clear()
+    # load 1: before, after (its start's before); its start: after (load 2's before); load 2: after; its start: after
+    assert len(taken) == 5
+    assert lowered[4] == taken[2] + 64 * 1024 * 1024  # the second load's guard, from the reading after the start

@@ -269,9 +269,10 @@ class Runner:
         up = request.get("up")
         if not isinstance(up, dict) or not _may_come_up(declared, source.name, up.get("timeout")):
             return {"ok": True, "result": declared}
-        return self._bring_up(loaded, up, request.get("id"), {"ok": True, "result": declared, "up": True})
+        return self._bring_up(loaded, up, request.get("id"), {"ok": True, "result": declared, "up": True}, after)
 
-    def _bring_up(self, loaded: _Loaded, up: dict[str, Any], ident: object, answer: dict[str, Any]) -> dict[str, Any]:
+    def _bring_up(self, loaded: _Loaded, up: dict[str, Any], ident: object, answer: dict[str, Any],
+                  before: int | None = None) -> dict[str, Any]:
         """``initialize``, then ``start`` if it passed, then (``up["check"]``) its first ``health_check``, of a plugin
         just loaded, as the core's ``call`` requests would run them; each answer before the last written before the
         next phase runs plugin code (``answer``, the load's, first), so that the core always knows the phase in
@@ -280,10 +281,10 @@ class Runner:
 
         A phase ``Plugin`` itself answers (:data:`_INHERITED`) runs no plugin code: its answer rides in the frame of
         the answer before it (its ``then``, in order), so that a plugin that overrides none of them comes up in one
-        frame, and the core reads one answer of it, not four."""
+        frame, and the core reads one answer of it, not four. ``before``: the memory reading the load ended with (the
+        first phase's guard starts from it); the last reading taken is the one the next load may start from."""
         phases = ["initialize", "start", "health_check"] if up.get("check") is True else ["initialize", "start"]
         riding: list[str] = []
-        before = None
         for method in phases:
             if _inherited(loaded.instance, method, _INHERITED[method][1]):
                 riding.append(_KNOWN[method])
@@ -297,6 +298,7 @@ class Runner:
             answer["method"] = method
             if not answer["ok"] or answer.get("result_json") == "false":  # as the core judges a setup: not passed
                 break
+        self._reading = before
         return _with_riding(answer, riding)
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
