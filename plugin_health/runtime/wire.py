@@ -151,7 +151,6 @@ class FrameReader:
                 raise PeerClosedError("the peer closed the connection")
             buffer += chunk
 
-
     def fill(self) -> int:
         """Read what has arrived into the buffer, for ``read`` to return later; how many bytes. A writer must not
         leave its peer blocked on the peer's own writes meanwhile (``RunnerProcess._send``). Nothing is read past
