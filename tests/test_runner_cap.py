@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,36 +69,54 @@ def test_a_plugin_without_an_allowance_leaves_the_runner_uncapped_until_it_is_dr
     assert caps == [200, 150 + 100]
 
 
+class Readings:
+    """The memory readings the runner took (each 1 MiB above the last) and the soft limits it set, none applied."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.taken: list[int] = []
+        self.lowered: list[int] = []
+        values = iter(range(1 << 30, 1 << 40, 1 << 20))
+
+        def usage() -> int:
+            self.taken.append(next(values))
+            return self.taken[-1]
+
+        monkeypatch.setattr(runner_module.memory, "usage", usage)
+        monkeypatch.setattr(runner_module.resource, "setrlimit", lambda limit, pair: self.lowered.append(pair[0]))
+
+
+TRIVIAL = b"from plugin_health import Plugin\nclass P(Plugin):\n    pass\n"
+OWN_START = b"from plugin_health import Plugin\nclass P(Plugin):\n    def start(self):\n        pass\n"
+MIB_64 = 64 * 1024 * 1024
+
+
+def load_text(runner: Runner, tmp_path: Path, slot: int, text: bytes, up: bool = False) -> None:
+    """A load request of ``text`` with an allowance of 64 MiB (and, with ``up``, its bring-up)."""
+    path = str(tmp_path / f"p{slot}.py")
+    request: dict[str, Any] = {"op": "load", "slot": slot, "timeout": 5.0, "memory_limit_mb": 64, "id": slot,
+                               "source": {"name": f"p{slot}", "origin": path, "path": path, "entry_point": None,
+                                          "text": text}}
+    if up:
+        request["up"] = {"config": {}, "timeout": 5.0, "check": False}
+    runner.handle(request)
+    runner._outbox.clear()
+
+
 def test_a_load_starts_from_the_reading_the_last_load_ended_with(
     runner: Runner, caps: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A load's memory guard needs a reading just before it, and the runner's cap one just after it: a load that
     follows a load takes the reading that one ended with (only the runner's own sending and reading ran since),
     one /proc read a load instead of two. A request in between takes its own."""
-    readings = iter(range(1 << 30, 1 << 40, 1 << 20))
-    taken: list[int] = []
-
-    def usage() -> int:
-        taken.append(next(readings))
-        return taken[-1]
-
-    monkeypatch.setattr(runner_module.memory, "usage", usage)
-    lowered: list[int] = []
-    monkeypatch.setattr(runner_module.resource, "setrlimit", lambda limit, pair: lowered.append(pair[0]))
+    readings = Readings(monkeypatch)
     for slot in (1, 2, 3):
-        runner.handle({"op": "load", "slot": slot, "timeout": 5.0, "memory_limit_mb": 64,
-                       "source": {"name": f"p{slot}", "origin": str(tmp_path / f"p{slot}.py"), "entry_point": None,
-                                  "path": str(tmp_path / f"p{slot}.py"), "text": b"from plugin_health import Plugin\n"
-                                  b"class P(Plugin):\n    pass\n"}})
-    assert len(taken) == 4  # before the first, then one after each
-    assert lowered[::2] == [reading + 64 * 1024 * 1024 for reading in taken[:3]]  # each guard from the last reading
+        load_text(runner, tmp_path, slot, TRIVIAL)
+    assert len(readings.taken) == 4  # before the first, then one after each
+    assert readings.lowered[::2] == [reading + MIB_64 for reading in readings.taken[:3]]  # each from the last one
     runner.handle({"op": "drop", "slot": 1})
-    runner.handle({"op": "load", "slot": 4, "timeout": 5.0, "memory_limit_mb": 64,
-                   "source": {"name": "p4", "origin": str(tmp_path / "p4.py"), "path": str(tmp_path / "p4.py"),
-                              "entry_point": None, "text": b"from plugin_health import Plugin\nclass P(Plugin):\n"
-                              b"    pass\n"}})
-    assert len(taken) == 6  # a request came between: a reading of its own before the load
-    assert lowered[-2] == taken[4] + 64 * 1024 * 1024
+    load_text(runner, tmp_path, 4, TRIVIAL)
+    assert len(readings.taken) == 6  # a request came between: a reading of its own before the load
+    assert readings.lowered[-2] == readings.taken[4] + MIB_64
 
 
 def test_a_load_after_one_whose_plugin_came_up_with_its_own_code_starts_from_the_reading_after_that_code(
@@ -106,23 +125,9 @@ def test_a_load_after_one_whose_plugin_came_up_with_its_own_code_starts_from_the
     """A plugin brought up with its load may run its own ``start``, which may keep memory: the next load's guard
     starts from the reading taken after that, never from the one taken as the load ended (which would hold the next
     plugin to less than its allowance)."""
-    readings = iter(range(1 << 30, 1 << 40, 1 << 20))
-    taken: list[int] = []
-
-    def usage() -> int:
-        taken.append(next(readings))
-        return taken[-1]
-
-    monkeypatch.setattr(runner_module.memory, "usage", usage)
-    lowered: list[int] = []
-    monkeypatch.setattr(runner_module.resource, "setrlimit", lambda limit, pair: lowered.append(pair[0]))
-    own_start = b"from plugin_health import Plugin\nclass P(Plugin):\n    def start(self):\n        pass\n"
-    for slot, text in ((1, own_start), (2, own_start)):
-        runner.handle({"op": "load", "slot": slot, "timeout": 5.0, "memory_limit_mb": 64, "id": slot,
-                       "up": {"config": {}, "timeout": 5.0, "check": False},
-                       "source": {"name": f"p{slot}", "origin": str(tmp_path / f"p{slot}.py"), "entry_point": None,
-                                  "path": str(tmp_path / f"p{slot}.py"), "text": text}})
-        runner._outbox.clear()
+    readings = Readings(monkeypatch)
+    load_text(runner, tmp_path, 1, OWN_START, up=True)
+    load_text(runner, tmp_path, 2, OWN_START, up=True)
     # load 1: before, after (its start's before); its start: after (load 2's before); load 2: after; its start: after
-    assert len(taken) == 5
-    assert lowered[4] == taken[2] + 64 * 1024 * 1024  # the second load's guard, from the reading after the start
+    assert len(readings.taken) == 5
+    assert readings.lowered[4] == readings.taken[2] + MIB_64  # the second load's guard, from after the start
