@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from transitions import Event, EventData, Machine, MachineError, State, Transition
+from transitions import Event, Machine, MachineError
 
 from plugin_health.lifecycle.states import TRANSITIONS, TRIGGERS, PluginLifecycleState
 
@@ -46,38 +46,12 @@ def _as_text(states: object) -> str | list[str]:
     return PluginLifecycleState(str(states)).value
 
 
-class _State(State):
-    """A state that, having no enter or exit callbacks (none of ours has), runs none: ``State`` logs twice and walks
-    its empty callback list at every enter and exit, a third of a trigger's time."""
-
-    def enter(self, event_data: EventData) -> None:
-        if self.on_enter:
-            super().enter(event_data)
-
-    def exit(self, event_data: EventData) -> None:
-        if self.on_exit:
-            super().exit(event_data)
-
-
-class _Transition(Transition):
-    """A transition that, having no conditions nor callbacks (none of ours has, nor has the machine), changes the
-    state and nothing else, as ``Transition.execute`` would after logging five times and walking four empty callback
-    lists. Any callback added later takes ``execute``'s own way."""
-
-    def execute(self, event_data: EventData) -> bool:
-        machine = event_data.machine
-        if (self.prepare or self.conditions or self.before or self.after or machine.before_state_change
-                or machine.after_state_change or not self.dest):
-            return bool(super().execute(event_data))
-        self._change_state(event_data)
-        return True
-
-
 class _Event(Event):
     """An event that, where the machine has no callbacks of its own nor a queue and the transition from the model's
     state has none (none of ours has), moves the model as ``Event.trigger`` would, without making its event data,
-    handing it to the machine's queue logic and walking empty callback lists (two thirds of a trigger's time).
-    Anything else, a move the table has not included (refused there), takes the library's own way."""
+    handing it to the machine's queue logic and walking empty callback lists and logging at each step (two thirds of
+    a trigger's time). Anything else, a move the table has not included (refused there), takes the library's own
+    ``Event.trigger``, unchanged."""
 
     def trigger(self, model: object, *args: object, **kwargs: object) -> bool:
         machine = self.machine
@@ -97,8 +71,6 @@ class _Event(Event):
 
 
 class _Machine(Machine):
-    state_cls = _State
-    transition_cls = _Transition
     event_cls = _Event
 
 
