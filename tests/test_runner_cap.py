@@ -131,3 +131,17 @@ def test_a_load_after_one_whose_plugin_came_up_with_its_own_code_starts_from_the
     # load 1: before, after (its start's before); its start: after (load 2's before); load 2: after; its start: after
     assert len(readings.taken) == 5
     assert readings.lowered[4] == readings.taken[2] + MIB_64  # the second load's guard, from after the start
+
+
+def test_a_load_without_an_allowance_reads_no_memory(
+    runner: Runner, caps: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no memory allowance (the service's default turned off), a load lowers no limit: it takes no reading
+    either, before or after (a /proc read each, for nothing)."""
+    readings = Readings(monkeypatch)
+    path = str(tmp_path / "p1.py")
+    runner.handle({"op": "load", "slot": 1, "timeout": 5.0, "memory_limit_mb": None, "id": 1,
+                   "source": {"name": "p1", "origin": path, "path": path, "entry_point": None, "text": TRIVIAL}})
+    assert readings.taken == []
+    assert readings.lowered == []
+    assert caps == []  # a plugin without an allowance leaves the runner uncapped

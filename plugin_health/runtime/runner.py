@@ -355,7 +355,8 @@ class Runner:
                  before: int | None) -> tuple[PluginSandboxResult, int | None, int | None]:
         """``fn(*args)`` in a sandbox of ``timeout``, with the runner's soft memory limit lowered to ``before`` (the
         reading just before it; taken here if None) plus ``allowance`` MiB for its duration; the outcome (a
-        ``MemoryError`` then is ``PluginMemoryError``), and the readings just before and just after it.
+        ``MemoryError`` then is ``PluginMemoryError``), and the readings just before and just after it (None and
+        None without an allowance: nothing is lowered, and nothing read).
 
         The memory guard is done here rather than by the sandbox: the runner knows its own cap (no ``getrlimit``), and
         the readings it needs also tell what a call kept and what the runner's cap is worked out from (a /proc read
@@ -363,10 +364,12 @@ class Runner:
         sandbox = self._sandboxes.get(timeout)
         if sandbox is None:
             sandbox = self._sandboxes[timeout] = Sandbox(SandboxLimits(timeout))
+        if allowance is None:  # nothing to lower, nor to count: no reading
+            return sandbox.run(fn, *args), None, None
         if before is None:
             before = memory.usage()
-        lowered = allowance is not None and before is not None
-        if allowance is not None and before is not None:
+        lowered = before is not None
+        if before is not None:
             target = before + allowance * _MIB
             if self.cap != resource.RLIM_INFINITY:
                 target = min(target, self.cap)  # never above the runner's own cap
@@ -377,7 +380,7 @@ class Runner:
             if lowered:
                 resource.setrlimit(memory.LIMIT, (self.cap, self.hard))
         after = memory.usage()
-        if result.error_type == "MemoryError" and allowance is not None:
+        if result.error_type == "MemoryError":
             result = failed(MEMORY, memory_message(allowance), result.duration_ms)
         return result, before, after
 
