@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Collection, Mapping
 
 import pytest
@@ -114,48 +113,48 @@ def test_long_cycle_is_found() -> None:
 
 # -- the fast path for plugins that need none and are needed by none -----------------------------------------------
 
-# ``resolve`` as it was before plugins outside every dependency skipped the cycle search: the oracle that the fast
-# path changes nothing (kept verbatim, so that it is not the code under test).
-def _resolve_before(plugins: Mapping[str, Declared], failed: Collection[str] = ()) -> Resolution:
+
+def _resolved_plainly(plugins: Mapping[str, Declared], failed: Collection[str] = ()) -> Resolution:
+    """What ``resolve`` must answer, worked out the plain way, every plugin looked at: its own problems in name
+    order; a cycle found by asking, for each plugin, which plugins it reaches and which reach it back (its strongly
+    connected set), named from the set's first name along the path ``resolve`` gives; then the plugins taken one at a
+    time, the smallest name whose dependencies have all been taken, a left-out one leaving its dependents out."""
+    needs = {name: [r.name for r in d.requires if r.name in plugins] for name, d in plugins.items()}
+
+    def reached(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(needs[start])
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo.extend(needs[name])
+        return seen
+
+    reach = {name: reached(name) for name in plugins}
     unavailable: dict[str, str] = {}
     for name in sorted(plugins):
-        problem = dependencies._own_problem(name, plugins[name], plugins, failed)
+        problem = dependencies.own_problem(plugins[name], plugins, failed)
         if problem is not None:
             unavailable[name] = problem
-
-    graph = {name: [r.name for r in d.requires if r.name in plugins] for name, d in plugins.items()}
-    for component in dependencies._strongly_connected(graph):
-        head = component[0]
-        if len(component) == 1 and head not in graph[head]:
-            continue
-        path = " -> ".join(dependencies._cycle_path(head, set(component), graph))
-        for member in component:
-            unavailable.setdefault(member, UnavailableReason.DEPENDENCY_CYCLE.with_detail(path))
-
-    # Kahn's algorithm over what is left, smallest name first; dependents of a left-out plugin are left out too.
-    dependents: dict[str, list[str]] = {name: [] for name in plugins}
-    waiting = {name: len(set(graph[name])) for name in plugins}
-    for name, needs in graph.items():
-        for dependency in set(needs):
-            dependents[dependency].append(name)
-    ready = [name for name, count in waiting.items() if count == 0]
-    heapq.heapify(ready)
-    order: list[str] = []
-    while ready:
-        name = heapq.heappop(ready)
-        if name not in unavailable:
-            order.append(name)
-        for dependent in dependents[name]:
+    for name in sorted(plugins):
+        if name in reach[name]:  # on a cycle
+            members = {other for other in reach[name] if name in reach[other]}
+            path = " -> ".join(dependencies._cycle_path(min(members), members, needs))
+            unavailable.setdefault(name, UnavailableReason.DEPENDENCY_CYCLE.with_detail(path))
+    taken: list[str] = []
+    left = set(plugins)
+    while ready := sorted(name for name in left if all(dependency in taken for dependency in needs[name])):
+        name = ready[0]
+        left.discard(name)
+        taken.append(name)
+        for dependent in sorted(other for other in plugins if name in needs[other]):
             if name in unavailable:
                 unavailable.setdefault(dependent, UnavailableReason.DEPENDENCY_UNAVAILABLE.with_detail(name))
-            waiting[dependent] -= 1
-            if waiting[dependent] == 0:
-                heapq.heappush(ready, dependent)
-    # Whatever Kahn never reached hangs off a cycle (a set: a list's ``in`` made this O(n^2) for 10,000 plugins).
-    ordered = set(order)
-    for name in sorted(plugins):
-        if name not in ordered and name not in unavailable:
-            blocker = next(r for r in graph[name] if r not in ordered)
+    order = [name for name in taken if name not in unavailable]
+    for name in sorted(left):
+        if name not in unavailable:
+            blocker = next(r for r in needs[name] if r not in order)
             unavailable[name] = UnavailableReason.DEPENDENCY_UNAVAILABLE.with_detail(blocker)
     return Resolution(tuple(order), unavailable)
 
@@ -177,6 +176,6 @@ def _declared(draw: st.DrawFn) -> tuple[dict[str, Declared], list[str]]:
 
 @settings(max_examples=400, deadline=None)
 @given(_declared())
-def test_resolve_orders_and_explains_as_before_the_fast_path(case: tuple[dict[str, Declared], list[str]]) -> None:
+def test_resolve_orders_and_explains_as_the_plain_way_does(case: tuple[dict[str, Declared], list[str]]) -> None:
     declared, failed = case
-    assert resolve(declared, failed) == _resolve_before(declared, failed)
+    assert resolve(declared, failed) == _resolved_plainly(declared, failed)
