@@ -24,6 +24,10 @@ from plugin_health.sandbox import (
 )
 
 MIB = 1024 * 1024
+# A shared machine can pause this process for a few hundred milliseconds (CI saw 0.42 s). An upper bound here proves
+# the hang was ended, far below the hang itself; the timer's precision is asserted by the lower bounds and by the
+# timers' remaining time measured against the clock.
+SLACK = 1.0
 
 
 @pytest.fixture(autouse=True)
@@ -191,8 +195,8 @@ def test_timeout_stops_a_hang_on_the_main_thread(fn: Callable[[], None]) -> None
     elapsed = time.perf_counter() - began
     assert (result.ok, result.error_type) == (False, "PluginTimeoutError")
     assert result.error == "call exceeded its timeout of 0.2 s"
-    assert 0.2 <= elapsed < 0.3
-    assert 200 <= result.duration_ms < 300
+    assert 0.2 <= elapsed < 0.2 + SLACK
+    assert 200 <= result.duration_ms < 1000 * (0.2 + SLACK)
 
 
 def test_timeout_raises_a_base_exception() -> None:
@@ -223,22 +227,23 @@ def test_inner_deadline_later_than_outer_does_not_extend_it() -> None:
     began = time.perf_counter()
     result = Sandbox(SandboxLimits(timeout=0.2)).run(outer_fn)
     assert result.error_type == "PluginTimeoutError"
-    assert time.perf_counter() - began < 0.3
+    assert time.perf_counter() - began < 0.2 + SLACK
     assert seen == []  # the inner call was unwound by the outer timeout, not reported as its own
 
 
 def test_inner_earlier_deadline_fires_and_outer_goes_on() -> None:
     inner = Sandbox(SandboxLimits(timeout=0.1))
 
-    def outer_fn() -> tuple[str | None, float]:
+    def outer_fn() -> tuple[str | None, float, float]:
         result = inner.run(busy)
-        return result.error_type, signal.getitimer(signal.ITIMER_REAL)[0]
+        return result.error_type, signal.getitimer(signal.ITIMER_REAL)[0], time.perf_counter() - began
 
+    began = time.perf_counter()
     result = Sandbox(SandboxLimits(timeout=2.0)).run(outer_fn)
     assert result.ok
-    error_type, remaining = result.result
+    error_type, remaining, elapsed = result.result
     assert error_type == "PluginTimeoutError"
-    assert 1.7 < remaining <= 1.9  # the outer timer was re-armed with what is left of it
+    assert 2.0 - elapsed - 0.01 <= remaining <= 1.9  # the outer timer was re-armed with what is left of it
 
 
 def test_outer_deadline_passing_during_inner_call_still_fires() -> None:
@@ -258,7 +263,7 @@ def test_outer_deadline_passing_during_inner_call_still_fires() -> None:
     began = time.perf_counter()
     result = Sandbox(SandboxLimits(timeout=0.2)).run(outer_fn)
     assert result.error_type == "PluginTimeoutError"
-    assert time.perf_counter() - began < 0.35
+    assert time.perf_counter() - began < 0.3 + SLACK
 
 
 def test_unlimited_inner_sandbox_does_not_swallow_the_outer_timeout() -> None:
@@ -266,7 +271,7 @@ def test_unlimited_inner_sandbox_does_not_swallow_the_outer_timeout() -> None:
     began = time.perf_counter()
     result = Sandbox(SandboxLimits(timeout=0.2)).run(lambda: inner.run(busy))
     assert result.error_type == "PluginTimeoutError"
-    assert time.perf_counter() - began < 0.3
+    assert time.perf_counter() - began < 0.2 + SLACK
 
 
 def test_a_foreign_timer_is_saved_and_given_back() -> None:
@@ -277,10 +282,12 @@ def test_a_foreign_timer_is_saved_and_given_back() -> None:
 
     previous = signal.signal(signal.SIGALRM, foreign)
     try:
+        began = time.perf_counter()
         signal.setitimer(signal.ITIMER_REAL, 0.3)
         assert Sandbox(SandboxLimits(timeout=5.0)).run(lambda: 1).ok
         assert signal.getsignal(signal.SIGALRM) is foreign
-        assert 0.25 < signal.getitimer(signal.ITIMER_REAL)[0] <= 0.3
+        remaining, elapsed = signal.getitimer(signal.ITIMER_REAL)[0], time.perf_counter() - began
+        assert fired or 0.3 - elapsed - 0.01 <= remaining <= 0.3  # given back with what was left of it
         time.sleep(0.4)
         assert len(fired) == 1
     finally:
@@ -302,7 +309,7 @@ def test_an_earlier_foreign_deadline_stops_the_call_then_fires() -> None:
         time.sleep(0.01)
         assert result.error_type == "PluginTimeoutError"
         assert len(fired) == 1
-        assert fired[0] - began < 0.3
+        assert fired[0] - began < 0.2 + SLACK
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -318,7 +325,7 @@ def test_watchdog_stops_python_hang_off_the_main_thread(fn: Callable[[], NoRetur
     began = time.perf_counter()
     result = in_thread(lambda: Sandbox(SandboxLimits(timeout=0.2)).run(fn))
     assert result.error_type == "PluginTimeoutError"
-    assert 0.2 <= time.perf_counter() - began < 0.3
+    assert 0.2 <= time.perf_counter() - began < 0.2 + SLACK
 
 
 def test_watchdog_leaves_fast_calls_alone() -> None:
@@ -337,7 +344,7 @@ def test_watchdog_nested_outer_deadline_wins() -> None:
     began = time.perf_counter()
     result = in_thread(lambda: Sandbox(SandboxLimits(timeout=0.2)).run(lambda: inner.run(busy)))
     assert result.error_type == "PluginTimeoutError"
-    assert time.perf_counter() - began < 0.3
+    assert time.perf_counter() - began < 0.2 + SLACK
 
 
 def test_watchdog_nested_inner_deadline_fires_first() -> None:
