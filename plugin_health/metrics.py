@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import Counter as Tallies
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -166,6 +166,16 @@ class Tally:
                 self._transitions[transition_labels(record)] += 1
                 return
         observe_transition(record)
+
+    def transitions(self, records: Sequence[TransitionRecord]) -> None:
+        """Count several transitions, in order (a manager listener's ``many``)."""
+        with self._lock:
+            if self._deferring:
+                for record in records:
+                    self._transitions[transition_labels(record)] += 1
+                return
+        for record in records:
+            observe_transition(record)
 
     def call(self, plugin: str, method: str, isolation: str, result: PluginSandboxResult) -> None:
         """Count one call into plugin code and its duration (a loader observer)."""

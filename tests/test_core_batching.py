@@ -4,6 +4,7 @@ that fails in a batch of many fails alone."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -750,3 +751,56 @@ def test_a_plugin_that_unblocks_its_runner_s_socket_does_not_make_it_spin(tmp_pa
         assert core.supervisor.check("p001_unblocker")
     finally:
         core.shutdown()
+
+
+def _outcome(core: Core) -> tuple[dict[str, list[tuple[Any, ...]]], dict[str, dict[str, Any]]]:
+    """Each plugin's history and stored snapshot, without their times."""
+    store = core.store
+    histories = {name: [(r.source, r.dest, r.trigger, r.reason, r.error_type, r.error) for r in store.history(name)]
+                 for name in core.manager}
+    timeless = {"since", "last_check", "stale_after"}
+    snapshots = {}
+    for name in core.manager:
+        snapshot = store.snapshot(name)
+        assert snapshot is not None
+        snapshots[name] = {k: v for k, v in vars_of(snapshot).items() if k not in timeless}
+    return histories, snapshots
+
+
+def vars_of(snapshot: PluginSnapshot) -> dict[str, Any]:
+    return {field.name: getattr(snapshot, field.name) for field in dataclasses.fields(snapshot)}
+
+
+def test_plugins_brought_up_with_their_load_enter_running_in_one_step_as_they_would_one_move_at_a_time(
+    plugins: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin whose ``initialize`` and ``start`` passed with its load enters LOADED, INITIALIZED and RUNNING in one
+    step (its listeners told of the three records together): the store ends as it does when each move is made on its
+    own (the same histories and snapshots, failures included), and so do the metrics."""
+    settings = load_settings({"plugin_path": str(plugins), "health_interval": 3600, "max_restarts": 0}, environ={})
+    ends = []
+    for whole in (True, False):
+        if not whole:
+            monkeypatch.setattr(PluginLoader, "_came_up_whole", lambda *args: False)
+        core = Core(settings, Recording())
+        told: list[list[TransitionRecord]] = []
+        core.manager.subscribe(lambda record, told=told: told.append([record]), told.append)
+        before = {(name, tuple(labels.items())): counted(name, **labels) for name, labels in WATCHED}
+        try:
+            core.start(background=False)
+            grew = [counted(name, **labels) - before[name, tuple(labels.items())] for name, labels in WATCHED]
+            ends.append((_outcome(core), grew))
+        finally:
+            core.shutdown()
+        ways_up = Counter(tuple(r.dest for r in group) for group in told
+                          if group[0].plugin.startswith("p0") and group[0].source is not S.RUNNING)
+        if whole:
+            assert ways_up == {(S.LOADED, S.INITIALIZED, S.RUNNING): 100}  # p000 ... p099, each in one step
+        else:
+            assert ways_up == {(S.LOADED,): 100, (S.INITIALIZED,): 100, (S.RUNNING,): 100}
+    (whole_outcome, whole_metrics), (stepwise_outcome, stepwise_metrics) = ends
+    assert whole_outcome == stepwise_outcome
+    assert whole_metrics == stepwise_metrics
+    histories = whole_outcome[0]
+    assert [dest for _, dest, *_ in histories["p000"]] == [S.LOADED, S.INITIALIZED, S.RUNNING]
+    assert histories["p150_raises"][-1][1:5] == (S.FAILED, "fail", "start failed", "OSError")

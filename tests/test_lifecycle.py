@@ -229,6 +229,90 @@ def test_listeners_see_every_transition_and_cannot_break_it() -> None:
     assert manager.get_state("p") is S.INITIALIZED
 
 
+def _moves(records: list[TransitionRecord]) -> list[tuple[str, S | None, S, str, str | None]]:
+    return [(r.plugin, r.source, r.dest, r.trigger, r.reason) for r in records]
+
+
+def test_entering_through_triggers_is_entering_then_each_trigger_in_one_step() -> None:
+    """``enter_through`` makes the records ``set_state`` and each ``trigger`` would, in the same history; a listener
+    with a ``many`` is told of them in one call, one without once a record, in order; the version moves once."""
+    stepwise, at_once = PluginLifecycleManager(), PluginLifecycleManager()
+    stepwise.set_state("p", S.LOADED)
+    stepwise.trigger("p", "initialize")
+    stepwise.trigger("p", "start")
+    one: list[TransitionRecord] = []
+    together: list[list[TransitionRecord]] = []
+    apart: list[TransitionRecord] = []
+    at_once.subscribe(one.append, lambda records: together.append(list(records)))
+    at_once.subscribe(apart.append)
+    before = at_once.version
+    records = at_once.enter_through("p", S.LOADED, ("initialize", "start"))
+    assert _moves(records) == _moves(stepwise.history("p")) == [
+        ("p", None, S.LOADED, "load", None), ("p", S.LOADED, S.INITIALIZED, "initialize", None),
+        ("p", S.INITIALIZED, S.RUNNING, "start", None)]
+    assert at_once.history("p") == records
+    assert at_once.get_state("p") is S.RUNNING
+    assert (one, together, apart) == ([], [records], records)
+    assert at_once.version > before
+    assert records[0].at <= records[1].at <= records[2].at
+
+
+def test_entering_through_a_trigger_the_table_forbids_changes_nothing() -> None:
+    manager = PluginLifecycleManager()
+    seen: list[TransitionRecord] = []
+    manager.subscribe(seen.append, seen.extend)
+    before = manager.version
+    with pytest.raises(IllegalTransitionError) as raised:
+        manager.enter_through("p", S.LOADED, ("initialize", "initialize"))
+    assert (raised.value.state, raised.value.attempted) == ("INITIALIZED", "initialize")
+    with pytest.raises(IllegalTransitionError):
+        manager.enter_through("q", S.RUNNING, ())
+    assert ("p" in manager, "q" in manager, seen, manager.version) == (False, False, [], before)
+
+
+def test_entering_through_a_plugin_entered_already_moves_it_the_usual_way() -> None:
+    """Eight threads enter one plugin through its way up at once: it is entered once (the others are told that
+    LOADED is no move from where it is by then, as ``set_state`` tells them) and its history has no gap."""
+    manager = PluginLifecycleManager()
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def enter() -> None:
+        barrier.wait()
+        try:
+            manager.enter_through("p", S.LOADED, ("initialize", "start"))
+        except IllegalTransitionError as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=enter) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.dest for r in manager.history("p")] == [S.LOADED, S.INITIALIZED, S.RUNNING]
+    assert len(errors) == 7
+
+
+def test_a_listener_that_fails_on_records_told_together_breaks_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    manager = PluginLifecycleManager()
+    seen: list[TransitionRecord] = []
+
+    def broken(records: object) -> None:
+        raise RuntimeError("listener bug")
+
+    def broken_one(record: TransitionRecord) -> None:
+        if record.dest is S.INITIALIZED:
+            raise RuntimeError("listener bug")
+        seen.append(record)
+
+    manager.subscribe(seen.append, broken)
+    manager.subscribe(broken_one)
+    records = manager.enter_through("p", S.LOADED, ("initialize", "start"))
+    assert seen == [records[0], records[2]]  # the one-at-a-time listener was told of the record after its failure
+    assert manager.get_state("p") is S.RUNNING
+    assert sum("transition listener" in r.getMessage() for r in caplog.records) == 2
+
+
 def test_version_changes_on_every_transition() -> None:
     manager = PluginLifecycleManager()
     versions = [manager.version]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from plugin_health.errors import IllegalTransitionError, UnknownPluginError
 from plugin_health.lifecycle import machine
@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 ROUTINE = frozenset({PluginLifecycleState.LOADED, PluginLifecycleState.INITIALIZED, PluginLifecycleState.RUNNING})
 
 Listener = Callable[[TransitionRecord], None]
+#: A listener told of several records at once, in order (a plugin that entered and moved on in one step).
+ManyListener = Callable[[Sequence[TransitionRecord]], None]
 
 DEFAULT_HISTORY_LIMIT = 100
 
@@ -54,7 +56,7 @@ class PluginLifecycleManager:
         self._history_limit = history_limit
         self._plugins: dict[str, _Tracked] = {}
         self._enter_lock = threading.Lock()
-        self._listeners: list[Listener] = []
+        self._listeners: list[tuple[Listener, ManyListener | None]] = []
         self._versions = itertools.count(1)
         self._version = 0
         #: The level of the line logged for a routine move (to LOADED, INITIALIZED or RUNNING); the core lowers it
@@ -105,15 +107,48 @@ class PluginLifecycleManager:
         self._notify(record)
         return record
 
+    def enter_through(self, name: str, state: PluginLifecycleState, triggers: Sequence[str]) -> list[TransitionRecord]:
+        """Enter the untracked ``name`` in ``state`` and fire ``triggers`` on it, in order, in one step: the records
+        ``set_state`` and then ``trigger`` for each would make, but no one sees the plugin between them, and each
+        listener is told of them together (its ``many``, else once a record, in order). A plugin loaded and brought
+        up with its load comes up this way: three moves for the price of one. ``IllegalTransitionError``, and
+        nothing changed, if the table forbids any of them; a plugin another thread entered meanwhile is moved the
+        usual way, one trigger at a time."""
+        target = _as_state(name, None, state, _ENTER_ALLOWED)
+        if target not in FIRST_STATES:
+            raise IllegalTransitionError(name, None, f"entering in {target.value}", _ENTER_ALLOWED)
+        with self._enter_lock:
+            entered = name not in self._plugins
+            if entered:
+                model = machine.new_model(name, target)
+                records = [TransitionRecord.now(name, None, target, ENTER_TRIGGER, None, None, None)]
+                for trigger in triggers:
+                    source = model.state
+                    if not machine.fire(model, trigger):
+                        raise IllegalTransitionError(name, source.value, trigger, machine.allowed_triggers(source))
+                    records.append(TransitionRecord.now(name, source, model.state, trigger, None, None, None))
+                history = History(self._history_limit)
+                for record in records:
+                    history.append(record)
+                    self._log(record)
+                self._plugins[name] = _Tracked(model, history)
+                self._version = next(self._versions)
+        if not entered:
+            records = [self.set_state(name, target)]
+            return records + [self.trigger(name, trigger) for trigger in triggers]
+        self._notify_many(records)
+        return records
+
     def forget(self, name: str) -> None:
         """Stop tracking ``name`` (its history goes with it)."""
         with self._enter_lock:
             if self._plugins.pop(name, None) is not None:
                 self._version = next(self._versions)
 
-    def subscribe(self, listener: Listener) -> None:
-        """Call ``listener(record)`` after every transition, including a plugin's first state."""
-        self._listeners.append(listener)
+    def subscribe(self, listener: Listener, many: ManyListener | None = None) -> None:
+        """Call ``listener(record)`` after every transition, including a plugin's first state; ``many``: the same
+        listener for several records at once (``enter_through``), called instead of ``listener`` once each."""
+        self._listeners.append((listener, many))
 
     # -- reading --------------------------------------------------------------------------------------
 
@@ -212,11 +247,25 @@ class PluginLifecycleManager:
         return record
 
     def _notify(self, record: TransitionRecord) -> None:
-        for listener in self._listeners:
+        for listener, _ in self._listeners:
             try:
                 listener(record)
             except Exception:
                 logger.exception("transition listener %r failed on %s", listener, record.plugin)
+
+    def _notify_many(self, records: list[TransitionRecord]) -> None:
+        for listener, many in self._listeners:
+            if many is None:
+                for record in records:
+                    try:
+                        listener(record)
+                    except Exception:
+                        logger.exception("transition listener %r failed on %s", listener, record.plugin)
+                continue
+            try:
+                many(records)
+            except Exception:
+                logger.exception("transition listener %r failed on %s", many, records[0].plugin)
 
     def _log(self, record: TransitionRecord) -> None:
         # A failure is news at WARNING: plugin, what failed (the reason) and the error's type. The error message is

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from plugin_health import metrics
 from plugin_health.config import Settings
@@ -79,10 +79,10 @@ class Core:
         #: before the batch takes it, so that the metrics count what the store holds by the time it holds it
         #: (it only counts: the order the others below see transitions in is the same).
         self.tally = metrics.Tally()
-        self.manager.subscribe(self.tally.transition)
+        self.manager.subscribe(self.tally.transition, self.tally.transitions)
         # Subscribed next: the store sees each plugin's transitions in the order they happen, before the
         # cascade that a transition may set off.
-        self.manager.subscribe(self._publish_record)
+        self.manager.subscribe(self._publish_record, self._publish_records)
         self.registry = PluginRegistry()
         self.runners = RunnerPool(RunnerSettings(
             grace=settings.runner_grace,
@@ -313,6 +313,20 @@ class Core:
                     self._batch_due.set()
                 return
             self.store.put(self.snapshot(record.plugin), record)
+
+    def _publish_records(self, records: Sequence[TransitionRecord]) -> None:
+        """``_publish_record`` of several records at once (a plugin that came up in one step): in the batch while
+        loading, else written in one step with the snapshots of their plugins as they are now."""
+        with self._publishing:
+            for record in records:
+                self._pending.discard(record.plugin)
+            if self._batch is not None:
+                self._batch.extend(records)
+                self._batch_names.update(dict.fromkeys(record.plugin for record in records))
+                if len(self._batch) >= BATCH_SIZE:
+                    self._batch_due.set()
+                return
+            self.store.put_many(self._snapshots_of(dict.fromkeys(record.plugin for record in records)), records)
 
     def _write_batches(self, done: threading.Event) -> None:
         """While loading: write the batch every ``BATCH_EVERY`` seconds (sooner when it is full), so that the store

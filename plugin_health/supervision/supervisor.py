@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -120,7 +120,7 @@ class Supervisor:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="plugin-health-due") if workers else None
         self._busy: set[str] = set()  # plugins whose due work runs now (one item per plugin at a time)
         self._idle = threading.Condition(self._lock)
-        self.manager.subscribe(self._on_transition)
+        self.manager.subscribe(self._on_transition, self._on_transitions)
         for name in self.manager:
             self._on_transition(self.manager.last(name))
 
@@ -319,6 +319,19 @@ class Supervisor:
             self._update(watch, record)
         if record.dest is RUNNING and counted:
             self._changed(record.plugin)  # the failure count went back to 0
+
+    def _on_transitions(self, records: Sequence[TransitionRecord]) -> None:
+        """``_on_transition`` of several records, in order, under one hold of the lock."""
+        reset: list[str] = []
+        with self._lock:
+            for record in records:
+                watch = self._watch(record.plugin)
+                counted = watch.consecutive_failures
+                self._update(watch, record)
+                if record.dest is RUNNING and counted:
+                    reset.append(record.plugin)
+        for name in reset:
+            self._changed(name)  # the failure count went back to 0
 
     def _update(self, watch: PluginWatch, record: TransitionRecord) -> None:
         """Schedule what ``record`` makes due for ``watch``'s plugin (the caller holds ``_lock``)."""
