@@ -8,6 +8,10 @@ the batch writer; ``time.thread_time`` as each ends) and the runner (from ``/pro
 the plugins); one round each, alternating, 3 rounds (``--quick``: 1), medians.
 
 Each size runs in a fresh process (``--child N``), so that nothing one left warms the next.
+
+And at 10,000 plugins, the core's CPU a plugin against the same with every plugin that came up with its load moved
+one move at a time (``--stepwise``: ``PluginLoader._came_up_whole`` declines, and ``_came_up`` moves it LOADED,
+INITIALIZED, RUNNING, each move on its own with its listeners), in the same rounds.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ LABELS = {"wall": "Core.start, wall clock", "core": "the core's CPU", "main": "i
           "loads": "its load stream's CPU", "batches": "its batch writer's CPU", "runner": "the runner's CPU"}
 
 
-def child(plugins: int) -> dict[str, float]:
-    """Load ``plugins`` trivial plugins with ``Core.start`` here; seconds of each figure (all plugins)."""
+def child(plugins: int, stepwise: bool = False) -> dict[str, float]:
+    """Load ``plugins`` trivial plugins with ``Core.start`` here; seconds of each figure (all plugins).
+    ``stepwise``: each plugin moved up one move at a time, as before ``enter_through``."""
     spent: Counter[str] = Counter()
     run = threading.Thread.run
 
@@ -59,8 +64,12 @@ def child(plugins: int) -> dict[str, float]:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(work / "metrics")
         from plugin_health.config import load_settings
         from plugin_health.lifecycle import PluginLifecycleState
+        from plugin_health.loader.loader import PluginLoader
         from plugin_health.runtime.core import Core
         from plugin_health.store import open_instance_store
+
+        if stepwise:
+            PluginLoader._came_up_whole = lambda *args: False  # type: ignore[method-assign]
 
         settings = load_settings({"plugin_path": str(work / "plugins"), "run_dir": str(work / "run"),
                                   "health_interval": 3600}, environ={})
@@ -104,10 +113,10 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(plugins: int) -> dict[str, float]:
+def measure(plugins: int, stepwise: bool = False) -> dict[str, float]:
     """One round in a fresh process."""
-    done = subprocess.run([sys.executable, __file__, "--child", str(plugins)], capture_output=True, text=True,
-                          timeout=600, check=False)
+    command = [sys.executable, __file__, "--child", str(plugins), *(["--stepwise"] if stepwise else [])]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode:
         raise RuntimeError(f"{plugins} plugins: exit {done.returncode}:\n{done.stderr[-2000:]}")
     found: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -118,19 +127,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 round each, not 3")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--stepwise", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child)))
+        print(json.dumps(child(args.child, args.stepwise)))
         return
     print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs")
     rounds = 1 if args.quick else 3
     print(f"Core.start over N trivial plugins in-process (SQLite store, real runners); {rounds} alternating round(s)\n")
     seen: dict[int, list[dict[str, float]]] = {size: [] for size in SIZES}
+    stepwise: list[dict[str, float]] = []
     for _ in range(rounds):
         for size in SIZES:
             found = measure(size)
             seen[size].append(found)
             print(f"  round: {size:>6,} plugins  " + "  ".join(f"{key} {found[key]:.2f} s" for key in FIGURES))
+        found = measure(SIZES[-1], stepwise=True)
+        stepwise.append(found)
+        print(f"  round: {SIZES[-1]:>6,} plugins, one move at a time  "
+              + "  ".join(f"{key} {found[key]:.2f} s" for key in FIGURES))
     median = {size: {key: statistics.median(r[key] for r in seen[size]) for key in FIGURES} for size in SIZES}
     small, large = SIZES
     print(f"\nper plugin (median), {large:,} against {small:,} plugins")
@@ -141,6 +156,13 @@ def main() -> None:
               f"{'-' if ratio is None else f'{ratio:.2f}'}")
         report(f"{LABELS[key]} a plugin, {large:,} plugins", f"{per_large * 1e6:.1f} us",
                f"{per_small * 1e6:.1f} us ({small:,} plugins)", ratio)
+    print(f"\nper plugin (median), {large:,} plugins each brought up in one step against one move at a time")
+    for key in ("core", "main"):
+        whole = median[large][key] / large
+        apart = statistics.median(r[key] for r in stepwise) / large
+        print(f"  {LABELS[key]:28s} {whole * 1e6:8.1f} us   {apart * 1e6:8.1f} us   {whole / apart:.2f}")
+        report(f"{LABELS[key]} a plugin, {large:,} plugins, each brought up in one step", f"{whole * 1e6:.1f} us",
+               f"{apart * 1e6:.1f} us (one move at a time)", whole / apart)
 
 
 if __name__ == "__main__":
