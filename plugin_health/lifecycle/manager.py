@@ -136,7 +136,7 @@ class PluginLifecycleManager:
         if not entered:
             records = [self.set_state(name, target)]
             return records + [self.trigger(name, trigger) for trigger in triggers]
-        self._notify_many(records)
+        self._notify_many(tuple(records))  # listeners share it: none can change another's
         return records
 
     def forget(self, name: str) -> None:
@@ -253,7 +253,7 @@ class PluginLifecycleManager:
             except Exception:
                 logger.exception("transition listener %r failed on %s", listener, record.plugin)
 
-    def _notify_many(self, records: list[TransitionRecord]) -> None:
+    def _notify_many(self, records: tuple[TransitionRecord, ...]) -> None:
         for listener, many in self._listeners:
             if many is None:
                 for record in records:
