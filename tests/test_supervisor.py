@@ -209,3 +209,27 @@ def test_background_thread_restarts_for_real(tmp_path: Path) -> None:
     finally:
         supervisor.stop()
         loader.shutdown()
+
+
+def test_moves_told_together_schedule_and_reset_as_moves_told_one_at_a_time(tmp_path: Path) -> None:
+    """A plugin entered through its way up in one step (its three records told to the supervisor at once) is
+    scheduled for its first check and has its failure count reset (news to the listeners), as when each move is told
+    on its own."""
+    seen: dict[str, list[tuple[str, bool]]] = {}
+    for way in ("one at a time", "together"):
+        _, supervisor, clock = setup(tmp_path)
+        manager = supervisor.manager
+        news: list[tuple[str, bool]] = []
+        supervisor.subscribe(lambda name, urgent, news=news: news.append((name, urgent)))
+        supervisor.watch("p").consecutive_failures = 2  # counted before it was forgotten, say
+        if way == "together":
+            manager.enter_through("p", S.LOADED, ("initialize", "start"))
+        else:
+            manager.set_state("p", S.LOADED)
+            manager.trigger("p", "initialize")
+            manager.trigger("p", "start")
+        seen[way] = news
+        assert supervisor._due == [(clock.now, "p", "check")]  # its first check, due now
+        assert supervisor.watch("p").consecutive_failures == 0
+        assert supervisor.watch("p").next_check_at == clock.now
+    assert seen["together"] == seen["one at a time"] == [("p", True)]

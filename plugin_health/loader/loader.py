@@ -231,7 +231,7 @@ class PluginLoader:
     def _came_up_whole(self, entry: PluginEntry, placed: Placed) -> bool:
         """Enter ``entry``'s plugin RUNNING in one step (``enter_through``: LOADED, ``initialize``, ``start``) when
         both phases that ran with its load passed and the core would have brought it up early, then hand its first
-        check to ``judge_first``: what ``_came_up`` does for such a plugin, at a third of the cost. False, and
+        check to ``judge_first``: what ``_came_up`` does for such a plugin, in fewer steps. False, and
         nothing done, for any other: ``_came_up`` judges it one phase at a time."""
         up = placed.up
         if (len(up) < 2 or placed.up_lost is not None or getattr(entry.handle, "lost", False)
