@@ -274,21 +274,7 @@ def test_entering_through_a_plugin_entered_already_moves_it_the_usual_way() -> N
     """Eight threads enter one plugin through its way up at once: it is entered once (the others are told that
     LOADED is no move from where it is by then, as ``set_state`` tells them) and its history has no gap."""
     manager = PluginLifecycleManager()
-    barrier = threading.Barrier(8)
-    errors: list[BaseException] = []
-
-    def enter() -> None:
-        barrier.wait()
-        try:
-            manager.enter_through("p", S.LOADED, ("initialize", "start"))
-        except IllegalTransitionError as err:
-            errors.append(err)
-
-    threads = [threading.Thread(target=enter) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = eight_at_once(lambda: manager.enter_through("p", S.LOADED, ("initialize", "start")))
     assert [r.dest for r in manager.history("p")] == [S.LOADED, S.INITIALIZED, S.RUNNING]
     assert len(errors) == 7
 
@@ -352,23 +338,29 @@ def test_concurrent_triggers_keep_a_consistent_history() -> None:
     assert len(history) - 1 + illegal == 4 * 300 * 2
 
 
-def test_concurrent_first_entry_tracks_once() -> None:
-    manager = PluginLifecycleManager()
+def eight_at_once(enter: Callable[[], object]) -> list[IllegalTransitionError]:
+    """Run ``enter`` in eight threads let go at once; the illegal moves they were told of."""
     barrier = threading.Barrier(8)
-    errors: list[BaseException] = []
+    errors: list[IllegalTransitionError] = []
 
-    def enter() -> None:
+    def one() -> None:
         barrier.wait()
         try:
-            manager.set_state("p", S.LOADED)
+            enter()
         except IllegalTransitionError as err:
             errors.append(err)
 
-    threads = [threading.Thread(target=enter) for _ in range(8)]
+    threads = [threading.Thread(target=one) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return errors
+
+
+def test_concurrent_first_entry_tracks_once() -> None:
+    manager = PluginLifecycleManager()
+    errors = eight_at_once(lambda: manager.set_state("p", S.LOADED))
     assert len(manager.history("p")) == 1
     assert len(errors) == 7  # LOADED -> LOADED is no legal move
 
