@@ -800,7 +800,11 @@ def test_plugins_brought_up_with_their_load_enter_running_in_one_step_as_they_wo
             assert ways_up == {(S.LOADED,): 100, (S.INITIALIZED,): 100, (S.RUNNING,): 100}
     (whole_outcome, whole_metrics), (stepwise_outcome, stepwise_metrics) = ends
     assert whole_outcome == stepwise_outcome
-    assert whole_metrics == stepwise_metrics
+    # Every count but the bucket of the calls that took under 0.1 ms, which depends on the machine's speed.
+    timed = [labels.get("le") == "0.0001" for _, labels in WATCHED]
+    assert [n for n, t in zip(whole_metrics, timed, strict=True) if not t] == [
+        n for n, t in zip(stepwise_metrics, timed, strict=True) if not t]
+    assert sum(timed) == 1
     histories = whole_outcome[0]
     assert [dest for _, dest, *_ in histories["p000"]] == [S.LOADED, S.INITIALIZED, S.RUNNING]
     assert histories["p150_raises"][-1][1:5] == (S.FAILED, "fail", "start failed", "OSError")
