@@ -557,7 +557,7 @@ def test_past_the_queue_limit_a_call_is_refused_at_once(make: Callable[..., Harn
     refused = [elapsed for kind, elapsed, _ in outcomes if kind == "busy"]
     ran = sorted(value for kind, _, value in outcomes if kind == "ran")  # [began, ended] in the runner
     assert (len(refused), len(ran)) == (3, 3), outcomes  # one runs, two wait, the rest are refused
-    assert max(refused) < 0.1
+    assert max(refused) < 0.45  # never after the call that runs (0.5 s), even on a machine that pauses a while
     assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(ran))  # one at a time, never overlapping
 
 
