@@ -808,3 +808,39 @@ def test_plugins_brought_up_with_their_load_enter_running_in_one_step_as_they_wo
     histories = whole_outcome[0]
     assert [dest for _, dest, *_ in histories["p000"]] == [S.LOADED, S.INITIALIZED, S.RUNNING]
     assert histories["p150_raises"][-1][1:5] == (S.FAILED, "fail", "start failed", "OSError")
+
+
+#: Plugin code that makes its runner bring up, with their loads, the plugins loaded after it whatever they declare
+#: (the runner decides by a function of its main module, which plugin code in it can replace).
+LIAR = ("import sys\nfrom plugin_health import Plugin\n"
+        "setattr(sys.modules['__main__'], '_may_come_up', lambda *args: True)\n"
+        "class P(Plugin):\n    pass\n")
+NEEDS_GHOST = "from plugin_health import Plugin\nclass P(Plugin):\n    requires = ('ghost',)\n"
+
+
+def test_a_plugin_its_runner_brought_up_against_the_core_s_rules_is_not_believed(tmp_path: Path) -> None:
+    """A runner made to bring up a plugin that needs another (missing here) answers that its initialize and start
+    passed: the core does not take its word for it, and the plugin waits for what it needs (never RUNNING)."""
+    directory = plugin_directory(tmp_path, 3, p500_liar=LIAR, p501_needs=NEEDS_GHOST)
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600}, environ={})
+    core = Core(settings, MemoryStore())
+    ups: list[str] = []
+    answer = RunnerProcess.answer
+
+    def watching(self: RunnerProcess, ident: int, timeout: float, method: str | None = None) -> dict[str, Any]:
+        found = answer(self, ident, timeout, method)
+        if found.get("up") is True:
+            ups.append(found["result"]["name"])
+        return found
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(RunnerProcess, "answer", watching)
+            core.start(background=False)
+        assert "p501_needs" in ups  # its runner did bring it up
+        assert core.manager.state_of("p501_needs") is S.UNAVAILABLE
+        assert (core.manager.last("p501_needs").reason or "").startswith("dependency_missing")
+        assert S.RUNNING not in [record.dest for record in core.manager.history("p501_needs")]
+        assert core.manager.state_of("p000") is S.RUNNING
+    finally:
+        core.shutdown()
