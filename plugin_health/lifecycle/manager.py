@@ -112,33 +112,14 @@ class PluginLifecycleManager:
         ``set_state`` and then ``trigger`` for each would make, but no one sees the plugin between them, and each
         listener is told of them together (its ``many``, else once a record, in order). A plugin loaded and brought
         up with its load comes up this way (one lock, one version, one call a listener: 29-31 us for its three
-        moves with the core's listeners, not 34-35). ``IllegalTransitionError``, and
-        nothing changed, if the table forbids any of them; a plugin another thread entered meanwhile is moved the
-        usual way, one trigger at a time."""
-        target = _as_state(name, None, state, _ENTER_ALLOWED)
-        if target not in FIRST_STATES:
-            raise IllegalTransitionError(name, None, f"entering in {target.value}", _ENTER_ALLOWED)
-        with self._enter_lock:
-            entered = name not in self._plugins
-            if entered:
-                model = machine.new_model(name, target)
-                records = [TransitionRecord.now(name, None, target, ENTER_TRIGGER, None, None, None)]
-                for trigger in triggers:
-                    source = model.state
-                    if not machine.fire(model, trigger):
-                        raise IllegalTransitionError(name, source.value, trigger, machine.allowed_triggers(source))
-                    records.append(TransitionRecord.now(name, source, model.state, trigger, None, None, None))
-                history = History(self._history_limit)
-                for record in records:
-                    history.append(record)
-                    self._log(record)
-                self._plugins[name] = _Tracked(model, history)
-                self._version = next(self._versions)
-        if not entered:
-            records = [self.set_state(name, target)]
-            return records + [self.trigger(name, trigger) for trigger in triggers]
-        self._notify_many(tuple(records))  # listeners share it: none can change another's
-        return records
+        moves with the core's listeners, not 34-35). ``IllegalTransitionError``, and nothing changed, if the table
+        forbids any of them; a plugin another thread entered meanwhile is moved the usual way, one trigger at a
+        time."""
+        records = self._entered(name, state, triggers, None, None, None)
+        if records is None:
+            return [self.set_state(name, state)] + [self.trigger(name, trigger) for trigger in triggers]
+        self._notify_many(records)  # listeners share the tuple: none can change another's
+        return list(records)
 
     def forget(self, name: str) -> None:
         """Stop tracking ``name`` (its history goes with it)."""
@@ -212,22 +193,43 @@ class PluginLifecycleManager:
         error_type: str | None,
         error: str | None,
     ) -> TransitionRecord:
+        records = self._entered(name, state, (), reason, error_type, error)
+        if records is None:  # another thread entered it first: this is now an ordinary move
+            return self.set_state(name, state, reason=reason, error_type=error_type, error=error)
+        self._notify(records[0])
+        return records[0]
+
+    def _entered(
+        self,
+        name: str,
+        state: PluginLifecycleState | str,
+        triggers: Sequence[str],
+        reason: str | None,
+        error_type: str | None,
+        error: str | None,
+    ) -> tuple[TransitionRecord, ...] | None:
+        """Track the untracked ``name`` in ``state`` (a first state), moved on by ``triggers``, all or nothing: the
+        records, none yet told; None if it is tracked already."""
         target = _as_state(name, None, state, _ENTER_ALLOWED)
         if target not in FIRST_STATES:
             raise IllegalTransitionError(name, None, f"entering in {target.value}", _ENTER_ALLOWED)
-        entered: TransitionRecord | None = None
         with self._enter_lock:
-            if name not in self._plugins:
-                history = History(self._history_limit)
-                entered = TransitionRecord.now(name, None, target, ENTER_TRIGGER, reason, error_type, error)
-                history.append(entered)
-                self._plugins[name] = _Tracked(machine.new_model(name, target), history)
-                self._version = next(self._versions)
-                self._log(entered)
-        if entered is None:  # another thread entered it first: this is now an ordinary move
-            return self.set_state(name, target, reason=reason, error_type=error_type, error=error)
-        self._notify(entered)
-        return entered
+            if name in self._plugins:
+                return None
+            model = machine.new_model(name, target)
+            records = [TransitionRecord.now(name, None, target, ENTER_TRIGGER, reason, error_type, error)]
+            for trigger in triggers:
+                source = model.state
+                if not machine.fire(model, trigger):
+                    raise IllegalTransitionError(name, source.value, trigger, machine.allowed_triggers(source))
+                records.append(TransitionRecord.now(name, source, model.state, trigger, None, None, None))
+            history = History(self._history_limit)
+            for record in records:
+                history.append(record)
+                self._log(record)
+            self._plugins[name] = _Tracked(model, history)
+            self._version = next(self._versions)
+        return tuple(records)
 
     def _fire(
         self,
