@@ -161,11 +161,7 @@ class Tally:
 
     def transition(self, record: TransitionRecord) -> None:
         """Count one transition (a manager listener)."""
-        with self._lock:
-            if self._deferring:
-                self._transitions[transition_labels(record)] += 1
-                return
-        observe_transition(record)
+        self.transitions((record,))
 
     def transitions(self, records: Sequence[TransitionRecord]) -> None:
         """Count several transitions, in order (a manager listener's ``many``)."""

@@ -305,28 +305,28 @@ class Core:
 
     def _publish_record(self, record: TransitionRecord) -> None:
         with self._publishing:
-            self._pending.discard(record.plugin)
-            if self._batch is not None:
-                self._batch.append(record)
-                self._batch_names[record.plugin] = None
-                if len(self._batch) >= BATCH_SIZE:
-                    self._batch_due.set()
-                return
-            self.store.put(self.snapshot(record.plugin), record)
+            if not self._into_batch((record,)):
+                self.store.put(self.snapshot(record.plugin), record)
 
     def _publish_records(self, records: Sequence[TransitionRecord]) -> None:
         """``_publish_record`` of several records at once (a plugin that came up in one step): in the batch while
         loading, else written in one step with the snapshots of their plugins as they are now."""
         with self._publishing:
-            for record in records:
-                self._pending.discard(record.plugin)
-            if self._batch is not None:
-                self._batch.extend(records)
-                self._batch_names.update(dict.fromkeys(record.plugin for record in records))
-                if len(self._batch) >= BATCH_SIZE:
-                    self._batch_due.set()
-                return
-            self.store.put_many(self._snapshots_of(dict.fromkeys(record.plugin for record in records)), records)
+            if not self._into_batch(records):
+                self.store.put_many(self._snapshots_of(dict.fromkeys(r.plugin for r in records)), records)
+
+    def _into_batch(self, records: Sequence[TransitionRecord]) -> bool:
+        """While loading, add ``records`` to the batch (sooner due once it is full): True; else False. The caller
+        holds ``_publishing``; either way their plugins' news waits no more."""
+        for record in records:
+            self._pending.discard(record.plugin)
+        if self._batch is None:
+            return False
+        self._batch.extend(records)
+        self._batch_names.update(dict.fromkeys(record.plugin for record in records))
+        if len(self._batch) >= BATCH_SIZE:
+            self._batch_due.set()
+        return True
 
     def _write_batches(self, done: threading.Event) -> None:
         """While loading: write the batch every ``BATCH_EVERY`` seconds (sooner when it is full), so that the store

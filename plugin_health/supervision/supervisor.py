@@ -313,12 +313,7 @@ class Supervisor:
         self._wake.notify()
 
     def _on_transition(self, record: TransitionRecord) -> None:
-        with self._lock:
-            watch = self._watch(record.plugin)
-            counted = watch.consecutive_failures
-            self._update(watch, record)
-        if record.dest is RUNNING and counted:
-            self._changed(record.plugin)  # the failure count went back to 0
+        self._on_transitions((record,))
 
     def _on_transitions(self, records: Sequence[TransitionRecord]) -> None:
         """``_on_transition`` of several records, in order, under one hold of the lock."""
