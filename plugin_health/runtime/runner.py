@@ -368,7 +368,6 @@ class Runner:
             return sandbox.run(fn, *args), None, None
         if before is None:
             before = memory.usage()
-        lowered = before is not None
         if before is not None:
             target = before + allowance * _MIB
             if self.cap != resource.RLIM_INFINITY:
@@ -377,7 +376,7 @@ class Runner:
         try:
             result = sandbox.run(fn, *args)
         finally:
-            if lowered:
+            if before is not None:  # lowered above
                 resource.setrlimit(memory.LIMIT, (self.cap, self.hard))
         after = memory.usage()
         if result.error_type == "MemoryError":
