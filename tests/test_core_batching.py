@@ -763,12 +763,8 @@ def _outcome(core: Core) -> tuple[dict[str, list[tuple[Any, ...]]], dict[str, di
     for name in core.manager:
         snapshot = store.snapshot(name)
         assert snapshot is not None
-        snapshots[name] = {k: v for k, v in vars_of(snapshot).items() if k not in timeless}
+        snapshots[name] = {k: v for k, v in dataclasses.asdict(snapshot).items() if k not in timeless}
     return histories, snapshots
-
-
-def vars_of(snapshot: PluginSnapshot) -> dict[str, Any]:
-    return {field.name: getattr(snapshot, field.name) for field in dataclasses.fields(snapshot)}
 
 
 def test_plugins_brought_up_with_their_load_enter_running_in_one_step_as_they_would_one_move_at_a_time(
