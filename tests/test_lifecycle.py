@@ -245,7 +245,7 @@ def test_entering_through_triggers_is_entering_then_each_trigger_in_one_step() -
     apart: list[TransitionRecord] = []
     at_once.subscribe(one.append, lambda records: together.append(list(records)))
     at_once.subscribe(apart.append)
-    before = at_once.version
+    before, before_step = at_once.version, datetime.now(UTC)
     records = at_once.enter_through("p", S.LOADED, ("initialize", "start"))
     assert _moves(records) == _moves(stepwise.history("p")) == [
         ("p", None, S.LOADED, "load", None), ("p", S.LOADED, S.INITIALIZED, "initialize", None),
@@ -254,7 +254,8 @@ def test_entering_through_triggers_is_entering_then_each_trigger_in_one_step() -
     assert at_once.get_state("p") is S.RUNNING
     assert (one, together, apart) == ([], [records], records)
     assert at_once.version > before
-    assert records[0].at <= records[1].at <= records[2].at
+    assert records[0].at == records[1].at == records[2].at  # one step: one time
+    assert before_step <= records[0].at <= datetime.now(UTC)
 
 
 def test_entering_through_a_trigger_the_table_forbids_changes_nothing() -> None:
@@ -444,6 +445,33 @@ def test_a_trigger_moves_a_model_as_the_library_s_own_event_does(state: S, trigg
 
     event = machine._MACHINE.events[trigger]
     assert outcome(event.trigger) == outcome(lambda model: Event.trigger(event, model))
+
+
+def test_a_trigger_reads_the_machine_s_hooks_from_the_fields_its_properties_read() -> None:
+    """Our events ask the machine for its queue and callbacks at every trigger, through the fields behind
+    ``Machine``'s properties (``transitions`` 0.9 reads them so): set through a property, a hook is seen both ways."""
+    from plugin_health.lifecycle import machine
+
+    assert machine._has_hooks is machine._hooks_by_field
+    fresh = machine._build_machine()
+    assert machine._reads_fields(fresh)
+    assert not machine._hooks_by_field(fresh) and not machine._hooks_by_property(fresh)
+    for hook in machine._HOOKS:
+        probe = machine._build_machine()
+        if hook == "has_queue":
+            probe._queued = True  # set by the constructor's ``queued``: the property has no setter
+        else:
+            setattr(probe, hook, [lambda *args: None])
+        assert machine._hooks_by_field(probe) and machine._hooks_by_property(probe), hook
+
+
+def test_a_machine_whose_properties_read_other_fields_is_asked_through_them() -> None:
+    """Should ``transitions`` keep its hooks elsewhere, the fields are not taken for them."""
+    from plugin_health.lifecycle import machine
+
+    probe = machine._build_machine()
+    del probe.__dict__["_on_final"]
+    assert not machine._reads_fields(probe)
 
 
 def test_a_machine_given_callbacks_of_its_own_runs_them_on_every_trigger(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 
 from plugin_health.errors import IllegalTransitionError, UnknownPluginError
 from plugin_health.lifecycle import machine
@@ -109,7 +110,8 @@ class PluginLifecycleManager:
 
     def enter_through(self, name: str, state: PluginLifecycleState, triggers: Sequence[str]) -> list[TransitionRecord]:
         """Enter the untracked ``name`` in ``state`` and fire ``triggers`` on it, in order, in one step: the records
-        ``set_state`` and then ``trigger`` for each would make, but no one sees the plugin between them, and each
+        ``set_state`` and then ``trigger`` for each would make (stamped with one time, the step's), but no one sees
+        the plugin between them, and each
         listener is told of them together (its ``many``, else once a record, in order). A plugin loaded and brought
         up with its load comes up this way (one lock, one version, one call a listener: 29-31 us for its three
         moves with the core's listeners, not 34-35). ``IllegalTransitionError``, and nothing changed, if the table
@@ -217,16 +219,19 @@ class PluginLifecycleManager:
             if name in self._plugins:
                 return None
             model = machine.new_model(name, target)
-            records = [TransitionRecord.now(name, None, target, ENTER_TRIGGER, reason, error_type, error)]
+            at = datetime.now(UTC)  # the moves of one step share its time
+            records = [TransitionRecord.now(name, None, target, ENTER_TRIGGER, reason, error_type, error, at)]
             for trigger in triggers:
                 source = model.state
                 if not machine.fire(model, trigger):
                     raise IllegalTransitionError(name, source.value, trigger, machine.allowed_triggers(source))
-                records.append(TransitionRecord.now(name, source, model.state, trigger, None, None, None))
+                records.append(TransitionRecord.now(name, source, model.state, trigger, None, None, None, at))
             history = History(self._history_limit)
+            quiet = not logger.isEnabledFor(self.routine_level)  # routine moves unlogged (loading): not asked each
             for record in records:
                 history.append(record)
-                self._log(record)
+                if not (quiet and record.dest in ROUTINE):
+                    self._log(record)
             self._plugins[name] = _Tracked(model, history)
             self._version = next(self._versions)
         return tuple(records)
