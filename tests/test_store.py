@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from plugin_health.errors import ConfigError
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
 from plugin_health.store import MemoryStore, PluginSnapshot, SQLiteStore, StateStore, check_url, open_store
-from plugin_health.store.base import record_from_json, record_to_json
+from plugin_health.store.base import Stamps, record_from_json, record_to_json
 from plugin_health.store.feed import Feed
 
 S = PluginLifecycleState
@@ -244,7 +244,7 @@ def test_a_batch_that_cannot_be_written_records_nothing(tmp_path: Path) -> None:
     seq, version = store.last_seq(), store.version()
 
     class Unwritable(PluginSnapshot):
-        def to_json(self) -> str:
+        def to_json(self, stamps: object = None) -> str:
             raise RuntimeError("disk gone")
 
     broken = Unwritable(name="r", state=S.RUNNING, since=datetime.now(UTC))
@@ -503,6 +503,27 @@ def test_records_and_snapshots_are_kept_as_json_dumps_writes_them(
                               check_status=text("status", reason), check_output=output,
                               observed_unit=text("unit", output), observed_value=observed)  # type: ignore[arg-type]
     assert snapshot.to_json() == _standard_snapshot_json(snapshot, dumps)
+    stamps = Stamps()  # the texts of times shared by writes, as a batch shares them: the same text
+    assert record_to_json(record, stamps) == record_to_json(record) == record_to_json(record, stamps)
+    assert snapshot.to_json(stamps) == snapshot.to_json() == snapshot.to_json(stamps)
+
+
+def test_times_written_from_shared_texts_are_each_time_s_own() -> None:
+    """A batch's writes share the text of each UTC time (``Stamps``); a time in another zone, equal to a UTC one, is
+    written in its own zone, as ``isoformat`` writes it."""
+    from datetime import timedelta, timezone
+
+    from plugin_health.store.base import record_to_json
+
+    utc = datetime(2026, 12, 2, 23, 0, 0, 5, tzinfo=UTC)
+    east = utc.astimezone(timezone(timedelta(hours=1)))
+    assert east == utc
+    stamps = Stamps()
+    first = TransitionRecord("p", None, PluginLifecycleState.LOADED, "load", at=utc)
+    second = TransitionRecord("p", PluginLifecycleState.LOADED, PluginLifecycleState.FAILED, "fail", at=east)
+    texts = [record_to_json(first, stamps), record_to_json(second, stamps)]
+    assert [record_from_json(text).at.isoformat() for text in texts] == [utc.isoformat(), east.isoformat()]
+    assert stamps == {utc: "2026-12-02T23:00:00.000005+00:00"}
 
 
 def test_a_record_or_snapshot_holding_what_its_fields_should_not_is_written_as_json_dumps_would() -> None:

@@ -30,7 +30,7 @@ from contextvars import ContextVar, Token
 from pathlib import Path
 
 from plugin_health.lifecycle import TransitionRecord
-from plugin_health.store.base import PluginSnapshot, record_from_json, record_to_json
+from plugin_health.store.base import PluginSnapshot, Stamps, record_from_json, record_to_json
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS plugins (name TEXT PRIMARY KEY, data TEXT NOT NULL);
@@ -78,7 +78,7 @@ _UPSERT = "INSERT INTO plugins (name, data) VALUES (?, ?) ON CONFLICT (name) DO 
 
 def _count_moves(conn: sqlite3.Connection, records: Iterable[TransitionRecord]) -> None:
     """Count the moves of ``records``, just inserted into the history, into ``moves`` (a statement a kind of move)."""
-    moves = Counter(("" if record.source is None else record.source.value, record.dest.value) for record in records)
+    moves = Counter(("" if record.source is None else record.source._value_, record.dest._value_) for record in records)
     conn.executemany(_COUNT_MOVES, [(source, dest, n) for (source, dest), n in moves.items()])
 
 
@@ -206,9 +206,10 @@ class SQLiteStore:
     def put_many(self, snapshots: Iterable[PluginSnapshot], records: Iterable[TransitionRecord] = ()) -> None:
         """Publish several snapshots, and the transitions that led there (in the order they happened), in one
         transaction: a batch is recorded whole or not at all. Each plugin's history is trimmed once."""
-        rows = [(snapshot.name, snapshot.to_json()) for snapshot in snapshots]
+        stamps = Stamps()
+        rows = [(snapshot.name, snapshot.to_json(stamps)) for snapshot in snapshots]
         records = list(records)
-        history = [(record.plugin, record_to_json(record)) for record in records]
+        history = [(record.plugin, record_to_json(record, stamps)) for record in records]
         with self._write() as conn:
             conn.executemany(_UPSERT, rows)
             if history:
