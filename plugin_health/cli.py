@@ -328,7 +328,7 @@ def first_run(settings: Settings) -> tuple[list[PluginSnapshot], dict[str, Plugi
         if method == "health_check":
             checks.setdefault(name, result)
 
-    host.loader.observers.append(observe)
+    host.loader.observe(observe)
     try:
         host.start(background=False)  # loads every plugin and runs one pass of health checks
         return host.store.snapshots(), checks

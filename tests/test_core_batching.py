@@ -840,3 +840,28 @@ def test_a_plugin_its_runner_brought_up_against_the_core_s_rules_is_not_believed
         assert core.manager.state_of("p000") is S.RUNNING
     finally:
         core.shutdown()
+
+
+def test_observers_are_told_of_a_plugin_s_bring_up_in_one_call_or_one_call_each(core: Core) -> None:
+    """A plugin brought up with its load made three calls (``initialize``, ``start``, its first ``health_check``): an
+    observer with a ``many`` form is told of them in one call, in order; one without, once a call, in the same
+    order; and an observer that fails is logged, and neither the plugin nor the other observers see it."""
+    together: list[tuple[str, str, list[tuple[str, bool]]]] = []
+    each: list[tuple[str, str, str, bool]] = []
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("observer bug")
+
+    core.loader.observe(broken, broken)
+    core.loader.observe(lambda name, method, isolation, result: each.append((name, method, isolation, result.ok)),
+                        lambda name, isolation, calls: together.append(
+                            (name, isolation, [(method, result.ok) for method, result in calls])))
+    lone: list[tuple[str, str, str, bool]] = []
+    core.loader.observe(lambda name, method, isolation, result: lone.append((name, method, isolation, result.ok)))
+    core.start(background=False)
+    whole = [("initialize", True), ("start", True), ("health_check", True)]
+    assert ("p000", "inline", whole) in together
+    assert [call for call in lone if call[0] == "p000"] == [("p000", method, "inline", ok) for method, ok in whole]
+    assert not [call for call in each if call[0] == "p000"]  # its many form was told instead
+    assert ("p150_raises", "start", "inline", False) in lone  # not brought up whole: one call at a time
+    assert sum(state is S.RUNNING for state in core.manager.all_states().values()) == 300

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -35,6 +35,11 @@ from plugin_health.sandbox import PluginSandboxResult, Sandbox, SandboxLimits
 from plugin_health.sandbox.results import describe, failed
 
 logger = logging.getLogger(__name__)
+
+#: Told of one call into a loaded plugin: ``observer(name, method, isolation, result)``.
+Observer = Callable[[str, str, str, PluginSandboxResult], None]
+#: Told of several calls into one plugin at once, in order: ``many(name, isolation, [(method, result), ...])``.
+ManyObserver = Callable[[str, str, Sequence[tuple[str, PluginSandboxResult]]], None]
 
 RUNNING = PluginLifecycleState.RUNNING
 UNAVAILABLE = PluginLifecycleState.UNAVAILABLE
@@ -102,7 +107,9 @@ class PluginLoader:
         #: Plugins an operator disabled: loaded, never brought up, UNAVAILABLE ``disabled``.
         self.disabled: set[str] = set()
         #: Told of every call into a loaded plugin: ``observer(name, method, isolation, result)`` (metrics).
-        self.observers: list[Callable[[str, str, str, PluginSandboxResult], None]] = []
+        self.observers: list[Observer] = []
+        #: An observer's form for several calls into one plugin at once (``observe``'s ``many``).
+        self._many_observers: dict[Observer, ManyObserver] = {}
         #: Decides where singletons run (None: no cluster, every singleton runs here as any plugin).
         self.singletons: SingletonGate | None = None
         #: Who judges the first health check of a plugin brought up with its load, made then too and judged as soon
@@ -240,10 +247,9 @@ class PluginLoader:
         initialized, started = up[0], up[1]
         if not (initialized.ok and started.ok) or initialized.result is False or started.result is False:
             return False
-        self._observe(entry, "initialize", initialized)
-        self._observe(entry, "start", started)
-        self.manager.enter_through(entry.name, PluginLifecycleState.LOADED, ("initialize", "start"))
-        self._first_check(entry, placed)
+        self._observe_all(entry, tuple(zip(("initialize", "start", "health_check"), up, strict=False)))
+        records = self.manager.enter_through(entry.name, PluginLifecycleState.LOADED, ("initialize", "start"))
+        self._first_check(entry, placed, observed=True, at=records[-1].at)
         return True
 
     @staticmethod
@@ -289,13 +295,18 @@ class PluginLoader:
                 return
         self._first_check(entry, placed)
 
-    def _first_check(self, entry: PluginEntry, placed: Placed) -> None:
-        """Hand the first health check made with ``entry``'s load, if one was, to ``judge_first``."""
+    def _first_check(self, entry: PluginEntry, placed: Placed, observed: bool = False,
+                     at: datetime | None = None) -> None:
+        """Hand the first health check made with ``entry``'s load, if one was, to ``judge_first`` (``observed``: the
+        observers were told of it already; ``at``: when the core learned of it, the time of the step that entered the
+        plugin RUNNING with it, else now)."""
         if len(placed.up) == 3:
             # Its time is the core's, as its transitions' are: when the core learned of it, not before it was RUNNING.
-            self._observe(entry, "health_check", placed.up[2])
+            if not observed:
+                self._observe(entry, "health_check", placed.up[2])
             if self.judge_first is not None:
-                self.judge_first(entry.name, FirstCheck(placed.up[2], datetime.now(UTC), placed.up_lost))
+                self.judge_first(entry.name, FirstCheck(placed.up[2], datetime.now(UTC) if at is None else at,
+                                                        placed.up_lost))
 
     def _limits(self, timeout: float | None, memory_limit_mb: int | None) -> SandboxLimits:
         return SandboxLimits(
@@ -564,13 +575,34 @@ class PluginLoader:
                     results[i] = result
         return results
 
+    def observe(self, observer: Observer, many: ManyObserver | None = None) -> None:
+        """Tell ``observer`` of every call into a loaded plugin (``observers``); ``many``: the same observer for
+        several calls into one plugin at once, ``many(name, isolation, [(method, result), ...])``, called instead of
+        it once each (a plugin brought up with its load: its three calls, one lock of the metrics' tally, not three)."""
+        self.observers.append(observer)
+        if many is not None:
+            self._many_observers[observer] = many
+
     def _observe(self, entry: PluginEntry, method: str, result: PluginSandboxResult) -> None:
         """Tell the observers of a call into ``entry``'s plugin."""
+        self._observe_all(entry, ((method, result),))
+
+    def _observe_all(self, entry: PluginEntry, calls: Sequence[tuple[str, PluginSandboxResult]]) -> None:
+        """Tell the observers of several calls into ``entry``'s plugin, in order (each its ``many`` form, if any)."""
+        isolation = entry.spec.isolation
         for observer in self.observers:
-            try:
-                observer(entry.name, method, entry.spec.isolation, result)
-            except Exception:  # an observer's bug must not turn into the plugin's failure
-                logger.exception("call observer %r failed on %s", observer, entry.name)
+            many = self._many_observers.get(observer)
+            if many is not None and len(calls) > 1:
+                try:
+                    many(entry.name, isolation, calls)
+                except Exception:  # an observer's bug must not turn into the plugin's failure
+                    logger.exception("call observer %r failed on %s", many, entry.name)
+                continue
+            for method, result in calls:
+                try:
+                    observer(entry.name, method, isolation, result)
+                except Exception:  # an observer's bug must not turn into the plugin's failure
+                    logger.exception("call observer %r failed on %s", observer, entry.name)
 
     def stop(self, name: str, timeout: float | None = None) -> PluginSandboxResult | None:
         """Call the plugin's ``stop`` if it is RUNNING (no state change here); None if it was not running."""

@@ -119,7 +119,7 @@ class Core:
         self._judged_first: set[str] = set()
         self._failed_first: dict[str, FirstCheck] = {}
         self.supervisor.subscribe(self._publish)
-        self.loader.observers.append(self.tally.call)
+        self.loader.observe(self.tally.call, self.tally.calls)
         self.tools = ToolRunner(self.supervisor)
         self._shutdown = threading.Lock()
         self._stopped = False
@@ -366,7 +366,7 @@ class Core:
                         self._batch_names = {**names, **self._batch_names}
                 raise
         if records:
-            counts = Counter(record.dest.value for record in records if record.dest in ROUTINE)
+            counts = Counter(record.dest._value_ for record in records if record.dest in ROUTINE)
             logger.info("recorded %d transitions while loading (%s)", len(records),
                         ", ".join(f"{n} to {state}" for state, n in counts.items()) or "none routine",
                         extra={"counts": dict(counts)})
