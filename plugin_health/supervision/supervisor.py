@@ -30,6 +30,7 @@ from plugin_health.loader.loader import ACTIVE, FirstCheck, PluginLoader
 from plugin_health.sandbox import PluginSandboxResult
 from plugin_health.supervision.policy import (
     RESTART_LIMIT_REACHED,
+    Judgement,
     Verdict,
     backoff_delay,
     check_outcome,
@@ -145,10 +146,20 @@ class Supervisor:
     def record_outcome(self, name: str, result: PluginSandboxResult, what: str = "call") -> Verdict:
         """Apply one call's outcome to ``name``; may fail the plugin (DESIGN.md section 5)."""
         with self._lock:
-            watch = self._watch(name)
-            judgement = judge(result.ok, result.error_type, watch.consecutive_failures, self.settings.failure_threshold)
-            changed = watch.consecutive_failures != judgement.consecutive_failures
-            watch.consecutive_failures = judgement.consecutive_failures
+            judgement, changed = self._count(self._watch(name), result)
+        return self._counted(name, judgement, changed, result, what)
+
+    def _count(self, watch: PluginWatch, result: PluginSandboxResult) -> tuple[Judgement, bool]:
+        """Count one call's outcome into ``watch`` (the caller holds ``_lock``): the judgement, and whether the
+        failure count changed."""
+        judgement = judge(result.ok, result.error_type, watch.consecutive_failures, self.settings.failure_threshold)
+        changed = watch.consecutive_failures != judgement.consecutive_failures
+        watch.consecutive_failures = judgement.consecutive_failures
+        return judgement, changed
+
+    def _counted(self, name: str, judgement: Judgement, changed: bool, result: PluginSandboxResult,
+                 what: str) -> Verdict:
+        """What follows an outcome counted (``_count``), with no lock held: the news, or the plugin failed."""
         if changed and judgement.verdict is not Verdict.FAIL:
             self._changed(name)
         if judgement.verdict is Verdict.FAIL:
@@ -199,6 +210,12 @@ class Supervisor:
                 result = self.loader.call(name, "health_check")
             except PluginError:  # its instance is gone with its runner and comes back shortly: nothing was checked
                 return False
+        return self._checked(name, result, at, first=False)
+
+    def _checked(self, name: str, result: PluginSandboxResult, at: datetime | None, first: bool) -> bool:
+        """Judge one health check's ``result`` (``check``), kept and counted in one hold of the lock; ``first``: a
+        first check, after which the next one is due an interval from now (in the same hold when it passed: nothing
+        can move the plugin between the two). Whether it did not fail."""
         found, outcome = check_outcome(result)
         with self._lock:
             watch = self._watch(name)
@@ -206,12 +223,26 @@ class Supervisor:
             watch.last_check = at if at is not None else datetime.now(UTC)
             watch.last_check_ok = outcome.ok
             watch.last_result = found
-        if self.record_outcome(name, outcome, "health check") is Verdict.HEALTHY:
+            judgement, changed = self._count(watch, outcome)
+            if first and judgement.verdict is Verdict.HEALTHY:
+                self._next_check(name, watch)
+                first = False
+        if self._counted(name, judgement, changed, outcome, "health check") is Verdict.HEALTHY:
             # Only the time of the last check (and what it measured) moved on, unless its status changed: a plugin
             # that starts or stops warning changes the aggregate status at once.
             moved = found.status != ("pass" if before is None else before.status)
             self._changed(name, urgent=moved)
+        if first:  # a failed first check: due again an interval later, unless it failed the plugin
+            with self._lock:
+                self._next_check(name, self._watch(name))
         return outcome.ok
+
+    def _next_check(self, name: str, watch: PluginWatch) -> None:
+        """After a first check: the next one an interval from now, if ``name`` still runs (the caller holds
+        ``_lock``; the one due now is skipped when popped)."""
+        if watch.next_check_at is not None and self.manager.state_of(name) is RUNNING:
+            watch.next_check_at = self._clock() + self.settings.health_interval
+            self._schedule(watch.next_check_at, name, "check")
 
     def check_many(self, names: list[str]) -> None:
         """The health checks of several RUNNING plugins now (the first ones, at start-up), the calls of those that
@@ -240,12 +271,8 @@ class Supervisor:
         if first is not None and first.lost is not None:
             self.fail(name, f"quarantined into a runner of its own: {first.lost}", result.error_type, result.error)
             return
-        self.check(name, result, None if first is None else first.at)
-        with self._lock:
-            watch = self._watch(name)
-            if watch.next_check_at is not None and self.manager.state_of(name) is RUNNING:
-                watch.next_check_at = self._clock() + self.settings.health_interval
-                self._schedule(watch.next_check_at, name, "check")  # the one due now is skipped when popped
+        if self.manager.state_of(name) is RUNNING:  # as ``check`` asks
+            self._checked(name, result, None if first is None else first.at, first=True)
 
     # -- restarts ------------------------------------------------------------------------------------------
 
@@ -319,8 +346,9 @@ class Supervisor:
         """``_on_transition`` of several records, in order, under one hold of the lock."""
         reset: list[str] = []
         with self._lock:
+            watches = self._watches
             for record in records:
-                watch = self._watch(record.plugin)
+                watch = watches.get(record.plugin) or self._watch(record.plugin)
                 counted = watch.consecutive_failures
                 self._update(watch, record)
                 if record.dest is RUNNING and counted:
