@@ -393,7 +393,9 @@ class P(Plugin):
     ('"method": "initialize", "then": "not a list"', "initialize"),
     ('"method": "initialize", "then": [{"method": "health_check", "ok": True, "result": True}]', "start"),
     ('"method": "initialize", "then": [None]', "start"),
-], ids=["start-for-initialize", "riding-not-a-list", "riding-another-phase", "riding-not-an-answer"])
+    ('"method": "initialize", "then": ["health_check"]', "start"),
+], ids=["start-for-initialize", "riding-not-a-list", "riding-another-phase", "riding-not-an-answer",
+        "riding-another-phase-s-name"])
 def test_a_plugin_that_forges_answers_breaks_its_runner_and_is_blamed(tmp_path: Path, forged: str, phase: str) -> None:
     """An answer must be to the phase the core awaits: a forged answer for ``start`` read as the initialize's is a
     broken runner, and so are answers riding in a frame (``then``: the phases that ran no plugin code after it) that

@@ -264,9 +264,12 @@ class RunnerProcess:
             raise self.broke("answers riding in another's frame that are no list")
         return riding
 
-    def next_riding(self, riding: list[Any], method: str) -> dict[str, Any]:
-        """The first of ``riding`` (taken out), which must be the answer of ``method``."""
+    def next_riding(self, riding: list[Any], method: str) -> dict[str, Any] | None:
+        """The first of ``riding`` (taken out), which must be the answer of ``method``: None where it is the method's
+        name alone, the answer of ``Plugin``'s own no-op (``known``)."""
         answer = riding.pop(0)
+        if answer == method and type(answer) is str:
+            return None
         if not isinstance(answer, dict) or answer.get("method") != method:
             raise self.broke("an answer to another phase")
         return answer
@@ -668,6 +671,12 @@ def _health_result(result: PluginSandboxResult) -> PluginSandboxResult:
         return failed(type(err).__name__, str(err), result.duration_ms)
 
 
+def known(method: str) -> PluginSandboxResult:
+    """The outcome of ``Plugin``'s own ``method`` (``initialize``, ``start``, ``health_check``), a no-op a runner answers
+    without running it (its name alone, riding in a bring-up's frame): passed, in no time, with the no-op's result."""
+    return PluginSandboxResult(True, True if method == "health_check" else None, None, None, 0.0)
+
+
 def _since(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
@@ -886,7 +895,7 @@ class RunnerPool:
                 result, loss = handle._lost(method, err, started, who=source.name)
             else:
                 runner.last = (handle, time.monotonic())
-                result, loss = handle._result(method, answer, started)
+                result, loss = (known(method), None) if answer is None else handle._result(method, answer, started)
             results.append(result)
             if loss is not None or not result.ok or result.result is False:
                 break
@@ -945,10 +954,9 @@ class RunnerPool:
                 self.release(handle)
             return Placed(None, phase="declaration", error_type="ProtocolError", error="no declaration")
         limits = handle.limits
-        handle.limits = SandboxLimits(
-            _number(declaration.get("timeout"), limits.timeout),
-            _whole(declaration.get("memory_limit_mb"), limits.memory_limit_mb),
-        )
+        timeout, memory = declaration.get("timeout"), declaration.get("memory_limit_mb")
+        if timeout is not None or memory is not None:  # else its limits are the load's (frozen: shared as they are)
+            handle.limits = SandboxLimits(_number(timeout, limits.timeout), _whole(memory, limits.memory_limit_mb))
         return Placed(handle, declaration)
 
     def call_many(self, handles: list[RunnerHandle], method: str,
