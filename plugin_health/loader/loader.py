@@ -116,6 +116,7 @@ class PluginLoader:
         #: as it is known (its owner checks the others once loading is over). None: no check is made with a load.
         self.judge_first: Callable[[str, FirstCheck], None] | None = None
         self._cascade: deque[TransitionRecord] = deque()
+        self._default_limits: tuple[LoaderSettings, SandboxLimits] | None = None  # ``_limits`` of one declaring none
         self._cycles: dict[str, str] = {}
         self._draining = threading.local()
         self.manager.subscribe(self._on_transition)
@@ -309,6 +310,16 @@ class PluginLoader:
                                                         placed.up_lost))
 
     def _limits(self, timeout: float | None, memory_limit_mb: int | None) -> SandboxLimits:
+        """The limits of a plugin that declares ``timeout`` and ``memory_limit_mb`` (None: the service's defaults).
+        Made once for the plugins that declare neither, most of them (limits are frozen: shared as they are)."""
+        if timeout is None and memory_limit_mb is None:
+            made = self._default_limits
+            if made is None or made[0] is not self.settings:  # (settings replaced since: made again)
+                made = self._default_limits = (self.settings, self._made_limits(None, None))
+            return made[1]
+        return self._made_limits(timeout, memory_limit_mb)
+
+    def _made_limits(self, timeout: float | None, memory_limit_mb: int | None) -> SandboxLimits:
         return SandboxLimits(
             timeout=timeout if timeout is not None else self.settings.default_timeout,
             memory_limit_mb=memory_limit_mb if memory_limit_mb is not None else self.settings.default_memory_limit_mb,

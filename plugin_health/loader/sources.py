@@ -164,7 +164,7 @@ def scan(source: PluginSource, attributes: Sequence[str], class_names: Sequence[
         text = _read(path)
     except OSError:
         return Scanned(found)
-    carried = text if len(text) <= CARRIED_TEXT and path == source.path else None
+    carried = text if len(text) <= CARRIED_TEXT and path is source.path else None  # ``is``: Path's == is Python's
     try:
         # Parsing is most of a load's cost in the core: an ASCII source that never spells the name cannot assign it
         # (identifiers are NFKC-normalised, so another spelling of it needs a non-ASCII character).
