@@ -455,14 +455,16 @@ def test_a_trigger_reads_the_machine_s_hooks_from_the_fields_its_properties_read
     assert machine._has_hooks is machine._hooks_by_field
     fresh = machine._build_machine()
     assert machine._reads_fields(fresh)
-    assert not machine._hooks_by_field(fresh) and not machine._hooks_by_property(fresh)
+    assert not machine._hooks_by_field(fresh)
+    assert not machine._hooks_by_property(fresh)
     for hook in machine._HOOKS:
         probe = machine._build_machine()
         if hook == "has_queue":
             probe._queued = True  # set by the constructor's ``queued``: the property has no setter
         else:
             setattr(probe, hook, [lambda *args: None])
-        assert machine._hooks_by_field(probe) and machine._hooks_by_property(probe), hook
+        assert machine._hooks_by_field(probe), hook
+        assert machine._hooks_by_property(probe), hook
 
 
 def test_a_machine_whose_properties_read_other_fields_is_asked_through_them() -> None:

@@ -515,6 +515,33 @@ def test_a_plugin_imports_from_its_bytecode_cache_when_it_has_one_and_from_its_s
     assert (plain.parent / "__pycache__").exists() is write_bytecode
 
 
+@pytest.mark.parametrize("package", [False, True])
+def test_a_plugin_module_and_its_spec_are_importlib_s_own(tmp_path: Path, package: bool) -> None:
+    """The module a plugin runs in, and its spec, are made directly (``importlib`` asks a new module for each attribute
+    first, failing each time): they must be what ``spec_from_file_location`` and ``module_from_spec`` make, the same
+    attributes with the same values, in the same order."""
+    from plugin_health.loader import importing
+
+    path = tmp_path / ("pkg/__init__.py" if package else "speaks.py")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("from plugin_health import Plugin\nclass P(Plugin):\n    pass\n", encoding="utf-8")
+    search = [str(path.parent)] if package else None
+    loader = importing._SourceLoader("_plugin_health_plugins.x", str(path), None)
+    ours = importing._file_spec("_plugin_health_plugins.x", loader, str(path), search)
+    theirs = importlib.util.spec_from_file_location("_plugin_health_plugins.x", str(path), loader=loader,
+                                                    submodule_search_locations=search)
+    assert theirs is not None
+    theirs.cached = importlib.util.cache_from_source(str(path))
+    assert ours == theirs
+    assert (ours.parent, ours.has_location, ours.cached, ours.submodule_search_locations) == (
+        theirs.parent, theirs.has_location, theirs.cached, theirs.submodule_search_locations)
+    module, expected = importing._module_of(ours, loader), importlib.util.module_from_spec(theirs)
+    assert list(vars(module)) == list(vars(expected))
+    assert {key: value for key, value in vars(module).items() if key != "__spec__"} == {
+        key: value for key, value in vars(expected).items() if key != "__spec__"}
+    assert module.__spec__ is ours
+
+
 @pytest.mark.parametrize("source", ["/plugins/speaks.py", "/plugins/pkg/__init__.py", "/a.b/c.d/speaks.tar.py",
                                     "/plugins/no_suffix", "/plugins/.hidden", "relative/speaks.py", "speaks.py",
                                     "/speaks.py", "/plugins//speaks.py", "/plugins/trailing."])

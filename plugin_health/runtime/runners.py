@@ -672,8 +672,9 @@ def _health_result(result: PluginSandboxResult) -> PluginSandboxResult:
 
 
 def known(method: str) -> PluginSandboxResult:
-    """The outcome of ``Plugin``'s own ``method`` (``initialize``, ``start``, ``health_check``), a no-op a runner answers
-    without running it (its name alone, riding in a bring-up's frame): passed, in no time, with the no-op's result."""
+    """The outcome of ``Plugin``'s own ``method`` (``initialize``, ``start``, ``health_check``), a no-op a runner
+    answers without running it (its name alone, riding in a bring-up's frame): passed, in no time, with the no-op's
+    result."""
     return PluginSandboxResult(True, True if method == "health_check" else None, None, None, 0.0)
 
 
