@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import FunctionType
 from typing import Any, ClassVar, Literal, TypeVar
 
 from plugin_health.health import HealthResult
@@ -35,9 +36,18 @@ def tool_names(cls: type[Plugin]) -> tuple[str, ...]:
         for klass in cls.__mro__
         if klass is not object
         for name, value in vars(klass).items()
-        if callable(value) and getattr(value, _TOOL_MARK, False)
+        if callable(value) and _marked(value)
     }
     return tuple(sorted(found))
+
+
+def _marked(value: object) -> object:
+    """``getattr(value, _TOOL_MARK, False)``; for a plain function read from its ``__dict__``, where ``getattr`` looks
+    (a function's type cannot change), without the ``AttributeError`` that ``getattr`` raises and catches when it is
+    not there: most of reading ``Plugin``'s own methods, at every plugin's load."""
+    if type(value) is FunctionType:
+        return value.__dict__.get(_TOOL_MARK, False)
+    return getattr(value, _TOOL_MARK, False)
 
 
 #: Plugin names are addressable in URLs: letters, digits, "_", "-", ".", at most 100 characters (the loader checks

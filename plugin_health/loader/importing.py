@@ -161,7 +161,7 @@ def find_plugin_class(module: types.ModuleType, source: PluginSource) -> type[Pl
         if isinstance(value, type)
         and issubclass(value, Plugin)
         and value is not Plugin
-        and not getattr(value, "__abstractmethods__", None)  # what inspect.isabstract asks, without inspect
+        and not _abstract_methods(value)  # what inspect.isabstract asks, without inspect
         and (value.__module__ == prefix or value.__module__.startswith(prefix + "."))
     ]
     unique = list(dict.fromkeys(classes))
@@ -170,6 +170,14 @@ def find_plugin_class(module: types.ModuleType, source: PluginSource) -> type[Pl
     if len(unique) > 1:
         raise MultiplePluginClassesError(source.label, sorted(c.__qualname__ for c in unique))
     return unique[0]
+
+
+def _abstract_methods(cls: type) -> object:
+    """``getattr(cls, "__abstractmethods__", None)``: for a class with no metaclass, read where ``type`` reads it,
+    its own namespace, without the ``AttributeError`` raised and caught when it is not there."""
+    if type(cls) is type:
+        return cls.__dict__.get("__abstractmethods__")
+    return getattr(cls, "__abstractmethods__", None)
 
 
 def load_plugin_class(source: PluginSource) -> type[Plugin]:
