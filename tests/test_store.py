@@ -587,3 +587,26 @@ def test_a_store_file_counted_by_a_trigger_is_counted_by_its_writer_from_then_on
                                            rec("p", S.LOADED, S.FAILED, "fail")])  # p's load is trimmed
     assert store.transition_counts() == {("LOADED", "FAILED"): 2, ("FAILED", "LOADED"): 1, (None, "LOADED"): 1}
     store.close()
+
+
+def test_a_snapshot_made_by_filling_its_slots_is_the_one_its_fields_make() -> None:
+    """``PluginSnapshot.made`` fills the slots itself (the frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``): given each field a value of its own, it makes exactly what the constructor makes, and
+    the snapshot stays frozen."""
+    import dataclasses
+
+    since = datetime(2026, 12, 2, tzinfo=UTC)
+    values: dict[str, Any] = {
+        "name": "p", "state": PluginLifecycleState.RUNNING, "since": since, "version": "1.0", "reason": "r",
+        "error_type": "E", "error": "e", "requires": ("a",), "critical": True, "isolation": "inline",
+        "tools": ("t",), "consecutive_failures": 2, "restarts": 3, "last_check": since.replace(second=1),
+        "last_check_ok": False, "allowed": ("fail",), "stale_after": since.replace(second=2), "singleton": True,
+        "owner": "me", "standby": True, "check_status": "warn", "observed_value": 4.5, "observed_unit": "s",
+        "check_output": "slow"}
+    assert set(values) == {field.name for field in dataclasses.fields(PluginSnapshot)}
+    made = PluginSnapshot.made(**values)
+    assert made == PluginSnapshot(**values)
+    assert dataclasses.asdict(made) == values
+    assert made.to_json() == PluginSnapshot(**values).to_json()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.name = "q"  # type: ignore[misc]

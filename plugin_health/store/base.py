@@ -53,6 +53,26 @@ class PluginSnapshot:
     #: That check's output (a failed call: its error message), bounded; may carry secrets, as ``error`` may.
     check_output: str | None = None
 
+    @classmethod
+    def made(
+        cls, *, name: str, state: PluginLifecycleState, since: datetime, version: str | None, reason: str | None,
+        error_type: str | None, error: str | None, requires: tuple[str, ...], critical: bool, isolation: str | None,
+        tools: tuple[str, ...], consecutive_failures: int, restarts: int, last_check: datetime | None,
+        last_check_ok: bool | None, allowed: tuple[str, ...], stale_after: datetime | None, singleton: bool,
+        owner: str | None, standby: bool, check_status: str | None, observed_value: str | int | float | bool | None,
+        observed_unit: str | None, check_output: str | None,
+    ) -> PluginSnapshot:
+        """``PluginSnapshot(...)`` given every field, made by filling its slots: the frozen dataclass's ``__init__``
+        sets each of its 24 fields through ``object.__setattr__``, a sixth of writing a batch of snapshots as
+        thousands of plugins load (the core makes one a plugin a batch)."""
+        snapshot = _new_snapshot(cls)
+        for fill, value in zip(_SNAPSHOT_SLOTS, (
+            name, state, since, version, reason, error_type, error, requires, critical, isolation, tools,
+            consecutive_failures, restarts, last_check, last_check_ok, allowed, stale_after, singleton, owner,
+            standby, check_status, observed_value, observed_unit, check_output), strict=True):
+            fill(snapshot, value)
+        return snapshot
+
     @property
     def healthy(self) -> bool:
         """RUNNING, its last health check (if any yet) passed, and that check is not stale."""
@@ -76,20 +96,32 @@ class PluginSnapshot:
         """A compact JSON text (how the stores keep it): ``json.dumps(..., separators=(",", ":"))`` of its fields, the
         times as ISO 8601 text, written field by field (two fifths of the time of building a dict and encoding it, a
         snapshot written for each plugin as thousands load); a field holding another type than its own is written
-        as ``json.dumps`` would (``_as_dumped``). ``stamps``: the texts of times, shared with other writes."""
+        as ``json.dumps`` would (``_as_dumped``). ``stamps``: the texts of times, shared with other writes.
+
+        The usual values (None, True, False, an empty tuple) are written in line, the writers called for the others
+        only: a call a field was a third of writing a snapshot."""
         try:
             return (
                 f'{{"name":{_string(self.name)},"state":{_string(self.state._value_)},'
-                f'"since":{_string(_iso(self.since, stamps))},"version":{_maybe(self.version)},'
-                f'"reason":{_maybe(self.reason)},"error_type":{_maybe(self.error_type)},"error":{_maybe(self.error)},'
-                f'"requires":{_strings(self.requires)},"critical":{_flag(self.critical)},'
-                f'"isolation":{_maybe(self.isolation)},"tools":{_strings(self.tools)},'
+                f'"since":{_string(_iso(self.since, stamps))},'
+                f'"version":{"null" if self.version is None else _string(self.version)},'
+                f'"reason":{"null" if self.reason is None else _string(self.reason)},'
+                f'"error_type":{"null" if self.error_type is None else _string(self.error_type)},'
+                f'"error":{"null" if self.error is None else _string(self.error)},'
+                f'"requires":{"[]" if self.requires is _NONE else _strings(self.requires)},'
+                f'"critical":{"false" if self.critical is False else _flag(self.critical)},'
+                f'"isolation":{"null" if self.isolation is None else _string(self.isolation)},'
+                f'"tools":{"[]" if self.tools is _NONE else _strings(self.tools)},'
                 f'"consecutive_failures":{_count(self.consecutive_failures)},"restarts":{_count(self.restarts)},'
                 f'"last_check":{_time(self.last_check, stamps)},"last_check_ok":{_maybe_flag(self.last_check_ok)},'
                 f'"allowed":{_strings(self.allowed)},"stale_after":{_time(self.stale_after, stamps)},'
-                f'"singleton":{_flag(self.singleton)},"owner":{_maybe(self.owner)},"standby":{_flag(self.standby)},'
-                f'"check_status":{_maybe(self.check_status)},"observed_value":{_compact(self.observed_value)},'
-                f'"observed_unit":{_maybe(self.observed_unit)},"check_output":{_maybe(self.check_output)}}}'
+                f'"singleton":{"false" if self.singleton is False else _flag(self.singleton)},'
+                f'"owner":{"null" if self.owner is None else _string(self.owner)},'
+                f'"standby":{"false" if self.standby is False else _flag(self.standby)},'
+                f'"check_status":{"null" if self.check_status is None else _string(self.check_status)},'
+                f'"observed_value":{"null" if self.observed_value is None else _compact(self.observed_value)},'
+                f'"observed_unit":{"null" if self.observed_unit is None else _string(self.observed_unit)},'
+                f'"check_output":{"null" if self.check_output is None else _string(self.check_output)}}}'
             )
         except TypeError:
             return self._as_dumped()
@@ -125,6 +157,13 @@ class PluginSnapshot:
 
 
 _SNAPSHOT_FIELDS = tuple(f.name for f in fields(PluginSnapshot))
+#: The empty tuple (one object in CPython): a field holding it is written ``[]`` in line, any other tuple by
+#: ``_strings``.
+_NONE: tuple[str, ...] = ()
+_new_snapshot = object.__new__
+#: The setters of a snapshot's slots, in the order of its fields (what ``made`` fills: every field, as
+#: ``tests/test_store.py`` checks).
+_SNAPSHOT_SLOTS = tuple(PluginSnapshot.__dict__[name].__set__ for name in _SNAPSHOT_FIELDS)
 
 
 def is_stale(snapshot: PluginSnapshot, now: datetime) -> bool:
