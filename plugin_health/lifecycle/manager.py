@@ -40,6 +40,8 @@ _ENTER_ALLOWED = ("set_state(LOADED)",)
 def _as_state(
     plugin: str, current: str | None, value: PluginLifecycleState | str, allowed: tuple[str, ...]
 ) -> PluginLifecycleState:
+    if type(value) is PluginLifecycleState:  # a state already (what the enum's call would give back, in Python)
+        return value
     try:
         return PluginLifecycleState(value)
     except ValueError:

@@ -119,7 +119,7 @@ class PluginLoader:
         self._default_limits: tuple[LoaderSettings, SandboxLimits] | None = None  # ``_limits`` of one declaring none
         self._cycles: dict[str, str] = {}
         self._draining = threading.local()
-        self.manager.subscribe(self._on_transition)
+        self.manager.subscribe(self._on_transition, self._on_transitions)
 
     # -- loading ------------------------------------------------------------------------------------------
 
@@ -657,6 +657,13 @@ class PluginLoader:
         return timeout if timeout is not None else (self.settings.default_timeout or 10.0)
 
     # -- the dependency cascade ------------------------------------------------------------------------
+
+    def _on_transitions(self, records: Sequence[TransitionRecord]) -> None:
+        """``_on_transition`` of several records, in order: those that enter or leave RUNNING (of a plugin brought up
+        in one step, its last)."""
+        for record in records:
+            if (record.source is RUNNING) != (record.dest is RUNNING):
+                self._on_transition(record)
 
     def _on_transition(self, record: TransitionRecord) -> None:
         if (record.source is RUNNING) == (record.dest is RUNNING):

@@ -321,12 +321,12 @@ class Core:
     def _into_batch(self, records: Sequence[TransitionRecord]) -> bool:
         """While loading, add ``records`` to the batch (sooner due once it is full): True; else False. The caller
         holds ``_publishing``; either way their plugins' news waits no more."""
-        for record in records:
-            self._pending.discard(record.plugin)
+        names = dict.fromkeys([record.plugin for record in records])
+        self._pending.difference_update(names)
         if self._batch is None:
             return False
         self._batch.extend(records)
-        self._batch_names.update(dict.fromkeys(record.plugin for record in records))
+        self._batch_names.update(names)
         if len(self._batch) >= BATCH_SIZE:
             self._batch_due.set()
         return True
