@@ -563,3 +563,28 @@ def test_a_scan_carries_the_text_it_read_unless_it_is_large(tmp_path: Path) -> N
     assert (scanned.declared, scanned.text) == ({"isolation": "process"}, None)
     missing = tmp_path / "gone.py"
     assert scan(PluginSource("gone", str(missing), path=missing), ("isolation",)).text is None
+
+
+def test_a_declared_version_is_parsed_once_a_short_text_and_a_long_one_is_never_kept() -> None:
+    """Versions repeat across plugins and restarts: a short text's ``Version`` is parsed once and shared (it is
+    immutable); a long one (a plugin can make it as long as a message allows) is parsed each time and not kept; a
+    text that is no version is refused each time."""
+    from packaging.version import InvalidVersion
+
+    from plugin_health.errors import InvalidPluginError
+    from plugin_health.loader import registry
+
+    first = registry.PluginSpec.from_mapping({"name": "a", "version": "1.2.3"}, "a")
+    second = registry.PluginSpec.from_mapping({"name": "b", "version": "1.2.3"}, "b")
+    assert first.version is second.version
+    assert str(first.version) == "1.2.3"
+    long_text = "1.0+" + "a" * 100
+    before = registry._short_version.cache_info().currsize
+    made = registry.PluginSpec.from_mapping({"name": "c", "version": long_text}, "c")
+    assert str(made.version) == long_text
+    assert registry._short_version.cache_info().currsize == before
+    for _ in range(2):
+        with pytest.raises(InvalidPluginError, match="version"):
+            registry.PluginSpec.from_mapping({"name": "d", "version": "not a version"}, "d")
+    with pytest.raises(InvalidVersion):
+        registry._version("not a version")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,19 @@ ISOLATIONS = ("inline", "process")
 MAX_TIMEOUT = 86_400
 #: The largest memory allowance a plugin may declare, in MiB (1 TiB).
 MAX_MEMORY_MB = 1024 * 1024
+
+
+def _version(text: str) -> Version:
+    """``Version(text)``, parsed once a text of up to 64 characters (versions repeat across plugins and restarts;
+    parsing one was a tenth of registering a plugin); a longer one, which a plugin may make as long as a message
+    allows, is parsed each time, never kept. A ``Version`` is immutable: one object serves every spec declaring it.
+    A text that is no version raises ``InvalidVersion`` each time (errors are not kept)."""
+    return _short_version(text) if len(text) <= 64 else Version(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _short_version(text: str) -> Version:
+    return Version(text)
 
 
 def valid_name(name: object) -> bool:
@@ -85,7 +99,7 @@ class PluginSpec:
         if not valid_name(name):
             raise InvalidPluginError(default_name, "name", f"{name!r} must be 1-100 letters, digits, '_', '-' or '.'")
         try:
-            version = Version(str(data.get("version", "0.0.0")))
+            version = _version(str(data.get("version", "0.0.0")))
         except InvalidVersion as err:
             raise InvalidPluginError(name, "version", f"{data.get('version')!r} is not a PEP 440 version") from err
         raw = data.get("requires", ())
