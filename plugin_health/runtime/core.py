@@ -379,9 +379,8 @@ class Core:
         plugin is RUNNING, and its transitions are in the batch not yet written, which then shows the check too).
         One that failed is judged once loading ends, as before: its judgement may stop the plugin, a call into the
         runner that the load stream holds until its last load."""
-        if self.supervisor.passed(first):
+        if self.supervisor.check_made_if_passed(name, first):
             self._judged_first.add(name)
-            self.supervisor.check_made(name, first)
         else:
             self._failed_first[name] = first
 

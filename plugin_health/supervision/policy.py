@@ -63,10 +63,13 @@ class Judgement:
     consecutive_failures: int
 
 
+_HEALTHY = Judgement(Verdict.HEALTHY, 0)
+
+
 def judge(ok: bool, error_type: str | None, consecutive_failures: int, threshold: int) -> Judgement:
     """Apply DESIGN.md section 5: a crash fails at once, ``threshold`` failures in a row fail, success resets."""
     if ok:
-        return Judgement(Verdict.HEALTHY, 0)
+        return _HEALTHY  # (frozen: one serves every success)
     count = consecutive_failures + 1
     if error_type == CRASHED or count >= threshold:
         return Judgement(Verdict.FAIL, count)

@@ -212,11 +212,13 @@ class Supervisor:
                 return False
         return self._checked(name, result, at, first=False)
 
-    def _checked(self, name: str, result: PluginSandboxResult, at: datetime | None, first: bool) -> bool:
+    def _checked(self, name: str, result: PluginSandboxResult, at: datetime | None, first: bool,
+                 judged: tuple[HealthResult, PluginSandboxResult] | None = None) -> bool:
         """Judge one health check's ``result`` (``check``), kept and counted in one hold of the lock; ``first``: a
         first check, after which the next one is due an interval from now (in the same hold when it passed: nothing
-        can move the plugin between the two). Whether it did not fail."""
-        found, outcome = check_outcome(result)
+        can move the plugin between the two); ``judged``: its ``check_outcome``, if worked out already. Whether it
+        did not fail."""
+        found, outcome = check_outcome(result) if judged is None else judged
         with self._lock:
             watch = self._watch(name)
             before = watch.last_result
@@ -260,11 +262,18 @@ class Supervisor:
         if self.manager.get_state(name) is RUNNING:
             self._first(name, first.result, first)
 
-    @staticmethod
-    def passed(first: FirstCheck) -> bool:
-        """Whether a first check made with a load passed (``pass`` or ``warn``): judging it moves no plugin, and so
-        calls into no runner (a failed one may stop its plugin)."""
-        return first.lost is None and check_outcome(first.result)[1].ok
+    def check_made_if_passed(self, name: str, first: FirstCheck) -> bool:
+        """``check_made`` of a first check made with a load that passed (``pass`` or ``warn``), judged now: judging
+        it moves no plugin, and so calls into no runner. False, and nothing judged, for one that did not (judging
+        it may stop its plugin: the caller judges it later, with ``check_made``)."""
+        if first.lost is not None:
+            return False
+        judged = check_outcome(first.result)
+        if not judged[1].ok:
+            return False
+        if self.manager.get_state(name) is RUNNING:
+            self._checked(name, first.result, first.at, first=True, judged=judged)
+        return True
 
     def _first(self, name: str, result: PluginSandboxResult, first: FirstCheck | None) -> None:
         """Judge a first check (``first``: made with the load), and schedule the next one an interval later."""
