@@ -231,8 +231,10 @@ def record_to_json(record: TransitionRecord, stamps: Stamps | None = None) -> st
     try:
         return (
             f'{{"plugin":{_string(record.plugin)},"from":{"null" if source is None else _string(source._value_)},'
-            f'"to":{_string(record.dest._value_)},"trigger":{_string(record.trigger)},"reason":{_maybe(record.reason)},'
-            f'"error_type":{_maybe(record.error_type)},"error":{_maybe(record.error)},'
+            f'"to":{_string(record.dest._value_)},"trigger":{_string(record.trigger)},'
+            f'"reason":{"null" if record.reason is None else _string(record.reason)},'
+            f'"error_type":{"null" if record.error_type is None else _string(record.error_type)},'
+            f'"error":{"null" if record.error is None else _string(record.error)},'
             f'"at":{_string(_iso(record.at, stamps))}}}'
         )
     except TypeError:  # a field of another type than its own: as json.dumps writes it

@@ -78,8 +78,9 @@ _UPSERT = "INSERT INTO plugins (name, data) VALUES (?, ?) ON CONFLICT (name) DO 
 
 def _count_moves(conn: sqlite3.Connection, records: Iterable[TransitionRecord]) -> None:
     """Count the moves of ``records``, just inserted into the history, into ``moves`` (a statement a kind of move)."""
-    moves = Counter(("" if record.source is None else record.source._value_, record.dest._value_) for record in records)
-    conn.executemany(_COUNT_MOVES, [(source, dest, n) for (source, dest), n in moves.items()])
+    moves = Counter([(record.source, record.dest) for record in records])  # states hash as their text: no value asked
+    conn.executemany(_COUNT_MOVES, [("" if source is None else source._value_, dest._value_, n)
+                                    for (source, dest), n in moves.items()])
 
 
 class SQLiteStore:
