@@ -70,9 +70,11 @@ def raw_declaration(cls: type[Plugin], default_name: str) -> dict[str, Any]:
     declared: dict[str, Any] = {}
     for attribute in DECLARED:
         value = getattr(cls, attribute, None)
-        if isinstance(value, _SEQUENCES) and all(type(item) is str for item in value):
+        if type(value) in _PLAIN:
+            pass
+        elif isinstance(value, _SEQUENCES) and (not value or all(type(item) is str for item in value)):
             value = list(value)
-        elif type(value) not in _PLAIN:
+        else:
             raise TypeError(f"{attribute} must be plain data, not {type(value).__name__}")
         declared[attribute] = value
     declared["name"] = declared["name"] or default_name

@@ -588,3 +588,24 @@ def test_a_declared_version_is_parsed_once_a_short_text_and_a_long_one_is_never_
             registry.PluginSpec.from_mapping({"name": "d", "version": "not a version"}, "d")
     with pytest.raises(InvalidVersion):
         registry._version("not a version")
+
+
+@pytest.mark.parametrize("package", [False, True])
+def test_a_plugin_imported_from_its_location_as_text_is_the_one_imported_from_its_path(
+    tmp_path: Path, package: bool
+) -> None:
+    """A runner passes the source's path as the core sent it (absolute, normalised): the module knows the same
+    file, package path and cache as when its ``Path`` is asked."""
+    from plugin_health.loader import importing
+
+    path = tmp_path / ("pkg/__init__.py" if package else "speaks.py")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("from plugin_health import Plugin\nclass P(Plugin):\n    pass\n", encoding="utf-8")
+    source = PluginSource("pkg" if package else "speaks", str(path), path=path)
+    modules = [importing.import_source(source), importing.import_source(source, None, os.path.abspath(path))]
+    keys = ("__file__", "__cached__", "__path__")
+    assert [{key: getattr(module, key, None) for key in keys} for module in modules] == [
+        {key: getattr(modules[0], key, None) for key in keys}] * 2
+    assert getattr(modules[1], "__path__", None) == ([str(path.parent)] if package else None)
+    expected = [module.__name__ if package else module.__name__.rpartition(".")[0] for module in modules]
+    assert [module.__package__ for module in modules] == expected  # each under its own free name

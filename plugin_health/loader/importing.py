@@ -120,9 +120,10 @@ def _drop_modules(module_name: str) -> None:
         del sys.modules[loaded]
 
 
-def import_source(source: PluginSource, text: bytes | None = None) -> types.ModuleType:
+def import_source(source: PluginSource, text: bytes | None = None, location: str | None = None) -> types.ModuleType:
     """Run the source's module code (compiled from ``text``, its bytes as read already, if given: a file source's
-    only) and return the module; whatever it raises propagates."""
+    only) and return the module; whatever it raises propagates. ``location``: ``str(source.path)``, if the caller
+    has it (normalised, as ``os.path.abspath`` gives it), which spares working it out again."""
     if source.entry_point is not None:
         module_name = source.entry_point.partition(":")[0].strip()
         return importlib.import_module(module_name)
@@ -130,8 +131,12 @@ def import_source(source: PluginSource, text: bytes | None = None) -> types.Modu
     with _lock:
         _namespace()
         module_name = _free_module_name(source.name)
-        search = [str(source.path.parent)] if source.is_package else None
-        location = str(source.path)
+        if location is None:
+            location = str(source.path)
+            search = [str(source.path.parent)] if source.is_package else None
+        else:
+            head, _, tail = location.rpartition(os.sep)
+            search = [head or os.sep] if tail == "__init__.py" else None
         loader = _SourceLoader(module_name, location, text)
         spec = _file_spec(module_name, loader, location, search)
         module = _module_of(spec, loader)

@@ -272,7 +272,8 @@ class Runner:
         defaults = SandboxLimits(request.get("timeout"), request.get("memory_limit_mb"))
         text = raw.get("text")
         reached = ["import"]
-        result, _, after = self._guarded(_declare, (source, reached, text if isinstance(text, bytes) else None),
+        result, _, after = self._guarded(_declare, (source, reached, text if isinstance(text, bytes) else None,
+                                                    path if isinstance(path, str) else None),
                                          defaults.timeout, defaults.memory_limit_mb, before)
         if not result.ok:
             return {"ok": False, "phase": reached[0], "error_type": result.error_type, "error": result.error}
@@ -549,11 +550,12 @@ def _positive(value: object, kind: type, most: float) -> Any:
     return kind(value)
 
 
-def _declare(source: PluginSource, reached: list[str], text: bytes | None) -> tuple[type[Plugin], dict[str, Any]]:
-    """Import ``source`` (from ``text``, its bytes as the core read them, if given), find its class and read its
-    declaration, in the caller's sandbox: ``reached[0]`` names the phase running, set before each starts, so whatever
-    stops it is blamed on that phase."""
-    module = import_source(source, text)
+def _declare(source: PluginSource, reached: list[str], text: bytes | None,
+             location: str | None = None) -> tuple[type[Plugin], dict[str, Any]]:
+    """Import ``source`` (from ``text``, its bytes as the core read them, if given; ``location``: its path as the core
+    sent it, absolute and normalised), find its class and read its declaration, in the caller's sandbox:
+    ``reached[0]`` names the phase running, set before each starts, so whatever stops it is blamed on that phase."""
+    module = import_source(source, text, location)
     reached[0] = "class lookup"
     cls = find_plugin_class(module, source)
     reached[0] = "declaration"
