@@ -609,3 +609,26 @@ def test_a_plugin_imported_from_its_location_as_text_is_the_one_imported_from_it
     assert getattr(modules[1], "__path__", None) == ([str(path.parent)] if package else None)
     expected = [module.__name__ if package else module.__name__.rpartition(".")[0] for module in modules]
     assert [module.__package__ for module in modules] == expected  # each under its own free name
+
+
+def test_a_spec_read_from_a_declaration_is_the_one_its_fields_make() -> None:
+    """``PluginSpec.from_mapping`` fills the spec's slots itself (the frozen dataclass's ``__init__`` sets each field
+    through ``object.__setattr__``): it makes exactly what the constructor makes, and the spec stays frozen."""
+    import dataclasses
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    from plugin_health.loader.registry import PluginSpec
+
+    read = PluginSpec.from_mapping({"name": "a", "version": "1.0", "requires": ["b>=1"], "critical": True,
+                                    "timeout": 5, "memory_limit_mb": 64, "isolation": "process", "tools": ["t"],
+                                    "singleton": True}, "a")
+    made = PluginSpec(name="a", version=Version("1.0"), requires=(Requirement("b>=1"),), critical=True, timeout=5.0,
+                      memory_limit_mb=64, isolation="process", tools=("t",), singleton=True)
+    assert read == made
+    assert repr(read) == repr(made)
+    assert type(read.timeout) is float
+    assert PluginSpec.from_mapping({}, "plain") == PluginSpec(name="plain", version=Version("0.0.0"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        read.name = "b"  # type: ignore[misc]

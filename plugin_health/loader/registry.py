@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -137,17 +137,19 @@ class PluginSpec:
             singleton = False
         if not isinstance(singleton, bool):
             raise InvalidPluginError(name, "singleton", f"{singleton!r} must be True or False")
-        return cls(
-            name=name,
-            version=version,
-            requires=tuple(requires),
-            critical=bool(data.get("critical", False)),
-            timeout=None if timeout is None else float(timeout),
-            memory_limit_mb=memory,
-            isolation=isolation,
-            tools=tuple(data.get("tools", ())),
-            singleton=singleton,
-        )
+        spec = _new_spec(cls)  # its slots filled in the order of its fields (the frozen __init__ sets each through
+        for fill, value in zip(_SPEC_SLOTS, (  # object.__setattr__: a tenth of registering a plugin)
+                name, version, tuple(requires), bool(data.get("critical", False)),
+                None if timeout is None else float(timeout), memory, isolation, tuple(data.get("tools", ())),
+                singleton), strict=True):
+            fill(spec, value)
+        return spec
+
+
+_new_spec = object.__new__
+#: The setters of a spec's slots, in the order of its fields (``from_mapping`` fills every one; tests compare what it
+#: makes with the constructor's).
+_SPEC_SLOTS = tuple(PluginSpec.__dict__[f.name].__set__ for f in fields(PluginSpec))
 
 
 @dataclass(slots=True)
