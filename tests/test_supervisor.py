@@ -233,3 +233,38 @@ def test_moves_told_together_schedule_and_reset_as_moves_told_one_at_a_time(tmp_
         assert supervisor.watch("p").consecutive_failures == 0
         assert supervisor.watch("p").next_check_at == clock.now
     assert seen["together"] == seen["one at a time"] == [("p", True)]
+
+
+def test_work_scheduled_as_the_supervisor_turns_to_wait_is_not_missed(tmp_path: Path) -> None:
+    """Between a tick (which says when the next item is due) and the wait for it, another thread may schedule an
+    item due sooner, whose wake-up then finds nobody waiting: the wait is worked out from what is scheduled when it
+    begins, not from what the tick saw (else that item waited for the one after it: here an hour)."""
+    write(tmp_path, "good", "def health_check(self):\n    return True\n")
+    loader = PluginLoader()
+    supervisor = Supervisor(loader, SupervisionSettings(health_interval=3600))
+    loader.load(discover([tmp_path], group=None))
+    supervisor.tick()  # its first check: the next one is due in an hour
+    watch = supervisor.watch("good")
+    first = watch.last_check
+    assert first is not None
+    ticked = supervisor.tick
+
+    def tick_then_schedule() -> float | None:
+        next_due = ticked()
+        if supervisor.tick is tick_then_schedule:  # once: what another thread's schedule does right then
+            supervisor.tick = ticked  # type: ignore[method-assign]
+            with supervisor._lock:
+                watch.next_check_at = supervisor._clock()
+                supervisor._schedule(watch.next_check_at, "good", "check")
+        return next_due
+
+    supervisor.tick = tick_then_schedule  # type: ignore[method-assign]
+    supervisor.start()
+    try:
+        deadline = time.monotonic() + 5
+        while watch.last_check == first and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert watch.last_check != first
+    finally:
+        supervisor.stop()
+        loader.shutdown()

@@ -492,8 +492,11 @@ class Supervisor:
 
     def _run(self, max_wait: float | None = None) -> None:
         while not self._stopped():
-            next_due = self.tick()
+            self.tick()
             with self._lock:
+                # When the next item is due, read again under the lock the wait is made under: one scheduled by
+                # another thread since ``tick`` let go of it woke nobody (nobody was waiting yet).
+                next_due = self._due[0][0] if self._due else None
                 wait = None if next_due is None else max(0.0, next_due - self._clock())
                 if max_wait is not None:
                     wait = max_wait if wait is None else min(wait, max_wait)
