@@ -867,3 +867,19 @@ def test_observers_are_told_of_a_plugin_s_bring_up_in_one_call_or_one_call_each(
     assert not [call for call in each if call[0] == "p000"]  # its many form was told instead
     assert ("p150_raises", "start", "inline", False) in lone  # not brought up whole: one call at a time
     assert sum(state is S.RUNNING for state in core.manager.all_states().values()) == 300
+
+
+def test_an_observer_that_cannot_be_hashed_is_told_of_each_call(core: Core) -> None:
+    """``observers`` is a plain list: an observer appended to it that cannot be hashed (a callable object with
+    ``__eq__`` and no ``__hash__``) has no many form, and is told of a bring-up's calls one at a time."""
+    told: list[tuple[str, str]] = []
+
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self, name: str, method: str, isolation: str, result: object) -> None:
+            told.append((name, method))
+
+    core.loader.observers.append(Unhashable())
+    core.start(background=False)
+    assert [method for name, method in told if name == "p000"] == ["initialize", "start", "health_check"]

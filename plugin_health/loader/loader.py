@@ -602,8 +602,11 @@ class PluginLoader:
         """Tell the observers of several calls into ``entry``'s plugin, in order (each its ``many`` form, if any)."""
         isolation = entry.spec.isolation
         for observer in self.observers:
-            many = self._many_observers.get(observer)
-            if many is not None and len(calls) > 1:
+            try:
+                many = self._many_observers.get(observer) if len(calls) > 1 else None
+            except TypeError:  # an observer someone appended that cannot be hashed: it has no many form
+                many = None
+            if many is not None:
                 try:
                     many(entry.name, isolation, calls)
                 except Exception:  # an observer's bug must not turn into the plugin's failure
