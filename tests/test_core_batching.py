@@ -883,3 +883,21 @@ def test_an_observer_that_cannot_be_hashed_is_told_of_each_call(core: Core) -> N
     core.loader.observers.append(Unhashable())
     core.start(background=False)
     assert [method for name, method in told if name == "p000"] == ["initialize", "start", "health_check"]
+
+
+def test_a_snapshot_shows_the_version_as_its_plugin_declared_it(tmp_path: Path) -> None:
+    """Versions that PEP 440 calls equal are written as each plugin declared them (``1.0`` and ``1.0.0`` are equal
+    versions, not the same text): a version's text is never taken from another's."""
+    directory = plugin_directory(
+        tmp_path, 0,
+        a="from plugin_health import Plugin\nclass P(Plugin):\n    version = '1.0'\n",
+        b="from plugin_health import Plugin\nclass P(Plugin):\n    version = '1.0.0'\n",
+        c="from plugin_health import Plugin\nclass P(Plugin):\n    version = '1.0'\n")
+    settings = load_settings({"plugin_path": str(directory), "health_interval": 3600}, environ={})
+    core = Core(settings, MemoryStore())
+    try:
+        core.start(background=False)
+        versions = {name: core.store.snapshot(name).version for name in ("a", "b", "c")}  # type: ignore[union-attr]
+        assert versions == {"a": "1.0", "b": "1.0.0", "c": "1.0"}
+    finally:
+        core.shutdown()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import gc
 import json
 import logging
@@ -400,11 +399,25 @@ class Core:
                 logger.debug("plugin %s is gone; nothing to publish", name)
 
 
-@functools.lru_cache(maxsize=4096)
 def _version_text(version: Version) -> str:
-    """``str(version)``, worked out once a version (``packaging`` builds the text anew at each call: a tenth of
-    making a plugin's snapshot, one a plugin a batch as thousands load)."""
-    return str(version)
+    """``str(version)``, worked out once a ``Version`` object (``packaging`` builds the text anew at each call: a tenth
+    of making a plugin's snapshot, one a plugin a batch as thousands load; specs declaring the same short text share
+    one object, ``loader.registry._version``). Kept by the object, not by equality: ``1.0`` and ``1.0.0`` are equal
+    versions with texts of their own. Only short texts are kept (a plugin may declare one as long as a message), and
+    at most ``_VERSION_TEXTS_KEPT``."""
+    kept = _version_texts.get(id(version))
+    if kept is not None and kept[0] is version:  # (the object is held here: its id is its own while kept)
+        return kept[1]
+    text = str(version)
+    if len(text) <= 64:
+        if len(_version_texts) >= _VERSION_TEXTS_KEPT:
+            _version_texts.clear()
+        _version_texts[id(version)] = (version, text)
+    return text
+
+
+_VERSION_TEXTS_KEPT = 1024
+_version_texts: dict[int, tuple[Version, str]] = {}
 
 
 @contextlib.contextmanager
