@@ -167,10 +167,8 @@ class Tally:
         """Count several transitions, in order (a manager listener's ``many``)."""
         with self._lock:
             if self._deferring:
-                counted = self._transitions
-                for record in records:  # transition_labels, inlined: three records a plugin as thousands load
-                    source = record.source
-                    counted["" if source is None else source._value_, record.dest._value_, record.trigger] += 1
+                for record in records:
+                    self._transitions[transition_labels(record)] += 1
                 return
         for record in records:
             observe_transition(record)
