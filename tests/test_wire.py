@@ -131,3 +131,33 @@ def test_a_peer_sending_without_end_is_buffered_only_up_to_the_limit(pair: tuple
     assert sent > filled  # the rest stays on the socket: the sender is blocked, not buffered here
     assert 100_000 <= filled <= 100_000 + 4 + 65_536
     assert reader.fill() == 0
+
+
+def test_a_compact_encoder_writes_what_json_dumps_writes_and_refuses_what_it_refuses() -> None:
+    """``compact_encoder`` (one C encoder made once, no cycle check) writes every value as the standard encoder of
+    the same options does, and refuses the same values: a NaN where none is allowed, an object its ``default``
+    refuses; a value holding a cycle, which it does not look for, ends in ``RecursionError``, not a hang."""
+    import json
+
+    from plugin_health.compact_json import compact_encoder
+
+    class Text(str):
+        pass
+
+    values: list[object] = [None, True, 0, -1, 2**70, 2.5, 1e-300, "é\U0001f600\"\\\n", Text("sub"), [], {},
+                            {"a": [1, {"b": (None, False)}], "c": Text("d")}]
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    plain, strict = compact_encoder(), compact_encoder(default=lambda value: str(value), allow_nan=False)
+    for value in values:
+        assert plain(value) == dumps(value)
+        assert strict(value) == dumps(value)
+    assert plain(float("nan")) == "NaN"
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        strict([float("inf")])
+    with pytest.raises(TypeError):
+        plain({"x": object()})
+    assert strict({"x": 3j}) == '{"x":"3j"}'
+    cycle: list[object] = []
+    cycle.append(cycle)
+    with pytest.raises(RecursionError):
+        plain(cycle)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plugin_health.compact_json import compact_encoder
 from plugin_health.errors import InvalidHealthResultError
 from plugin_health.health import HealthResult
 from plugin_health.loader.importing import find_plugin_class, import_source
@@ -72,31 +73,11 @@ _select = select.select
 _dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=lambda value: _refuse(value)).encode
 
 
-def _answers_encoder() -> Any:
-    """``_dumps`` for the runner's own answers (plain values it built, results spliced in already encoded), with one
-    C encoder made once and no check for cycles, which an answer cannot have: ``JSONEncoder.encode`` makes a new
-    encoder at each call (a thirteenth of a runner's load of a small plugin). Where the C encoder is missing or
-    writes otherwise, ``_dumps`` it is. A plugin's results are encoded by ``_dumps`` (they may hold cycles)."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return _dumps
-    probe = {"ok": True, "result": {"name": 'a "b"\n\u00e9\U0001f600', "n": [0, -1, 2.5, 1e300], "none": None,
-                                    "flags": [True, False]}, "id": 2**62}
-    try:
-        encoder = make(None, lambda value: _refuse(value), json.encoder.encode_basestring_ascii, None, ":", ",",
-                       False, False, False)
-        if "".join(encoder(probe, 0)) != _dumps(probe):
-            return _dumps
-    except (TypeError, ValueError):  # another signature in another Python
-        return _dumps
-
-    def encode(value: object) -> str:
-        return "".join(encoder(value, 0))
-
-    return encode
-
-
-_encode_answer = _answers_encoder()
+#: ``_dumps`` for the runner's own answers (plain values it built, results spliced in already encoded): one C encoder
+#: made once, with no check for cycles, which an answer cannot have (``JSONEncoder.encode`` makes a new encoder at each
+#: call: a thirteenth of a runner's load of a small plugin). A plugin's results are encoded by ``_dumps`` (they may
+#: hold cycles).
+_encode_answer = compact_encoder(default=lambda value: _refuse(value), allow_nan=False)
 _loads = wire.decode_request
 _frame_text = wire.frame_text
 #: ``Plugin``'s own lifecycle methods (taken before any plugin is imported), no-ops whose outcome is known: a

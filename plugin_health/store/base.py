@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from plugin_health.compact_json import compact_encoder
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
 
 
@@ -180,31 +181,9 @@ def is_healthy(snapshot: PluginSnapshot, now: datetime) -> bool:
     )
 
 
-def _flat_encoder() -> Callable[[object], str]:
-    """``json.dumps(value, separators=(",", ":"))`` for the values the stores keep (records and snapshots: flat, built
-    here, no value held twice), with one C encoder made once. ``JSONEncoder.encode`` makes a new one at each call, with
-    a cycle check: half the time of encoding a record, a tenth of the core's work while it loads. Where the C encoder
-    is missing or answers otherwise than ``encode`` (its arguments are CPython's own), ``encode`` it is."""
-    standard = json.JSONEncoder(separators=(",", ":"))
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return standard.encode
-    probe = {"text": 'a "quoted"\n\u00e9\U0001f600 text', "numbers": [0, -1, 2.5, 1e300, float("inf")],
-             "none": None, "flags": (True, False)}
-    try:
-        encoder = make(None, standard.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
-        if "".join(encoder(probe, 0)) != standard.encode(probe):
-            return standard.encode
-    except (TypeError, ValueError):  # another signature in another Python
-        return standard.encode
-
-    def encode(value: object) -> str:
-        return "".join(encoder(value, 0))
-
-    return encode
-
-
-_compact = _flat_encoder()
+#: ``json.dumps(..., separators=(",", ":"))`` for the values the stores keep (records and snapshots: flat, built
+#: here, no value held twice), by one encoder made once (one made at each call was a tenth of the core's loading).
+_compact = compact_encoder()
 
 
 class Stamps(dict[datetime, str]):
