@@ -610,3 +610,33 @@ def test_a_snapshot_made_by_filling_its_slots_is_the_one_its_fields_make() -> No
     assert made.to_json() == PluginSnapshot(**values).to_json()
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.name = "q"  # type: ignore[misc]
+
+
+def test_a_slot_maker_makes_what_the_constructor_makes_whatever_the_fields_are_called() -> None:
+    """``slot_maker`` writes a maker out of the class's field names: one named as a name of the maker's own
+    (``made``, ``cls``) is filled like any other; one named as its reserved prefix is refused when the maker is made;
+    every field must be given (defaults are the constructor's business)."""
+    import dataclasses
+
+    from plugin_health.frozen import slot_maker
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Odd:
+        made: int
+        cls: str
+        new: tuple[int, ...] = ()
+
+    make = slot_maker(Odd)
+    assert make(1, "c", (2,)) == Odd(1, "c", (2,))
+    assert make(made=3, cls="d", new=()) == Odd(3, "d")
+    with pytest.raises(TypeError):
+        make(1, "c")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        make(1, "c", ()).made = 2  # type: ignore[misc]
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Clash:
+        _slot_new: int
+
+    with pytest.raises(ValueError, match="_slot_"):
+        slot_maker(Clash)

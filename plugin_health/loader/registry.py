@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
 from plugin_health.errors import DuplicatePluginError, InvalidPluginError, UnknownPluginError
+from plugin_health.frozen import slot_maker
 from plugin_health.loader.dependencies import Declared
 from plugin_health.loader.sources import PluginSource
 from plugin_health.plugin import LIFECYCLE_METHODS, NAME_PATTERN, Plugin, tool_names
@@ -137,19 +138,14 @@ class PluginSpec:
             singleton = False
         if not isinstance(singleton, bool):
             raise InvalidPluginError(name, "singleton", f"{singleton!r} must be True or False")
-        spec = _new_spec(cls)  # its slots filled in the order of its fields (the frozen __init__ sets each through
-        for fill, value in zip(_SPEC_SLOTS, (  # object.__setattr__: a tenth of registering a plugin)
-                name, version, tuple(requires), bool(data.get("critical", False)),
-                None if timeout is None else float(timeout), memory, isolation, tuple(data.get("tools", ())),
-                singleton), strict=True):
-            fill(spec, value)
-        return spec
+        return _make_spec(  # its slots filled (``slot_maker``): the frozen __init__ was a tenth of registering a plugin
+            name, version, tuple(requires), bool(data.get("critical", False)),
+            None if timeout is None else float(timeout), memory, isolation, tuple(data.get("tools", ())), singleton)
 
 
-_new_spec = object.__new__
-#: The setters of a spec's slots, in the order of its fields (``from_mapping`` fills every one; tests compare what it
-#: makes with the constructor's).
-_SPEC_SLOTS = tuple(PluginSpec.__dict__[f.name].__set__ for f in fields(PluginSpec))
+#: Makes a spec of a value for each field, in order (``from_mapping`` gives every one; tests compare what it makes
+#: with the constructor's).
+_make_spec = slot_maker(PluginSpec)
 
 
 @dataclass(slots=True)

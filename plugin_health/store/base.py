@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from plugin_health.compact_json import compact_encoder
+from plugin_health.frozen import slot_maker
 from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
 
 
@@ -63,16 +64,12 @@ class PluginSnapshot:
         owner: str | None, standby: bool, check_status: str | None, observed_value: str | int | float | bool | None,
         observed_unit: str | None, check_output: str | None,
     ) -> PluginSnapshot:
-        """``PluginSnapshot(...)`` given every field, made by filling its slots: the frozen dataclass's ``__init__``
-        sets each of its 24 fields through ``object.__setattr__``, a sixth of writing a batch of snapshots as
-        thousands of plugins load (the core makes one a plugin a batch)."""
-        snapshot = _new_snapshot(cls)
-        for fill, value in zip(_SNAPSHOT_SLOTS, (
+        """``PluginSnapshot(...)`` given every field, made by filling its slots (``slot_maker``): the core makes one a
+        plugin a batch as thousands load."""
+        return _make_snapshot(
             name, state, since, version, reason, error_type, error, requires, critical, isolation, tools,
             consecutive_failures, restarts, last_check, last_check_ok, allowed, stale_after, singleton, owner,
-            standby, check_status, observed_value, observed_unit, check_output), strict=True):
-            fill(snapshot, value)
-        return snapshot
+            standby, check_status, observed_value, observed_unit, check_output)
 
     @property
     def healthy(self) -> bool:
@@ -161,10 +158,9 @@ _SNAPSHOT_FIELDS = tuple(f.name for f in fields(PluginSnapshot))
 #: The empty tuple (one object in CPython): a field holding it is written ``[]`` in line, any other tuple by
 #: ``_strings``.
 _NONE: tuple[str, ...] = ()
-_new_snapshot = object.__new__
-#: The setters of a snapshot's slots, in the order of its fields (what ``made`` fills: every field, as
-#: ``tests/test_store.py`` checks).
-_SNAPSHOT_SLOTS = tuple(PluginSnapshot.__dict__[name].__set__ for name in _SNAPSHOT_FIELDS)
+#: Makes a snapshot of a value for each field, in order (what ``made`` fills: every field, as ``tests/test_store.py``
+#: checks).
+_make_snapshot = slot_maker(PluginSnapshot)
 
 
 def is_stale(snapshot: PluginSnapshot, now: datetime) -> bool:
