@@ -226,15 +226,15 @@ class Supervisor:
             watch.last_check_ok = outcome.ok
             watch.last_result = found
             judgement, changed = self._count(watch, outcome)
-            if first and judgement.verdict is Verdict.HEALTHY:
+            passed = judgement.verdict is Verdict.HEALTHY
+            if first and passed:
                 self._next_check(name, watch)
-                first = False
         if self._counted(name, judgement, changed, outcome, "health check") is Verdict.HEALTHY:
             # Only the time of the last check (and what it measured) moved on, unless its status changed: a plugin
             # that starts or stops warning changes the aggregate status at once.
             moved = found.status != ("pass" if before is None else before.status)
             self._changed(name, urgent=moved)
-        if first:  # a failed first check: due again an interval later, unless it failed the plugin
+        if first and not passed:  # due again an interval later, unless this failure failed the plugin
             with self._lock:
                 self._next_check(name, self._watch(name))
         return outcome.ok
