@@ -100,6 +100,32 @@ def test_requests_sent_together_are_read_from_a_blocking_socket_one_at_a_time() 
             reader.read(lambda: None, more=True)
 
 
+def test_a_reader_tells_whether_a_whole_frame_is_waiting_without_reading_the_socket(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """``waiting`` says whether the next ``read`` would return at once from what was read already (a runner takes the
+    core's requests that arrived together as one group): a frame cut short is not waiting, nor is one still in the
+    socket, unread."""
+    ours, theirs = pair
+    reader = wire.FrameReader(ours, 1 << 20)
+    answers, data = frames(3)
+    assert not reader.waiting()
+    theirs.sendall(data)
+    assert not reader.waiting()  # in the socket, not read yet
+    assert reader.read(nothing_more, more=True) == answers[0]
+    assert reader.waiting()
+    assert reader.read(nothing_more, more=True) == answers[1]
+    assert reader.waiting()
+    assert reader.read(nothing_more, more=True) == answers[2]
+    assert not reader.waiting()
+    more, data = frames(2)
+    theirs.sendall(data[:-1])
+    assert reader.read(nothing_more, more=True) == more[0]
+    assert not reader.waiting()  # the second is cut short
+    theirs.sendall(data[-1:])
+    assert reader.read(nothing_more, more=True) == more[1]
+
+
 def test_what_arrives_while_a_writer_waits_is_read_ahead_and_then_read_in_order(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:

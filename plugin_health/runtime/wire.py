@@ -27,6 +27,10 @@ _HEADER = struct.Struct(">I")
 MAX_MESSAGE = 16 * 1024 * 1024
 #: Bytes asked of ``recv`` at a time.
 _CHUNK = 65536
+#: The longest source text a runner compiles ahead (a load the core marks ``ahead``: see ``Runner.compile_ahead``):
+#: a trivial plugin's is under 100 bytes; a text this short compiles in well under a millisecond, and its syntax
+#: tree cannot be deep enough to strain the compiler.
+AHEAD_TEXT = 8 * 1024
 #: Member of a call's answer that marks its ``result`` as a ``HealthResult``'s wire form (``HealthResult.to_wire``):
 #: set by a runner for a health check only, so that the core tells it from a plain dict the check returned (which
 #: fails, naming its type). The core decodes it again (``HealthResult.from_wire``).
@@ -150,6 +154,15 @@ class FrameReader:
             if not chunk:
                 raise PeerClosedError("the peer closed the connection")
             buffer += chunk
+
+    def waiting(self) -> bool:
+        """Whether a whole frame was read already and waits in the buffer: the next ``read`` returns it without a
+        ``recv`` (a runner takes the requests that arrived together as one group)."""
+        have = len(self._buffer) - self._start
+        if have < _HEADER.size:
+            return False
+        size: int = _HEADER.unpack_from(self._buffer, self._start)[0]
+        return have >= _HEADER.size + size
 
     def fill(self) -> int:
         """Read what has arrived into the buffer, for ``read`` to return later; how many bytes. A writer must not
