@@ -825,8 +825,9 @@ def test_a_plugin_its_runner_brought_up_against_the_core_s_rules_is_not_believed
     ups: list[str] = []
     answer = RunnerProcess.answer
 
-    def watching(self: RunnerProcess, ident: int, timeout: float, method: str | None = None) -> dict[str, Any]:
-        found = answer(self, ident, timeout, method)
+    def watching(self: RunnerProcess, ident: int, timeout: float, method: str | None = None,
+                 ahead: bool = False) -> dict[str, Any]:
+        found = answer(self, ident, timeout, method, ahead)
         if found.get("up") is True:
             ups.append(found["result"]["name"])
         return found

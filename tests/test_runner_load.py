@@ -362,3 +362,112 @@ def test_a_load_with_the_source_s_text_imports_that_text_not_the_file(runner: Ru
                                      "text": text}})
     assert (answer["ok"], answer["result"]["version"]) == (True, "2.0")
     assert type(runner.loaded[1].instance).where == str(path)
+
+
+# --- compiling ahead --------------------------------------------------------------------------------------------
+
+AHEAD_SOURCE = "from plugin_health import Plugin\nclass P(Plugin):\n    version = '{n}.0'\n    where = __file__\n"
+
+
+def ahead(tmp_path: Path, n: int, text: bytes | None = None, **extra: Any) -> dict[str, Any]:
+    """A load request as the core streams it: with the source's text, marked to be compiled ahead."""
+    path = tmp_path / f"p{n}.py"
+    path.write_text("raise RuntimeError('the file, not the text')\n")
+    return {"op": "load", "slot": n + 1, "timeout": TIMEOUT, "memory_limit_mb": 64, "id": 100 + n, "ahead": True,
+            "source": {"name": f"p{n}", "origin": str(path), "path": str(path), "entry_point": None,
+                       "text": AHEAD_SOURCE.format(n=n).encode() if text is None else text}, **extra}
+
+
+@pytest.fixture
+def compiled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths the runner compiles ahead, in order."""
+    seen: list[str] = []
+    real = runner_module._compile
+
+    def counting(text: bytes, path: str, mode: str, **options: Any) -> Any:
+        seen.append(path)
+        return real(text, path, mode, **options)
+
+    monkeypatch.setattr(runner_module, "_compile", counting)
+    return seen
+
+
+def test_loads_taken_together_are_compiled_ahead_between_two_markers_and_imported_as_compiled(
+    runner: Runner, tmp_path: Path, compiled: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core's loads that arrived together are compiled one after another before the first one's plugin code runs
+    (the compiler stays warm: a fifth of a runner's load of a small plugin), between two frames that tell the core so:
+    a runner lost between them was lost compiling, not in a plugin's code. Each load then imports its code as
+    compiled: nothing is compiled again, and the module is the one a load not compiled ahead makes."""
+    from plugin_health.loader import importing
+
+    requests = [ahead(tmp_path, n) for n in range(3)]
+    runner.compile_ahead(requests)
+    assert sent(runner) == [{"compiling": 100}, {"compiled": 100}]
+    assert compiled == [request["source"]["path"] for request in requests]
+
+    def compiling_again(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(importing._SourceLoader, "source_to_code", compiling_again)
+    answers = [runner.load(request) for request in requests]
+    assert [(answer["ok"], answer["result"]["version"]) for answer in answers] == [(True, "0.0"), (True, "1.0"),
+                                                                                   (True, "2.0")]
+    assert [type(runner.loaded[n + 1].instance).where for n in range(3)] == [str(tmp_path / f"p{n}.py")
+                                                                          for n in range(3)]
+
+
+@pytest.mark.parametrize("text", [b"class P(:\n", b"x = 1\0\n", b"(" * 300 + b")" * 300 + b"\n"],
+                         ids=["syntax-error", "null-byte", "too-nested"])
+def test_a_source_that_does_not_compile_ahead_fails_its_import_as_it_always_did(
+    runner: Runner, tmp_path: Path, text: bytes
+) -> None:
+    """What cannot compile is left to its own import, which fails the load at ``import``, in its sandbox, exactly as
+    a load not compiled ahead fails; the loads around it are compiled ahead and load."""
+    alone = runner.load({key: value for key, value in ahead(tmp_path, 1, text).items() if key != "ahead"})
+    requests = [ahead(tmp_path, 0), ahead(tmp_path, 1, text), ahead(tmp_path, 2)]
+    runner.compile_ahead(requests)
+    first, failed, last = (runner.load(request) for request in requests)
+    assert failure(failed) == failure(alone)
+    assert failure(failed)[:2] == (False, "import")
+    assert (first["ok"], last["ok"]) == (True, True)
+
+
+@pytest.mark.parametrize("group", [
+    "one-load", "first-not-a-load", "first-not-marked", "first-without-text", "first-text-too-long", "id-not-int",
+])
+def test_nothing_is_compiled_ahead_unless_the_first_of_several_loads_may_be(
+    runner: Runner, tmp_path: Path, compiled: list[str], group: str
+) -> None:
+    """Only a group whose first request is a load marked ``ahead`` (the core awaits the markers only there), with a
+    text of at most ``wire.AHEAD_TEXT`` bytes, and with more loads after it, is compiled ahead; a marked load after an
+    unmarked first one is compiled as it is imported."""
+    requests = [ahead(tmp_path, n) for n in range(3)]
+    first = requests[0]
+    if group == "one-load":
+        del requests[1:]
+    elif group == "first-not-a-load":
+        requests.insert(0, {"op": "drop", "slot": 99, "id": 5})
+    elif group == "first-not-marked":
+        del first["ahead"]
+    elif group == "first-without-text":
+        del first["source"]["text"]
+    elif group == "first-text-too-long":
+        first["source"]["text"] = AHEAD_SOURCE.format(n=0).encode() + b"#" * wire.AHEAD_TEXT
+    else:
+        first["id"] = "100"
+    runner.compile_ahead(requests)
+    assert (sent(runner), compiled) == ([], [])
+
+
+def test_compiling_ahead_stops_once_its_time_is_spent(
+    runner: Runner, tmp_path: Path, compiled: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compiling ahead takes the first load's time (the core holds it to its deadline): it stops after the compile
+    that spends ``AHEAD_SECONDS``; the rest compile as they are imported, and every load loads."""
+    monkeypatch.setattr(runner_module, "AHEAD_SECONDS", 0.0)
+    requests = [ahead(tmp_path, n) for n in range(3)]
+    runner.compile_ahead(requests)
+    assert sent(runner) == [{"compiling": 100}, {"compiled": 100}]
+    assert compiled == [requests[0]["source"]["path"]]
+    assert [runner.load(request)["ok"] for request in requests] == [True, True, True]

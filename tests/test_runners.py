@@ -25,6 +25,7 @@ from waiting import wait_for
 from plugin_health.errors import PluginBusyError, PluginNotRunningError
 from plugin_health.loader.sources import PluginSource
 from plugin_health.runtime.runners import (
+    Placed,
     RunnerHandle,
     RunnerLoss,
     RunnerPool,
@@ -473,8 +474,10 @@ def test_a_crash_is_detected_at_once_and_names_how_the_runner_died(
         # Caught by the answer's id when the forged frame arrives alone, as bytes nobody asked for when the real
         # answer follows it in the same read: either way a broken runner.
         ("00000003" + b"[1]".hex(), "its runner broke the protocol"),
+        # A marker of compiling ahead is read only while a load marked ``ahead`` is awaited.
+        ("0000000f" + b'{"compiling":1}'.hex(), "its runner broke the protocol"),
     ],
-    ids=["huge-length", "not-JSON", "not-an-object"],
+    ids=["huge-length", "not-JSON", "not-an-object", "a-marker-of-compiling-ahead"],
 )
 def test_garbage_on_the_runners_line_is_a_broken_runner(harness: Harness, data: str, why: str) -> None:
     tools = harness.place()
@@ -908,3 +911,100 @@ def test_streamed_loads_read_the_answers_that_arrive_while_they_wait_to_send_mor
     assert [p.declaration["version"] if p and p.declaration else p for p in placed] == ["3.0"] * 3000
     assert harness.losses == []
     assert time.monotonic() - began < 3.0  # not held until the first deadline
+
+
+# --- loads compiled ahead ---------------------------------------------------------------------------------------
+
+#: Plugin code that makes the shared runner die compiling ahead any text holding ``BOOM`` (``Runner.compile_ahead``
+#: calls the runner's ``_compile``, which a plugin sharing the runner can replace, as it can anything there).
+SABOTEUR = """
+import os
+import sys
+from plugin_health import Plugin
+
+runner = sys.modules["__main__"]
+real = runner._compile
+
+def compile_or_die(text, *args, **kwargs):
+    if b"BOOM" in text:
+        os._exit(3)
+    return real(text, *args, **kwargs)
+
+runner._compile = compile_or_die
+
+class P(Plugin):
+    pass
+"""
+
+
+def streamed(harness: Harness, tmp_path: Path, texts: dict[str, str]) -> list[Placed | None]:
+    """``load_many`` of one source per entry of ``texts`` (name: source), each sent with its text."""
+    sources = []
+    for name, text in texts.items():
+        path = tmp_path / f"{name}.py"
+        path.write_text(text)
+        sources.append(PluginSource(name, str(path), path=path))
+    return list(harness.pool.load_many(sources, SandboxLimits(5.0, 256),
+                                       apart=lambda source: (False, texts[source.name].encode())))
+
+
+def test_a_runner_lost_while_compiling_loads_ahead_blames_none_of_them(harness: Harness, tmp_path: Path) -> None:
+    """The runner compiles the loads that arrived together before the first one's plugin code runs: a runner lost
+    then was not lost in any of their code. None is blamed (the first in flight would have been, wrongly, and
+    quarantined), and they load again in a fresh runner, compiled as imported: there they all load."""
+    [saboteur] = streamed(harness, tmp_path, {"saboteur": SABOTEUR})
+    assert saboteur is not None
+    assert isinstance(saboteur.handle, RunnerHandle)
+    saboteur.handle.name = "saboteur"
+    plain = "from plugin_health import Plugin\nclass P(Plugin):\n    pass\n"
+    placed = streamed(harness, tmp_path, {"a": plain, "b": plain, "boom": plain + "# BOOM\n", "c": plain})
+    assert [(p.phase, p.error_type) for p in placed if p is not None] == [(None, None)] * 4
+    assert all(isinstance(p.handle, RunnerHandle) and not p.handle.lost for p in placed if p is not None)
+    assert harness.pool.quarantined == set()
+    [loss] = harness.losses
+    assert (loss.culprit, loss.victims, loss.error_type) == (None, ("saboteur",), "PluginCrashedError")
+    assert "compiling loads ahead" in loss.cause
+    assert saboteur.handle.lost
+
+
+def test_a_plugin_that_brings_the_runner_down_at_import_after_compiling_ahead_is_blamed(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Once compiling ahead has ended (the core was told), a runner lost is lost in plugin code again: the load in
+    flight is blamed and quarantined, the loads before it stay loaded, and those after it load in a fresh runner."""
+    plain = "from plugin_health import Plugin\nclass P(Plugin):\n    pass\n"
+    placed = streamed(harness, tmp_path, {"a": plain, "crash": "import os\nos._exit(5)\n", "c": plain})
+    a, crash, c = placed
+    assert a is not None
+    assert isinstance(a.handle, RunnerHandle)
+    assert crash is not None
+    assert (crash.handle, crash.phase, crash.error_type) == (None, "import", "PluginCrashedError")
+    assert c is not None
+    assert isinstance(c.handle, RunnerHandle)
+    assert not c.handle.lost
+    assert harness.pool.quarantined == {str(tmp_path / "crash.py")}
+    assert a.handle.lost  # it shared the runner that was lost
+
+
+@pytest.mark.parametrize("marker", ['{"compiling":1}', '{"compiled":1}', '{"ok":true}'])
+def test_a_marker_of_compiling_ahead_a_plugin_forges_breaks_the_protocol_and_blames_it(
+    harness: Harness, tmp_path: Path, marker: str
+) -> None:
+    """A plugin that writes, as it is imported, what looks like a marker of compiling ahead (for no load in flight),
+    or a frame of one member: the runner broke the protocol, in that plugin's import, which is blamed."""
+    frame = len(marker).to_bytes(4, "big") + marker.encode()
+    forger = ("import os\nfrom plugin_health import Plugin\n"
+              "argv = open('/proc/self/cmdline', 'rb').read().split(b'\\0')\n"
+              f"os.write(int(argv[argv.index(b'--fd') + 1]), {frame!r})\n"
+              "class P(Plugin):\n    pass\n")
+    plain = "from plugin_health import Plugin\nclass P(Plugin):\n    pass\n"
+    a, forged, c = streamed(harness, tmp_path, {"a": plain, "forger": forger, "c": plain})
+    assert forged is not None
+    assert (forged.handle, forged.phase, forged.error_type) == (None, "import", "PluginCrashedError")
+    assert forged.error is not None
+    assert "broke the protocol" in forged.error
+    assert harness.pool.quarantined == {str(tmp_path / "forger.py")}
+    assert a is not None
+    assert c is not None
+    assert isinstance(c.handle, RunnerHandle)
+    assert not c.handle.lost

@@ -48,11 +48,15 @@ class _SourceLoader(importlib.machinery.SourceFileLoader):
     (a path worked out, a ``stat`` and an ``open`` that fails: a fifth of importing a small plugin in a runner).
     Otherwise, and for everything else, it is that loader."""
 
-    def __init__(self, fullname: str, path: str, text: bytes | None = None) -> None:
+    def __init__(self, fullname: str, path: str, text: bytes | None = None, code: types.CodeType | None = None) -> None:
         super().__init__(fullname, path)
         self.text = text
+        self.code = code  # ``text`` compiled already (as ``source_to_code`` compiles it): used once
 
     def get_code(self, fullname: str) -> types.CodeType | None:
+        if self.code is not None:
+            code, self.code = self.code, None
+            return code
         path = self.get_filename(fullname)
         if self.text is not None:
             return self.source_to_code(self.text, path)
@@ -120,10 +124,12 @@ def _drop_modules(module_name: str) -> None:
         del sys.modules[loaded]
 
 
-def import_source(source: PluginSource, text: bytes | None = None, location: str | None = None) -> types.ModuleType:
+def import_source(source: PluginSource, text: bytes | None = None, location: str | None = None,
+                  code: types.CodeType | None = None) -> types.ModuleType:
     """Run the source's module code (compiled from ``text``, its bytes as read already, if given: a file source's
-    only) and return the module; whatever it raises propagates. ``location``: ``str(source.path)``, if the caller
-    has it (normalised, as ``os.path.abspath`` gives it), which spares working it out again."""
+    only; or ``code``, that text compiled already with ``location`` as its file name) and return the module; whatever
+    it raises propagates. ``location``: ``str(source.path)``, if the caller has it (normalised, as ``os.path.abspath``
+    gives it), which spares working it out again."""
     if source.entry_point is not None:
         module_name = source.entry_point.partition(":")[0].strip()
         return importlib.import_module(module_name)
@@ -137,7 +143,7 @@ def import_source(source: PluginSource, text: bytes | None = None, location: str
         else:
             head, _, tail = location.rpartition(os.sep)
             search = [head or os.sep] if tail == "__init__.py" else None
-        loader = _SourceLoader(module_name, location, text)
+        loader = _SourceLoader(module_name, location, text, code)
         spec = _file_spec(module_name, loader, location, search)
         module = _module_of(spec, loader)
         sys.modules[module_name] = module  # before exec, so that relative imports inside a package work

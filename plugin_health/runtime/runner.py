@@ -27,7 +27,8 @@ import select
 import signal
 import socket
 import sys
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,12 @@ HEALTH_RESULT = wire.HEALTH_RESULT
 #: Member of an answer, until it is framed, holding the answers (already encoded) that ride in its frame: a bring-up's
 #: phases that ran no plugin code since it (their list is the frame's ``then``).
 RIDING = "riding_json"
+#: Seconds a group of loads may spend compiling ahead (``Runner.compile_ahead``), checked after each compile: the
+#: first load's time, which the core holds to that load's deadline. Sixty-four small plugins take about 2 ms.
+AHEAD_SECONDS = 0.02
+#: Key of a load request, once read, under which its code compiled ahead waits (no key the core's ``marshal`` frames
+#: can carry: only ``compile_ahead`` puts one there).
+_COMPILED = object()
 _PR_SET_PDEATHSIG = 1
 _MIB = 1024 * 1024
 #: What the loader's declaration checks allow (``plugin_health.loader.registry``), mirrored to stay light here.
@@ -70,6 +77,8 @@ _MAX_MEMORY_MB = 1024 * 1024
 # Bound before any plugin is imported: a plugin that replaces these names elsewhere cannot reach the runner's.
 _exit = os._exit
 _select = select.select
+_compile = compile
+_clock = time.perf_counter
 _dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=lambda value: _refuse(value)).encode
 
 
@@ -155,19 +164,63 @@ class Runner:
 
     def serve(self) -> None:
         """Answer requests until the core closes its end; then exit without waiting for anything. The core sends
-        loads many at a time: they are read as they arrived, many in one ``recv``."""
+        loads many at a time: they are read as they arrived, many in one ``recv``, and those that arrived together are
+        taken as a group, whose loads are compiled ahead (:meth:`compile_ahead`) before the first one's runs."""
         reader = wire.FrameReader(self.sock, self.max_message, loads=_loads)
+        group: deque[Any] = deque()
+        ended = False  # the core's end closed, or a frame unreadable, after the group taken
         while True:
-            try:
-                request = reader.read(self._wait, more=True)
-            except (wire.WireError, TimeoutError):
-                _exit(0)
+            if not group:
+                if ended:
+                    _exit(0)
+                try:
+                    group.append(reader.read(self._wait, more=True))
+                    while reader.waiting():
+                        group.append(reader.read(self._wait, more=True))
+                except (wire.WireError, TimeoutError):
+                    if not group:
+                        _exit(0)
+                    ended = True  # the requests before it are answered first, as they would have been one by one
+                self.compile_ahead(group)
+            request = group.popleft()
             try:
                 answer = self.handle(request)
             except BaseException as err:  # noqa: BLE001 - the runner's own boundary: it answers, whatever happened
                 answer = {"ok": False, "error_type": "RunnerError", "error": f"the runner failed: {describe(err)}"}
             self._send(answer, request.get("id") if isinstance(request, dict) else None)
             self.flush()
+
+    def compile_ahead(self, group: Sequence[Any]) -> None:
+        """Compile the sources of a group of loads one after another, before any of them is imported: a compiler
+        that runs once per load, between the plugins' code and the runner's own, ran cold, at twice the time it takes
+        warm (about 40 us against 20 for a trivial plugin), and so did the code around it; compiled together, a load
+        of 10,000 trivial plugins takes a sixth less of the runner's time. Each load then imports its code as
+        compiled (``_COMPILED``); a source that does not compile is left to its import, which fails it as always.
+
+        Only a group whose first request is a load the core marked ``ahead`` (it reads the markers only there), with
+        more after it; only loads so marked, each with its text of at most ``wire.AHEAD_TEXT`` bytes, and for at most
+        ``AHEAD_SECONDS``. Compiling runs no plugin code (``compile`` is bound before any plugin is imported), but a
+        runner lost meanwhile cannot be blamed on the first load: the core is told when compiling starts and when it
+        ends (``{"compiling": id}``, ``{"compiled": id}``, the first load's id), each written before what follows it."""
+        if len(group) < 2 or not _compiles_ahead(group[0]):
+            return
+        ident = group[0]["id"]
+        self._outbox.append(_frame_text(f'{{"compiling":{ident}}}'))
+        self.flush()
+        began = _clock()
+        # Whatever stops it (a plugin's signal handler, say) leaves the rest to compile as they are imported.
+        with contextlib.suppress(BaseException):
+            for request in group:
+                if not _compiles_ahead(request):
+                    continue
+                source = request["source"]
+                # What does not compile is compiled again by its import, which fails the way it always did.
+                with contextlib.suppress(Exception):
+                    request[_COMPILED] = _compile(source["text"], source["path"], "exec", dont_inherit=True)
+                if _clock() - began >= AHEAD_SECONDS:
+                    break
+        self._outbox.append(_frame_text(f'{{"compiled":{ident}}}'))
+        self.flush()
 
     def _wait(self) -> None:
         """Sleep until the core's next request arrives (``FrameReader`` asks only when nothing has): ``recv`` blocks
@@ -254,7 +307,7 @@ class Runner:
         text = raw.get("text")
         reached = ["import"]
         result, _, after = self._guarded(_declare, (source, reached, text if isinstance(text, bytes) else None,
-                                                    path if isinstance(path, str) else None),
+                                                    path if isinstance(path, str) else None, _compiled(request)),
                                          defaults.timeout, defaults.memory_limit_mb, before)
         if not result.ok:
             return {"ok": False, "phase": reached[0], "error_type": result.error_type, "error": result.error}
@@ -531,12 +584,27 @@ def _positive(value: object, kind: type, most: float) -> Any:
     return kind(value)
 
 
+def _compiled(request: dict[Any, Any]) -> Any:
+    """The code ``compile_ahead`` compiled for the load ``request``, if any."""
+    return request.get(_COMPILED)
+
+
+def _compiles_ahead(request: Any) -> bool:
+    """Whether ``request`` is a load the core marked to be compiled ahead, with a short text (``compile_ahead``)."""
+    if type(request) is not dict or request.get("op") != "load" or request.get("ahead") is not True:
+        return False
+    source = request.get("source")
+    return (type(request.get("id")) is int and type(source) is dict and type(source.get("path")) is str
+            and type(text := source.get("text")) is bytes and len(text) <= wire.AHEAD_TEXT)
+
+
 def _declare(source: PluginSource, reached: list[str], text: bytes | None,
-             location: str | None = None) -> tuple[type[Plugin], dict[str, Any]]:
-    """Import ``source`` (from ``text``, its bytes as the core read them, if given; ``location``: its path as the core
-    sent it, absolute and normalised), find its class and read its declaration, in the caller's sandbox:
-    ``reached[0]`` names the phase running, set before each starts, so whatever stops it is blamed on that phase."""
-    module = import_source(source, text, location)
+             location: str | None = None, code: Any = None) -> tuple[type[Plugin], dict[str, Any]]:
+    """Import ``source`` (from ``text``, its bytes as the core read them, if given, or ``code``, that text compiled
+    ahead; ``location``: its path as the core sent it, absolute and normalised), find its class and read its
+    declaration, in the caller's sandbox: ``reached[0]`` names the phase running, set before each starts, so whatever
+    stops it is blamed on that phase."""
+    module = import_source(source, text, location, code)
     reached[0] = "class lookup"
     cls = find_plugin_class(module, source)
     reached[0] = "declaration"

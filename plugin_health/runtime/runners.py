@@ -99,12 +99,13 @@ _Load = tuple[PluginSource, Mapping[str, Any] | None]
 
 
 class RunnerLostError(Exception):
-    """Internal: the runner of a request is gone."""
+    """Internal: the runner of a request is gone (``compiling``: while it compiled loads ahead, in no plugin's code)."""
 
-    def __init__(self, error_type: str, message: str) -> None:
+    def __init__(self, error_type: str, message: str, compiling: bool = False) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
+        self.compiling = compiling
 
 
 def scrubbed_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -228,11 +229,27 @@ class RunnerProcess:
 
         return [(ident, timeout) for ident, _, timeout in framed], self._exchange(send, first)
 
-    def answer(self, ident: int, timeout: float, method: str | None = None) -> dict[str, Any]:
+    def answer(self, ident: int, timeout: float, method: str | None = None, ahead: bool = False) -> dict[str, Any]:
         """The next answer, which must be to the request ``ident`` (sent by ``send_many``; a load that brings its
         plugin up has several, each naming its ``method``, which must be the one awaited), within ``timeout`` plus
-        the grace from now; :class:`RunnerLostError` when the runner is lost meanwhile, or breaks the protocol."""
-        return self._answer(ident, timeout, more=True, method=method, settle=SETTLE)
+        the grace from now; :class:`RunnerLostError` when the runner is lost meanwhile, or breaks the protocol.
+
+        ``ahead``: ``ident`` is a load marked to be compiled ahead, so the runner may first say that it compiles the
+        loads it took with it, and then that it is done (``Runner.compile_ahead``: ``{"compiling": ident}``, then
+        ``{"compiled": ident}``); a runner lost between the two is lost compiling, in no plugin's code, and the
+        error says so (``compiling``)."""
+        answer = self._answer(ident, timeout, more=True, method=method, settle=SETTLE, marker=ahead)
+        if ahead and answer.get("id") != ident:  # a marker
+            if answer != {"compiling": ident}:
+                raise self.broke("an answer that is not the request's")
+            try:
+                if self._answer(ident, timeout, more=True, settle=SETTLE, marker=True) != {"compiled": ident}:
+                    raise self.broke("an answer while compiling ahead")
+            except RunnerLostError as err:
+                err.compiling = True
+                raise
+            answer = self._answer(ident, timeout, more=True, method=method, settle=SETTLE)
+        return answer
 
     def _frame(self, message: dict[str, Any], ident: int | None = None) -> tuple[int, bytes]:
         # A random id the answer must carry back: an answer a plugin forged cannot pass for another call's.
@@ -243,14 +260,16 @@ class RunnerProcess:
             raise ValueError(f"the request cannot be sent to the runner: {err}") from err
 
     def _answer(self, ident: int, timeout: float, more: bool = False, method: str | None = None,
-                settle: float = 0.0) -> dict[str, Any]:
+                settle: float = 0.0, marker: bool = False) -> dict[str, Any]:
         """Wait for the next answer, which must be the request ``ident``'s (and, with ``method``, that phase's),
         until ``timeout`` plus the grace (``more``: answers to further requests may follow it; ``settle``: see
-        :data:`SETTLE`)."""
+        :data:`SETTLE`; ``marker``: or a marker of compiling ahead, which ``answer`` reads)."""
         deadline = time.monotonic() + timeout + self.settings.grace
         answer: Any = self._exchange(
             lambda: self._reader.read(lambda: self._wait_readable(deadline, settle), more), timeout)
         if not isinstance(answer, dict) or answer.get("id") != ident:
+            if marker and isinstance(answer, dict) and len(answer) == 1:
+                return answer
             raise self.broke("an answer that is not the request's")
         if method is not None and answer.get("method") != method:
             raise self.broke("an answer to another phase")
@@ -627,10 +646,13 @@ class _Placing:
     once a source, a source sent back again included; its text is kept until its load is answered, so that the
     sources in flight hold at most :data:`PIPELINE` x 2 texts (10,000 plugins of 64 KiB would hold 640 MiB)."""
 
-    __slots__ = ("_apart", "_decided", "_texts")
+    __slots__ = ("_apart", "_decided", "_texts", "ahead")
 
     def __init__(self, apart: Callable[[PluginSource], tuple[bool, bytes | None]] | None) -> None:
         self._apart = apart
+        #: Whether loads are marked to be compiled ahead (``RunnerPool._load_request``): no longer once a runner was
+        #: lost compiling ahead.
+        self.ahead = True
         self._decided: dict[int, bool] = {}  # by the source's id
         self._texts: dict[int, bytes | None] = {}
 
@@ -813,7 +835,7 @@ class RunnerPool:
         that it never waits for the core. Ends when none is left, at a source that runs apart or was blamed before
         (it loads in a runner of its own), or when ``runner`` is lost: its loss then (to tell once the lock is given
         back), the source in flight blamed, and the ones sent after it back in ``pending``: they never ran."""
-        inflight: collections.deque[tuple[PluginSource, Mapping[str, Any] | None, RunnerHandle, int, float]] = (
+        inflight: collections.deque[tuple[PluginSource, Mapping[str, Any] | None, RunnerHandle, int, float, bool]] = (
             collections.deque())
         stop_sending = False
         try:
@@ -829,14 +851,15 @@ class RunnerPool:
                         except RunnerLostError:
                             pending.extendleft(reversed(chunk))  # none of them was sent
                             raise
-                        inflight.extend((one, up, handle, ident, timeout) for (one, up), (handle, _), (ident, timeout)
+                        inflight.extend((one, up, handle, ident, timeout, request.get("ahead") is True)
+                                        for (one, up), (handle, request), (ident, timeout)
                                         in zip(chunk, requests, sent, strict=True))
                         if not delivered:  # it died: what it answered is read, the first unanswered is blamed
                             stop_sending = True
                 if not inflight:
                     return None
-                source, up, handle, ident, timeout = inflight[0]
-                answer = runner.answer(ident, timeout)
+                source, up, handle, ident, timeout, ahead = inflight[0]
+                answer = runner.answer(ident, timeout, ahead=ahead)
                 riding = runner.riding(answer)  # a broken one blames this source, still the first in flight
                 inflight.popleft()
                 placing.loaded(source)
@@ -849,6 +872,11 @@ class RunnerPool:
                     pending.extendleft((one, up) for one, up, *_ in reversed(inflight))  # never ran: to a new runner
                     return loss
         except RunnerLostError as err:  # the source in flight (the first unanswered, or unsent) is blamed
+            if err.compiling:  # lost compiling loads ahead, in no plugin's code: none is blamed; they load again in a
+                placing.ahead = False  # fresh runner, where none compiles ahead, so that a source that brings the
+                # compiler down does it in its own import, and is blamed there
+                pending.extendleft((one, up) for one, up, *_ in reversed(inflight))
+                return self.lose(runner, None, f"compiling loads ahead: {err.message}", err.error_type, err.message)
             culprit = inflight.popleft()[0] if inflight else pending.popleft()[0]
             pending.extendleft((one, up) for one, up, *_ in reversed(inflight))  # never ran: to a new runner
             placed, loss = self._lost_loading(runner, culprit, err)
@@ -863,14 +891,14 @@ class RunnerPool:
         request, each request's id and timeout, and whether they were delivered. A source whose ``up`` the requests
         cannot carry (a configuration of a type ``marshal`` refuses: a date, a ``str`` subclass) goes without it: its
         plugin comes up the usual way, which reports that configuration as its failure."""
-        requests = [self._load_request(runner, one, limits, up, placing.text(one)) for one, up in chunk]
+        requests = [self._load_request(runner, one, limits, up, placing.text(one), placing.ahead) for one, up in chunk]
         try:
             return chunk, requests, *runner.send_many([(request, limits.timeout) for _, request in requests])
         except ValueError:
             if all(up is None for _, up in chunk):
                 raise
         chunk = [(one, up if up is None or _carried(up, self.settings.max_message) else None) for one, up in chunk]
-        requests = [self._load_request(runner, one, limits, up, placing.text(one)) for one, up in chunk]
+        requests = [self._load_request(runner, one, limits, up, placing.text(one), placing.ahead) for one, up in chunk]
         return chunk, requests, *runner.send_many([(request, limits.timeout) for _, request in requests])
 
     def _brought_up(self, placed: Placed, handle: RunnerHandle, source: PluginSource, ident: int,
@@ -905,10 +933,11 @@ class RunnerPool:
                       up_lost=None if loss is None else loss.cause), loss
 
     def _load_request(self, runner: RunnerProcess, source: PluginSource, limits: SandboxLimits,
-                      up: Mapping[str, Any] | None = None, text: bytes | None = None,
+                      up: Mapping[str, Any] | None = None, text: bytes | None = None, ahead: bool = False,
                       ) -> tuple[RunnerHandle, dict[str, Any]]:
         """A handle for ``source`` in ``runner`` (a new slot) and the request that loads it there (and brings it up,
-        with ``up``; ``text``: the source's bytes to import, as the core read them)."""
+        with ``up``; ``text``: the source's bytes to import, as the core read them; ``ahead``: marked to be compiled
+        ahead with the loads sent with it, if its text is short enough: see ``Runner.compile_ahead``)."""
         slot = next(self._slots)
         handle = RunnerHandle(self, runner, slot, source.origin, limits)
         # The path made absolute as text (the runner shares the core's working directory): ``Path.resolve()``'s walk
@@ -916,10 +945,12 @@ class RunnerPool:
         raw: dict[str, Any] = {"name": source.name, "origin": source.origin,
                                "path": None if source.path is None else os.path.abspath(source.path),
                                "entry_point": source.entry_point}
-        if text is not None:
-            raw["text"] = text
         request = {"op": "load", "slot": slot, "timeout": limits.timeout, "memory_limit_mb": limits.memory_limit_mb,
                    "source": raw}
+        if text is not None:
+            raw["text"] = text
+            if ahead and len(text) <= wire.AHEAD_TEXT:
+                request["ahead"] = True
         if up is not None:
             request["up"] = dict(up)
         return handle, request
