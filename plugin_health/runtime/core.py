@@ -58,6 +58,8 @@ BATCH_SIZE = 2000
 #: walked all of it: 10,000 plugins took 450 + 40 + 4 collections, 0.39 s of the core's 3.8 s of CPU (with this:
 #: 28 + 2 + 0, 0.1 s). The core runs no plugin code, so nothing but its own bookkeeping sees the difference.
 LOADING_GC_THRESHOLD = 10_000
+#: A threshold of the older generations that loading never reaches (collections of the generation below).
+_NEVER = 1 << 30
 
 
 def disabled_plugins(store: StateStore) -> set[str]:
@@ -75,6 +77,9 @@ class Core:
 
     def __init__(self, settings: Settings, store: StateStore | None = None) -> None:
         self.settings = settings
+        #: Whether the core has its process to itself (the plugin host's, ``hosting.run_host``), not a host app's:
+        #: then what loading made is frozen out of the garbage collector's reach (``_fewer_collections``).
+        self.own_process = False
         self.store: StateStore = store if store is not None else MemoryStore(settings.history_limit)
         self.manager = PluginLifecycleManager(history_limit=settings.history_limit)
         #: Counts transitions and calls into the metrics; while loading, a batch at a time. Told of a transition
@@ -161,7 +166,7 @@ class Core:
         writer.start()
         try:
             self.tally.defer()
-            with _fewer_collections():
+            with _fewer_collections(freeze=self.own_process):
                 self.loader.load(discover(self.settings.plugin_dirs, self.settings.entry_point_group))
             self.runners.stop_unused_shared()
             # The first health checks run before loading counts as finished, so that ``healthy`` speaks of a check
@@ -421,18 +426,28 @@ _version_texts: dict[int, tuple[Version, str]] = {}
 
 
 @contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
+def _fewer_collections(freeze: bool = False) -> Iterator[None]:
     """Collect the first generation every :data:`LOADING_GC_THRESHOLD` allocations, as long as the block runs (the
     thresholds are the process's: put back as they were, unless someone changed them meanwhile). A threshold of 0
-    (a host app that turned collection off that way) is left alone: fewer collections, never more."""
+    (a host app that turned collection off that way) is left alone: fewer collections, never more.
+
+    ``freeze`` (the core has its process to itself): the older generations are not collected at all while the block
+    runs, and when it ends everything the process holds is moved out of the collector's reach (``gc.freeze``). What
+    loading makes is the core's long-lived state, and none of it is garbage (10,000 plugins, failures of every phase
+    among them: a full collection after loading found nothing to free, in 73 ms over 216,000 objects); the two
+    collections of the older generations it took while loading 10,000 plugins walked it for 40-60 ms, and every full
+    collection after would have walked it again. Never in a host app's process: its own garbage would never be
+    freed."""
     before = gc.get_threshold()
     if before[0] == 0:
         yield
         return
-    raised = (max(before[0], LOADING_GC_THRESHOLD), *before[1:])
+    raised = (max(before[0], LOADING_GC_THRESHOLD), *((_NEVER, _NEVER) if freeze else before[1:]))
     gc.set_threshold(*raised)
     try:
         yield
     finally:
         if gc.get_threshold() == raised:
+            if freeze:
+                gc.freeze()
             gc.set_threshold(*before)

@@ -157,6 +157,7 @@ def serve(settings: Settings) -> int:
     metrics.observe_host_start()
     become_subreaper()  # what plugins fork and orphan becomes ours to reap, not init's
     host = Core(settings, store)
+    host.own_process = True
     singletons = None
     if is_shared(settings.store_url):
         # Here, not at the top: Redis (0.1 s of imports) only for a core that shares a Redis store, since the
