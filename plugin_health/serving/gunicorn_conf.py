@@ -61,6 +61,7 @@ __all__ = [
     "when_ready",
     "worker_class",
     "worker_connections",
+    "worker_exit",
     "workers",
 ]
 
@@ -202,10 +203,20 @@ def _ending(handler: Callable[[int, Any], Any], signum: int, frame: Any) -> None
 
 
 def on_exit(server: Any) -> None:
-    """Stop the plugins and the host process with the master."""
+    """Stop the plugins and the host process with the master; then give what ``pre_fork`` froze back to the garbage
+    collector, for the interpreter's shutdown (``worker_exit``: why)."""
     if _host is not None:
         code = _host.stop()
         server.log.info("plugin-health: plugin host stopped (exit status %s)", code)
+    gc.unfreeze()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """As a worker exits: give the master's objects back to the garbage collector (``gc.unfreeze``; frozen in
+    ``pre_fork``), so that the interpreter's shutdown collects them first, as ever. Frozen, they were torn down only
+    with their modules, and a logging handler's weakref callback then found the modules it needs gone ("Exception
+    ignored in _removeHandlerRef", at every worker's exit)."""
+    gc.unfreeze()
 
 
 def child_exit(server: Any, worker: Any) -> None:
