@@ -222,6 +222,8 @@ class Core:
         if self._flusher is not None:
             self._flusher.join(5.0)
         self.flush()
+        if self.own_process:  # what loading froze goes back to the collector, for the interpreter's shutdown
+            gc.unfreeze()
 
     def snapshot(self, name: str) -> PluginSnapshot:
         """What every worker is told of ``name`` right now (a singleton on standby: as its owner runs it, when the
