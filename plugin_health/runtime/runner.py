@@ -194,7 +194,7 @@ class Runner:
         """Compile the sources of a group of loads one after another, before any of them is imported: a compiler
         that runs once per load, between the plugins' code and the runner's own, ran cold, at twice the time it takes
         warm (about 40 us against 20 for a trivial plugin), and so did the code around it; compiled together, a load
-        of 10,000 trivial plugins takes a sixth less of the runner's time. Each load then imports its code as
+        of 10,000 trivial plugins takes a fifth less of the runner's time. Each load then imports its code as
         compiled (``_COMPILED``); a source that does not compile is left to its import, which fails it as always.
 
         Only a group whose first request is a load the core marked ``ahead`` (it reads the markers only there), with

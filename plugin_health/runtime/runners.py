@@ -872,9 +872,11 @@ class RunnerPool:
                     pending.extendleft((one, up) for one, up, *_ in reversed(inflight))  # never ran: to a new runner
                     return loss
         except RunnerLostError as err:  # the source in flight (the first unanswered, or unsent) is blamed
-            if err.compiling:  # lost compiling loads ahead, in no plugin's code: none is blamed; they load again in a
-                placing.ahead = False  # fresh runner, where none compiles ahead, so that a source that brings the
-                # compiler down does it in its own import, and is blamed there
+            if err.compiling:
+                # Lost compiling loads ahead, in no plugin's code: none is blamed. They load again in a fresh runner,
+                # where none compiles ahead, so that a text that brings the compiler down does so in its own import,
+                # and is blamed there.
+                placing.ahead = False
                 pending.extendleft((one, up) for one, up, *_ in reversed(inflight))
                 return self.lose(runner, None, f"compiling loads ahead: {err.message}", err.error_type, err.message)
             culprit = inflight.popleft()[0] if inflight else pending.popleft()[0]
