@@ -125,32 +125,3 @@ def test_the_scan_sees_a_blocking_call_taken_by_name(tmp_path: Path) -> None:
     assert ["sleepy.Napper.nap (default of pause)", "time.sleep"] in held
     assert ["sleepy.woken", "threading.Event()"] in held
 
-
-
-def test_the_master_freezes_what_it_holds_before_it_forks_a_worker() -> None:
-    """Before each fork, every object the master holds (the app's modules it imported for its workers among them) is
-    moved out of the garbage collector's reach (``gc.freeze``): a worker's collections would otherwise touch each one,
-    and copy every page of the master's they sit in. What the master makes afterwards is collected as ever, and
-    everything again as a worker exits."""
-    code = textwrap.dedent("""
-        import gc, json
-        from plugin_health.serving import gunicorn_conf
-        gunicorn_conf.import_for_workers(True)
-        before = gc.get_freeze_count()
-        tracked = sum(gc.get_count()) + sum(len(gc.get_objects(generation)) for generation in range(3))
-        gunicorn_conf.pre_fork(None, None)
-        frozen = gc.get_freeze_count()
-        left = sum(len(gc.get_objects(generation)) for generation in range(3))
-        gunicorn_conf.worker_exit(None, None)
-        print(json.dumps([before, tracked, frozen, left, gc.get_freeze_count()]))
-    """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    before, tracked, frozen, left, at_exit = json.loads(done.stdout.strip().splitlines()[-1])
-    assert before == 0
-    assert frozen >= tracked * 0.9  # (what counting made meanwhile is not frozen)
-    assert frozen > 20_000  # flask, marshmallow, gevent, ...: the app's modules
-    assert left < 1_000
-    # As a worker exits, the interpreter's shutdown collects them first, as ever (frozen, they were torn down with
-    # their modules, and logging's weakref callbacks failed then: tests/e2e/test_install.py reads the log).
-    assert at_exit == 0

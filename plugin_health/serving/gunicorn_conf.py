@@ -10,7 +10,6 @@ worker answers the same, and a worker that dies or is recycled takes nothing wit
 from __future__ import annotations
 
 import functools
-import gc
 import importlib
 import os
 import re
@@ -54,14 +53,12 @@ __all__ = [
     "on_starting",
     "post_fork",
     "post_worker_init",
-    "pre_fork",
     "pre_request",
     "threads",
     "timeout",
     "when_ready",
     "worker_class",
     "worker_connections",
-    "worker_exit",
     "workers",
 ]
 
@@ -203,20 +200,10 @@ def _ending(handler: Callable[[int, Any], Any], signum: int, frame: Any) -> None
 
 
 def on_exit(server: Any) -> None:
-    """Stop the plugins and the host process with the master; then give what ``pre_fork`` froze back to the garbage
-    collector, for the interpreter's shutdown (``worker_exit``: why)."""
+    """Stop the plugins and the host process with the master."""
     if _host is not None:
         code = _host.stop()
         server.log.info("plugin-health: plugin host stopped (exit status %s)", code)
-    gc.unfreeze()
-
-
-def worker_exit(server: Any, worker: Any) -> None:
-    """As a worker exits: give the master's objects back to the garbage collector (``gc.unfreeze``; frozen in
-    ``pre_fork``), so that the interpreter's shutdown collects them first, as ever. Frozen, they were torn down only
-    with their modules, and a logging handler's weakref callback then found the modules it needs gone ("Exception
-    ignored in _removeHandlerRef", at every worker's exit)."""
-    gc.unfreeze()
 
 
 def child_exit(server: Any, worker: Any) -> None:
@@ -364,12 +351,3 @@ def _warm_once_loaded(worker: Any, pause: Callable[[float], None]) -> None:
         if took is not None:
             worker.log.info("plugin-health: worker %s warmed again once the core loaded, over %.0f ms", worker.pid,
                             took * 1e3)
-
-
-def pre_fork(server: Any, worker: Any) -> None:
-    """Just before a worker is forked: move every object the master holds out of reach of the garbage collector
-    (``gc.freeze``), so that a worker's collections, which would each touch every one of them (their pages, shared with
-    the master until written, copied then), leave them be. A worker's boot took 40-70 ms of CPU, 20-50 ms since: five of
-    them boot while the core loads, on the same two cores (``bench/README.md``, start-up). Garbage cycles the master
-    made by then are never collected: made at import and start-up, they are few."""
-    gc.freeze()
