@@ -8,6 +8,7 @@ import dataclasses
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from plugin_health.lifecycle import PluginLifecycleState, TransitionRecord
 from plugin_health.loader.loader import PluginLoader
 from plugin_health.loader.sources import PluginSource
 from plugin_health.loader.sources import discover as listing
-from plugin_health.runtime.core import DISABLED_KEY, LOADING_GC_THRESHOLD, Core
+from plugin_health.runtime.core import BATCH_NICENESS, DISABLED_KEY, LOADING_GC_THRESHOLD, Core
 from plugin_health.runtime.runners import RunnerProcess
 from plugin_health.store import MemoryStore, PluginSnapshot
 
@@ -500,6 +501,30 @@ def test_a_core_with_its_process_to_itself_collects_no_older_generation_while_it
 def test_an_embedded_core_freezes_nothing(core: Core) -> None:
     core.start(background=False)
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own priority is Linux's")
+def test_the_batch_writer_yields_the_cpu_to_the_loading_and_only_it(core: Core) -> None:
+    """While plugins load, the thread writing the batches runs BATCH_NICENESS nicer than the rest of the process
+    (it publishes what already happened; the runner bringing plugins up goes first where cores are few); every other
+    thread keeps its priority, the core's main thread included, and so does the process once loading is over."""
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    main = niceness()
+    seen: dict[str, set[int]] = {}
+    write = core._write_batch
+
+    def writing(last: bool = False) -> None:
+        seen.setdefault(threading.current_thread().name, set()).add(niceness())
+        write(last)
+
+    core._write_batch = writing  # type: ignore[method-assign]
+    core.start(background=False)
+    assert seen["plugin-health-batches"] == {min(19, main + BATCH_NICENESS)}
+    assert seen[threading.current_thread().name] == {main}  # the last batch, written by the thread that loaded
+    assert niceness() == main
+    assert os.getpriority(os.PRIO_PROCESS, 0) == main
 
 
 def test_a_collector_turned_off_by_threshold_stays_off_while_the_core_loads(core: Core) -> None:
