@@ -471,3 +471,34 @@ def test_compiling_ahead_stops_once_its_time_is_spent(
     assert sent(runner) == [{"compiling": 100}, {"compiled": 100}]
     assert compiled == [requests[0]["source"]["path"]]
     assert [runner.load(request)["ok"] for request in requests] == [True, True, True]
+
+
+TWO_CLASSES = "from plugin_health import Plugin\nclass A(Plugin): pass\nclass B(Plugin): pass"
+
+
+@pytest.mark.parametrize("package", [False, True])
+@pytest.mark.parametrize("body", ["x = 1", TWO_CLASSES], ids=["none", "two"])
+def test_a_class_lookup_that_fails_names_the_source_as_the_core_does(
+    runner: Runner, tmp_path: Path, package: bool, body: str,
+) -> None:
+    """The runner is sent a source's path as text, and names the source in a failed class lookup as the core names it
+    (``PluginSource.label``: the file's name, or the package's with a slash), never by its path."""
+    from plugin_health.loader.sources import PluginSource
+
+    path = tmp_path / ("shelf" if package else "") / ("__init__.py" if package else "lonely.py")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(body)
+    answer = runner.load({"op": "load", "slot": 1, "timeout": TIMEOUT, "memory_limit_mb": 64, "id": 7,
+                          "source": {"name": "lonely", "origin": str(path), "path": str(path), "entry_point": None}})
+    label = PluginSource("lonely", str(path), path).label
+    assert label == ("shelf/" if package else "lonely.py")
+    assert (answer["ok"], answer["phase"]) == (False, "class lookup")
+    assert repr(label) in answer["error"]
+    assert str(tmp_path) not in answer["error"]
+
+
+@pytest.mark.parametrize("path", ["/a/b/p.py", "/a/pkg/__init__.py", "/__init__.py", "/p.py", "/a/b.c/x.y.py"])
+def test_a_source_s_label_from_its_path_as_text_is_the_label_of_its_path(path: str) -> None:
+    from plugin_health.loader.sources import PluginSource, label_of
+
+    assert label_of(path) == PluginSource("p", path, Path(path)).label

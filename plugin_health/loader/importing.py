@@ -129,15 +129,15 @@ def import_source(source: PluginSource, text: bytes | None = None, location: str
     """Run the source's module code (compiled from ``text``, its bytes as read already, if given: a file source's
     only; or ``code``, that text compiled already with ``location`` as its file name) and return the module; whatever
     it raises propagates. ``location``: ``str(source.path)``, if the caller has it (normalised, as ``os.path.abspath``
-    gives it), which spares working it out again."""
+    gives it), which spares working it out again; the source's ``path`` is not read then (a runner's has none)."""
     if source.entry_point is not None:
         module_name = source.entry_point.partition(":")[0].strip()
         return importlib.import_module(module_name)
-    assert source.path is not None
     with _lock:
         _namespace()
         module_name = _free_module_name(source.name)
         if location is None:
+            assert source.path is not None
             location = str(source.path)
             search = [str(source.path.parent)] if source.is_package else None
         else:
@@ -155,8 +155,9 @@ def import_source(source: PluginSource, text: bytes | None = None, location: str
     return module
 
 
-def find_plugin_class(module: types.ModuleType, source: PluginSource) -> type[Plugin]:
-    """The one ``Plugin`` subclass the source defines (for an entry point: the class it names)."""
+def find_plugin_class(module: types.ModuleType, source: PluginSource, label: str | None = None) -> type[Plugin]:
+    """The one ``Plugin`` subclass the source defines (for an entry point: the class it names); ``label``: how a
+    failure names the source, if not ``source.label``."""
     if source.entry_point is not None and ":" in source.entry_point:
         attribute = source.entry_point.partition(":")[2].strip()
         candidate: object = module
@@ -177,9 +178,10 @@ def find_plugin_class(module: types.ModuleType, source: PluginSource) -> type[Pl
     ]
     unique = list(dict.fromkeys(classes))
     if not unique:
-        raise NoPluginClassError(source.label)
+        raise NoPluginClassError(source.label if label is None else label)
     if len(unique) > 1:
-        raise MultiplePluginClassesError(source.label, sorted(c.__qualname__ for c in unique))
+        raise MultiplePluginClassesError(source.label if label is None else label,
+                                         sorted(c.__qualname__ for c in unique))
     return unique[0]
 
 

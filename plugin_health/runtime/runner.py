@@ -38,7 +38,7 @@ from plugin_health.compact_json import compact_encoder
 from plugin_health.errors import InvalidHealthResultError
 from plugin_health.health import HealthResult
 from plugin_health.loader.importing import find_plugin_class, import_source
-from plugin_health.loader.sources import PluginSource
+from plugin_health.loader.sources import PluginSource, label_of
 from plugin_health.plugin import LIFECYCLE_METHODS, NAME_PATTERN, Plugin, PluginContext, raw_declaration
 from plugin_health.runtime import wire
 from plugin_health.sandbox import memory
@@ -302,7 +302,9 @@ class Runner:
         """
         raw = request["source"]
         path = raw.get("path")
-        source = PluginSource(raw["name"], raw["origin"], Path(path) if path else None, raw.get("entry_point"))
+        # Its path stays the core's text (``_declare``'s location): no ``Path`` is made of it.
+        source = PluginSource(raw["name"], raw["origin"], None if isinstance(path, str) or not path else Path(path),
+                              raw.get("entry_point"))
         defaults = SandboxLimits(request.get("timeout"), request.get("memory_limit_mb"))
         text = raw.get("text")
         reached = ["import"]
@@ -606,7 +608,7 @@ def _declare(source: PluginSource, reached: list[str], text: bytes | None,
     stops it is blamed on that phase."""
     module = import_source(source, text, location, code)
     reached[0] = "class lookup"
-    cls = find_plugin_class(module, source)
+    cls = find_plugin_class(module, source, None if location is None else label_of(location))
     reached[0] = "declaration"
     return cls, raw_declaration(cls, source.name)
 
