@@ -511,7 +511,7 @@ def _may_come_up(declared: dict[str, Any], source_name: str, longest: object) ->
         and type(declared["critical"]) is bool
         and isinstance(declared["version"], str) and _PLAIN_VERSION.fullmatch(declared["version"]) is not None
         and (memory is None or (type(memory) is int and _positive(memory, int, _MAX_MEMORY_MB) is not None))
-        and isinstance(longest, int | float) and not isinstance(longest, bool) and 0 < longest <= _MAX_TIMEOUT
+        and isinstance(longest, _NUMBERS) and not isinstance(longest, bool) and 0 < longest <= _MAX_TIMEOUT
         and (timeout is None or (_positive(timeout, float, longest) is not None))
         and not LIFECYCLE_METHODS.intersection(declared["tools"])
     )
@@ -541,8 +541,11 @@ def _inherited_of(instance: Plugin, methods: Sequence[str]) -> set[str]:
     instance has no attribute of that name, and no metaclass is involved. Asked of several methods in one walk of the
     classes (a bring-up's three: a tenth of a runner's load of a small plugin, asked one at a time)."""
     classes = _namespaces(type(instance))
-    if classes is None or any("__getattribute__" in namespace for _, namespace in classes):
+    if classes is None:
         return set()
+    for _, namespace in classes:  # a loop: ``any`` over a generator cost more than its lookups
+        if "__getattribute__" in namespace:
+            return set()
     own = _instance_dict(instance)
     found = set()
     for method in methods:
@@ -558,7 +561,12 @@ def _made_as_object_makes_it(cls: type) -> bool:
     """Whether ``cls()`` runs no plugin code: no metaclass, and no class it derives from but ``object`` defines
     ``__new__`` or ``__init__`` (``Plugin`` defines neither, unless a plugin gave it one)."""
     classes = _namespaces(cls)
-    return classes is not None and not any("__new__" in ns or "__init__" in ns for _, ns in classes)
+    if classes is None:
+        return False
+    for _, namespace in classes:  # noqa: SIM110 - a loop: ``all`` over a generator cost more than its lookups
+        if "__new__" in namespace or "__init__" in namespace:
+            return False
+    return True
 
 
 def _known(method: str) -> dict[str, Any]:
@@ -579,9 +587,13 @@ def _with_riding(answer: dict[str, Any], riding: list[str]) -> dict[str, Any]:
     return answer
 
 
+#: What ``_may_come_up`` and ``_positive`` take for a number (``int | float`` written in a call made the union anew).
+_NUMBERS = (int, float)
+
+
 def _positive(value: object, kind: type, most: float) -> Any:
     """``value`` when it is a number of ``kind`` in (0, most], else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= most:
+    if isinstance(value, bool) or not isinstance(value, _NUMBERS) or not 0 < value <= most:
         return None
     return kind(value)
 
