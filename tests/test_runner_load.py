@@ -497,8 +497,18 @@ def test_a_class_lookup_that_fails_names_the_source_as_the_core_does(
     assert str(tmp_path) not in answer["error"]
 
 
-@pytest.mark.parametrize("path", ["/a/b/p.py", "/a/pkg/__init__.py", "/__init__.py", "/p.py", "/a/b.c/x.y.py"])
-def test_a_source_s_label_from_its_path_as_text_is_the_label_of_its_path(path: str) -> None:
+@pytest.mark.parametrize(("path", "label"), [
+    ("/a/b/p.py", "p.py"), ("/a/pkg/__init__.py", "pkg/"), ("/__init__.py", "/"), ("/p.py", "p.py"),
+    ("/a/b.c/x.y.py", "x.y.py"), ("rel/p.py", "p.py"), ("rel/pkg/__init__.py", "pkg/"),
+])
+def test_a_source_is_labelled_by_its_file_or_package_name_from_its_path_as_text_or_as_a_path(
+    path: str, label: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One label, whether the path is text (a runner's) or a ``Path`` (the core's); never the path itself, even once a
+    plugin in the runner has replaced the standard library's separator."""
     from plugin_health.loader.sources import PluginSource, label_of
 
-    assert label_of(path) == PluginSource("p", path, Path(path)).label
+    assert label_of(path) == label
+    assert PluginSource("p", path, Path(path)).label == label
+    monkeypatch.setattr("os.sep", "|")
+    assert label_of(path) == label

@@ -10,6 +10,7 @@ from importlib.machinery import PathFinder
 from pathlib import Path
 
 ENTRY_POINT_GROUP = "plugin_health.plugins"
+_SEP = os.sep  # see label_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,9 +25,7 @@ class PluginSource:
     @property
     def label(self) -> str:
         """How answers and logs name the source: its file or package name, never a path (paths tell too much)."""
-        if self.path is None:
-            return self.origin
-        return f"{self.path.parent.name}/" if self.is_package else self.path.name
+        return self.origin if self.path is None else label_of(str(self.path))
 
     @property
     def is_package(self) -> bool:
@@ -35,12 +34,13 @@ class PluginSource:
 
 
 def label_of(path: str) -> str:
-    """``PluginSource.label`` of the file source at ``path``, absolute and normalised (as ``os.path.abspath`` gives
-    it), worked out from the text: a runner, sent the path as text, makes no ``Path`` of it (making one was 4% of the
+    """``PluginSource.label`` of the file source at ``path``, worked out from the text: its file's name, or its
+    package's with a slash. A runner, sent the path as text, makes no ``Path`` of it (making one was 4% of the
     instructions of a runner's load of a trivial plugin, 21,600 of 518,000, for a class lookup that names the source
-    only when it fails)."""
-    head, _, tail = path.rpartition(os.sep)
-    return f"{head.rpartition(os.sep)[2]}/" if tail == "__init__.py" else tail
+    only when it fails). The separator is the one this module saw at import, before any plugin's: one that replaced
+    ``os.sep`` in a shared runner would otherwise have the others named by their whole paths."""
+    head, _, tail = path.rpartition(_SEP)
+    return f"{head.rpartition(_SEP)[2]}/" if tail == "__init__.py" else tail
 
 
 def _skipped(name: str) -> bool:
