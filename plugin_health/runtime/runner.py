@@ -31,7 +31,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from plugin_health.compact_json import compact_encoder
@@ -303,8 +302,7 @@ class Runner:
         raw = request["source"]
         path = raw.get("path")
         # Its path stays the core's text (``_declare``'s location): no ``Path`` is made of it.
-        source = PluginSource(raw["name"], raw["origin"], None if isinstance(path, str) or not path else Path(path),
-                              raw.get("entry_point"))
+        source = PluginSource(raw["name"], raw["origin"], None, raw.get("entry_point"))
         defaults = SandboxLimits(request.get("timeout"), request.get("memory_limit_mb"))
         text = raw.get("text")
         reached = ["import"]
