@@ -369,8 +369,8 @@ class Core:
                 records, names = self._batch, self._batch_names
                 self._batch, self._batch_names = (None if last else []), {}
                 snapshots = self._snapshots_of(names)
-            if not last:
-                self.tally.flush()  # every transition of this batch was counted before the batch took it
+            # every transition of this batch is counted before the store takes it; after the last, each at once
+            self.tally.flush(deferring=not last)
             if not records and not snapshots:
                 return
             try:
