@@ -179,3 +179,21 @@ def _declared(draw: st.DrawFn) -> tuple[dict[str, Declared], list[str]]:
 def test_resolve_orders_and_explains_as_the_plain_way_does(case: tuple[dict[str, Declared], list[str]]) -> None:
     declared, failed = case
     assert resolve(declared, failed) == _resolved_plainly(declared, failed)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_declared())
+def test_a_plugins_spec_resolves_as_its_declaration_does(case: tuple[dict[str, Declared], list[str]]) -> None:
+    """The registry hands ``resolve`` each plugin's spec as it is (no ``Declared`` made of each): the same order and
+    the same reasons."""
+    from plugin_health.loader.registry import PluginSpec
+
+    declared, failed = case
+    specs = {name: PluginSpec(name, one.version, one.requires) for name, one in declared.items()}
+    assert resolve(specs, failed) == resolve(declared, failed)
+
+
+def test_plugins_that_need_none_come_in_name_order_and_none_is_left_out() -> None:
+    names = [f"p{i:05d}" for i in range(2_000)]
+    found = {name: Declared(Version("1.0")) for name in reversed(names)}
+    assert resolve(found, failed=["gone"]) == Resolution(tuple(names))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -12,9 +13,21 @@ from packaging.version import Version
 from plugin_health.lifecycle.states import UnavailableReason
 
 
+class Requiring(Protocol):
+    """What resolution reads of a plugin: its version and what it requires. A :class:`Declared`, or a registered
+    plugin's spec as it is (``PluginRegistry.declared``: a ``Declared`` made of each of 10,000 specs took 10-20 ms of
+    the end of a start)."""
+
+    @property
+    def version(self) -> Version: ...
+
+    @property
+    def requires(self) -> tuple[Requirement, ...]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Declared:
-    """What resolution needs to know of one plugin."""
+    """What resolution needs to know of one plugin (a :class:`Requiring` of its own)."""
 
     version: Version
     requires: tuple[Requirement, ...] = ()
@@ -28,12 +41,13 @@ class Resolution:
     unavailable: dict[str, str] = field(default_factory=dict)
 
 
-def own_problem(declared: Declared, plugins: Mapping[str, Declared], failed: Collection[str]) -> str | None:
+def own_problem(declared: Requiring, plugins: Mapping[str, Requiring], failed: Collection[str]) -> str | None:
     """Why ``declared``'s own requirements cannot be met (missing, failed to load, a refused version), or None."""
     return _own_problem("", declared, plugins, failed)
 
 
-def _own_problem(name: str, declared: Declared, plugins: Mapping[str, Declared], failed: Collection[str]) -> str | None:
+def _own_problem(name: str, declared: Requiring, plugins: Mapping[str, Requiring],
+                 failed: Collection[str]) -> str | None:
     for requirement in declared.requires:
         dependency = plugins.get(requirement.name)
         if dependency is None:
@@ -111,7 +125,7 @@ def _cycle_path(start: str, members: set[str], graph: Mapping[str, list[str]]) -
     return [start, start]
 
 
-def resolve(plugins: Mapping[str, Declared], failed: Collection[str] = ()) -> Resolution:
+def resolve(plugins: Mapping[str, Requiring], failed: Collection[str] = ()) -> Resolution:
     """Order ``plugins`` so that every dependency loads before its dependents; explain every one left out.
 
     ``failed`` names plugins that exist but could not be loaded: their dependents are unavailable, not missing.
@@ -119,6 +133,8 @@ def resolve(plugins: Mapping[str, Declared], failed: Collection[str] = ()) -> Re
     # Only plugins that need another are looked at one by one (their own problems, cycles, the dependents to wait
     # on): with 10,000 plugins that need none, the walks over all of them were most of resolving.
     graph = {name: [r.name for r in d.requires if r.name in plugins] for name, d in plugins.items() if d.requires}
+    if not graph:  # none needs another: every one loads, by name (10,000 through the heap below took 8-16 ms)
+        return Resolution(tuple(sorted(plugins)))
     unavailable: dict[str, str] = {}
     for name in sorted(graph):
         problem = _own_problem(name, plugins[name], plugins, failed)

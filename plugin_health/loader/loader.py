@@ -25,7 +25,7 @@ from plugin_health.lifecycle import (
     TransitionRecord,
     UnavailableReason,
 )
-from plugin_health.loader.dependencies import Declared, own_problem, resolve
+from plugin_health.loader.dependencies import Requiring, own_problem, resolve
 from plugin_health.loader.handles import InlineHandle, Placed, Placement, PluginHandle
 from plugin_health.loader.importing import find_plugin_class, import_source
 from plugin_health.loader.registry import PluginEntry, PluginRegistry, PluginSpec
@@ -466,7 +466,7 @@ class PluginLoader:
             return None
         plugins = _DeclaredView(self.registry)
         failed_to_load = [r.name for r in entry.spec.requires if r.name in self.sources and r.name not in self.registry]
-        problem = own_problem(entry.spec.declared, plugins, failed_to_load) or self._cycles.get(name)
+        problem = own_problem(entry.spec, plugins, failed_to_load) or self._cycles.get(name)
         if problem is not None:
             return problem
         for requirement in entry.spec.requires:
@@ -727,17 +727,17 @@ def _validated(declaration: Mapping[str, Any], default_name: str) -> PluginSandb
         return failed(type(err).__name__, describe(err), 0.0)
 
 
-class _DeclaredView(Mapping[str, Declared]):
+class _DeclaredView(Mapping[str, Requiring]):
     """The registry's declarations as a mapping, read one at a time (no copy of every plugin's)."""
 
     def __init__(self, registry: PluginRegistry) -> None:
         self._registry = registry
 
-    def __getitem__(self, name: str) -> Declared:
+    def __getitem__(self, name: str) -> Requiring:
         entry = self._registry.get_or_none(name)
         if entry is None:
             raise KeyError(name)
-        return entry.spec.declared
+        return entry.spec
 
     def __iter__(self) -> Iterator[str]:
         return (entry.name for entry in self._registry)

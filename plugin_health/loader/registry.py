@@ -12,7 +12,6 @@ from packaging.version import InvalidVersion, Version
 
 from plugin_health.errors import DuplicatePluginError, InvalidPluginError, UnknownPluginError
 from plugin_health.frozen import slot_maker
-from plugin_health.loader.dependencies import Declared
 from plugin_health.loader.sources import PluginSource
 from plugin_health.plugin import LIFECYCLE_METHODS, NAME_PATTERN, Plugin, tool_names
 
@@ -55,11 +54,6 @@ class PluginSpec:
     isolation: str = "inline"
     tools: tuple[str, ...] = ()
     singleton: bool = False
-
-    @property
-    def declared(self) -> Declared:
-        """What dependency resolution needs."""
-        return Declared(self.version, self.requires)
 
     def to_mapping(self) -> dict[str, Any]:
         """The declaration as plain data (how a runner reports it to the core); ``from_mapping`` reads it back."""
@@ -200,10 +194,10 @@ class PluginRegistry:
         entry = self._entries.get(name)
         return sorted(entry.dependents) if entry else []
 
-    def declared(self) -> dict[str, Declared]:
-        """Every plugin's declaration, for ``resolve``."""
+    def declared(self) -> dict[str, PluginSpec]:
+        """Every plugin's declaration, for ``resolve`` (a spec is what it reads: ``Requiring``)."""
         # A copy taken in one step first: recovery threads may register plugins meanwhile (shutdown reads this).
-        return {name: entry.spec.declared for name, entry in list(self._entries.items())}
+        return {name: entry.spec for name, entry in list(self._entries.items())}
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
