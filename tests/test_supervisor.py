@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import textwrap
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from plugin_health import PluginLifecycleState
 from plugin_health.errors import PluginNotRunningError, UnknownPluginError, UnknownToolError
-from plugin_health.loader.loader import PluginLoader
+from plugin_health.loader.loader import FirstCheck, PluginLoader
 from plugin_health.loader.sources import discover
+from plugin_health.sandbox.results import PluginSandboxResult
 from plugin_health.supervision import RESTART_LIMIT_REACHED, SupervisionSettings, Supervisor
+from plugin_health.supervision import supervisor as supervision
 from plugin_health.tools import ToolRunner
 
 S = PluginLifecycleState
@@ -268,3 +271,32 @@ def test_work_scheduled_as_the_supervisor_turns_to_wait_is_not_missed(tmp_path: 
     finally:
         supervisor.stop()
         loader.shutdown()
+
+
+@pytest.mark.parametrize("compacting", [True, False], ids=["stale-dropped-together", "stale-popped-one-by-one"])
+def test_first_checks_judged_with_their_loads_leave_only_the_next_checks_due(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compacting: bool) -> None:
+    """Each plugin entering RUNNING is due for a check at once; a first check judged as it came up with its load
+    schedules the next one an interval later, and the item due at once goes stale. ``tick`` then skips every stale
+    item (dropped all at once when they are most of what is scheduled, else popped one by one: the same outcome),
+    runs only the check of the plugin whose first check was not made, and leaves each plugin's next check due."""
+    if not compacting:
+        monkeypatch.setattr(supervision, "COMPACT_AFTER", 10**9)
+    for i in range(600):
+        write(tmp_path, f"p{i:03d}", "pass\n")
+    loader, supervisor, clock = setup(tmp_path, health_interval=30.0)
+    assert len(supervisor._due) == 600
+    judged_at = clock.now
+    for i in range(1, 600):
+        first = FirstCheck(PluginSandboxResult(True, True), datetime.now(UTC))
+        assert supervisor.check_made_if_passed(f"p{i:03d}", first)
+    clock.now += 1
+    ran: list[str] = []
+    check = supervisor.check
+    monkeypatch.setattr(supervisor, "check", lambda name: ran.append(name) or check(name))
+    assert supervisor.tick() == judged_at + 30.0  # the next due: the first checks judged with their loads
+    assert ran == ["p000"]
+    # (the check that ran is due again an interval after it was due, as the others)
+    assert sorted(supervisor._due) == [(judged_at + 30.0, f"p{i:03d}", "check") for i in range(600)]
+    assert supervisor._superseded == (0 if compacting else 599)
+    loader.shutdown()
