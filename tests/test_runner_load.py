@@ -512,3 +512,24 @@ def test_a_source_is_labelled_by_its_file_or_package_name_from_its_path_as_text_
     assert PluginSource("p", path, Path(path)).label == label
     monkeypatch.setattr("os.sep", "|")
     assert label_of(path) == label
+
+
+def test_a_package_imported_from_its_path_as_text_stays_a_package_once_a_plugin_replaced_the_separator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A runner imports a source from the core's path text, and tells a package by that text: a plugin before it in
+    the shared runner that replaced ``os.sep`` must not turn the next package into a plain module, whose relative
+    imports then fail (the same separator ``label_of`` reads, bound before any plugin ran)."""
+    import os
+
+    from plugin_health.loader.importing import import_source
+    from plugin_health.loader.sources import PluginSource
+
+    package = tmp_path / "pk"
+    package.mkdir()
+    (package / "helper.py").write_text("VALUE = 7\n")
+    (package / "__init__.py").write_text(
+        "from .helper import VALUE\nfrom plugin_health import Plugin\nclass P(Plugin):\n    value = VALUE\n")
+    monkeypatch.setattr("os.sep", "|")
+    module = import_source(PluginSource("pk", str(package)), location=os.path.abspath(package / "__init__.py"))
+    assert module.P.value == 7

@@ -15,7 +15,7 @@ import threading
 import types
 
 from plugin_health.errors import MultiplePluginClassesError, NoPluginClassError
-from plugin_health.loader.sources import PluginSource
+from plugin_health.loader.sources import PluginSource, head_and_tail
 from plugin_health.plugin import Plugin
 
 NAMESPACE = "_plugin_health_plugins"
@@ -141,8 +141,8 @@ def import_source(source: PluginSource, text: bytes | None = None, location: str
             location = str(source.path)
             search = [str(source.path.parent)] if source.is_package else None
         else:
-            head, _, tail = location.rpartition(os.sep)
-            search = [head or os.sep] if tail == "__init__.py" else None
+            head, tail = head_and_tail(location)
+            search = [head] if tail == "__init__.py" else None
         loader = _SourceLoader(module_name, location, text, code)
         spec = _file_spec(module_name, loader, location, search)
         module = _module_of(spec, loader)

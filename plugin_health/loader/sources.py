@@ -10,7 +10,7 @@ from importlib.machinery import PathFinder
 from pathlib import Path
 
 ENTRY_POINT_GROUP = "plugin_health.plugins"
-_SEP = os.sep  # see label_of
+_SEP = os.sep  # see head_and_tail
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,14 +33,22 @@ class PluginSource:
         return self.path is not None and self.path.name == "__init__.py"
 
 
+def head_and_tail(path: str) -> tuple[str, str]:
+    """A source's path as text split at its last separator: its directory and its file's name. The separator is the
+    one this module saw at import, before any plugin's: in a shared runner, one that replaced ``os.sep`` would
+    otherwise have the next plugins named by their whole paths (``label_of``), and its packages imported as plain
+    modules, their relative imports failing (``import_source``)."""
+    head, separator, tail = path.rpartition(_SEP)
+    return head or separator, tail  # (a file at the root: its directory is the separator itself)
+
+
 def label_of(path: str) -> str:
     """``PluginSource.label`` of the file source at ``path``, worked out from the text: its file's name, or its
     package's with a slash. A runner, sent the path as text, makes no ``Path`` of it (making one was 4% of the
     instructions of a runner's load of a trivial plugin, 21,600 of 518,000, for a class lookup that names the source
-    only when it fails). The separator is the one this module saw at import, before any plugin's: one that replaced
-    ``os.sep`` in a shared runner would otherwise have the others named by their whole paths."""
-    head, _, tail = path.rpartition(_SEP)
-    return f"{head.rpartition(_SEP)[2]}/" if tail == "__init__.py" else tail
+    only when it fails)."""
+    head, tail = head_and_tail(path)
+    return f"{head_and_tail(head)[1]}/" if tail == "__init__.py" else tail
 
 
 def _skipped(name: str) -> bool:
