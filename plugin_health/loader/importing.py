@@ -15,7 +15,7 @@ import threading
 import types
 
 from plugin_health.errors import MultiplePluginClassesError, NoPluginClassError
-from plugin_health.loader.sources import PluginSource, head_and_tail
+from plugin_health.loader.sources import PluginSource, head_and_tail, label_of
 from plugin_health.plugin import Plugin
 
 NAMESPACE = "_plugin_health_plugins"
@@ -155,9 +155,10 @@ def import_source(source: PluginSource, text: bytes | None = None, location: str
     return module
 
 
-def find_plugin_class(module: types.ModuleType, source: PluginSource, label: str | None = None) -> type[Plugin]:
-    """The one ``Plugin`` subclass the source defines (for an entry point: the class it names); ``label``: how a
-    failure names the source, if not ``source.label``."""
+def find_plugin_class(module: types.ModuleType, source: PluginSource, location: str | None = None) -> type[Plugin]:
+    """The one ``Plugin`` subclass the source defines (for an entry point: the class it names). ``location``: the
+    source's path as text, as ``import_source`` took it (a runner's source has no ``path``), which names the source
+    when there is no such class, as ``source.label`` would."""
     if source.entry_point is not None and ":" in source.entry_point:
         attribute = source.entry_point.partition(":")[2].strip()
         candidate: object = module
@@ -177,12 +178,12 @@ def find_plugin_class(module: types.ModuleType, source: PluginSource, label: str
         and (value.__module__ == prefix or value.__module__.startswith(prefix + "."))
     ]
     unique = list(dict.fromkeys(classes))
+    if len(unique) == 1:
+        return unique[0]
+    label = source.label if location is None else label_of(location)
     if not unique:
-        raise NoPluginClassError(source.label if label is None else label)
-    if len(unique) > 1:
-        raise MultiplePluginClassesError(source.label if label is None else label,
-                                         sorted(c.__qualname__ for c in unique))
-    return unique[0]
+        raise NoPluginClassError(label)
+    raise MultiplePluginClassesError(label, sorted(c.__qualname__ for c in unique))
 
 
 def _abstract_methods(cls: type) -> object:

@@ -37,7 +37,7 @@ from plugin_health.compact_json import compact_encoder
 from plugin_health.errors import InvalidHealthResultError
 from plugin_health.health import HealthResult
 from plugin_health.loader.importing import find_plugin_class, import_source
-from plugin_health.loader.sources import PluginSource, label_of
+from plugin_health.loader.sources import PluginSource
 from plugin_health.plugin import LIFECYCLE_METHODS, NAME_PATTERN, Plugin, PluginContext, raw_declaration
 from plugin_health.runtime import wire
 from plugin_health.sandbox import memory
@@ -618,7 +618,7 @@ def _declare(source: PluginSource, reached: list[str], text: bytes | None,
     stops it is blamed on that phase."""
     module = import_source(source, text, location, code)
     reached[0] = "class lookup"
-    cls = find_plugin_class(module, source, None if location is None else label_of(location))
+    cls = find_plugin_class(module, source, location)
     reached[0] = "declaration"
     return cls, raw_declaration(cls, source.name)
 
