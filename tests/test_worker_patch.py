@@ -66,3 +66,37 @@ def test_a_gevent_plugin_still_hears_the_patch(tmp_path: Path) -> None:
     """)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert (tmp_path / "heard.txt").read_text().split() == ["GeventWillPatchAllEvent", "GeventDidPatchAllEvent"]
+
+
+def test_a_worker_walks_none_of_what_the_master_imported_for_it(tmp_path: Path) -> None:
+    """The master freezes what it imported for its workers before it forks the first (``when_ready``): a gevent
+    worker's ``patch_all`` walks every object the collector tracks to find locks to fix (a walk of the master's
+    imports: a third of a worker's boot), and the worker's own full collections would walk them again (and copy
+    the master's pages as they touch them). And it reads the entry points for them once: a worker reads none."""
+    code = textwrap.dedent("""
+        import gc, importlib.metadata, os, sys, types
+        from plugin_health.serving import gunicorn_conf
+        from plugin_health.serving.patching import entry_points_read_once
+        gunicorn_conf.import_for_workers(True)
+        gunicorn_conf.when_ready(types.SimpleNamespace())
+        walked, reads = [], []
+        get_objects, distributions = gc.get_objects, importlib.metadata.distributions
+        gc.get_objects = lambda *args: (walked.append(len(found := get_objects(*args))), found)[1]
+        importlib.metadata.distributions = lambda **params: (reads.append(1), distributions(**params))[1]
+        pid = os.fork()
+        if pid == 0:
+            from gevent import monkey
+            with entry_points_read_once():
+                monkey.patch_all()
+            print(walked, len(reads), len(get_objects()) + gc.get_freeze_count(), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    env = {"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env, capture_output=True,
+                         text=True).stdout
+    walked, reads, tracked = out.rsplit("]", 1)[0] + "]", *out.rsplit("]", 1)[1].split()
+    walks = [int(n) for n in walked.strip("[]").split(",") if n.strip()]
+    assert walks, "gevent walked nothing: the test measures nothing"
+    assert max(walks) < int(tracked) // 20  # the worker's own objects; the master's (tens of thousands) frozen
+    assert reads == "0"
