@@ -17,7 +17,7 @@ from waiting import wait_for
 from plugin_health import create_app
 from plugin_health.app import EXTENSION, Service
 from plugin_health.coordination.locks import HostLock, lock_is_free
-from plugin_health.runtime.host_process import HostProcess, read_beat
+from plugin_health.runtime.host_process import HostProcess, PreparedCore, read_beat
 from plugin_health.runtime.hosting import EXIT_LOCKED, host_problem
 from plugin_health.store import SQLiteStore, open_store
 from plugin_health.store.cluster import InstanceInfo
@@ -180,6 +180,101 @@ def test_host_process_exits_when_its_owner_dies(env: dict[str, str], tmp_path: P
     owner.stdout.close()
     wait_for(lambda: gone(host_pid), timeout=10)
     assert read_beat(store) is None  # it stopped cleanly, and said so
+
+
+def test_a_prepared_core_hosts_with_the_environment_it_is_started_with(env: dict[str, str], apps: list[Flask],
+                                                                       tmp_path: Path) -> None:
+    """A core spawned ahead imports its modules while its owner goes on, and hosts only once started, with the
+    environment it is started with: here a plugin path it was not spawned with."""
+    prepared = PreparedCore({**env, "PLUGIN_HEALTH_PLUGIN_PATH": str(tmp_path / "nowhere")})
+    host = HostProcess(env, prepared=prepared)
+    host.start()
+    try:
+        assert (host.pid, host.prepared) == (prepared.pid, True)
+        apps.append(create_app({**config(env), "host_mode": "external"}))
+        client = apps[0].test_client()
+        wait_for(lambda: client.get("/readyz").status_code == 200)
+        assert {p["name"]: p["state"] for p in client.get("/v1/plugins/").get_json()} == {
+            "broken": "FAILED", "core": "RUNNING"}
+    finally:
+        assert host.stop() == 0
+
+
+def test_a_prepared_core_never_started_runs_nothing_and_exits(env: dict[str, str], tmp_path: Path) -> None:
+    """Discarded (its owner found it cannot use it), or left behind by an owner that exits before starting it (a
+    gunicorn that only checks its configuration), a prepared core exits without opening a store or running a line
+    of any plugin."""
+    ran = tmp_path / "ran"
+    (Path(env["PLUGIN_HEALTH_PLUGIN_PATH"]) / "marks.py").write_text(
+        f"open({str(ran)!r}, 'w').close()\nfrom plugin_health import Plugin\n\nclass P(Plugin):\n    pass\n")
+    prepared = PreparedCore(env)
+    wait_for(lambda: _reading_a_pipe(prepared.pid), timeout=30)  # its modules imported, it awaits its start
+    prepared.discard()
+    assert prepared.process.returncode == 0
+    owner = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os
+        from plugin_health.runtime.host_process import PreparedCore
+        print(PreparedCore().pid, flush=True)
+        os._exit(0)
+    """)], env=env, capture_output=True, text=True, timeout=60, check=True)
+    left = int(owner.stdout)
+    wait_for(lambda: gone(left), timeout=30)
+    assert not ran.exists()
+    assert not Path(env["PLUGIN_HEALTH_RUN_DIR"]).exists()
+
+
+def _reading_a_pipe(pid: int) -> bool:
+    """Whether ``pid`` sleeps reading a pipe (a prepared core awaiting its start, its modules imported)."""
+    try:
+        return "pipe" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+def test_a_prepared_core_started_with_another_environment_is_replaced(env: dict[str, str]) -> None:
+    """A core spawned ahead whose interpreter started with another environment than the one it is started with
+    (other than the service's own settings, read only once started) is not used: a fresh one is spawned, and the
+    prepared one exits."""
+    prepared = PreparedCore({**env, "PYTHONWARNINGS": "ignore"})
+    host = HostProcess(env, prepared=prepared)
+    host.start()
+    try:
+        assert host.pid is not None
+        assert (host.pid == prepared.pid, host.prepared) == (False, False)
+        assert prepared.process.poll() == 0
+    finally:
+        assert host.stop() == 0
+
+
+def test_a_prepared_core_is_started_only_by_the_process_that_prepared_it(env: dict[str, str]) -> None:
+    """A process forked since (gunicorn's --daemon forks its master) cannot wait for the prepared core, which is not
+    its child: it spawns a fresh one, and the prepared one exits."""
+    code = textwrap.dedent("""
+        import os, time
+        from pathlib import Path
+        from plugin_health.runtime.host_process import HostProcess, PreparedCore
+        prepared = PreparedCore()
+        if os.fork():
+            os._exit(0)  # as a daemon's first parent does: the prepared core is no child of the one that goes on
+        host = HostProcess(prepared=prepared)
+        host.start()
+        print(prepared.pid, host.pid, flush=True)
+        def running(pid):
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                return False
+        deadline = time.monotonic() + 30
+        while running(prepared.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print("left" if running(prepared.pid) else "gone", flush=True)
+        os._exit(host.stop() or 0)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          check=True)  # returns once the forked process is done too (it holds the output)
+    (prepared_pid, host_pid), (prepared_end,) = (line.split() for line in done.stdout.splitlines())
+    assert prepared_pid != host_pid
+    assert prepared_end == "gone"
 
 
 def test_passing_checks_are_published_together_failures_at_once(tmp_path: Path) -> None:

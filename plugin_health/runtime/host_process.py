@@ -9,6 +9,8 @@ core starts, for its workers (``import_for_workers`` in :mod:`plugin_health.serv
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -24,6 +26,16 @@ from plugin_health.store.cluster import InstanceInfo, read_instance
 
 logger = logging.getLogger("plugin_health.runtime.hosting")  # the name its lines always had
 
+#: The core process's command line, and its flag for a core spawned ahead (:class:`PreparedCore`).
+CORE_COMMAND = ("-m", "plugin_health.runtime.core_main")
+PREPARED_FLAG = "--prepared"
+#: The variables a prepared core may be started with other values of than it was spawned with: the service's own
+#: settings, which a core reads only once started (``load_settings``), and the one gunicorn's master sets for its
+#: workers as it starts (after reading its configuration, where it prepares its core). Any other difference (a
+#: variable the interpreter read as it started, or one given with gunicorn's ``--env``) takes a fresh core.
+_SETTINGS_PREFIX = "PLUGIN_HEALTH_"
+_SET_BY_GUNICORN = frozenset({"SERVER_SOFTWARE"})
+
 
 def read_beat(store: StateStore) -> InstanceInfo | None:
     """The last heartbeat of this instance's core, or None (no core ever, or one that stopped cleanly)."""
@@ -31,13 +43,76 @@ def read_beat(store: StateStore) -> InstanceInfo | None:
     return None if info is None or info.stopped else info
 
 
-class HostProcess:
-    """The host as a child process of the gunicorn master: started, restarted if it dies, stopped."""
+class PreparedCore:
+    """A core process spawned ahead of its start: it imports its modules (a third of a second, the longest step
+    before it loads its first plugin) while its owner goes on, then waits, hosting nothing and running no plugin,
+    until :meth:`run` hands it the environment it serves with (its settings: an instance id, the owner's pid).
 
-    def __init__(self, environ: Mapping[str, str] | None = None, restart_max: float = 30.0) -> None:
+    The gunicorn master prepares its core as it reads its configuration, before it imports its worker class and
+    starts (``on_starting``), so that the core's imports run on the core the master leaves idle then. A prepared core
+    that is never run (a master that only checks its configuration, or fails first) exits, unstarted, when its owner
+    closes the pipe or exits; so does one its owner cannot use (:meth:`run`)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.environ = dict(os.environ if environ is None else environ)
+        self._owner = os.getpid()
+        self.process: subprocess.Popen[bytes] = subprocess.Popen(
+            [sys.executable, *CORE_COMMAND, PREPARED_FLAG], env=self.environ, stdin=subprocess.PIPE)
+
+    @property
+    def pid(self) -> int:
+        """The prepared core's pid."""
+        return self.process.pid
+
+    def run(self, environ: Mapping[str, str]) -> subprocess.Popen[bytes] | None:
+        """Start the prepared core with ``environ``: its process, or None, and the core discarded, when it cannot serve
+        with it: its interpreter started with another environment (beyond the service's own ``PLUGIN_HEALTH_*``
+        settings, which it reads only once started, and ``SERVER_SOFTWARE``), it is gone, or this is not the process
+        that prepared it (one forked since, as gunicorn's ``--daemon`` forks its master, cannot wait for it)."""
+        if (os.getpid() != self._owner or self.process.poll() is not None
+                or _beyond_settings(environ) != _beyond_settings(self.environ)):
+            self.discard()
+            return None
+        assert self.process.stdin is not None
+        try:
+            with self.process.stdin:
+                self.process.stdin.write(json.dumps(dict(environ)).encode())
+        except OSError:  # gone meanwhile (a broken pipe)
+            self.discard()
+            return None
+        return self.process
+
+    def discard(self) -> None:
+        """End the prepared core unstarted (it exits as it reads the pipe closed), and reap it if it is ours."""
+        stdin = self.process.stdin
+        if stdin is not None and not stdin.closed:
+            with contextlib.suppress(OSError):
+                stdin.close()
+        if os.getpid() == self._owner:
+            try:
+                self.process.wait(30.0)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _beyond_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    return {key: value for key, value in environ.items()
+            if not key.startswith(_SETTINGS_PREFIX) and key not in _SET_BY_GUNICORN}
+
+
+class HostProcess:
+    """The host as a child process of the gunicorn master: started, restarted if it dies, stopped. ``prepared``: a
+    core spawned ahead (:class:`PreparedCore`), started first if it can be, else discarded."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None, restart_max: float = 30.0,
+                 prepared: PreparedCore | None = None) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self.restart_max = restart_max
+        self._prepared = prepared
         self.process: subprocess.Popen[bytes] | None = None
+        #: Whether the running host is the core prepared ahead (not one spawned when it was needed).
+        self.prepared = False
         self._stopping = threading.Event()
         self._ending = False  # the service is going down (``stopping``): no host is started again
         self._spawning = threading.Lock()  # a respawn never races a stop
@@ -89,14 +164,17 @@ class HostProcess:
     def _spawn(self) -> None:
         env = {**self.environ, "PLUGIN_HEALTH_OWNER_PID": str(os.getpid()), "PLUGIN_HEALTH_HOST_MODE": "external"}
         with self._spawning:
+            prepared, self._prepared = self._prepared, None
             if self._stopping.is_set() or self._ending:
+                if prepared is not None:
+                    prepared.discard()
                 return
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "plugin_health.runtime.core_main"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-        logger.info("plugin host started as pid %d", self.process.pid)
+            process = None if prepared is None else prepared.run(env)
+            self.prepared = process is not None
+            if process is None:
+                process = subprocess.Popen([sys.executable, *CORE_COMMAND], env=env, stdin=subprocess.DEVNULL)
+            self.process = process
+        logger.info("plugin host started as pid %d%s", process.pid, " (prepared ahead)" if self.prepared else "")
 
     def _wait_for_beat(self, settings: Settings, wait: float) -> None:
         """Until our host beats, so workers start on a loaded store."""

@@ -35,7 +35,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 
 from plugin_health.config import load_settings  # after the metrics directory is chosen
 from plugin_health.errors import ConfigError
-from plugin_health.runtime.host_process import HostProcess  # not hosting: the core's modules would delay its spawn
+from plugin_health.runtime.host_process import HostProcess, PreparedCore  # not hosting (its imports: the core's)
 from plugin_health.serving.patching import entry_points_read_once, read_for_workers
 from plugin_health.store import check_url
 
@@ -107,6 +107,21 @@ limit_request_fields = 50
 control_socket_disable = True
 
 _host: HostProcess | None = None
+
+
+def _run_by_gunicorn() -> bool:
+    """Whether gunicorn's master reads this configuration to run (``gunicorn ...``, ``python -m gunicorn ...``): not
+    a check of it (``--check-config``, ``--print-config``), nor any other program that imports it."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    run = (spec is not None and spec.name == "gunicorn.__main__") or os.path.basename(sys.argv[0]) == "gunicorn"
+    return run and not {"--check-config", "--print-config"} & set(sys.argv)
+
+
+#: The core process, spawned as the master reads this configuration: it imports its modules (a third of a second)
+#: while the master imports its worker class and starts, on the core the master leaves idle then, and hosts only
+#: once ``on_starting`` starts it, with the environment it would have been spawned with there (else it is discarded).
+_prepared: PreparedCore | None = (PreparedCore() if _run_by_gunicorn() and not _workers_host_plugins() else None)
 #: In a gevent worker: wait until the write end of a pipe that nothing is written to is ready, which it always is:
 #: one pass through the event loop (pre_request).
 _take_turn: Callable[[], None] | None = None
@@ -137,10 +152,11 @@ def on_starting(server: Any) -> None:
         server.log.info("plugin-health: each worker hosts its own plugins (host mode %s)", settings.host_mode)
         _import_for_workers(server)
         return
-    _host = HostProcess()
+    _host = HostProcess(prepared=_prepared)
     _host.start(meanwhile=functools.partial(_import_for_workers, server))
     os.environ["PLUGIN_HEALTH_HOST_MODE"] = "external"  # the workers, forked from here, only read
-    server.log.info("plugin-health: plugin host running as pid %s", _host.pid)
+    server.log.info("plugin-health: plugin host running as pid %s%s", _host.pid,
+                    " (spawned as gunicorn read its configuration)" if _host.prepared else "")
 
 
 #: What a gevent worker's ``monkey.patch_all()`` imports (post_fork): gevent's own modules, which patch nothing

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,6 +80,13 @@ def assert_problem(server: Server, path: str, status: int, method: str = "GET") 
 
 def test_plugins_are_served_with_the_states_their_faults_earn(server: Server) -> None:
     assert states(server) == EXPECTED
+
+
+def test_the_core_is_spawned_ahead_as_gunicorn_reads_its_configuration(server: Server) -> None:
+    """The master spawns its core as it reads its configuration, to import its modules while gunicorn starts, and
+    starts that very process in on_starting: the host serving is the one spawned ahead."""
+    running = re.findall(r"plugin host running as pid (\d+)(.*)", server.log.read_text())
+    assert running == [(str(server.host_pid()), " (spawned as gunicorn read its configuration)")]
 
 
 def test_every_read_route_answers_from_outside(server: Server) -> None:
