@@ -187,6 +187,7 @@ def test_the_packaged_gunicorn_configuration_is_what_a_clone_s_gunicorn_conf_py_
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {
         "unknown": [], "differ": [], "foreign": [], "worker_class": "gevent", "bind": ["127.0.0.1:8000"],
-        "hooks": ["child_exit", "on_exit", "on_starting", "post_fork", "post_worker_init", "pre_request", "when_ready"],
+        "hooks": ["child_exit", "on_exit", "on_starting", "post_fork", "post_worker_init", "pre_request", "when_ready",
+                  "worker_exit"],
         "metrics": ["MmapedValue", str(tmp_path / "run" / "metrics")],
     }

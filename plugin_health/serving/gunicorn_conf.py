@@ -60,6 +60,7 @@ __all__ = [
     "when_ready",
     "worker_class",
     "worker_connections",
+    "worker_exit",
     "workers",
 ]
 
@@ -226,10 +227,18 @@ def _ending(handler: Callable[[int, Any], Any], signum: int, frame: Any) -> None
 
 
 def on_exit(server: Any) -> None:
-    """Stop the plugins and the host process with the master."""
+    """Stop the plugins and the host process with the master; give what ``when_ready`` froze back to the collector."""
     if _host is not None:
         code = _host.stop()
         server.log.info("plugin-health: plugin host stopped (exit status %s)", code)
+    gc.unfreeze()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """As a worker exits, give what the master froze before forking it (``when_ready``) back to the collector: the
+    interpreter's last collection frees it then, while the modules its finalizers need are still there (left frozen,
+    a logging handler the master dropped was freed after gevent's modules, and its finalizer failed, printed)."""
+    gc.unfreeze()
 
 
 def child_exit(server: Any, worker: Any) -> None:
