@@ -190,7 +190,7 @@ def test_a_prepared_core_hosts_with_the_environment_it_is_started_with(env: dict
     host = HostProcess(env, prepared=prepared)
     host.start()
     try:
-        assert (host.pid, host.prepared) == (prepared.pid, True)
+        assert (host.pid, host.spawned_ahead) == (prepared.pid, True)
         apps.append(create_app({**config(env), "host_mode": "external"}))
         client = apps[0].test_client()
         wait_for(lambda: client.get("/readyz").status_code == 200)
@@ -240,10 +240,19 @@ def test_a_prepared_core_started_with_another_environment_is_replaced(env: dict[
     host.start()
     try:
         assert host.pid is not None
-        assert (host.pid == prepared.pid, host.prepared) == (False, False)
+        assert (host.pid == prepared.pid, host.spawned_ahead) == (False, False)
         assert prepared.process.poll() == 0
     finally:
         assert host.stop() == 0
+
+
+def test_a_host_stopped_before_it_starts_discards_its_prepared_core(env: dict[str, str]) -> None:
+    """A master that stops before ``on_starting`` started its core (gunicorn failed to bind) leaves nothing behind."""
+    prepared = PreparedCore(env)
+    host = HostProcess(env, prepared=prepared)
+    assert host.stop() is None
+    assert prepared.process.returncode == 0
+    assert not Path(env["PLUGIN_HEALTH_RUN_DIR"]).exists()
 
 
 def test_a_prepared_core_is_started_only_by_the_process_that_prepared_it(env: dict[str, str]) -> None:

@@ -65,20 +65,19 @@ class PreparedCore:
         return self.process.pid
 
     def run(self, environ: Mapping[str, str]) -> subprocess.Popen[bytes] | None:
-        """Start the prepared core with ``environ``: its process, or None, and the core discarded, when it cannot serve
-        with it: its interpreter started with another environment (beyond the service's own ``PLUGIN_HEALTH_*``
-        settings, which it reads only once started, and ``SERVER_SOFTWARE``), it is gone, or this is not the process
-        that prepared it (one forked since, as gunicorn's ``--daemon`` forks its master, cannot wait for it)."""
+        """Start the prepared core with ``environ``: its process, or None when it cannot serve with it (the caller
+        then spawns another and discards this one): its interpreter started with another environment (beyond the
+        service's own ``PLUGIN_HEALTH_*`` settings, which it reads only once started, and ``SERVER_SOFTWARE``), it is
+        gone, or this is not the process that prepared it (one forked since, as gunicorn's ``--daemon`` forks its
+        master, cannot wait for it)."""
         if (os.getpid() != self._owner or self.process.poll() is not None
                 or _beyond_settings(environ) != _beyond_settings(self.environ)):
-            self.discard()
             return None
         assert self.process.stdin is not None
         try:
             with self.process.stdin:
                 self.process.stdin.write(json.dumps(dict(environ)).encode())
         except OSError:  # gone meanwhile (a broken pipe)
-            self.discard()
             return None
         return self.process
 
@@ -111,8 +110,8 @@ class HostProcess:
         self.restart_max = restart_max
         self._prepared = prepared
         self.process: subprocess.Popen[bytes] | None = None
-        #: Whether the running host is the core prepared ahead (not one spawned when it was needed).
-        self.prepared = False
+        #: Whether the running host is the core spawned ahead (``prepared``), not one spawned when it was needed.
+        self.spawned_ahead = False
         self._stopping = threading.Event()
         self._ending = False  # the service is going down (``stopping``): no host is started again
         self._spawning = threading.Lock()  # a respawn never races a stop
@@ -143,10 +142,14 @@ class HostProcess:
         self._ending = True
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """Ask the host to stop its plugins and exit (``SIGTERM``); ``SIGKILL`` after ``timeout`` seconds."""
+        """Ask the host to stop its plugins and exit (``SIGTERM``); ``SIGKILL`` after ``timeout`` seconds. A core
+        prepared and never started is discarded."""
         with self._spawning:
             self._stopping.set()
             process = self.process
+            prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared.discard()
         if process is None:
             return None
         if process.poll() is None:
@@ -163,18 +166,20 @@ class HostProcess:
 
     def _spawn(self) -> None:
         env = {**self.environ, "PLUGIN_HEALTH_OWNER_PID": str(os.getpid()), "PLUGIN_HEALTH_HOST_MODE": "external"}
-        with self._spawning:
-            prepared, self._prepared = self._prepared, None
-            if self._stopping.is_set() or self._ending:
-                if prepared is not None:
-                    prepared.discard()
-                return
-            process = None if prepared is None else prepared.run(env)
-            self.prepared = process is not None
-            if process is None:
-                process = subprocess.Popen([sys.executable, *CORE_COMMAND], env=env, stdin=subprocess.DEVNULL)
-            self.process = process
-        logger.info("plugin host started as pid %d%s", process.pid, " (prepared ahead)" if self.prepared else "")
+        prepared, self._prepared = self._prepared, None
+        try:
+            with self._spawning:
+                if self._stopping.is_set() or self._ending:
+                    return
+                process = None if prepared is None else prepared.run(env)
+                self.spawned_ahead = process is not None
+                if process is None:
+                    process = subprocess.Popen([sys.executable, *CORE_COMMAND], env=env, stdin=subprocess.DEVNULL)
+                self.process = process
+        finally:
+            if prepared is not None and prepared.process is not self.process:
+                prepared.discard()  # once another runs: it exits as soon as its imports are done
+        logger.info("plugin host started as pid %d%s", process.pid, " (spawned ahead)" if self.spawned_ahead else "")
 
     def _wait_for_beat(self, settings: Settings, wait: float) -> None:
         """Until our host beats, so workers start on a loaded store."""

@@ -157,7 +157,7 @@ def on_starting(server: Any) -> None:
     _host.start(meanwhile=functools.partial(_import_for_workers, server))
     os.environ["PLUGIN_HEALTH_HOST_MODE"] = "external"  # the workers, forked from here, only read
     server.log.info("plugin-health: plugin host running as pid %s%s", _host.pid,
-                    " (spawned as gunicorn read its configuration)" if _host.prepared else "")
+                    " (spawned as gunicorn read its configuration)" if _host.spawned_ahead else "")
 
 
 #: What a gevent worker's ``monkey.patch_all()`` imports (post_fork): gevent's own modules, which patch nothing
