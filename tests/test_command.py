@@ -154,6 +154,24 @@ def test_the_real_command_lists_and_checks_from_any_directory(tmp_path: Path) ->
     assert (checking.returncode, checking.stdout) == (0, "2 plugins OK\n"), checking.stderr
 
 
+@pytest.mark.parametrize("argv", [["-c"], ["gunicorn", "--check-config", "wsgi:app"]],
+                         ids=["another program", "a configuration check"])
+def test_only_a_gunicorn_master_that_runs_spawns_its_core_as_it_reads_the_configuration(
+        tmp_path: Path, argv: list[str]) -> None:
+    """The packaged configuration spawns the core ahead only in a gunicorn master about to run: a program that imports
+    it (a test, a tool reading its settings) or gunicorn checking it starts no process."""
+    code = f"""if True:
+        import os, sys
+        sys.argv = {argv!r}
+        import plugin_health.serving.gunicorn_conf
+        print(repr(open(f"/proc/{{os.getpid()}}/task/{{os.getpid()}}/children").read()))
+    """
+    env = clean_environment(PLUGIN_HEALTH_RUN_DIR=str(tmp_path / "run"), PLUGIN_HEALTH_PLUGIN_PATH=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "''"), done.stderr
+
+
 def test_the_packaged_gunicorn_configuration_is_what_a_clone_s_gunicorn_conf_py_reads(tmp_path: Path) -> None:
     # gunicorn loads both as it would (the packaged module by -c python:..., the clone's file as ./gunicorn.conf.py);
     # each setting and hook is the same object, and prometheus_client, imported after, counts in the run directory.
