@@ -119,10 +119,21 @@ def _run_by_gunicorn() -> bool:
     return run and not {"--check-config", "--print-config"} & set(sys.argv)
 
 
-#: The core process, spawned as the master reads this configuration: it imports its modules (a third of a second)
-#: while the master imports its worker class and starts, on the core the master leaves idle then, and hosts only
-#: once ``on_starting`` starts it, with the environment it would have been spawned with there (else it is discarded).
-_prepared: PreparedCore | None = (PreparedCore() if _run_by_gunicorn() and not _workers_host_plugins() else None)
+def _prepare_core() -> PreparedCore | None:
+    """The core process, spawned as the master reads this configuration: it imports its modules (a third of a
+    second) while the master imports its worker class and starts, on the CPU the master leaves idle then, and hosts
+    only once ``on_starting`` starts it, with the environment it would have been spawned with there (else it is
+    discarded). None where no core is to run, or where it cannot be spawned now (``on_starting`` spawns one then,
+    and reports what stops it)."""
+    if not _run_by_gunicorn() or _workers_host_plugins():
+        return None
+    try:
+        return PreparedCore()
+    except OSError:
+        return None
+
+
+_prepared = _prepare_core()
 #: In a gevent worker: wait until the write end of a pipe that nothing is written to is ready, which it always is:
 #: one pass through the event loop (pre_request).
 _take_turn: Callable[[], None] | None = None
