@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -244,6 +246,32 @@ def test_a_prepared_core_started_with_another_environment_is_replaced(env: dict[
         assert prepared.process.poll() == 0
     finally:
         assert host.stop() == 0
+
+
+def test_handing_over_to_a_prepared_core_that_never_reads_is_bounded(env: dict[str, str], tmp_path: Path) -> None:
+    """An environment larger than a pipe holds, for a prepared core stuck before it reads it (here in its
+    interpreter's start): the master's start gives up on it within its wait, and spawns a core that serves."""
+    (tmp_path / "stuck").mkdir()
+    (tmp_path / "stuck" / "sitecustomize.py").write_text(
+        "import sys, time\nif sys.argv[1:] == ['--prepared']:\n    time.sleep(300)\n")
+    big = {**env, "PYTHONPATH": str(tmp_path / "stuck"), "PADDING_1": "x" * 100_000, "PADDING_2": "y" * 100_000}
+    prepared = PreparedCore(big)
+    host = HostProcess(big, prepared=prepared)
+    starting = threading.Thread(target=host.start, kwargs={"wait": 2.0}, daemon=True)
+    began = time.monotonic()
+    starting.start()
+    starting.join(60)
+    try:
+        assert not starting.is_alive(), "the master's start hung on the prepared core"
+        assert time.monotonic() - began < 30
+        assert (host.pid == prepared.pid, host.spawned_ahead) == (False, False)
+        assert prepared.process.poll() is not None  # ended: it had run nothing
+        store = open_store(None, env["PLUGIN_HEALTH_RUN_DIR"])
+        wait_for(lambda: (beat := read_beat(store)) is not None and beat.pid == host.pid, timeout=30)
+    finally:
+        if starting.is_alive():
+            prepared.process.kill()  # unblocks the write, so the test ends
+        host.stop()
 
 
 def test_a_host_stopped_before_it_starts_discards_its_prepared_core(env: dict[str, str]) -> None:

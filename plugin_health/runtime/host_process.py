@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -64,35 +65,55 @@ class PreparedCore:
         """The prepared core's pid."""
         return self.process.pid
 
-    def run(self, environ: Mapping[str, str]) -> subprocess.Popen[bytes] | None:
-        """Start the prepared core with ``environ``: its process, or None when it cannot serve with it (the caller
-        then spawns another and discards this one): its interpreter started with another environment (beyond the
-        service's own ``PLUGIN_HEALTH_*`` settings, which it reads only once started, and ``SERVER_SOFTWARE``), it is
-        gone, or this is not the process that prepared it (one forked since, as gunicorn's ``--daemon`` forks its
-        master, cannot wait for it)."""
+    def run(self, environ: Mapping[str, str], within: float = 10.0) -> subprocess.Popen[bytes] | None:
+        """Start the prepared core with ``environ``, handed over within ``within`` seconds: its process, or None when
+        it cannot serve with it (the caller then spawns another and discards this one): its interpreter started with
+        another environment (beyond the service's own ``PLUGIN_HEALTH_*`` settings, which it reads only once started,
+        and ``SERVER_SOFTWARE``), it is gone, it did not take the environment in time (it reads it only once its
+        imports are done, and more than a pipe holds waits for that), or this is not the process that prepared it
+        (one forked since, as gunicorn's ``--daemon`` forks its master, cannot wait for it)."""
         if (os.getpid() != self._owner or self.process.poll() is not None
                 or _beyond_settings(environ) != _beyond_settings(self.environ)):
             return None
         assert self.process.stdin is not None
-        try:
-            with self.process.stdin:
-                self.process.stdin.write(json.dumps(dict(environ)).encode())
-        except OSError:  # gone meanwhile (a broken pipe)
-            return None
+        with self.process.stdin:
+            if not _write_within(self.process.stdin.fileno(), json.dumps(dict(environ)).encode(), within):
+                return None
         return self.process
 
-    def discard(self) -> None:
-        """End the prepared core unstarted (it exits as it reads the pipe closed), and reap it if it is ours."""
+    def discard(self, within: float = 10.0) -> None:
+        """End the prepared core unstarted: it exits as it reads the pipe closed, or is killed after ``within``
+        seconds (it ran nothing, holds nothing: a core stuck before it reads); reaped if it is ours."""
         stdin = self.process.stdin
         if stdin is not None and not stdin.closed:
             with contextlib.suppress(OSError):
                 stdin.close()
         if os.getpid() == self._owner:
             try:
-                self.process.wait(30.0)
+                self.process.wait(within)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def _write_within(fd: int, data: bytes, within: float) -> bool:
+    """Write ``data`` to the pipe ``fd`` (made non-blocking) within ``within`` seconds; False when its reader took it
+    too slowly or is gone."""
+    os.set_blocking(fd, False)
+    deadline = time.monotonic() + within
+    rest = memoryview(data)
+    try:
+        while rest:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([], [fd], [], remaining)[1]:
+                return False
+            try:
+                rest = rest[os.write(fd, rest):]
+            except BlockingIOError:  # room for less than a write needs at once: wait again
+                continue
+    except OSError:  # a broken pipe: the reader is gone
+        return False
+    return True
 
 
 def _beyond_settings(environ: Mapping[str, str]) -> dict[str, str]:
@@ -127,7 +148,7 @@ class HostProcess:
         is called once the host is spawned, before its first beat is awaited: what the caller would do next, done
         while the host imports and opens its store, instead of after."""
         settings = load_settings(environ=self.environ)  # a bad setting stops the master here, named
-        self._spawn()
+        self._spawn(wait)
         if meanwhile is not None:
             meanwhile()
         self._wait_for_beat(settings, wait)
@@ -164,21 +185,22 @@ class HostProcess:
             self._watcher.join(timeout)
         return process.returncode
 
-    def _spawn(self) -> None:
+    def _spawn(self, within: float = 10.0) -> None:
+        """Start the prepared core, if any and it can serve (handed over within ``within`` seconds), else spawn one."""
         env = {**self.environ, "PLUGIN_HEALTH_OWNER_PID": str(os.getpid()), "PLUGIN_HEALTH_HOST_MODE": "external"}
         prepared, self._prepared = self._prepared, None
         try:
             with self._spawning:
                 if self._stopping.is_set() or self._ending:
                     return
-                process = None if prepared is None else prepared.run(env)
+                process = None if prepared is None else prepared.run(env, within)
                 self.spawned_ahead = process is not None
                 if process is None:
                     process = subprocess.Popen([sys.executable, *CORE_COMMAND], env=env, stdin=subprocess.DEVNULL)
                 self.process = process
         finally:
             if prepared is not None and prepared.process is not self.process:
-                prepared.discard()  # once another runs: it exits as soon as its imports are done
+                prepared.discard(within)  # once another runs: it exits as soon as its imports are done
         logger.info("plugin host started as pid %d%s", process.pid, " (spawned ahead)" if self.spawned_ahead else "")
 
     def _wait_for_beat(self, settings: Settings, wait: float) -> None:
