@@ -78,6 +78,10 @@ def _workers_host_plugins() -> bool:
     return settings.host_mode == "embedded" or not settings.shared_store
 
 
+#: Decided once, as this configuration is read: the worker class, whether a core is spawned ahead, and whether
+#: ``on_starting`` starts one follow from it (the settings it reads do not change in between).
+_HOSTED_BY_WORKERS = _workers_host_plugins()
+
 # Each worker serves its connections on one gevent event loop: a client that sends slowly or sits idle holds a
 # greenlet and a socket, never a thread (gthread reads each request on a pool thread: a few clients dribbling their
 # headers took every thread and blocked the probes for 10 s). Safe because workers never run plugin code: what a
@@ -85,7 +89,7 @@ def _workers_host_plugins() -> bool:
 # gevent has patched the standard library (post_fork below). Workers that run a core of their own keep threads:
 # the core needs real threads and its own watch over its runner processes, which gevent's patches take over
 # (post_worker_init refuses that mix). `-k gthread` brings the threads back.
-worker_class = "gthread" if _workers_host_plugins() else "gevent"
+worker_class = "gthread" if _HOSTED_BY_WORKERS else "gevent"
 # Connections one worker serves at once; past it the worker stops accepting until one closes (the other workers
 # take new ones), and past workers x this, new connections wait in the listen backlog.
 worker_connections = 1000
@@ -125,7 +129,7 @@ def _prepare_core() -> PreparedCore | None:
     only once ``on_starting`` starts it, with the environment it would have been spawned with there (else it is
     discarded). None where no core is to run, or where it cannot be spawned now (``on_starting`` spawns one then,
     and reports what stops it)."""
-    if not _run_by_gunicorn() or _workers_host_plugins():
+    if not _run_by_gunicorn() or _HOSTED_BY_WORKERS:
         return None
     try:
         return PreparedCore()
@@ -160,7 +164,7 @@ def on_starting(server: Any) -> None:
         check_url(settings.store_url)
     except ConfigError as err:  # a bad PLUGIN_HEALTH_* value stops the master here, naming the variable
         raise SystemExit(f"plugin-health: {err}") from None
-    if _workers_host_plugins():
+    if _HOSTED_BY_WORKERS:
         server.log.info("plugin-health: each worker hosts its own plugins (host mode %s)", settings.host_mode)
         _import_for_workers(server)
         return
