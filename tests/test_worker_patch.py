@@ -5,6 +5,7 @@ metadata again (0.13 CPU s of a worker's 0.16 s patch, five workers at once whil
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import subprocess
 import sys
 import textwrap
@@ -74,7 +75,7 @@ def test_a_worker_walks_none_of_what_the_master_imported_for_it(tmp_path: Path) 
     imports: a third of a worker's boot), and the worker's own full collections would walk them again (and copy
     the master's pages as they touch them). And it reads the entry points for them once: a worker reads none."""
     code = textwrap.dedent("""
-        import gc, importlib.metadata, os, sys, types
+        import gc, importlib.metadata, json, os, sys, types
         from plugin_health.serving import gunicorn_conf
         from plugin_health.serving.patching import entry_points_read_once
         gunicorn_conf.import_for_workers(True)
@@ -88,15 +89,15 @@ def test_a_worker_walks_none_of_what_the_master_imported_for_it(tmp_path: Path) 
             from gevent import monkey
             with entry_points_read_once():
                 monkey.patch_all()
-            print(walked, len(reads), len(get_objects()) + gc.get_freeze_count(), flush=True)
+            print(json.dumps({"walks": walked, "reads": len(reads),
+                              "tracked": len(get_objects()) + gc.get_freeze_count()}), flush=True)
             os._exit(0)
         os.waitpid(pid, 0)
     """)
     env = {"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env, capture_output=True,
                          text=True).stdout
-    walked, reads, tracked = out.rsplit("]", 1)[0] + "]", *out.rsplit("]", 1)[1].split()
-    walks = [int(n) for n in walked.strip("[]").split(",") if n.strip()]
-    assert walks, "gevent walked nothing: the test measures nothing"
-    assert max(walks) < int(tracked) // 20  # the worker's own objects; the master's (tens of thousands) frozen
-    assert reads == "0"
+    seen = json.loads(out)
+    assert seen["walks"], "gevent walked nothing: the test measures nothing"
+    assert max(seen["walks"]) < seen["tracked"] // 20  # the worker's own objects: the master's are frozen
+    assert seen["reads"] == 0
