@@ -237,6 +237,26 @@ def test_put_many_with_records_records_them_in_order_in_one_version_step(store: 
         ("RUNNING", "FAILED"): 1}
 
 
+def test_a_batch_of_hundreds_keeps_every_order(tmp_path: Path) -> None:
+    """A load's batch holds thousands of rows, which SQLite takes many to a statement: the transitions keep their
+    order (sequence numbers), and a plugin's last snapshot in the batch is the one kept, whatever statement each
+    lands in."""
+    store = SQLiteStore(tmp_path / "s.db", history_limit=5)
+    names = [f"p{i:03d}" for i in range(150)]  # rows past whole statements of 64 too
+    records = [rec(name, source, dest, trigger) for source, dest, trigger in (
+        (None, S.LOADED, "load"), (S.LOADED, S.INITIALIZED, "initialize"), (S.INITIALIZED, S.RUNNING, "start"))
+        for name in reversed(names)]
+    snapshots = [snap(name, S.INITIALIZED) for name in names] + [snap(name, S.RUNNING) for name in reversed(names)]
+    store.put_many(snapshots, records)
+    found = store.records_since(0)
+    assert [(plugin, record_from_json(data)) for _, plugin, data in found] == [(r.plugin, r) for r in records]
+    assert [seq for seq, _, _ in found] == sorted(seq for seq, _, _ in found)
+    assert [(s.name, s.state) for s in store.snapshots()] == [(name, S.RUNNING) for name in names]
+    assert store.transition_counts() == {(None, "LOADED"): 150, ("LOADED", "INITIALIZED"): 150,
+                                         ("INITIALIZED", "RUNNING"): 150}
+    store.close()
+
+
 def test_a_batch_that_cannot_be_written_records_nothing(tmp_path: Path) -> None:
     """All or nothing: a batch is one transaction, so what a reader sees is always a prefix of what happened."""
     store = SQLiteStore(tmp_path / "s.db", history_limit=3)
