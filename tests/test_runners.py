@@ -1008,3 +1008,35 @@ def test_a_marker_of_compiling_ahead_a_plugin_forges_breaks_the_protocol_and_bla
     assert c is not None
     assert isinstance(c.handle, RunnerHandle)
     assert not c.handle.lost
+
+
+@pytest.mark.parametrize("check", [False, True], ids=["no-check", "check"])
+def test_streamed_bring_ups_tell_each_phase_whether_it_ran_plugin_code_or_not(
+    harness: Harness, tmp_path: Path, check: bool
+) -> None:
+    """Plugins brought up with their loads: one that overrides none of the lifecycle methods comes up on the answers
+    riding in its load's frame (``Plugin``'s own no-ops: passed, in no time, their results theirs); one that overrides
+    ``start`` has that phase's own outcome, its neighbours' the no-ops'; and one whose ``initialize`` returns False
+    goes no further."""
+    texts = {
+        "plain": b"from plugin_health import Plugin\nclass P(Plugin):\n    pass\n",
+        "starts": b"from plugin_health import Plugin\nclass P(Plugin):\n    def start(self):\n        return 7\n",
+        "refuses": (b"from plugin_health import Plugin\nclass P(Plugin):\n"
+                    b"    def initialize(self, context):\n        return False\n"),
+    }
+    sources = [PluginSource(name, str(tmp_path / f"{name}.py"), path=tmp_path / f"{name}.py") for name in texts]
+    up = {"config": {}, "timeout": 5.0, "check": check}
+    placed = list(harness.pool.load_many(sources, SandboxLimits(5.0, 256), [up] * 3,
+                                         apart=lambda source: (False, texts[source.name])))
+    outcomes = {p.declaration["name"]: [(r.ok, r.result, r.error_type) for r in p.up]
+                for p in placed if p is not None and p.declaration is not None}
+    no_op_check = [(True, True, None)] if check else []
+    assert outcomes == {
+        "plain": [(True, None, None), (True, None, None), *no_op_check],
+        "starts": [(True, None, None), (True, 7, None), *no_op_check],
+        "refuses": [(True, False, None)],
+    }
+    plain = next(p for p in placed if p is not None and p.declaration and p.declaration["name"] == "plain")
+    assert [r.duration_ms for r in plain.up] == [0.0] * (3 if check else 2)
+    assert all(p is not None and p.up_lost is None for p in placed)
+    assert harness.losses == []

@@ -700,6 +700,11 @@ def known(method: str) -> PluginSandboxResult:
     return PluginSandboxResult(True, True if method == "health_check" else None, None, None, 0.0)
 
 
+#: The phases a plugin brought up with its load goes through, without and with its first health check: also the
+#: answers riding in its load's frame when none of them ran plugin code (each the name of ``Plugin``'s own no-op).
+_BRING_UP = (["initialize", "start"], ["initialize", "start", "health_check"])
+
+
 def _since(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
@@ -911,9 +916,13 @@ class RunnerPool:
         judged as a call's answer is (a runner lost meanwhile, or killed for memory the plugin kept, blames it).
         The answers of phases that ran no plugin code ride in the frame before them (``riding``: the load's)."""
         runner = handle.runner
+        phases = _BRING_UP[up.get("check") is True]
+        if riding == phases:  # none ran plugin code (``Plugin``'s own no-ops), as most plugins' at start-up
+            runner.last = (handle, time.monotonic())
+            return Placed(placed.handle, placed.declaration, up=tuple([known(method) for method in phases])), None
         results: list[PluginSandboxResult] = []
         loss: RunnerLoss | None = None
-        for method in ("initialize", "start", "health_check")[:3 if up.get("check") is True else 2]:
+        for method in phases:
             started = time.perf_counter()
             timeout = handle.limits.timeout if handle.limits.timeout is not None else self.settings.longest
             try:
