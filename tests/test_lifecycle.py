@@ -280,6 +280,62 @@ def test_entering_through_a_plugin_entered_already_moves_it_the_usual_way() -> N
     assert len(errors) == 7
 
 
+def test_entering_many_through_triggers_is_each_entered_through_them_in_one_step() -> None:
+    """``enter_many_through`` makes for each plugin the records ``enter_through`` would, in its own history; a
+    listener with a ``many`` is told of them all in one call (each plugin's together, in the order given), one
+    without once a record, in that order; the version moves once, and every record has the step's one time."""
+    one_by_one, at_once = PluginLifecycleManager(), PluginLifecycleManager()
+    for name in ("p", "q", "r"):
+        one_by_one.enter_through(name, S.LOADED, ("initialize", "start"))
+    together: list[list[TransitionRecord]] = []
+    apart: list[TransitionRecord] = []
+    at_once.subscribe(lambda record: None, lambda records: together.append(list(records)))
+    at_once.subscribe(apart.append)
+    at_once.set_state("a", S.LOADED)
+    before, before_step = at_once.version, datetime.now(UTC)
+    entered = at_once.enter_many_through(["r", "p", "q"], S.LOADED, ("initialize", "start"))
+    assert [_moves(records) for records in entered] == [_moves(one_by_one.history(name)) for name in ("r", "p", "q")]
+    assert [at_once.history(name) for name in ("r", "p", "q")] == entered
+    assert all(at_once.get_state(name) is S.RUNNING for name in ("r", "p", "q"))
+    assert together == [entered[0] + entered[1] + entered[2]]
+    assert apart[1:] == entered[0] + entered[1] + entered[2]  # after the record of "a"
+    assert at_once.version == before + 1
+    assert len({record.at for records in entered for record in records}) == 1
+    assert before_step <= entered[0][0].at <= datetime.now(UTC)
+
+
+def test_entering_many_through_a_trigger_the_table_forbids_changes_nothing_for_any() -> None:
+    manager = PluginLifecycleManager()
+    seen: list[TransitionRecord] = []
+    manager.subscribe(seen.append, seen.extend)
+    before = manager.version
+    with pytest.raises(IllegalTransitionError):
+        manager.enter_many_through(["p", "q"], S.LOADED, ("initialize", "initialize"))
+    with pytest.raises(IllegalTransitionError):
+        manager.enter_many_through(["p", "q"], S.RUNNING, ())
+    assert ("p" in manager, "q" in manager, seen, manager.version) == (False, False, [], before)
+
+
+def test_entering_many_through_a_plugin_entered_already_moves_it_the_usual_way_after_the_others() -> None:
+    """A name tracked already (another thread entered it, or it is given twice) is not entered again: the others
+    are entered, and told of, first; then it is moved the usual way (``set_state``, then each trigger), as far as the
+    table lets it from where it is."""
+    manager = PluginLifecycleManager()
+    manager.set_state("q", S.FAILED)
+    seen: list[TransitionRecord] = []
+    manager.subscribe(seen.append, seen.extend)
+    entered = manager.enter_many_through(["p", "q", "r"], S.LOADED, ("initialize", "start"))
+    assert [(r.plugin, r.dest) for r in seen] == [
+        ("p", S.LOADED), ("p", S.INITIALIZED), ("p", S.RUNNING), ("r", S.LOADED), ("r", S.INITIALIZED),
+        ("r", S.RUNNING), ("q", S.LOADED), ("q", S.INITIALIZED), ("q", S.RUNNING)]
+    assert [r.dest for r in manager.history("q")] == [S.FAILED, S.LOADED, S.INITIALIZED, S.RUNNING]
+    assert entered[1] == manager.history("q")[1:]
+    twice = PluginLifecycleManager()
+    with pytest.raises(IllegalTransitionError):  # RUNNING by then: no move to LOADED
+        twice.enter_many_through(["p", "p"], S.LOADED, ("initialize", "start"))
+    assert [r.dest for r in twice.history("p")] == [S.LOADED, S.INITIALIZED, S.RUNNING]
+
+
 def test_a_listener_that_fails_on_records_told_together_breaks_nothing(caplog: pytest.LogCaptureFixture) -> None:
     manager = PluginLifecycleManager()
     seen: list[TransitionRecord] = []

@@ -125,6 +125,22 @@ class PluginLifecycleManager:
         self._notify_many(records)  # listeners share the tuple: none can change another's
         return list(records)
 
+    def enter_many_through(self, names: Sequence[str], state: PluginLifecycleState,
+                           triggers: Sequence[str]) -> list[list[TransitionRecord]]:
+        """``enter_through`` of several untracked plugins, in the order of ``names``, in one step: every record
+        stamped with the step's one time, and each listener told once of them all (each plugin's records together,
+        in that order: its ``many``, else once a record). The records of each plugin, in order. Plugins loaded and
+        brought up with their loads come up so, as many as arrived together (one lock, one version, one call a
+        listener for them all). ``IllegalTransitionError``, and nothing changed, if the table forbids any move; a
+        plugin another thread entered meanwhile is moved the usual way, after the others, one trigger at a time."""
+        entered = self._entered_many(names, state, triggers, None, None, None)
+        told = tuple(record for records in entered if records is not None for record in records)
+        if told:
+            self._notify_many(told)
+        return [list(records) if records is not None
+                else [self.set_state(name, state)] + [self.trigger(name, trigger) for trigger in triggers]
+                for name, records in zip(names, entered, strict=True)]
+
     def forget(self, name: str) -> None:
         """Stop tracking ``name`` (its history goes with it)."""
         with self._enter_lock:
@@ -214,29 +230,52 @@ class PluginLifecycleManager:
     ) -> tuple[TransitionRecord, ...] | None:
         """Track the untracked ``name`` in ``state`` (a first state), moved on by ``triggers``, all or nothing: the
         records, none yet told; None if it is tracked already."""
-        target = _as_state(name, None, state, _ENTER_ALLOWED)
+        return self._entered_many((name,), state, triggers, reason, error_type, error)[0]
+
+    def _entered_many(
+        self,
+        names: Sequence[str],
+        state: PluginLifecycleState | str,
+        triggers: Sequence[str],
+        reason: str | None,
+        error_type: str | None,
+        error: str | None,
+    ) -> list[tuple[TransitionRecord, ...] | None]:
+        """``_entered`` of each of ``names``, in one step, all or nothing: every plugin's records are made before any
+        is tracked; None for a name tracked already (or given twice: its second time)."""
+        target = _as_state(names[0] if names else "", None, state, _ENTER_ALLOWED)
         if target not in FIRST_STATES:
-            raise IllegalTransitionError(name, None, f"entering in {target.value}", _ENTER_ALLOWED)
+            raise IllegalTransitionError(names[0] if names else "", None, f"entering in {target.value}",
+                                         _ENTER_ALLOWED)
+        entered: list[tuple[TransitionRecord, ...] | None] = []
+        made: dict[str, tuple[machine._LifecycleModel, tuple[TransitionRecord, ...]]] = {}
         with self._enter_lock:
-            if name in self._plugins:
-                return None
-            model = machine.new_model(name, target)
+            plugins = self._plugins
             at = datetime.now(UTC)  # the moves of one step share its time
-            records = [TransitionRecord.now(name, None, target, ENTER_TRIGGER, reason, error_type, error, at)]
-            for trigger in triggers:
-                source = model.state
-                if not machine.fire(model, trigger):
-                    raise IllegalTransitionError(name, source.value, trigger, machine.allowed_triggers(source))
-                records.append(TransitionRecord.now(name, source, model.state, trigger, None, None, None, at))
-            history = History(self._history_limit)
+            for name in names:
+                if name in plugins or name in made:
+                    entered.append(None)
+                    continue
+                model = machine.new_model(name, target)
+                records = [TransitionRecord.now(name, None, target, ENTER_TRIGGER, reason, error_type, error, at)]
+                for trigger in triggers:
+                    source = model.state
+                    if not machine.fire(model, trigger):
+                        raise IllegalTransitionError(name, source.value, trigger, machine.allowed_triggers(source))
+                    records.append(TransitionRecord.now(name, source, model.state, trigger, None, None, None, at))
+                made[name] = model, tuple(records)
+                entered.append(made[name][1])
             quiet = not logger.isEnabledFor(self.routine_level)  # routine moves unlogged (loading): not asked each
-            for record in records:
-                history.append(record)
-                if not (quiet and record.dest in ROUTINE):
-                    self._log(record)
-            self._plugins[name] = _Tracked(model, history)
-            self._version = next(self._versions)
-        return tuple(records)
+            for name, (model, steps) in made.items():
+                history = History(self._history_limit)
+                for record in steps:
+                    history.append(record)
+                    if not (quiet and record.dest in ROUTINE):
+                        self._log(record)
+                plugins[name] = _Tracked(model, history)
+            if made:
+                self._version = next(self._versions)
+        return entered
 
     def _fire(
         self,
