@@ -1040,3 +1040,26 @@ def test_streamed_bring_ups_tell_each_phase_whether_it_ran_plugin_code_or_not(
     assert [r.duration_ms for r in plain.up] == [0.0] * (3 if check else 2)
     assert all(p is not None and p.up_lost is None for p in placed)
     assert harness.losses == []
+
+
+def test_streamed_loads_tell_whether_the_next_outcome_has_arrived(harness: Harness, tmp_path: Path) -> None:
+    """``load_many``'s outcomes say whether the next one has arrived (``ready``), so that the loader can take those that
+    arrived together in one step: once the runner has answered every load, each is there without a wait; before the
+    first answer can have come, none is."""
+    text = b"from plugin_health import Plugin\nclass P(Plugin):\n    pass\n"
+    sources = [PluginSource(f"p{i}", str(tmp_path / f"p{i}.py"), path=tmp_path / f"p{i}.py") for i in range(40)]
+    harness.pool.start_shared()
+    streamed = harness.pool.load_many(sources, SandboxLimits(5.0, 256), apart=lambda source: (False, text))
+    assert streamed.ready() is False  # type: ignore[attr-defined]  # (the runner cannot have answered yet)
+    first = next(streamed)
+    assert first is not None
+    assert first.declaration is not None
+    streamed._sender.join(10)  # type: ignore[attr-defined]  # every answer read and handed over
+    rest = []
+    while streamed.ready():  # type: ignore[attr-defined]
+        rest.append(next(streamed))
+    assert len(rest) == 39
+    assert [p.declaration["name"] for p in rest if p is not None and p.declaration] == [f"p{i}" for i in range(1, 40)]
+    assert streamed.ready() is False  # type: ignore[attr-defined]
+    with pytest.raises(StopIteration):
+        next(streamed)

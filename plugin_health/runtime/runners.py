@@ -275,6 +275,10 @@ class RunnerProcess:
             raise self.broke("an answer to another phase")
         return answer
 
+    def waiting(self) -> bool:
+        """Whether the runner's next answer has arrived whole already (reading it waits for nothing)."""
+        return self._reader.waiting()
+
     def riding(self, answer: dict[str, Any]) -> list[Any]:
         """The answers that ride in ``answer``'s frame (a bring-up's phases that ran no plugin code after it: its
         ``then``), taken out of it, in order (read each with :meth:`next_riding`)."""
@@ -674,6 +678,81 @@ class _Placing:
         self._texts.pop(id(source), None)
 
 
+class _Outcomes:
+    """The outcomes of streamed loads on their way to the thread that asked for them (``RunnerPool.load_many``),
+    handed over in groups: those read from answers of the runner's that had arrived together, as one queue item,
+    for the loader to take in one step (``PluginLoader.load``)."""
+
+    __slots__ = ("_group", "_queue")
+
+    def __init__(self, into: queue.SimpleQueue[list[Placed | Exception | None]]) -> None:
+        self._queue = into
+        self._group: list[Placed | Exception | None] = []
+
+    def add(self, outcome: Placed | Exception | None) -> None:
+        """Add the next outcome, in order (handed over with the group it joins)."""
+        self._group.append(outcome)
+
+    def hand_over(self) -> None:
+        """Hand over what was added since the last time: before whatever may wait (the next answer not there yet, a
+        load of its own, a runner to start), so that none is held back while the sender waits."""
+        if self._group:
+            self._queue.put(self._group)
+            self._group = []
+
+    def before_reading(self, runner: RunnerProcess) -> None:
+        """``hand_over``, unless ``runner``'s next answer is there already (reading it waits for nothing)."""
+        if self._group and not runner.waiting():
+            self._queue.put(self._group)
+            self._group = []
+
+
+class _Streamed(Iterator["Placed | None"]):
+    """The outcomes of ``load_many``, in order, as their groups arrive; ``ready`` tells whether the next has arrived
+    (taking it waits for nothing). Closing it (or reaching its end) stops the sending: what is in flight ends,
+    nothing more is sent."""
+
+    def __init__(self, answers: queue.SimpleQueue[list[Placed | Exception | None]], sender: threading.Thread,
+                 count: int, stop: threading.Event) -> None:
+        self._answers = answers
+        self._sender = sender
+        self._left = count
+        self._stop = stop
+        self._group: collections.deque[Placed | Exception | None] = collections.deque()
+
+    def __next__(self) -> Placed | None:
+        if not self._left:
+            self._stop.set()
+            raise StopIteration
+        if not self._group:
+            self._group.extend(self._next_group())
+        outcome = self._group.popleft()
+        if isinstance(outcome, Exception):
+            self._left = 0
+            self._stop.set()
+            raise outcome
+        self._left -= 1
+        return outcome
+
+    def ready(self) -> bool:
+        """Whether the next outcome has arrived (``next`` waits for nothing)."""
+        return bool(self._group) or not self._answers.empty()
+
+    def close(self) -> None:
+        """A caller that stops early: what is in flight ends, nothing more is sent."""
+        self._stop.set()
+
+    def _next_group(self) -> list[Placed | Exception | None]:
+        """The sender's next outcomes. Each load it waits on has a hard deadline, but a sender that ended without a
+        word (a ``BaseException`` it does not catch) would leave nobody to answer: that is an error, not a wait."""
+        while True:
+            try:
+                return self._answers.get(timeout=_WATCH_EVERY)
+            except queue.Empty:
+                if not self._sender.is_alive() and self._answers.empty():
+                    return [RuntimeError("the thread sending loads to the runner ended without their outcomes")]
+
+
 def _random_idents(count: int) -> list[int]:
     """``count`` ids of 62 random bits each, as ``secrets.randbits(62)`` gives them, from one ``os.urandom``."""
     data = os.urandom(8 * count)
@@ -778,68 +857,53 @@ class RunnerPool:
         from (the bytes read to tell, sent with the request: the runner imports what was scanned, and reads nothing;
         None: the runner reads the file)."""
         limits = limits if limits is not None else self.settings.load_limits
-        answers: queue.SimpleQueue[Placed | Exception | None] = queue.SimpleQueue()
+        answers: queue.SimpleQueue[list[Placed | Exception | None]] = queue.SimpleQueue()
         stop = threading.Event()
         work = list(zip(sources, ups if ups is not None else [None] * len(sources), strict=True))
         thread = threading.Thread(target=self._pipeline_loads, args=(work, limits, answers, stop, apart),
                                   name="plugin-health-loads", daemon=True)
         thread.start()
-        try:
-            for _ in sources:
-                answer = self._next_load(answers, thread)
-                if isinstance(answer, Exception):
-                    raise answer
-                yield answer
-        finally:
-            stop.set()  # a caller that stops early: what is in flight ends, nothing more is sent
-
-    @staticmethod
-    def _next_load(answers: queue.SimpleQueue[Placed | Exception | None],
-                   sender: threading.Thread) -> Placed | Exception | None:
-        """The sender's next outcome. Each load it waits on has a hard deadline, but a sender that ended without a
-        word (a ``BaseException`` it does not catch) would leave nobody to answer: that is an error, not a wait."""
-        while True:
-            try:
-                return answers.get(timeout=_WATCH_EVERY)
-            except queue.Empty:
-                if not sender.is_alive() and answers.empty():
-                    return RuntimeError("the thread sending loads to the runner ended without their outcomes")
+        return _Streamed(answers, thread, len(sources), stop)
 
     def _pipeline_loads(self, work: list[_Load], limits: SandboxLimits,
-                        answers: queue.SimpleQueue[Placed | Exception | None], stop: threading.Event,
+                        answers: queue.SimpleQueue[list[Placed | Exception | None]], stop: threading.Event,
                         apart: Callable[[PluginSource], tuple[bool, bytes | None]] | None) -> None:
+        outcomes = _Outcomes(answers)
         try:
-            self._send_loads(work, limits, answers, stop, apart)
+            self._send_loads(work, limits, outcomes, stop, apart)
         except Exception as err:  # noqa: BLE001 - a bug here must reach the caller waiting for answers, not hang it
-            answers.put(err)
+            outcomes.add(err)
+        finally:
+            outcomes.hand_over()
 
-    def _send_loads(self, work: list[_Load], limits: SandboxLimits,
-                    answers: queue.SimpleQueue[Placed | Exception | None], stop: threading.Event,
+    def _send_loads(self, work: list[_Load], limits: SandboxLimits, outcomes: _Outcomes, stop: threading.Event,
                     apart: Callable[[PluginSource], tuple[bool, bytes | None]] | None) -> None:
         pending = collections.deque(work)
         placing = _Placing(apart)
         while pending and not stop.is_set():
             if placing.apart(pending[0]):  # not for this pool's shared runner: the caller loads it
                 pending.popleft()
-                answers.put(None)
+                outcomes.add(None)
                 continue
+            outcomes.hand_over()  # what follows may wait: a load of its own, a runner to start, a loss to tell
             if pending[0][0].origin in self.quarantined:  # blamed before: a runner of its own
-                answers.put(self.load(pending.popleft()[0], False, limits))
+                outcomes.add(self.load(pending.popleft()[0], False, limits))
                 continue
             runner = self._runner_for(pending[0][0], False)
             with runner.lock:
-                loss = self._stream_loads(runner, pending, limits, answers, stop, placing)
+                loss = self._stream_loads(runner, pending, limits, outcomes, stop, placing)
             if loss is not None:
+                outcomes.hand_over()
                 self.tell(loss)
 
     def _stream_loads(self, runner: RunnerProcess, pending: collections.deque[_Load], limits: SandboxLimits,
-                      answers: queue.SimpleQueue[Placed | Exception | None], stop: threading.Event,
-                      placing: _Placing) -> RunnerLoss | None:
-        """Load ``pending`` sources in ``runner`` (the caller holds its lock), each outcome put in ``answers`` as it
-        is read: the next :data:`PIPELINE` requests are sent while the runner still works on the ones before, so
-        that it never waits for the core. Ends when none is left, at a source that runs apart or was blamed before
-        (it loads in a runner of its own), or when ``runner`` is lost: its loss then (to tell once the lock is given
-        back), the source in flight blamed, and the ones sent after it back in ``pending``: they never ran."""
+                      outcomes: _Outcomes, stop: threading.Event, placing: _Placing) -> RunnerLoss | None:
+        """Load ``pending`` sources in ``runner`` (the caller holds its lock), each outcome added to ``outcomes`` as
+        it is read (handed over before a read that would wait): the next :data:`PIPELINE` requests are sent while the
+        runner still works on the ones before, so that it never waits for the core. Ends when none is left, at a
+        source that runs apart or was blamed before (it loads in a runner of its own), or when ``runner`` is lost: its
+        loss then (to tell once the lock is given back), the source in flight blamed, and the ones sent after it back
+        in ``pending``: they never ran."""
         inflight: collections.deque[tuple[PluginSource, Mapping[str, Any] | None, RunnerHandle, int, float, bool]] = (
             collections.deque())
         stop_sending = False
@@ -864,6 +928,7 @@ class RunnerPool:
                 if not inflight:
                     return None
                 source, up, handle, ident, timeout, ahead = inflight[0]
+                outcomes.before_reading(runner)
                 answer = runner.answer(ident, timeout, ahead=ahead)
                 riding = runner.riding(answer)  # a broken one blames this source, still the first in flight
                 inflight.popleft()
@@ -871,8 +936,8 @@ class RunnerPool:
                 placed = self._placed(handle, answer, False, locked=True)
                 loss: RunnerLoss | None = None
                 if placed.handle is not None and answer.get("up") is True and up is not None:
-                    placed, loss = self._brought_up(placed, handle, source, ident, up, riding)
-                answers.put(placed)
+                    placed, loss = self._brought_up(placed, handle, source, ident, up, riding, outcomes)
+                outcomes.add(placed)
                 if loss is not None:  # blamed on the plugin whose phase was in flight
                     pending.extendleft((one, up) for one, up, *_ in reversed(inflight))  # never ran: to a new runner
                     return loss
@@ -887,7 +952,7 @@ class RunnerPool:
             culprit = inflight.popleft()[0] if inflight else pending.popleft()[0]
             pending.extendleft((one, up) for one, up, *_ in reversed(inflight))  # never ran: to a new runner
             placed, loss = self._lost_loading(runner, culprit, err)
-            answers.put(placed)
+            outcomes.add(placed)
             return loss
         return None
 
@@ -909,7 +974,7 @@ class RunnerPool:
         return chunk, requests, *runner.send_many([(request, limits.timeout) for _, request in requests])
 
     def _brought_up(self, placed: Placed, handle: RunnerHandle, source: PluginSource, ident: int,
-                    up: Mapping[str, Any], riding: list[Any]) -> tuple[Placed, RunnerLoss | None]:
+                    up: Mapping[str, Any], riding: list[Any], outcomes: _Outcomes) -> tuple[Placed, RunnerLoss | None]:
         """Read the answers of a plugin the runner brings up with its load (the caller holds the runner's lock): its
         ``initialize``, then its ``start``, then (``up["check"]``) its first ``health_check``, each only if the one
         before passed; each held to the plugin's own timeout (the load's answer declared it) plus the grace, and
@@ -929,6 +994,7 @@ class RunnerPool:
                 if riding:  # it ran no plugin code: its answer came in the frame before
                     answer = runner.next_riding(riding, method)
                 else:
+                    outcomes.before_reading(runner)
                     answer = runner.answer(ident, timeout, method)
                     riding = runner.riding(answer)
             except RunnerLostError as err:
