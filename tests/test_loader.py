@@ -468,6 +468,73 @@ def test_a_runner_that_says_it_brought_up_a_plugin_the_core_would_not_have_is_no
     assert placement.handles[0].closed
 
 
+class _Arriving:
+    """What a placement's ``load_many`` gives: the placed plugins in order, and whether the next has arrived (here:
+    every one but those after ``gaps``)."""
+
+    def __init__(self, placed: list[object], gaps: set[int]) -> None:
+        self._placed = placed
+        self._gaps = gaps
+        self._taken = 0
+
+    def __iter__(self) -> _Arriving:
+        return self
+
+    def __next__(self) -> object:
+        if self._taken == len(self._placed):
+            raise StopIteration
+        self._taken += 1
+        return self._placed[self._taken - 1]
+
+    def ready(self) -> bool:
+        return self._taken not in self._gaps
+
+
+class _ArrivingTogether(_Claiming):
+    """A placement whose loads arrive in groups (a gap after the 3rd and the 7th), each plugin brought up whole but
+    ``loner``, which only loads."""
+
+    def load_many(self, sources: list[object], limits: object, ups: object = None,
+                  apart: Callable[[object], tuple[bool, bytes | None]] | None = None) -> object:
+        from plugin_health.loader.handles import Placed
+        from plugin_health.sandbox import PluginSandboxResult
+
+        placed: list[object] = []
+        for source in sources:
+            self.handles.append(_ClaimedUp())
+            name = getattr(source, "name", "")
+            up = () if name == "loner" else (PluginSandboxResult(True, None), PluginSandboxResult(True, None))
+            placed.append(Placed(self.handles[-1], {**self.declaration, "name": name}, up=up))  # type: ignore[arg-type]
+        return _Arriving(placed, gaps={3, 7})
+
+    def call_many(self, handles: list[object], method: str, args: list[object]) -> list[object]:
+        from plugin_health.sandbox import PluginSandboxResult
+
+        return [PluginSandboxResult(True, None) for _ in handles]
+
+
+def test_plugins_whose_loads_arrived_together_come_up_in_one_step_in_their_order(tmp_path: Path) -> None:
+    """Plugins brought up whole with their loads enter RUNNING a group at a time: those whose loads had arrived
+    together (the placement's ``ready``), in one step each group, ended by a gap in arrivals or by a plugin of
+    another kind, which comes after them; every plugin's moves are recorded in the order of the sources."""
+    names = ["a", "b", "c", "d", "loner", "e", "f", "g"]
+    for name in names:
+        (tmp_path / f"{name}.py").write_text("from plugin_health import Plugin\nclass P(Plugin):\n    pass\n")
+    placement = _ArrivingTogether({"version": "1.0", "requires": [], "isolation": "inline"})
+    loader = PluginLoader(settings=LoaderSettings(default_timeout=1.0), placement=placement)  # type: ignore[arg-type]
+    steps: list[list[str]] = []
+    order: list[str] = []
+    loader.manager.subscribe(lambda record: steps.append([record.plugin]) or order.append(record.plugin),
+                             lambda records: steps.append(list(dict.fromkeys(r.plugin for r in records)))
+                             or order.extend(r.plugin for r in records))
+    loader.load(sorted(discover([tmp_path], group=None), key=lambda source: names.index(source.name)))
+    assert all(loader.manager.get_state(name) is PluginLifecycleState.RUNNING for name in names)
+    assert steps[:4] == [["a", "b", "c"], ["d"], ["loner"], ["e", "f"]]  # gaps after c and loner; loner ends d's
+    assert steps[4:] == [["g"], ["loner"], ["loner"]]  # then loner's initialize and start, brought up after
+    assert list(dict.fromkeys(order)) == names
+    assert [len(loader.manager.history(name)) for name in names] == [3] * 8
+
+
 @pytest.mark.parametrize("body", ["x = 1" + "+1" * 200_000, "x = " + "not " * 100_000 + "1",
                                   "isolation = " + "-" * 100_000 + "1"])
 def test_a_source_built_to_exhaust_the_parser_declares_nothing(tmp_path: Path, body: str) -> None:

@@ -134,9 +134,20 @@ class PluginLoader:
         if self.placement is not None and placing:
             ahead = self.placement.load_many(sources, self._limits(None, None), self._ups(sources),
                                              apart=self._placing)
+        # The plugins that came up whole as their loads arrived together are entered in one step (``_enter_whole``):
+        # kept until nothing more has arrived (``ready``, where the placement tells it) or another kind of plugin
+        # comes, which goes after them, so that every plugin is entered in its order, and none waits for a load.
+        ready: Callable[[], bool] = getattr(ahead, "ready", _never)
+        whole: list[tuple[PluginEntry, Placed]] = []
         try:
             for source in sources:
-                self._load_source(source, next(ahead) if placing else None)
+                placed = next(ahead) if placing else None
+                if placed is None or not self._joined_whole(source, placed, whole):
+                    self._enter_whole(whole)
+                    self._load_source(source, placed)
+                if whole and not ready():
+                    self._enter_whole(whole)
+            self._enter_whole(whole)
         finally:
             close = getattr(ahead, "close", None)
             if close is not None:
@@ -235,6 +246,45 @@ class PluginLoader:
         if placed is not None and placed.up:
             self._came_up(entry, placed)
         return entry
+
+    def _joined_whole(self, source: PluginSource, placed: Placed, whole: list[tuple[PluginEntry, Placed]]) -> bool:
+        """Register ``source``'s plugin, loaded and brought up whole in one step (its ``initialize`` and ``start``
+        passed with its load, and the core would have brought it up early), and add it to ``whole``, to be entered
+        RUNNING with the others there (``_enter_whole``): what ``_load_source`` and ``_came_up_whole`` do for it,
+        but for the entering. False, and nothing done, for any other plugin (one whose declaration is refused, a
+        name taken, another kind of plugin): ``_load_source`` loads it, from the start."""
+        up, handle = placed.up, placed.handle
+        if (handle is None or len(up) < 2 or placed.up_lost is not None or getattr(handle, "lost", False)
+                or not (up[0].ok and up[1].ok) or up[0].result is False or up[1].result is False):
+            return False
+        validated = _validated(placed.declaration or {}, source.name)
+        if not validated.ok:
+            return False
+        spec: PluginSpec = validated.result
+        if (spec.requires or spec.singleton or spec.isolation != "inline" or spec.name != source.name
+                or spec.name in self.manager or spec.name in self.registry):
+            return False
+        handle.limits = self._limits(spec.timeout, spec.memory_limit_mb)
+        handle.name = spec.name
+        whole.append((self.registry.register(spec, source, handle), placed))
+        self.sources[spec.name] = source
+        return True
+
+    def _enter_whole(self, whole: list[tuple[PluginEntry, Placed]]) -> None:
+        """Enter every plugin of ``whole`` RUNNING in one step (``enter_many_through``: LOADED, ``initialize``,
+        ``start``, each plugin's calls observed first), then hand each one's first check to ``judge_first``; and
+        empty ``whole``."""
+        if not whole:
+            return
+        for entry, placed in whole:
+            self._observe_all(entry, tuple(zip(("initialize", "start", "health_check"), placed.up, strict=False)))
+        names = [entry.name for entry, _ in whole]
+        stepped = ([self.manager.enter_through(names[0], PluginLifecycleState.LOADED, ("initialize", "start"))]
+                   if len(names) == 1 else  # (a plugin alone: the step of one, without the making of many)
+                   self.manager.enter_many_through(names, PluginLifecycleState.LOADED, ("initialize", "start")))
+        for (entry, placed), records in zip(whole, stepped, strict=True):
+            self._first_check(entry, placed, observed=True, at=records[-1].at)
+        whole.clear()
 
     def _came_up_whole(self, entry: PluginEntry, placed: Placed) -> bool:
         """Enter ``entry``'s plugin RUNNING in one step (``enter_through``: LOADED, ``initialize``, ``start``) when
@@ -714,6 +764,11 @@ class PluginLoader:
         except IllegalTransitionError:
             return False
         return True
+
+
+def _never() -> bool:
+    """``ready`` of a placement's loads that cannot tell whether the next has arrived: never taken to have."""
+    return False
 
 
 def _validated(declaration: Mapping[str, Any], default_name: str) -> PluginSandboxResult:
