@@ -118,7 +118,8 @@ class Placement(Protocol):
         needs nothing of another is brought up in the same step (and checked once, with ``check``), the outcomes in
         ``Placed.up``. ``apart`` (asked as the sources are reached, not all first) tells whether a source runs apart,
         and gives the text to import it from (the bytes read to tell; None: read where it is imported): one that runs
-        apart is not loaded, None comes in its place."""
+        apart is not loaded, None comes in its place. An iterator that has a ``ready()`` method tells by it whether
+        its next outcome has arrived: the loader then takes the plugins that came up whole together, in one step."""
         ...
 
     def call_many(self, handles: list[Any], method: str,

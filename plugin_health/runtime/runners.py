@@ -842,7 +842,8 @@ class RunnerPool:
         handles one: a thread sends them to the shared runner :data:`PIPELINE` at a time, without waiting for each
         answer, so the runner never waits for the core nor the core for the runner. A source whose load brings
         the runner down is blamed (quarantined) as in ``load``; the ones sent after it never ran, and go to a new
-        runner.
+        runner. The iterator's ``ready()`` tells whether its next outcome has arrived (the outcomes read from answers
+        that arrived together are handed over together), and closing it stops the sending.
 
         ``ups`` (one per source, or None): ask the runner to bring the plugin up in the same request, as
         ``{"config": ..., "timeout": <the longest a phase may take>, "check": <also its first health check>}``; the
