@@ -484,6 +484,8 @@ class _Arriving:
         if self._taken == len(self._placed):
             raise StopIteration
         self._taken += 1
+        if isinstance(self._placed[self._taken - 1], Exception):
+            raise self._placed[self._taken - 1]  # type: ignore[misc]
         return self._placed[self._taken - 1]
 
     def ready(self) -> bool:
@@ -533,6 +535,30 @@ def test_plugins_whose_loads_arrived_together_come_up_in_one_step_in_their_order
     assert steps[4:] == [["g"], ["loner"], ["loner"]]  # then loner's initialize and start, brought up after
     assert list(dict.fromkeys(order)) == names
     assert [len(loader.manager.history(name)) for name in names] == [3] * 8
+
+
+class _FailingAfterThree(_ArrivingTogether):
+    """Loads that arrive together, until the stream breaks at the fourth (a bug of its sender's, say)."""
+
+    def load_many(self, sources: list[object], limits: object, ups: object = None,
+                  apart: Callable[[object], tuple[bool, bytes | None]] | None = None) -> object:
+        arriving = super().load_many(sources, limits, ups, apart)
+        arriving._placed[3] = RuntimeError("the sender broke")  # type: ignore[attr-defined]
+        arriving._gaps = set()  # type: ignore[attr-defined]
+        return arriving
+
+
+def test_plugins_that_arrived_together_before_the_loads_failed_are_entered_all_the_same(tmp_path: Path) -> None:
+    """Registered as they came, waiting to be entered with the next ones: when the loads fail before those come, the
+    ones registered are entered still (the registry and the lifecycle agree), and the failure is raised."""
+    for name in ("a", "b", "c", "d", "e"):
+        (tmp_path / f"{name}.py").write_text("from plugin_health import Plugin\nclass P(Plugin):\n    pass\n")
+    placement = _FailingAfterThree({"version": "1.0", "requires": [], "isolation": "inline"})
+    loader = PluginLoader(settings=LoaderSettings(default_timeout=1.0), placement=placement)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="the sender broke"):
+        loader.load(discover([tmp_path], group=None))
+    assert {entry.name: loader.manager.get_state(entry.name) for entry in loader.registry} == dict.fromkeys(
+        ("a", "b", "c"), PluginLifecycleState.RUNNING)
 
 
 @pytest.mark.parametrize("body", ["x = 1" + "+1" * 200_000, "x = " + "not " * 100_000 + "1",

@@ -147,11 +147,11 @@ class PluginLoader:
                     self._load_source(source, placed)
                 if whole and not ready():
                     self._enter_whole(whole)
-            self._enter_whole(whole)
         finally:
             close = getattr(ahead, "close", None)
             if close is not None:
                 close()
+            self._enter_whole(whole)  # (also when the loads failed: every plugin registered is entered)
         failed = [n for n in self.sources if n not in self.registry]
         resolution = resolve(self.registry.declared(), failed)
         # Cycles cannot change while the same plugins are registered: kept to answer every later bring-up.
@@ -272,19 +272,20 @@ class PluginLoader:
 
     def _enter_whole(self, whole: list[tuple[PluginEntry, Placed]]) -> None:
         """Enter every plugin of ``whole`` RUNNING in one step (``enter_many_through``: LOADED, ``initialize``,
-        ``start``, each plugin's calls observed first), then hand each one's first check to ``judge_first``; and
-        empty ``whole``."""
+        ``start``, each plugin's calls observed first), then hand each one's first check to ``judge_first``; ``whole``
+        is emptied first."""
         if not whole:
             return
-        for entry, placed in whole:
+        taken = whole[:]
+        whole.clear()  # (taken once, whatever happens next)
+        for entry, placed in taken:
             self._observe_all(entry, tuple(zip(("initialize", "start", "health_check"), placed.up, strict=False)))
-        names = [entry.name for entry, _ in whole]
+        names = [entry.name for entry, _ in taken]
         stepped = ([self.manager.enter_through(names[0], PluginLifecycleState.LOADED, ("initialize", "start"))]
                    if len(names) == 1 else  # (a plugin alone: the step of one, without the making of many)
                    self.manager.enter_many_through(names, PluginLifecycleState.LOADED, ("initialize", "start")))
-        for (entry, placed), records in zip(whole, stepped, strict=True):
+        for (entry, placed), records in zip(taken, stepped, strict=True):
             self._first_check(entry, placed, observed=True, at=records[-1].at)
-        whole.clear()
 
     def _came_up_whole(self, entry: PluginEntry, placed: Placed) -> bool:
         """Enter ``entry``'s plugin RUNNING in one step (``enter_through``: LOADED, ``initialize``, ``start``) when
