@@ -916,6 +916,7 @@ class RunnerPool:
                            and not placing.apart(pending[0])):
                         chunk.append(pending.popleft())
                     if chunk:
+                        outcomes.hand_over()  # sending may wait for room, as long as the runner reads none
                         try:
                             chunk, requests, sent, delivered = self._send_loads_of(runner, chunk, limits, placing)
                         except RunnerLostError:
