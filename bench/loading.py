@@ -10,8 +10,8 @@ the plugins); one round each, alternating, 3 rounds (``--quick``: 1), medians.
 Each size runs in a fresh process (``--child N``), so that nothing one left warms the next.
 
 And at 10,000 plugins, the core's CPU a plugin against the same with every plugin that came up with its load moved
-one move at a time (``--stepwise``: ``PluginLoader._joined_whole`` and ``_came_up_whole`` decline, and
-``_came_up`` moves it LOADED, INITIALIZED, RUNNING, each move on its own with its listeners), in the same rounds.
+one move at a time (``--stepwise``: ``PluginLoader._joined_whole`` declines, and ``_came_up`` moves it LOADED,
+INITIALIZED, RUNNING, each move on its own with its listeners), in the same rounds.
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ def child(plugins: int, stepwise: bool = False) -> dict[str, float]:
 
         if stepwise:
             PluginLoader._joined_whole = lambda *args: False  # type: ignore[method-assign]
-            PluginLoader._came_up_whole = lambda *args: False  # type: ignore[method-assign]
 
         settings = load_settings({"plugin_path": str(work / "plugins"), "run_dir": str(work / "run"),
                                   "health_interval": 3600}, environ={})

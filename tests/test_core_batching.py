@@ -850,7 +850,6 @@ def test_plugins_brought_up_with_their_load_enter_running_in_one_step_as_they_wo
     ends = []
     for whole in (True, False):
         if not whole:
-            monkeypatch.setattr(PluginLoader, "_came_up_whole", lambda *args: False)
             monkeypatch.setattr(PluginLoader, "_joined_whole", lambda *args: False)
         core = Core(settings, Recording())
         told: list[list[TransitionRecord]] = []

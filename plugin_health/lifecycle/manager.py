@@ -119,11 +119,7 @@ class PluginLifecycleManager:
         moves with the core's listeners, not 34-35). ``IllegalTransitionError``, and nothing changed, if the table
         forbids any of them; a plugin another thread entered meanwhile is moved the usual way, one trigger at a
         time."""
-        records = self._entered(name, state, triggers, None, None, None)
-        if records is None:
-            return [self.set_state(name, state)] + [self.trigger(name, trigger) for trigger in triggers]
-        self._notify_many(records)  # listeners share the tuple: none can change another's
-        return list(records)
+        return self.enter_many_through((name,), state, triggers)[0]
 
     def enter_many_through(self, names: Sequence[str], state: PluginLifecycleState,
                            triggers: Sequence[str]) -> list[list[TransitionRecord]]:
@@ -136,7 +132,7 @@ class PluginLifecycleManager:
         entered = self._entered_many(names, state, triggers, None, None, None)
         told = tuple(record for records in entered if records is not None for record in records)
         if told:
-            self._notify_many(told)
+            self._notify_many(told)  # listeners share the tuple: none can change another's
         return [list(records) if records is not None
                 else [self.set_state(name, state)] + [self.trigger(name, trigger) for trigger in triggers]
                 for name, records in zip(names, entered, strict=True)]

@@ -240,8 +240,6 @@ class PluginLoader:
             self._enter_failed(source, spec.name, "duplicate name", err)
             return None
         self.sources[spec.name] = source
-        if placed is not None and placed.up and self._came_up_whole(entry, placed):
-            return entry
         self.manager.set_state(spec.name, PluginLifecycleState.LOADED)
         if placed is not None and placed.up:
             self._came_up(entry, placed)
@@ -250,9 +248,10 @@ class PluginLoader:
     def _joined_whole(self, source: PluginSource, placed: Placed, whole: list[tuple[PluginEntry, Placed]]) -> bool:
         """Register ``source``'s plugin, loaded and brought up whole in one step (its ``initialize`` and ``start``
         passed with its load, and the core would have brought it up early), and add it to ``whole``, to be entered
-        RUNNING with the others there (``_enter_whole``): what ``_load_source`` and ``_came_up_whole`` do for it,
-        but for the entering. False, and nothing done, for any other plugin (one whose declaration is refused, a
-        name taken, another kind of plugin): ``_load_source`` loads it, from the start."""
+        RUNNING with the others there (``_enter_whole``): what ``_load_source`` does for it, but for the entering.
+        False, and nothing done, for any other plugin (one whose declaration is refused, a name taken, another kind
+        of plugin, one whose instance is gone since): ``_load_source`` loads it, from the start, and ``_came_up``
+        judges its phases one at a time."""
         up, handle = placed.up, placed.handle
         if (handle is None or len(up) < 2 or placed.up_lost is not None or getattr(handle, "lost", False)
                 or not (up[0].ok and up[1].ok) or up[0].result is False or up[1].result is False):
@@ -261,8 +260,7 @@ class PluginLoader:
         if not validated.ok:
             return False
         spec: PluginSpec = validated.result
-        if (spec.requires or spec.singleton or spec.isolation != "inline" or spec.name != source.name
-                or spec.name in self.manager or spec.name in self.registry):
+        if not self._may_come_up(spec, source) or spec.name in self.manager or spec.name in self.registry:
             return False
         handle.limits = self._limits(spec.timeout, spec.memory_limit_mb)
         handle.name = spec.name
@@ -280,36 +278,16 @@ class PluginLoader:
         whole.clear()  # (taken once, whatever happens next)
         for entry, placed in taken:
             self._observe_all(entry, tuple(zip(("initialize", "start", "health_check"), placed.up, strict=False)))
-        names = [entry.name for entry, _ in taken]
-        stepped = ([self.manager.enter_through(names[0], PluginLifecycleState.LOADED, ("initialize", "start"))]
-                   if len(names) == 1 else  # (a plugin alone: the step of one, without the making of many)
-                   self.manager.enter_many_through(names, PluginLifecycleState.LOADED, ("initialize", "start")))
+        stepped = self.manager.enter_many_through([entry.name for entry, _ in taken], PluginLifecycleState.LOADED,
+                                                  ("initialize", "start"))
         for (entry, placed), records in zip(taken, stepped, strict=True):
             self._first_check(entry, placed, observed=True, at=records[-1].at)
 
-    def _came_up_whole(self, entry: PluginEntry, placed: Placed) -> bool:
-        """Enter ``entry``'s plugin RUNNING in one step (``enter_through``: LOADED, ``initialize``, ``start``) when
-        both phases that ran with its load passed and the core would have brought it up early, then hand its first
-        check to ``judge_first``: what ``_came_up`` does for such a plugin, in fewer steps. False, and
-        nothing done, for any other: ``_came_up`` judges it one phase at a time."""
-        up = placed.up
-        if (len(up) < 2 or placed.up_lost is not None or getattr(entry.handle, "lost", False)
-                or not self._may_come_up(entry)):
-            return False
-        initialized, started = up[0], up[1]
-        if not (initialized.ok and started.ok) or initialized.result is False or started.result is False:
-            return False
-        self._observe_all(entry, tuple(zip(("initialize", "start", "health_check"), up, strict=False)))
-        records = self.manager.enter_through(entry.name, PluginLifecycleState.LOADED, ("initialize", "start"))
-        self._first_check(entry, placed, observed=True, at=records[-1].at)
-        return True
-
     @staticmethod
-    def _may_come_up(entry: PluginEntry) -> bool:
-        """Whether the core would have brought ``entry``'s plugin up with its load (a runner that says otherwise is
-        not believed)."""
-        spec = entry.spec
-        return not (spec.requires or spec.singleton or spec.isolation != "inline" or entry.name != entry.source.name)
+    def _may_come_up(spec: PluginSpec, source: PluginSource) -> bool:
+        """Whether the core would have brought the plugin ``spec`` declares (loaded from ``source``) up with its load
+        (a runner that says otherwise is not believed)."""
+        return not (spec.requires or spec.singleton or spec.isolation != "inline" or spec.name != source.name)
 
     def _ups(self, sources: list[PluginSource]) -> list[Mapping[str, Any] | None] | None:
         """What each source may be brought up with in the step that loads it (``Placement.load_many``): its
@@ -338,7 +316,7 @@ class PluginLoader:
         handle = entry.handle
         if getattr(handle, "lost", False) and placed.up_lost is None:
             return
-        if not self._may_come_up(entry):
+        if not self._may_come_up(entry.spec, entry.source):
             handle.close()
             return
         for phase, result in zip(("initialize", "start"), placed.up, strict=False):
