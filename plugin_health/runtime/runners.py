@@ -703,8 +703,7 @@ class _Outcomes:
     def before_reading(self, runner: RunnerProcess) -> None:
         """``hand_over``, unless ``runner``'s next answer is there already (reading it waits for nothing)."""
         if self._group and not runner.waiting():
-            self._queue.put(self._group)
-            self._group = []
+            self.hand_over()
 
 
 class _Streamed(Iterator["Placed | None"]):
