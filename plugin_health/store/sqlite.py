@@ -96,6 +96,8 @@ def _insert_pairs(conn: sqlite3.Connection, statement: str, rows: list[tuple[str
 
 #: The ``VALUES`` rows of ``_insert_pairs``' statements, by their count.
 _VALUES = ["", *(",".join(["(?, ?)"] * count) for count in range(1, _ROWS_A_STATEMENT + 1))]
+_UPSERT_ONE = _UPSERT.format(_VALUES[1])
+_APPEND_ONE = _APPEND.format(_VALUES[1])
 
 
 def _count_moves(conn: sqlite3.Connection, records: Iterable[TransitionRecord]) -> None:
@@ -218,9 +220,9 @@ class SQLiteStore:
     def put(self, snapshot: PluginSnapshot, record: TransitionRecord | None = None) -> None:
         """Publish a snapshot and its transition in one transaction; trim the history."""
         with self._write() as conn:
-            conn.execute(_UPSERT.format(_VALUES[1]), (snapshot.name, snapshot.to_json()))
+            conn.execute(_UPSERT_ONE, (snapshot.name, snapshot.to_json()))
             if record is not None:
-                conn.execute(_APPEND.format(_VALUES[1]), (record.plugin, record_to_json(record)))
+                conn.execute(_APPEND_ONE, (record.plugin, record_to_json(record)))
                 _count_moves(conn, (record,))
                 conn.execute(_TRIM, (record.plugin, record.plugin, self._history_limit))
 
