@@ -302,6 +302,9 @@ def test_entering_many_through_triggers_is_each_entered_through_them_in_one_step
     assert at_once.version == before + 1
     assert len({record.at for records in entered for record in records}) == 1
     assert before_step <= entered[0][0].at <= datetime.now(UTC)
+    # Each plugin's own model moves on from there, alone.
+    assert at_once.trigger("p", "fail").dest is S.FAILED
+    assert (at_once.get_state("p"), at_once.get_state("q"), at_once.get_state("r")) == (S.FAILED, S.RUNNING, S.RUNNING)
 
 
 def test_entering_many_through_a_trigger_the_table_forbids_changes_nothing_for_any() -> None:
@@ -309,8 +312,9 @@ def test_entering_many_through_a_trigger_the_table_forbids_changes_nothing_for_a
     seen: list[TransitionRecord] = []
     manager.subscribe(seen.append, seen.extend)
     before = manager.version
-    with pytest.raises(IllegalTransitionError):
+    with pytest.raises(IllegalTransitionError) as refused:
         manager.enter_many_through(["p", "q"], S.LOADED, ("initialize", "initialize"))
+    assert (refused.value.plugin, refused.value.attempted) == ("p", "initialize")
     with pytest.raises(IllegalTransitionError):
         manager.enter_many_through(["p", "q"], S.RUNNING, ())
     assert ("p" in manager, "q" in manager, seen, manager.version) == (False, False, [], before)

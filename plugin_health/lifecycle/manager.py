@@ -245,6 +245,7 @@ class PluginLifecycleManager:
                                          _ENTER_ALLOWED)
         entered: list[tuple[TransitionRecord, ...] | None] = []
         made: dict[str, tuple[machine._LifecycleModel, tuple[TransitionRecord, ...]]] = {}
+        moves: list[tuple[PluginLifecycleState, PluginLifecycleState, str]] | None = None  # found at the first name
         with self._enter_lock:
             plugins = self._plugins
             at = datetime.now(UTC)  # the moves of one step share its time
@@ -252,23 +253,21 @@ class PluginLifecycleManager:
                 if name in plugins or name in made:
                     entered.append(None)
                     continue
-                model = machine.new_model(name, target)
-                records = [TransitionRecord.now(name, None, target, ENTER_TRIGGER, reason, error_type, error, at)]
-                for trigger in triggers:
-                    source = model.state
-                    if not machine.fire(model, trigger):
-                        raise IllegalTransitionError(name, source.value, trigger, machine.allowed_triggers(source))
-                    records.append(TransitionRecord.now(name, source, model.state, trigger, None, None, None, at))
-                made[name] = model, tuple(records)
-                entered.append(made[name][1])
-            quiet = not logger.isEnabledFor(self.routine_level)  # routine moves unlogged (loading): not asked each
+                if moves is None:
+                    moves = _moves(name, target, triggers)
+                records = (TransitionRecord.now(name, None, target, ENTER_TRIGGER, reason, error_type, error, at),
+                           *[TransitionRecord.now(name, source, dest, trigger, None, None, None, at)
+                             for source, dest, trigger in moves])
+                made[name] = machine.new_model(name, moves[-1][1] if moves else target), records
+                entered.append(records)
+            # The moves logged, alike for every plugin of the step (routine ones unlogged while loading: asked once).
+            quiet = not logger.isEnabledFor(self.routine_level)
+            dests = [target] + [dest for _, dest, _ in moves or ()]
+            logged = [i for i, dest in enumerate(dests) if not (quiet and dest in ROUTINE)]
             for name, (model, steps) in made.items():
-                history = History(self._history_limit)
-                for record in steps:
-                    history.append(record)
-                    if not (quiet and record.dest in ROUTINE):
-                        self._log(record)
-                plugins[name] = _Tracked(model, history)
+                for i in logged:
+                    self._log(steps[i])
+                plugins[name] = _Tracked(model, History(self._history_limit, steps))
             if made:
                 self._version = next(self._versions)
         return entered
@@ -333,3 +332,19 @@ class PluginLifecycleManager:
             f": {record.reason} ({record.error_type})" if record.dest is PluginLifecycleState.FAILED else "",
             extra={"transition": fields},
         )
+
+
+def _moves(name: str, state: PluginLifecycleState, triggers: Sequence[str],
+           ) -> list[tuple[PluginLifecycleState, PluginLifecycleState, str]]:
+    """The moves ``triggers`` make from ``state``, each as (from, to, trigger): fired once on a model of ``name``'s
+    that is never tracked. The table has no conditions and no callbacks, so every plugin entered in one step moves so
+    (firing each plugin's model was a tenth of entering a group of them). ``IllegalTransitionError``, naming
+    ``name``, if the table forbids one."""
+    model = machine.new_model(name, state)
+    moves = []
+    for trigger in triggers:
+        source = model.state
+        if not machine.fire(model, trigger):
+            raise IllegalTransitionError(name, source.value, trigger, machine.allowed_triggers(source))
+        moves.append((source, model.state, trigger))
+    return moves

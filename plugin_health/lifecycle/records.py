@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -73,10 +73,11 @@ class History:
 
     __slots__ = ("_records",)
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, records: Iterable[TransitionRecord] = ()) -> None:
+        """``records``: the first ones, oldest first (the last ``limit`` of them are kept)."""
         if limit < 1:
             raise ValueError(f"history limit must be at least 1, got {limit}")
-        self._records: deque[TransitionRecord] = deque(maxlen=limit)
+        self._records: deque[TransitionRecord] = deque(records, maxlen=limit)
 
     def append(self, record: TransitionRecord) -> None:
         """Keep a record, dropping the oldest beyond the limit."""
