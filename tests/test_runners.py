@@ -31,6 +31,7 @@ from plugin_health.runtime.runners import (
     RunnerPool,
     RunnerSettings,
     _random_idents,
+    absolute,
     scrubbed_environment,
 )
 from plugin_health.sandbox import PluginSandboxResult, SandboxLimits
@@ -1063,3 +1064,11 @@ def test_streamed_loads_tell_whether_the_next_outcome_has_arrived(harness: Harne
     assert streamed.ready() is False  # type: ignore[attr-defined]
     with pytest.raises(StopIteration):
         next(streamed)
+
+
+@pytest.mark.parametrize("text", ["/srv/plugins/p.py", "plugins/p.py", "p.py", "/srv/../plugins/p.py",
+                                  "../p.py", "/srv/..plugins/p.py", "//srv/p.py", "/", "/srv/plugins/pkg/__init__.py"])
+def test_a_source_path_is_sent_absolute_as_abspath_makes_it(text: str) -> None:
+    """A load names its source by the text ``os.path.abspath`` gives (the runner shares the core's working
+    directory), whether the path was absolute already or not, with ``..`` or not."""
+    assert absolute(Path(text)) == os.path.abspath(Path(text))

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from plugin_health import metrics
@@ -771,6 +772,19 @@ def _health_result(result: PluginSandboxResult) -> PluginSandboxResult:
         return failed(type(err).__name__, str(err), result.duration_ms)
 
 
+def absolute(path: PurePath) -> str:
+    """``os.path.abspath(path)``. The text of a path object has no ``.`` component, no doubled separator but a leading
+    pair (which ``abspath`` keeps too) and no trailing one: when it is absolute and has no ``..`` either, it is what
+    ``abspath`` gives, without the normalising walk (a twelfth of the load stream's work, a source at a time)."""
+    text = str(path)
+    if text.startswith(_SEP) and _UP not in text:
+        return text
+    return os.path.abspath(text)
+
+
+_SEP, _UP = os.sep, f"{os.sep}.."
+
+
 def known(method: str) -> PluginSandboxResult:
     """The outcome of ``Plugin``'s own ``method`` (``initialize``, ``start``, ``health_check``), a no-op a runner
     answers without running it (its name alone, riding in a bring-up's frame): passed, in no time, with the no-op's
@@ -1021,7 +1035,7 @@ class RunnerPool:
         # The path made absolute as text (the runner shares the core's working directory): ``Path.resolve()``'s walk
         # of every component was a sixth of the core's work while it loaded 10,000 plugins.
         raw: dict[str, Any] = {"name": source.name, "origin": source.origin,
-                               "path": None if source.path is None else os.path.abspath(source.path),
+                               "path": None if source.path is None else absolute(source.path),
                                "entry_point": source.entry_point}
         request = {"op": "load", "slot": slot, "timeout": limits.timeout, "memory_limit_mb": limits.memory_limit_mb,
                    "source": raw}
