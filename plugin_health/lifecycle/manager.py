@@ -338,8 +338,9 @@ def _moves(name: str, state: PluginLifecycleState, triggers: Sequence[str],
            ) -> list[tuple[PluginLifecycleState, PluginLifecycleState, str]]:
     """The moves ``triggers`` make from ``state``, each as (from, to, trigger): fired once on a model of ``name``'s
     that is never tracked. The table has no conditions and no callbacks, so every plugin entered in one step moves so
-    (firing each plugin's model was a tenth of entering a group of them). ``IllegalTransitionError``, naming
-    ``name``, if the table forbids one."""
+    (firing each plugin's model, with its history made a record at a time and the logger asked of each record, was a
+    tenth of the core's main thread a plugin at start-up). ``IllegalTransitionError``, naming ``name``, if the table
+    forbids one."""
     model = machine.new_model(name, state)
     moves = []
     for trigger in triggers:

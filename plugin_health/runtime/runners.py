@@ -775,7 +775,7 @@ def _health_result(result: PluginSandboxResult) -> PluginSandboxResult:
 def absolute(path: PurePath) -> str:
     """``os.path.abspath(path)``. The text of a path object has no ``.`` component, no doubled separator but a leading
     pair (which ``abspath`` keeps too) and no trailing one: when it is absolute and has no ``..`` either, it is what
-    ``abspath`` gives, without the normalising walk (a twelfth of the load stream's work, a source at a time)."""
+    ``abspath`` gives, without the normalising walk (a twenty-fifth of the load stream's work, a source at a time)."""
     text = str(path)
     if text.startswith(_SEP) and _UP not in text:
         return text
