@@ -113,10 +113,8 @@ class PluginLifecycleManager:
     def enter_through(self, name: str, state: PluginLifecycleState, triggers: Sequence[str]) -> list[TransitionRecord]:
         """Enter the untracked ``name`` in ``state`` and fire ``triggers`` on it, in order, in one step: the records
         ``set_state`` and then ``trigger`` for each would make (stamped with one time, the step's), but no one sees
-        the plugin between them, and each
-        listener is told of them together (its ``many``, else once a record, in order). A plugin loaded and brought
-        up with its load comes up this way (one lock, one version, one call a listener: 29-31 us for its three
-        moves with the core's listeners, not 34-35). ``IllegalTransitionError``, and nothing changed, if the table
+        the plugin between them, and each listener is told of them together (its ``many``, else once a record, in
+        order): ``enter_many_through`` of one plugin. ``IllegalTransitionError``, and nothing changed, if the table
         forbids any of them; a plugin another thread entered meanwhile is moved the usual way, one trigger at a
         time."""
         return self.enter_many_through((name,), state, triggers)[0]

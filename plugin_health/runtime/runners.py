@@ -772,6 +772,10 @@ def _health_result(result: PluginSandboxResult) -> PluginSandboxResult:
         return failed(type(err).__name__, str(err), result.duration_ms)
 
 
+#: What ``absolute`` looks for in a path's text: a leading separator, and a ``..`` component.
+_SEP, _UP = os.sep, f"{os.sep}.."
+
+
 def absolute(path: PurePath) -> str:
     """``os.path.abspath(path)``. The text of a path object has no ``.`` component, no doubled separator but a leading
     pair (which ``abspath`` keeps too) and no trailing one: when it is absolute and has no ``..`` either, it is what
@@ -780,9 +784,6 @@ def absolute(path: PurePath) -> str:
     if text.startswith(_SEP) and _UP not in text:
         return text
     return os.path.abspath(text)
-
-
-_SEP, _UP = os.sep, f"{os.sep}.."
 
 
 def known(method: str) -> PluginSandboxResult:
