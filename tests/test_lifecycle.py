@@ -556,3 +556,18 @@ def test_a_machine_given_callbacks_of_its_own_runs_them_on_every_trigger(monkeyp
     assert ran == ["enter"]
     assert not machine.fire(model, "initialize")  # from INITIALIZED: refused, as the library refuses it
     assert model.state is S.INITIALIZED
+
+
+def test_every_move_of_the_table_goes_one_way_whatever_the_plugin() -> None:
+    """``enter_many_through`` works a step's moves out once, on a model no one tracks, and moves every plugin of the
+    step so (``manager._moves``): right only while each trigger leads from a state to one place, with no condition
+    or callback that could send one plugin elsewhere. A table given one would fail here first."""
+    from plugin_health.lifecycle import machine
+
+    for trigger, event in machine._MACHINE.events.items():
+        for source, moves in event.transitions.items():
+            assert len(moves) == 1, (trigger, source)
+            move = moves[0]
+            hooks = (move.conditions, move.unless, move.prepare, move.before, move.after)
+            assert hooks == ([], [], [], [], []), (trigger, source)
+    assert not any(state.on_enter or state.on_exit for state in machine._MACHINE.states.values())
