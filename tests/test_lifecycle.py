@@ -568,6 +568,6 @@ def test_every_move_of_the_table_goes_one_way_whatever_the_plugin() -> None:
         for source, moves in event.transitions.items():
             assert len(moves) == 1, (trigger, source)
             move = moves[0]
-            hooks = (move.conditions, move.unless, move.prepare, move.before, move.after)
-            assert hooks == ([], [], [], [], []), (trigger, source)
+            hooks = (move.conditions, move.prepare, move.before, move.after)
+            assert hooks == ([], [], [], []), (trigger, source)
     assert not any(state.on_enter or state.on_exit for state in machine._MACHINE.states.values())
