@@ -125,3 +125,40 @@ def test_the_scan_sees_a_blocking_call_taken_by_name(tmp_path: Path) -> None:
     assert ["sleepy.Napper.nap (default of pause)", "time.sleep"] in held
     assert ["sleepy.woken", "threading.Event()"] in held
 
+
+
+FIRST_REQUEST = textwrap.dedent("""
+    import sys
+    from gunicorn.config import Config
+    from gunicorn.http.parser import RequestParser
+    from plugin_health.serving import gunicorn_conf
+    cfg = Config()
+    if sys.argv[1] == "prepared":
+        gunicorn_conf.resolve_for_workers(cfg)
+    looked_for = []
+
+    class Recorder:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            looked_for.append(name)
+            return None
+
+    sys.meta_path.insert(0, Recorder)
+    request = next(iter(RequestParser(cfg, [b"GET /v1/plugins/ HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"], ("127.0.0.1", 1))))
+    assert request.path == "/v1/plugins/", request.path
+    print(",".join(looked_for))
+    """)
+
+
+def test_a_workers_first_request_looks_for_no_module_once_the_master_resolved_the_parser() -> None:
+    """gunicorn picks its HTTP parser at a worker's first request, by trying to import its C parser (absent here: a
+    search of every ``sys.path`` entry, 0.2 ms of each fresh worker's first answer, ``bench/scale.py``). The master
+    resolves it before it forks, so its workers inherit the choice."""
+    def looked_for(mode: str) -> str:
+        done = subprocess.run([sys.executable, "-c", FIRST_REQUEST, mode], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert looked_for("as-is") != ""  # the test can fail: unprepared, the first request looks for a module
+    assert looked_for("prepared") == ""

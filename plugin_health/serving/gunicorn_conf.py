@@ -9,6 +9,7 @@ worker answers the same, and a worker that dies or is recycled takes nothing wit
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import importlib
@@ -208,6 +209,21 @@ def _import_for_workers(server: Any) -> None:
         import_for_workers(patching)
     except Exception:
         server.log.exception("plugin-health: the master could not import the app; each worker imports it")
+    resolve_for_workers(server.cfg)
+
+
+def resolve_for_workers(cfg: Any) -> None:
+    """Have gunicorn choose its HTTP parser in the master, once for every worker forked from it. gunicorn chooses at
+    a worker's first request, by trying to import its C parser (``gunicorn_h1c``, not a dependency of ours): where
+    it is absent, each fresh worker's first answer paid a search of every ``sys.path`` entry, 0.2 ms of the 1,000
+    plugins' first list (``docs/architecture.md``, "The processes"). Through gunicorn's own check, so that the choice
+    is its own; a gunicorn without it chooses in each worker as before."""
+    from gunicorn.http import message
+
+    check = getattr(message, "_check_fast_parser", None)
+    if check is not None:
+        with contextlib.suppress(Exception):  # http_parser = "fast" without the C parser: each worker reports it
+            check(cfg)
 
 
 #: The master's signals that end the service (SIGHUP reloads the workers and SIGUSR2 starts a new master: the host
