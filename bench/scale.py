@@ -21,8 +21,9 @@ which loads them; health checks every 3,600 s, so none run during the measuremen
   restart of one plugin moves the store's version every second (each worker must build the list again);
 * the first GET of the list in a fresh worker against a warm worker's: every worker replaced (SIGTERM; the master
   boots others, as when ``max_requests`` recycles one) while the store's version stands still, then the first GET
-  once they are idle, and the median of later ones; the medians of three such replacements (one with ``--quick``)
-  (issue 13's goal: at most 3x with 1,000 plugins);
+  once they are idle, against the median of later ones each taken once the workers are idle as long again (the
+  goal's baseline: an idle machine answers slower than a busy one), and of later ones request after request; the
+  medians of three such replacements (one with ``--quick``) (issue 13's goal: at most 3x with 1,000 plugins);
 * the resident memory of the plugin host and the median of the workers' after the runs (their caches full).
 
 It prints two tables (start-up, the health reads, the list's size and memory; then the dashboard's data routes),
@@ -98,7 +99,8 @@ class Row:
     p99: dict[str, float] = field(default_factory=dict)  # route -> seconds
     cold: dict[str, float] = field(default_factory=dict)  # route -> seconds of the first GET
     fresh: float = 0.0  # seconds of the first list in a worker booted while the store stood still (median of rounds)
-    warm: float = 0.0  # seconds of a list from a worker that had answered it already (median)
+    warm: float = 0.0  # seconds of a list from a worker that had answered it already, request after request (median)
+    warm_idle: float = 0.0  # the same, each once the workers had sat idle as long as before the fresh one's (median)
     warmed: list[float] = field(default_factory=list)  # seconds each replacement worker's log says warming took
     list_bytes: int = 0
     host_rss: int = 0
@@ -173,11 +175,16 @@ def settled(pids: set[int], still: float = 0.3, within: float = 120.0) -> None:
         before = now
 
 
-def fresh_and_warm(server: Server, workers: int) -> tuple[float, float, list[float]]:
+def fresh_and_warm(server: Server, workers: int) -> tuple[float, float, float, list[float]]:
     """The first list in a fresh worker against a warm worker's: every worker is replaced (SIGTERM; the master
     boots others) while the store's version stands still, as a worker recycled by ``max_requests`` starts; once the
     new ones are idle, the first GET of the list lands on one of them. Then ``4 x workers`` more, the median of the
-    last ``workers`` (by then nearly every worker has answered it). Also what the new workers' logs say warming took."""
+    last ``workers`` (by then nearly every worker has answered it): a warm worker's, busy. Then ``workers`` more,
+    each once the workers are idle again as long as before the first (``settled``): a warm worker's in the same
+    conditions as the fresh one's. An idle machine answers slower than a busy one (its CPUs' caches and the wake-up
+    of a process asleep: 2.7 against 1.2 ms for a warm worker's list of 1,000 plugins, Dec 03), so that the
+    baseline of the goal is the warm worker idle as long, not the one answering request after request. Also what
+    the new workers' logs say warming took."""
     def gunicorn_workers() -> set[int]:
         return {pid for pid, cmd in server.children().items() if "gunicorn" in cmd and "core_main" not in cmd}
 
@@ -194,9 +201,13 @@ def fresh_and_warm(server: Server, workers: int) -> tuple[float, float, list[flo
     if reply.status != 200:
         raise RuntimeError(f"GET {COLD['list']} in a fresh worker answered {reply.status}")
     later = [timed_fetch(server.port, COLD["list"])[0] for _ in range(4 * workers)]
+    idle = []
+    for _ in range(workers):
+        settled(gunicorn_workers())
+        idle.append(timed_fetch(server.port, COLD["list"])[0])
     log = server.log.read_text(errors="replace")[logged:]
     warmed = [float(ms) / 1e3 for ms in re.findall(r"warmed in (\d+) ms", log)]
-    return first, statistics.median(later[-workers:]), warmed
+    return first, statistics.median(later[-workers:]), statistics.median(idle), warmed
 
 
 def quiet(server: Server, path: str, still: float = 1.0, within: float = 120.0) -> None:
@@ -257,9 +268,10 @@ def measure(plugins: int, work: Path, wrk: list[str], rounds: int, workers: int)
             row.bad += result.bad_status + result.socket_errors
         # A first request is one sample: the median of FRESH_TRIES replacements of every worker (--quick: one).
         tries = [fresh_and_warm(server, workers) for _ in range(FRESH_TRIES if rounds > 1 else 1)]
-        row.fresh = statistics.median(fresh for fresh, _, _ in tries)
-        row.warm = statistics.median(warm for _, warm, _ in tries)
-        row.warmed = [took for _, _, warmed in tries for took in warmed]
+        row.fresh = statistics.median(fresh for fresh, _, _, _ in tries)
+        row.warm = statistics.median(warm for _, warm, _, _ in tries)
+        row.warm_idle = statistics.median(idle for _, _, idle, _ in tries)
+        row.warmed = [took for _, _, _, warmed in tries for took in warmed]
         # The list while something changes once a second: every worker builds it again after each change.
         with churning(server, f"p{0:05d}"):
             runs = [run_wrk(server, COLD["list"], {}, wrk) for _ in range(rounds)]
@@ -306,6 +318,7 @@ DASHBOARD: list[Column] = [
     *((f"1st {key}", lambda r, key=key: r.cold[key], fmt_time) for key in COLD),
     ("1st list, fresh worker", lambda r: r.fresh, fmt_time),
     ("list, warm worker", lambda r: r.warm, fmt_time),
+    ("list, warm worker, idle", lambda r: r.warm_idle, fmt_time),
 ]
 
 
@@ -387,14 +400,18 @@ def main() -> None:
         " the first GET of each route right after start-up"
     )
     print_columns(rows, DASHBOARD)
-    print("\nthe first list in a fresh worker against a warm worker's: "
-          + ", ".join(f"{r.plugins:,}: {r.fresh / r.warm:.2f}x" for r in rows) + " (goal at 1,000: at most 3x)")
+    print("\nthe first list in a fresh worker against a warm worker's, both after the workers sat idle: "
+          + ", ".join(f"{r.plugins:,}: {r.fresh / r.warm_idle:.2f}x" for r in rows) + " (goal at 1,000: at most 3x)")
+    print("and against a warm worker's request after request: "
+          + ", ".join(f"{r.plugins:,}: {r.fresh / r.warm:.2f}x" for r in rows))
     for r in rows:
         if r.plugins >= 1000:
-            met = "met" if r.fresh / r.warm <= 3 else "MISSED"
+            met = "met" if r.fresh / r.warm_idle <= 3 else "MISSED"
             report(f"1st list in a fresh worker, {r.plugins:,} plugins", fmt_time(r.fresh),
-                   f"{fmt_time(r.warm)} (a warm worker)", r.fresh / r.warm,
+                   f"{fmt_time(r.warm_idle)} (a warm worker, idle as long)", r.fresh / r.warm_idle,
                    goal=f"<= 3x at 1,000: {met}" if r.plugins == 1000 else "")
+            report(f"1st list in a fresh worker, {r.plugins:,} plugins, against request after request",
+                   fmt_time(r.fresh), f"{fmt_time(r.warm)} (a warm worker, busy)", r.fresh / r.warm)
     print("warming a worker (its log, median): "
           + ", ".join(f"{r.plugins:,}: {fmt_time(statistics.median(r.warmed)) if r.warmed else '-'}" for r in rows))
     print("plugins RUNNING: " + ", ".join(f"{r.running:,}/{r.plugins:,}" for r in rows))
