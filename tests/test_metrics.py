@@ -353,9 +353,9 @@ def test_observing_many_amounts_at_once_counts_what_observing_each_counts() -> N
 def test_a_counts_file_still_being_made_is_read_as_empty(client: FlaskClient, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """prometheus_client makes a process's counts file empty and sizes it next (``MmapedDict``): a scrape in that
-    moment read no header and answered 500 (once in a full ``python -m bench``, Dec 03), and a process killed in it
-    leaves the empty file for good (prometheus/client_python#1199). An empty file holds no count: it is read as
-    none, and every other process's counts are still served."""
+    moment reads no header and raises (the known cause of a 500 seen once in a full ``python -m bench``, Dec 03),
+    and a process killed in it leaves the empty file for good (prometheus/client_python#1199). An empty file holds
+    no count: it is read as none, and every other process's counts are still served."""
     counts = tmp_path / "counts"
     counts.mkdir()
     script = ("from prometheus_client import Counter\n"

@@ -21,7 +21,8 @@ class _MadeFilesCollector(MultiProcessCollector):
     """prometheus_client's sum of every process's counts files, without the files still being made.
 
     A process makes its file empty and sizes it next (``MmapedDict``): a scrape in between read no header and
-    raised (a 500, seen once in a full ``python -m bench``), and a process killed in between leaves the empty file
+    raises (the known cause of a 500 seen once in a full ``python -m bench``, whose traceback
+    was not kept), and a process killed in between leaves the empty file
     for good (prometheus/client_python#1199). An empty file holds no count yet: it is left out, read as none. A file
     once sized never shrinks, so one found non-empty is whole enough to read."""
 
