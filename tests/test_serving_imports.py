@@ -15,6 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 #: Names gevent patches that a module may hold from before the patch, harmless under gevent: a thread lock held
 #: for a few instructions and never across a switch (prometheus_client's values, werkzeug's URL map, jinja2's
 #: cache), and the thread id (one thread under gevent). Everything else (sockets, sleeping, selecting, processes,
@@ -126,7 +128,6 @@ def test_the_scan_sees_a_blocking_call_taken_by_name(tmp_path: Path) -> None:
     assert ["sleepy.woken", "threading.Event()"] in held
 
 
-
 FIRST_REQUEST = textwrap.dedent("""
     import sys
     from gunicorn.config import Config
@@ -153,7 +154,13 @@ FIRST_REQUEST = textwrap.dedent("""
 def test_a_workers_first_request_looks_for_no_module_once_the_master_resolved_the_parser() -> None:
     """gunicorn picks its HTTP parser at a worker's first request, by trying to import its C parser (absent here: a
     search of every ``sys.path`` entry, 0.2 ms of each fresh worker's first answer, ``bench/scale.py``). The master
-    resolves it before it forks, so its workers inherit the choice."""
+    resolves it before it forks, so its workers inherit the choice. (A gunicorn without that check has nothing to
+    resolve.)"""
+    from gunicorn.http import message
+
+    if not hasattr(message, "_check_fast_parser"):
+        pytest.skip("this gunicorn chooses no HTTP parser at a worker's first request")
+
     def looked_for(mode: str) -> str:
         done = subprocess.run([sys.executable, "-c", FIRST_REQUEST, mode], capture_output=True, text=True,
                               timeout=60, check=False)

@@ -222,7 +222,7 @@ def resolve_for_workers(cfg: Any) -> None:
 
     check = getattr(message, "_check_fast_parser", None)
     if check is not None:
-        with contextlib.suppress(Exception):  # http_parser = "fast" without the C parser: each worker reports it
+        with contextlib.suppress(RuntimeError):  # http_parser = "fast" without the C parser: each worker reports it
             check(cfg)
 
 
